@@ -1,0 +1,133 @@
+namespace MetaLoraNative.Engine;
+
+/// <summary>
+/// The op interface the model is written against. The CPU backend (the reference and test oracle) and the CUDA
+/// backend implement it; the model, the LoRA layers and the trainers never see which one runs.
+///
+/// Contract shared by every op:
+/// - Tensors are row-major and contiguous; "rows" means the product of every dimension but the last.
+/// - Ops that return a tensor allocate it; the caller owns it and disposes it when done.
+/// - Ops named *InPlace or taking an output argument write into it and allocate nothing.
+/// - Backward ops return gradients for their inputs only. Frozen weights never get gradients: the only weight
+///   gradients in this engine are the LoRA factors', which the layers form with <see cref="Gemm"/>.
+/// - Reductions (GEMM dot products, norms, softmax sums, losses) accumulate in at least fp32 (fp64 on the CPU).
+/// </summary>
+public interface IBackend : IDisposable
+{
+    /// <summary>Short name for messages ("cpu-f32", "cpu-f64", "cuda").</summary>
+    string Name { get; }
+
+    // ---------------------------------------------------------------- memory
+
+    Tensor Zeros(params int[] shape);
+    Tensor Upload(ReadOnlySpan<float> values, params int[] shape);
+    /// <summary>Exact on the fp64 CPU backend (used by the gradient checks); rounded elsewhere.</summary>
+    Tensor Upload(ReadOnlySpan<double> values, params int[] shape);
+    float[] Download(Tensor t);
+    double[] DownloadDouble(Tensor t);
+    /// <summary>dst = src; element counts must match (shapes may differ).</summary>
+    void Copy(Tensor src, Tensor dst);
+    void Fill(Tensor t, float value);
+
+    // ---------------------------------------------------------------- matrix products
+
+    /// <summary>
+    /// c = alpha · op(a) · op(b) + beta · c, with a, b and c viewed as matrices (Rows × Cols) and op a transpose
+    /// when asked. With beta = 1 it accumulates, which is how LoRA factor gradients and input gradients are summed.
+    /// </summary>
+    void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f);
+
+    /// <summary>y = x·Wᵀ + b. x (.., d_in), w (d_out, d_in), bias (d_out) or null → (.., d_out).</summary>
+    Tensor Linear(Tensor x, Tensor w, Tensor? bias);
+
+    /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in). The weight itself is frozen.</summary>
+    Tensor LinearBackward(Tensor dy, Tensor w);
+
+    // ---------------------------------------------------------------- elementwise
+
+    /// <summary>acc += alpha · x (same element count).</summary>
+    void AddInPlace(Tensor acc, Tensor x, float alpha = 1f);
+    void ScaleInPlace(Tensor t, float alpha);
+    Tensor Silu(Tensor x);
+    Tensor SiluBackward(Tensor x, Tensor dy);
+    /// <summary>GELU with the tanh approximation, as FLUX's MLPs use it.</summary>
+    Tensor GeluTanh(Tensor x);
+    Tensor GeluTanhBackward(Tensor x, Tensor dy);
+
+    // ---------------------------------------------------------------- layout
+
+    /// <summary>A copy of x restricted to [start, start+length) along axis.</summary>
+    Tensor Narrow(Tensor x, int axis, int start, int length);
+    /// <summary>dst[.., start:start+src.Dim(axis), ..] += src along axis (the backward of Narrow, and LoRA slices).</summary>
+    void AddNarrow(Tensor dst, Tensor src, int axis, int start);
+    /// <summary>Concatenation along axis; every other dimension must agree.</summary>
+    Tensor Concat(int axis, params Tensor[] parts);
+    /// <summary>qkv (B, L, 3·H·D) → q, k, v each (B, H, L, D): BFL's "B L (K H D) -> K B H L D".</summary>
+    (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads);
+    /// <summary>Backward of <see cref="SplitQkv"/>: dq, dk, dv (B, H, L, D) → (B, L, 3·H·D).</summary>
+    Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv);
+
+    // ---------------------------------------------------------------- normalisation
+
+    /// <summary>
+    /// y = (1 + scale[b]) · LN(x) + shift[b]: LayerNorm without affine over the last dim, then FLUX's modulation.
+    /// x (B, L, C); shift, scale (B, C). stats (B·L, 2) holds (mean, rstd) for the backward.
+    /// </summary>
+    Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats);
+    (Tensor Dx, Tensor DShift, Tensor DScale) LayerNormModulateBackward(Tensor dy, Tensor x, Tensor scale, Tensor stats);
+
+    /// <summary>y = x · rsqrt(mean(x²) + eps) · weight over the last dim (QK norm). rstd has one value per row.</summary>
+    Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd);
+    Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd);
+
+    // ---------------------------------------------------------------- position and attention
+
+    /// <summary>
+    /// ids (B, L, n_axes) → pe (B, L, D/2, 2) holding (cos, sin) per channel pair; axis i owns axesDim[i]/2 pairs,
+    /// angle = id · theta^(−2k/axesDim[i]), computed in fp64 then stored.
+    /// </summary>
+    Tensor RopeTable(Tensor ids, int[] axesDim, float theta);
+    /// <summary>Rotates adjacent pairs (x0, x1) → (cos·x0 − sin·x1, sin·x0 + cos·x1). x (B, H, L, D), pe (B, L, D/2, 2).</summary>
+    Tensor ApplyRope(Tensor x, Tensor pe);
+    /// <summary>The transpose rotation.</summary>
+    Tensor ApplyRopeBackward(Tensor dy, Tensor pe);
+
+    /// <summary>
+    /// softmax(q·kᵀ/√D)·v over the joint sequence. q, k, v (B, H, L, D) → out (B, L, H·D) ("B H L D -> B L (H D)").
+    /// lse (B, H, L) is the log-sum-exp of each score row, kept for the backward.
+    /// </summary>
+    Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse);
+    (Tensor Dq, Tensor Dk, Tensor Dv) AttentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse);
+
+    // ---------------------------------------------------------------- conditioning and residuals
+
+    /// <summary>
+    /// t (B) → (B, dim): [cos(args), sin(args)] with args = timeFactor·t·exp(−ln(maxPeriod)·k/half), k &lt; half = dim/2.
+    /// </summary>
+    Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f);
+    /// <summary>dt (B) from dy (B, dim).</summary>
+    Tensor TimestepEmbeddingBackward(Tensor t, Tensor dy, float timeFactor = 1000f, float maxPeriod = 10000f);
+
+    /// <summary>out = x + gate[b] · y. x, y (B, L, C); gate (B, C).</summary>
+    Tensor GatedResidual(Tensor x, Tensor gate, Tensor y);
+    /// <summary>dx = dOut (the caller reuses it); returns dy = gate·dOut and dgate = Σ_L dOut·y.</summary>
+    (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y);
+
+    // ---------------------------------------------------------------- objective and optimiser
+
+    /// <summary>mean((pred − target)²) over every element; dPred = 2(pred − target)/N.</summary>
+    double MseLoss(Tensor pred, Tensor target, out Tensor dPred);
+    /// <summary>Σ x² in fp64 (gradient norms).</summary>
+    double SumSquares(Tensor t);
+    /// <summary>
+    /// One AdamW update of an fp32 master tensor: m, v moments; decoupled weight decay; bias correction from the
+    /// step number; grad is multiplied by gradScale first (gradient clipping).
+    /// </summary>
+    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step);
+}
+
+/// <summary>Hyper-parameters of one AdamW update.</summary>
+/// <param name="Step">1-based step count of this tensor (for bias correction).</param>
+public readonly record struct AdamWStep(
+    int Step, float LearningRate, float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f,
+    float WeightDecay = 1e-2f, float GradScale = 1f);

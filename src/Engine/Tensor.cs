@@ -1,0 +1,83 @@
+namespace MetaLoraNative.Engine;
+
+/// <summary>
+/// A dense, row-major tensor owned by one backend. The last dimension is contiguous.
+/// The CPU backend keeps its values in managed arrays; the CUDA backend keeps a device pointer into an arena.
+/// Dispose returns the storage to its backend (a no-op on the CPU, a pool return on the GPU).
+/// </summary>
+public abstract class Tensor : IDisposable
+{
+    protected Tensor(int[] shape)
+    {
+        foreach (int d in shape)
+            if (d < 0) throw new ArgumentException($"negative dimension in shape {Shapes.Format(shape)}");
+        Shape = shape;
+        Length = Shapes.Numel(shape);
+    }
+
+    /// <summary>Dimensions, outermost first.</summary>
+    public int[] Shape { get; }
+
+    /// <summary>Number of elements (product of the shape).</summary>
+    public long Length { get; }
+
+    public int Rank => Shape.Length;
+
+    /// <summary>Size of dimension <paramref name="axis"/>; negative axes count from the end.</summary>
+    public int Dim(int axis) => Shape[axis < 0 ? Shape.Length + axis : axis];
+
+    /// <summary>Rows when viewed as a matrix (product of every dimension but the last).</summary>
+    public long Rows => Shape.Length == 0 ? 1 : Length / Math.Max(1, Shape[^1]);
+
+    /// <summary>Columns when viewed as a matrix (the last dimension).</summary>
+    public int Cols => Shape.Length == 0 ? 1 : Shape[^1];
+
+    public abstract IBackend Backend { get; }
+
+    /// <summary>A tensor sharing this one's storage under another shape with the same element count.</summary>
+    public abstract Tensor Reshape(params int[] shape);
+
+    public virtual void Dispose() => GC.SuppressFinalize(this);
+
+    public override string ToString() => $"{Backend.Name}{Shapes.Format(Shape)}";
+}
+
+public static class Shapes
+{
+    public static long Numel(ReadOnlySpan<int> shape)
+    {
+        long n = 1;
+        foreach (int d in shape) n = checked(n * d);
+        return n;
+    }
+
+    public static string Format(ReadOnlySpan<int> shape) => "(" + string.Join(", ", shape.ToArray()) + ")";
+
+    /// <summary>Resolves one -1 in a reshape request against a known element count.</summary>
+    public static int[] Resolve(int[] shape, long numel)
+    {
+        int infer = Array.IndexOf(shape, -1);
+        if (infer < 0)
+        {
+            if (Numel(shape) != numel) throw new ArgumentException($"cannot reshape {numel} elements to {Format(shape)}");
+            return shape;
+        }
+        var s = (int[])shape.Clone();
+        s[infer] = 1;
+        long rest = Numel(s);
+        if (rest == 0 || numel % rest != 0) throw new ArgumentException($"cannot reshape {numel} elements to {Format(shape)}");
+        s[infer] = (int)(numel / rest);
+        return s;
+    }
+
+    public static void Require(bool condition, string message)
+    {
+        if (!condition) throw new ArgumentException(message);
+    }
+
+    public static void SameShape(Tensor a, Tensor b, string what)
+    {
+        if (!a.Shape.AsSpan().SequenceEqual(b.Shape))
+            throw new ArgumentException($"{what}: shapes differ, {Shapes.Format(a.Shape)} vs {Shapes.Format(b.Shape)}");
+    }
+}
