@@ -10,6 +10,8 @@ namespace MetaLoraNative.Engine;
 /// - Ops named *InPlace or taking an output argument write into it and allocate nothing.
 /// - Backward ops return gradients for their inputs only. Frozen weights never get gradients: the only weight
 ///   gradients in this engine are the LoRA factors', which the layers form with <see cref="Gemm"/>.
+/// - Any op accepts inputs of either <see cref="Precision"/> and returns Compute tensors. Gemm writes into the
+///   given c whatever its precision; AdamW updates Master tensors; Copy converts.
 /// - Reductions (GEMM dot products, norms, softmax sums, losses) accumulate in at least fp32 (fp64 on the CPU).
 /// </summary>
 public interface IBackend : IDisposable
@@ -19,13 +21,17 @@ public interface IBackend : IDisposable
 
     // ---------------------------------------------------------------- memory
 
+    /// <summary>A zero tensor in the backend's compute precision (bf16 on CUDA, the element type on the CPU).</summary>
     Tensor Zeros(params int[] shape);
+    /// <summary>A zero tensor in the asked precision: Master is fp32 everywhere (trainable factors, gradients, moments).</summary>
+    Tensor Zeros(int[] shape, Precision precision);
     Tensor Upload(ReadOnlySpan<float> values, params int[] shape);
+    Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision);
     /// <summary>Exact on the fp64 CPU backend (used by the gradient checks); rounded elsewhere.</summary>
     Tensor Upload(ReadOnlySpan<double> values, params int[] shape);
     float[] Download(Tensor t);
     double[] DownloadDouble(Tensor t);
-    /// <summary>dst = src; element counts must match (shapes may differ).</summary>
+    /// <summary>dst = src, converting precision when they differ; element counts must match (shapes may differ).</summary>
     void Copy(Tensor src, Tensor dst);
     void Fill(Tensor t, float value);
 
@@ -124,6 +130,15 @@ public interface IBackend : IDisposable
     /// step number; grad is multiplied by gradScale first (gradient clipping).
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step);
+}
+
+/// <summary>Storage precision of a tensor. On the CPU both are the backend's element type.</summary>
+public enum Precision
+{
+    /// <summary>The backend's working type: bf16 on CUDA (fp32 accumulation inside ops).</summary>
+    Compute,
+    /// <summary>fp32: trainable factors' masters, their gradients and optimiser moments.</summary>
+    Master,
 }
 
 /// <summary>Hyper-parameters of one AdamW update.</summary>
