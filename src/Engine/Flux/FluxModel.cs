@@ -130,10 +130,10 @@ public sealed class FluxModel
     }
 
     /// <summary>
-    /// dOutput (B, L_img, out) → d img input (B, L_img, in). Accumulates the gradient of every LoRA factor the binding
-    /// trains. The state is not disposed here; the caller disposes it.
+    /// dOutput (B, L_img, out) → d img input (B, L_img, in), or null when not asked for (training needs only the
+    /// LoRA gradients). Accumulates the gradient of every LoRA factor the binding trains. The caller disposes s.
     /// </summary>
-    public Tensor Backward(State s, Tensor dOutput, LoraBinding? lora)
+    public Tensor? Backward(State s, Tensor dOutput, LoraBinding? lora, bool needInputGrad = false)
     {
         var be = Backend;
         using var dImgOut = FinalLayer.Backward(s.Final, dOutput);
@@ -158,7 +158,7 @@ public sealed class FluxModel
             dTxt = dt ?? be.Zeros(1);
         }
         dTxt.Dispose();
-        var dInput = ImgIn.Backward(s.ImgInput, dImg, null)!;
+        var dInput = needInputGrad ? ImgIn.Backward(s.ImgInput, dImg, null) : null;
         dImg.Dispose();
         return dInput;
     }
