@@ -72,7 +72,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
                     $"file is truncated: {length} bytes, shorter than the 8-byte header length field");
 
             Span<byte> lengthField = stackalloc byte[8];
-            ReadExactly(stream, lengthField, 0);
+            ReadExactly(path, stream, lengthField, 0);
             ulong headerLength = BinaryPrimitives.ReadUInt64LittleEndian(lengthField);
             if (headerLength > SafetensorsHeader.MaxHeaderBytes)
                 throw SafetensorsHeader.Fault(path,
@@ -83,7 +83,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
 
             // Sizes are now bounded by the file and the cap, so the header buffer can be allocated.
             var header = new byte[headerLength];
-            ReadExactly(stream, header, 8);
+            ReadExactly(path, stream, header, 8);
             long dataStart = 8 + (long)headerLength;
             var (entries, metadata) = SafetensorsHeader.Parse(path, header, length - dataStart);
 
@@ -103,12 +103,13 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
     }
 
-    private static void ReadExactly(FileStream stream, Span<byte> buffer, long offset)
+    private static void ReadExactly(string path, FileStream stream, Span<byte> buffer, long offset)
     {
         while (buffer.Length > 0)
         {
             int n = RandomAccess.Read(stream.SafeFileHandle, buffer, offset);
-            if (n <= 0) throw new EndOfStreamException($"'{stream.Name}' ended while reading the safetensors header");
+            // Only reachable if the file shrinks while we read it; that is still a truncated file.
+            if (n <= 0) throw SafetensorsHeader.Fault(path, $"file ended at byte {offset} while reading the header (truncated)");
             buffer = buffer[n..];
             offset += n;
         }
