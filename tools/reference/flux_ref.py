@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+USE_SDPA = hasattr(F, "scaled_dot_product_attention")  # PyTorch 2.x; tests may turn it off
+
 try:  # package or script use
     from . import randgen, st
 except ImportError:  # pragma: no cover
@@ -172,10 +174,11 @@ def lora_targets(cfg):
 LORA_SUFFIXES = ("lora_down", "lora_mid", "lora_up", "lora_A", "lora_B")
 
 
-def attach_lora(model, tensors, device=None, trainable=None):
+def attach_lora(model, tensors, device=None, trainable=None, dtype=torch.float32):
     """Attach LoRA factors (dict file key -> array/tensor) to the model.
     trainable: None = all factors require grad, else a set of suffixes (e.g. {"lora_mid", "lora_up"}).
-    Returns dict file key -> fp32 Parameter. Unknown or incomplete keys raise (never ignored)."""
+    Factors are stored in `dtype` (fp32; fp64 for finite-difference tests).
+    Returns dict file key -> Parameter. Unknown or incomplete keys raise (never ignored)."""
     device = device or next(model.parameters()).device
     table = lora_targets(model.cfg)
     groups = {}
@@ -197,7 +200,7 @@ def attach_lora(model, tensors, device=None, trainable=None):
             raise ValueError(f"{prefix}: incomplete or mixed LoRA factors {sorted(g)}")
         factors = {}
         for suffix, (key, val) in g.items():
-            t = torch.as_tensor(val).detach().to(device=device, dtype=torch.float32).clone()
+            t = torch.as_tensor(val).detach().to(device=device, dtype=dtype).clone()
             req = trainable is None or suffix in trainable
             factors[suffix] = p = nn.Parameter(t, requires_grad=req)
             params[key] = p
@@ -270,7 +273,7 @@ def apply_rope(x, cos, sin):
 def attention(q, k, v, cos, sin):
     """q, k, v (B, H, L, D) -> (B, L, H*D); RoPE on q and k, then softmax attention."""
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    if hasattr(F, "scaled_dot_product_attention"):
+    if USE_SDPA:
         x = F.scaled_dot_product_attention(q, k, v)
     else:  # PyTorch 1.x
         s = (q @ k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)

@@ -29,17 +29,17 @@ class SafetensorsError(ValueError):
 
 def bf16_bits_to_f32(bits):
     """(uint16 array) -> float32 array with the same values."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    return (np.asarray(bits).astype(np.uint32).reshape(-1) << 16).view(np.float32).reshape(np.shape(bits))
 
 
 def f32_to_bf16_bits(x):
     """float32 array -> uint16 bf16 bit patterns, round to nearest even."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = np.ascontiguousarray(x, dtype=np.float32).reshape(-1).view(np.uint32).astype(np.uint64)
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    nan = np.isnan(np.asarray(x, dtype=np.float32))
+    nan = np.isnan(np.asarray(x, dtype=np.float32)).reshape(-1)
     out = rounded.astype(np.uint16)
     out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # keep a quiet NaN
-    return out
+    return out.reshape(np.shape(x))
 
 
 def _read_header(f, file_size):
