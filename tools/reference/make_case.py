@@ -53,12 +53,15 @@ def main(argv=None):
     ap.add_argument("--r1", type=int, default=4)
     ap.add_argument("--r2", type=int, default=2)
     ap.add_argument("--standard", action="store_true", help="write lora_A/lora_B (rank r2) instead")
+    ap.add_argument("--no-model", action="store_true",
+                    help="skip model.safetensors (use --model random:<preset>:<seed>; flux-dev would be 48 GB)")
     a = ap.parse_args(argv)
     cfg = flux_ref.PRESETS[a.preset]
     h, w = (int(v) for v in a.img.lower().split("x"))
     os.makedirs(a.out, exist_ok=True)
-    st.write(os.path.join(a.out, "model.safetensors"), model_tensors(cfg, a.seed), "F32",
-             metadata={**flux_ref.config_metadata(cfg), "generator": f"random:{a.preset}:{a.seed}"})
+    if not a.no_model:
+        st.write(os.path.join(a.out, "model.safetensors"), model_tensors(cfg, a.seed), "F32",
+                 metadata={**flux_ref.config_metadata(cfg), "generator": f"random:{a.preset}:{a.seed}"})
     st.write(os.path.join(a.out, "inputs.safetensors"), make_inputs(cfg, a.seed, a.batch, h, w, a.txt), "F32")
     lora = flux_ref.random_lora(cfg, a.r1, a.r2, a.seed + 1, standard=a.standard)
     st.write(os.path.join(a.out, "lora.safetensors"), lora, "F32",

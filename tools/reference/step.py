@@ -57,13 +57,18 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    ap.add_argument("--recompute", action="store_true", help="per-block activation recompute (less memory)")
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
+    if a.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False  # an fp32 reference means fp32 GEMMs
+        torch.backends.cudnn.allow_tf32 = False
     t0 = time.time()
     model = flux_ref.load_model(a.model, a.device, DTYPES[a.dtype])
     model.requires_grad_(False)
+    model.recompute = a.recompute
     inputs = load_inputs(a.inputs, a.device)
     lora_arrays, _ = st.read(a.lora, mmap=False)
     params = flux_ref.attach_lora(model, lora_arrays, device=a.device)
