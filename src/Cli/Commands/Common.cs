@@ -6,7 +6,7 @@ namespace MetaLoraNative.Cli.Commands;
 /// <summary>Options and helpers shared by several commands.</summary>
 internal static class Common
 {
-    public static Option<string> Device() => new("--device")
+    public static Option<string> Device() => new Option<string>("--device")
     {
         Description = "Where the transformer runs: 'cpu' (the C# reference engine, fp32) or 'cuda' (the GPU engine, bf16 with fp32 masters).",
         DefaultValueFactory = _ => "cpu",

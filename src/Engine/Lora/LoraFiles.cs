@@ -226,6 +226,6 @@ public static class LoraFiles
         }
     }
 
-    internal static string Describe(LoraAdapter a) =>
+    public static string Describe(LoraAdapter a) =>
         $"{a.Mode} LoRA, {a.Targets.Count} targets, rank {a.Rank1}{(a.Mode == LoraMode.Meta ? "→" + a.Rank2 : "")}, {a.Identities.Count} identities";
 }

@@ -9,14 +9,15 @@ namespace MetaLoraNative.Tests.Model;
 /// <summary>
 /// Central finite differences in fp64 through the whole micro model (one block of each kind, every LoRA target),
 /// against the manual backward: with respect to D, M and U (and A, B in standard mode) and the latent input.
-/// Error measure: |analytic − numeric| / max(|analytic| + |numeric|, 1e-6); fp64 with h = 1e-5 leaves ~1e-8 of
-/// truncation and rounding error, so 1e-5 is a bound that only a wrong gradient can break.
+/// Error measure: |analytic - numeric| / max(|analytic| + |numeric|, 1e-4). With h = 1e-5 in fp64 the difference
+/// quotient carries about 1e-16*|L|/h = 1e-11 of rounding and h^2*|L'''| = 1e-10 of truncation error; the 1e-4 floor
+/// turns that into at most 1e-6 for gradients too small to measure relatively, so only a wrong gradient breaks 1e-5.
 /// </summary>
 public class ModelGradientTests(ITestOutputHelper output)
 {
     const double H = 1e-5, Tolerance = 1e-5;
 
-    static double RelativeError(double a, double n) => Math.Abs(a - n) / Math.Max(Math.Abs(a) + Math.Abs(n), 1e-6);
+    static double RelativeError(double a, double n) => Math.Abs(a - n) / Math.Max(Math.Abs(a) + Math.Abs(n), 1e-4);
 
     [Theory]
     [InlineData(LoraMode.Meta)]

@@ -8,6 +8,11 @@ public sealed partial class CpuBackend<T>
 {
     public Tensor Zeros(params int[] shape) => New(shape);
 
+    /// <summary>Both precisions are T on the CPU: masters of the fp32 engine are fp32, of the fp64 oracle fp64.</summary>
+    public Tensor Zeros(int[] shape, Precision precision) => New(shape);
+
+    public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision) => Upload(values, shape);
+
     public Tensor Upload(ReadOnlySpan<float> values, params int[] shape)
     {
         var t = New(shape);
