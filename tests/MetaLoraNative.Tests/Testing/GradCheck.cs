@@ -122,7 +122,7 @@ public static class GradCheck
 
 /// <summary>
 /// Collects the per-check numbers of a test run (gradient errors, fp32-vs-fp64 differences) for reports: each
-/// line goes to the test's output and to gradcheck-report.txt next to the test assembly.
+/// line goes to the test's output and to gradcheck-report.txt next to the test assembly (rewritten each run).
 /// </summary>
 public static class Report
 {
@@ -131,7 +131,10 @@ public static class Report
 
     public static IReadOnlyDictionary<string, double> Results => Worst;
 
-    public static string FilePath => Path.Combine(AppContext.BaseDirectory, "gradcheck-report.txt");
+    public static string FilePath { get; } = Path.Combine(AppContext.BaseDirectory, "gradcheck-report.txt");
+
+    // Each test run starts a fresh report.
+    static Report() => File.Delete(FilePath);
 
     public static void Record(string line, string key, double value, ITestOutputHelper? output)
     {
