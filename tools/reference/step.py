@@ -70,6 +70,9 @@ def main(argv=None):
     model.requires_grad_(False)
     model.recompute = a.recompute
     inputs = load_inputs(a.inputs, a.device)
+    if a.dtype == "fp64":
+        # the fp64 oracle computes everything in fp64, the timestep embedding included (fp32 inputs widen exactly)
+        inputs = {k: v.to(torch.float64) for k, v in inputs.items()}
     lora_arrays, _ = st.read(a.lora, mmap=False)
     params = flux_ref.attach_lora(model, lora_arrays, device=a.device)
     t1 = time.time()
