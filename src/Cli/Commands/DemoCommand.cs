@@ -9,8 +9,8 @@ internal static class DemoCommand
     {
         var device = Common.Device();
         var output = new Option<string>("--out") { Description = "Folder for the demo's LoRA files and training state.", DefaultValueFactory = _ => "metalora-demo" };
-        var stage1 = new Option<int>("--stage1-iterations") { Description = "Stage-1 (meta-training) iterations.", DefaultValueFactory = _ => 120 };
-        var stage2 = new Option<int>("--stage2-iterations") { Description = "Stage-2 (personalisation) iterations.", DefaultValueFactory = _ => 60 };
+        var stage1 = new Option<int>("--stage1-iterations") { Description = "Stage-1 (meta-training) iterations.", DefaultValueFactory = _ => 400 };
+        var stage2 = new Option<int>("--stage2-iterations") { Description = "Stage-2 (personalisation) iterations.", DefaultValueFactory = _ => 150 };
         var verbose = new Option<bool>("--verbose") { Description = "Print every training step instead of every 20th." };
         var cmd = new Command("demo",
             "Runs the whole Meta-LoRA pipeline on the embedded default: a tiny FLUX-architecture model with deterministic " +

@@ -21,10 +21,10 @@ public static class TinyDemo
         public string OutputDirectory { get; init; } = "metalora-demo";
         public int Identities { get; init; } = 6;
         public int ImagesPerIdentity { get; init; } = 4;
-        public int Stage1Iterations { get; init; } = 120;
+        public int Stage1Iterations { get; init; } = 400;
         public int BucketIterations { get; init; } = 40;
         public int WarmupIterations { get; init; } = 16;
-        public int Stage2Iterations { get; init; } = 60;
+        public int Stage2Iterations { get; init; } = 150;
         public float LearningRate { get; init; } = 2e-3f;
         public ulong Seed { get; init; } = 7;
         public bool Verbose { get; init; }
