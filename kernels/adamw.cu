@@ -15,6 +15,7 @@ struct AdamWParams
     int dt_grad;
     float lr, beta1, beta2, eps, weight_decay, grad_scale, bias_correction1, bias_correction2;
 };
+static_assert(sizeof(AdamWParams) == 80, "AdamWParams layout changed: update CudaBackend.AdamWParams");
 
 extern "C" __global__ void adamw_step(AdamWParams p)
 {

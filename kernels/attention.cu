@@ -37,6 +37,7 @@ struct AttnParams
     int B, H, L, D;
     float scale;        // 1 / sqrt(D)
 };
+static_assert(sizeof(AttnParams) == 112, "AttnParams layout changed: update CudaBackend.AttnParams");
 
 // Index of element d of row l of head (b, h) in a (B, L, H*D) tensor.
 __device__ __forceinline__ i64 bl_hd(const AttnParams& p, int b, int h, int l, int d)

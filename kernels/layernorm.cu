@@ -20,6 +20,7 @@ struct LnParams
     int B, L, C, chunks;
     float eps;
 };
+static_assert(sizeof(LnParams) == 88, "LnParams layout changed: update CudaBackend.LnParams");
 
 extern "C" __global__ void layernorm_modulate_forward(LnParams p)
 {

@@ -18,6 +18,7 @@ struct RopeTableParams
     float theta;
     int dims[ROPE_MAX_AXES];
 };
+static_assert(sizeof(RopeTableParams) == 72, "RopeTableParams layout changed: update CudaBackend.RopeTableParams");
 
 extern "C" __global__ void rope_table(RopeTableParams p)
 {

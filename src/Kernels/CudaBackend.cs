@@ -34,10 +34,15 @@ public sealed partial class CudaBackend : IBackend
     readonly object moduleGate = new();
     bool disposed;
 
-    [ThreadStatic] static IntPtr currentContext;
+    // Which backend instance last made its context current on this thread. An id rather than the context pointer:
+    // a primary context released and retained again may come back at the same address.
+    [ThreadStatic] static long currentOwner;
+    static long nextId;
+    readonly long id = Interlocked.Increment(ref nextId);
 
     CudaBackend(int ordinal, string? kernelCache)
     {
+        CheckParamLayouts();
         CudaCheck.Cu(CuDriver.cuInit(0));
         Device = DeviceInfo.Query(ordinal);
         CudaCheck.Cu(CuDriver.cuDeviceGet(out int dev, ordinal));
@@ -102,11 +107,10 @@ public sealed partial class CudaBackend : IBackend
     /// <summary>The primary context is current per thread; test runners and thread pools move work between threads.</summary>
     void MakeCurrent()
     {
-        IntPtr ctx = context.DangerousGetHandle();
-        if (currentContext != ctx)
+        if (currentOwner != id)
         {
-            CudaCheck.Cu(CuDriver.cuCtxSetCurrent(ctx));
-            currentContext = ctx;
+            CudaCheck.Cu(CuDriver.cuCtxSetCurrent(context.DangerousGetHandle()));
+            currentOwner = id;
         }
     }
 
@@ -141,6 +145,19 @@ public sealed partial class CudaBackend : IBackend
         IntPtr m;
         fixed (byte* p = image) CudaCheck.Cu(CuDriver.cuModuleLoadData(out m, p));
         return m;
+    }
+
+    /// <summary>The parameter structs' sizes, as the static_asserts in the .cu files state them.</summary>
+    internal static unsafe void CheckParamLayouts()
+    {
+        void Expect(string name, int actual, int expected)
+        {
+            if (actual != expected) throw new InvalidOperationException($"{name} is {actual} bytes; the kernel expects {expected}");
+        }
+        Expect(nameof(LnParams), sizeof(LnParams), 88);
+        Expect(nameof(RopeTableParams), sizeof(RopeTableParams), 72);
+        Expect(nameof(AdamWParams), sizeof(AdamWParams), 80);
+        Expect(nameof(AttnParams), sizeof(AttnParams), 112);
     }
 
     /// <summary>A kernel argument: any 4- or 8-byte scalar held in a 64-bit slot (little-endian, so 32-bit reads work).</summary>
@@ -343,7 +360,7 @@ public sealed partial class CudaBackend : IBackend
         Pool.Dispose();
         streamHandle.Dispose();
         context.Dispose();
-        currentContext = IntPtr.Zero;
+        currentOwner = 0;
     }
 }
 

@@ -115,6 +115,10 @@ public class KernelCompileTests(ITestOutputHelper output)
         Assert.Equal("sm_86", KernelCompiler.ArchFor(8, 6, 13));
     }
 
+    /// <summary>The C# mirrors of the kernels' parameter structs have the sizes the .cu files static_assert.</summary>
+    [Fact]
+    public void ParamStructLayoutsMatchTheKernels() => CudaBackend.CheckParamLayouts();
+
     [Fact]
     public void ProbeNeverThrows()
     {
