@@ -79,6 +79,26 @@ public class KernelCompileTests(ITestOutputHelper output)
     }
 
     [SkippableFact]
+    public void KernelsBuildCommandExitsZero()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        string dir = Path.Combine(Path.GetTempPath(), "metalora-cmd-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var command = MetaLoraNative.Cli.Commands.KernelsCommand.Create();
+            Assert.Equal(0, command.Parse(["build", "--arch", "sm_80", "--out", dir]).Invoke());
+            Assert.Equal(KernelCompiler.KernelFiles().Count, Directory.GetFiles(dir, "*.sm_80.cubin").Length);
+            Assert.NotEqual(0, command.Parse(["build", "--arch", "volta"]).Invoke());
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [SkippableFact]
     public void DiskCacheIsKeyedAndReused()
     {
         bool missing = NvrtcMissing(out string reason);
