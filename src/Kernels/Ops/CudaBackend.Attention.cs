@@ -3,9 +3,25 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
+/// <summary>Which forward attention kernel runs (attention.cu keeps both, each with the same contract).</summary>
+public enum AttentionKernel
+{
+    /// <summary>Version 1: fp32 CUDA cores, one warp per query row. The reference; any D up to 128.</summary>
+    Scalar,
+    /// <summary>Version 2: mma.sync bf16 tensor cores (FlashAttention-2 layout); D a multiple of 16, else version 1 runs.</summary>
+    TensorCore,
+}
+
 // RoPE (rope.cu) and fused attention (attention.cu).
 public sealed partial class CudaBackend
 {
+    /// <summary>
+    /// The forward attention kernel. Defaults to Scalar (validated first); METALORA_ATTENTION=mma selects TensorCore
+    /// until the parity tests on a GPU have shown it within tolerance.
+    /// </summary>
+    public AttentionKernel AttentionForwardKernel { get; set; } =
+        Environment.GetEnvironmentVariable("METALORA_ATTENTION") is "mma" or "tensorcore" ? AttentionKernel.TensorCore : AttentionKernel.Scalar;
+
     const int RopeMaxAxes = 8;       // ROPE_MAX_AXES in rope.cu
     const int AttentionMaxHeadDim = 128;
 
@@ -71,8 +87,12 @@ public sealed partial class CudaBackend
         var o = Alloc([B, L, H * D]);
         var l = Alloc([B, H, L], Precision.Master);
         var p = new AttnParams { Q = bq.Ptr, K = bk.Ptr, V = bv.Ptr, Out = o.Ptr, Lse = l.Ptr, B = B, H = H, L = L, D = D, Scale = 1f / MathF.Sqrt(D) };
-        if ((long)B * H * L > 0)
-            LaunchParams("attention.cu", "attention_forward", (CeilDiv(L, 16), (uint)(B * H), 1), (Block, 1, 1), p);
+        bool tensorCores = AttentionForwardKernel == AttentionKernel.TensorCore && D % 16 == 0;
+        if ((long)B * H * L == 0) { /* nothing to attend */ }
+        else if (tensorCores)
+            LaunchParams("attention.cu", "attention_forward_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);   // 4 warps × 16 rows
+        else
+            LaunchParams("attention.cu", "attention_forward", (CeilDiv(L, 16), (uint)(B * H), 1), (Block, 1, 1), p);    // 8 warps × 2 rows
         lse = l;
         return o;
     }

@@ -309,19 +309,25 @@ public class CudaParityTests(ITestOutputHelper output)
     }
 
     [SkippableTheory]
-    [InlineData(2, 3, 77, 64)]
-    [InlineData(1, 2, 130, 128)]
-    [InlineData(1, 1, 5, 32)]
-    public void AttentionForwardAndBackward(int B, int H, int L, int D)
+    [InlineData(2, 3, 77, 64, AttentionKernel.Scalar)]
+    [InlineData(1, 2, 130, 128, AttentionKernel.Scalar)]
+    [InlineData(1, 1, 5, 32, AttentionKernel.Scalar)]
+    [InlineData(1, 3, 100, 24, AttentionKernel.Scalar)]
+    [InlineData(2, 3, 77, 64, AttentionKernel.TensorCore)]
+    [InlineData(1, 2, 130, 128, AttentionKernel.TensorCore)]
+    [InlineData(1, 1, 5, 32, AttentionKernel.TensorCore)]
+    [InlineData(1, 2, 300, 128, AttentionKernel.TensorCore)]
+    public void AttentionForwardAndBackward(int B, int H, int L, int D, AttentionKernel kernel)
     {
         using var p = Open();
+        p.Gpu.AttentionForwardKernel = kernel;
         var (gq, cq) = Both(p, Rand(B * H * L * D, 1, 2f), B, H, L, D);
         var (gk, ck) = Both(p, Rand(B * H * L * D, 2, 2f), B, H, L, D);
         var (gv, cv) = Both(p, Rand(B * H * L * D, 3), B, H, L, D);
         using var go = p.Gpu.Attention(gq, gk, gv, out var glse);
         using var co = p.Cpu.Attention(cq, ck, cv, out var clse);
         Assert.Equal(new[] { B, L, H * D }, go.Shape);
-        AssertBf16($"attention ({B},{H},{L},{D})", go, co);
+        AssertBf16($"attention {kernel} ({B},{H},{L},{D})", go, co);
         AssertF32("attention lse", glse, clse, 1e-5);
 
         var (gdo, cdo) = Both(p, Rand(B * L * H * D, 4), B, L, H * D);
