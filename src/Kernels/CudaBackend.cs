@@ -104,6 +104,26 @@ public sealed partial class CudaBackend : IBackend
         CudaCheck.Cu(CuDriver.cuStreamSynchronize(Stream));
     }
 
+    /// <summary>
+    /// Milliseconds per call of <paramref name="action"/> on the GPU, measured with CUDA events around
+    /// <paramref name="repetitions"/> calls after one warm-up call (which also compiles and loads kernels).
+    /// </summary>
+    public float TimeMs(Action action, int repetitions = 10)
+    {
+        MakeCurrent();
+        action();
+        CudaCheck.Cu(CuDriver.cuEventCreate(out IntPtr s, CuDriver.CU_EVENT_DEFAULT));
+        using var start = new CudaEventHandle(s);
+        CudaCheck.Cu(CuDriver.cuEventCreate(out IntPtr e, CuDriver.CU_EVENT_DEFAULT));
+        using var end = new CudaEventHandle(e);
+        CudaCheck.Cu(CuDriver.cuEventRecord(s, Stream));
+        for (int i = 0; i < repetitions; i++) action();
+        CudaCheck.Cu(CuDriver.cuEventRecord(e, Stream));
+        CudaCheck.Cu(CuDriver.cuEventSynchronize(e));
+        CudaCheck.Cu(CuDriver.cuEventElapsedTime(out float ms, s, e));
+        return ms / repetitions;
+    }
+
     /// <summary>The primary context is current per thread; test runners and thread pools move work between threads.</summary>
     void MakeCurrent()
     {
