@@ -28,7 +28,7 @@ public sealed class KernelCompiler
     const string ResourcePrefix = "kernels/";
 
     /// <summary>Options for every file. No fast-math: the parity tests hold expf/tanhf to their IEEE accuracy.</summary>
-    static readonly string[] BaseOptions = ["-std=c++17", "-lineinfo", "--extra-device-vectorization"];
+    static readonly string[] BaseOptions = ["-std=c++17", "-lineinfo"];
 
     public KernelCompiler(string? cacheDirectory = null)
     {
