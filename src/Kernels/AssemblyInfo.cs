@@ -1,1 +1,5 @@
+using System.Runtime.CompilerServices;
+
+[assembly: InternalsVisibleTo("MetaLoraNative.Tests")]
+
 namespace MetaLoraNative.Kernels;

@@ -1,0 +1,441 @@
+// attention.cu: fused attention softmax(q k^T * scale) v with the log-sum-exp kept, and its backward.
+// Never materialises an L x L matrix: scores live one 32-key (or 32-query) tile at a time in registers.
+// Shapes: q, k, v, dq, dk, dv (B, H, L, D) bf16, D <= 128; out, o, dout (B, L, H*D) bf16 ("B H L D -> B L (H D)");
+//         lse, drow (B, H, L) fp32. Every output is written with = (dq, dk, dv have one writer each: no atomics).
+// Forward (online softmax): per query row keep the running max m, the running sum l and the unnormalised output;
+//   a new tile rescales them by exp(m_old - m_new). lse = m + log(l).
+// Backward (FlashAttention-2 order): drow = rowsum(dout * o) first; then with P = exp(s - lse),
+//   dP = dout v^T, dS = P (dP - drow): dq = scale dS k (query-centric kernel), dv = P^T dout and
+//   dk = scale dS^T q (key-centric kernel). P is recomputed in both rather than stored.
+// Layout of work: one warp per row of the outer side; lane j owns key (or query) j of the current 32-wide tile for
+//   the dot products, and dims lane + 32 i (i < 4) of the row's accumulators. Tiles sit in shared memory as fp32,
+//   padded to 129 floats per row so that 32 lanes reading 32 different rows hit 32 different banks.
+// Launch: block 256 (8 warps). forward grid (ceil(L/16), B*H), 2 query rows per warp; backward_dq and
+//   backward_dkdv grid (ceil(L/8), B*H), 1 row per warp; backward_preprocess grid ceil(B*H*L/8), one warp per row.
+#include "common.cuh"
+
+#define KT 32
+#define MAXD 128
+#define PADD (MAXD + 1)
+#define DPL (MAXD / WARP)   // accumulator dims per lane
+#define NWARPS 8
+#define FWD_ROWS 2
+
+struct AttnParams
+{
+    const bf16* q;      // (B, H, L, D)
+    const bf16* k;      // (B, H, L, D)
+    const bf16* v;      // (B, H, L, D)
+    const bf16* o;      // (B, L, H*D): forward output, read by the backward
+    const bf16* dout;   // (B, L, H*D)
+    bf16* out;          // (B, L, H*D): forward output
+    float* lse;         // (B, H, L)
+    float* drow;        // (B, H, L)
+    bf16* dq;           // (B, H, L, D)
+    bf16* dk;           // (B, H, L, D)
+    bf16* dv;           // (B, H, L, D)
+    int B, H, L, D;
+    float scale;        // 1 / sqrt(D)
+};
+static_assert(sizeof(AttnParams) == 112, "AttnParams layout changed: update CudaBackend.AttnParams");
+
+// Index of element d of row l of head (b, h) in a (B, L, H*D) tensor.
+__device__ __forceinline__ i64 bl_hd(const AttnParams& p, int b, int h, int l, int d)
+{
+    return (((i64)b * p.L + l) * p.H + h) * p.D + d;
+}
+
+extern "C" __global__ void __launch_bounds__(256) attention_forward(AttnParams p)
+{
+    __shared__ float ks[KT][PADD];
+    __shared__ float vs[KT][MAXD];
+    __shared__ float qs[NWARPS][FWD_ROWS][MAXD];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, D = p.D, L = p.L;
+    const i64 base = (i64)bh * L * D;
+    const int row0 = blockIdx.x * (NWARPS * FWD_ROWS) + warp * FWD_ROWS;
+
+    for (int r = 0; r < FWD_ROWS; r++)
+        for (int d = lane; d < D; d += WARP)
+            qs[warp][r][d] = row0 + r < L ? bf2f(p.q[base + (i64)(row0 + r) * D + d]) * p.scale : 0.0f;
+
+    float m[FWD_ROWS], l[FWD_ROWS], acc[FWD_ROWS][DPL];
+    for (int r = 0; r < FWD_ROWS; r++)
+    {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+        for (int i = 0; i < DPL; i++) acc[r][i] = 0.0f;
+    }
+
+    for (int j0 = 0; j0 < L; j0 += KT)
+    {
+        __syncthreads();   // everyone is done with the previous tile (and qs is written)
+        for (int e = threadIdx.x; e < KT * D; e += blockDim.x)
+        {
+            int j = e / D, d = e % D, key = j0 + j;
+            ks[j][d] = key < L ? bf2f(p.k[base + (i64)key * D + d]) : 0.0f;
+            vs[j][d] = key < L ? bf2f(p.v[base + (i64)key * D + d]) : 0.0f;
+        }
+        __syncthreads();
+
+        const bool valid = j0 + lane < L;
+        for (int r = 0; r < FWD_ROWS; r++)
+        {
+            float s = 0.0f;
+            for (int d = 0; d < D; d++) s += qs[warp][r][d] * ks[lane][d];
+            if (!valid) s = -INFINITY;
+            float m_new = fmaxf(m[r], warp_max(s));      // finite: the tile holds at least one valid key
+            float pr = expf(s - m_new);
+            float alpha = expf(m[r] - m_new);             // 0 on the first tile (m = -inf)
+            l[r] = l[r] * alpha + warp_sum(pr);
+            for (int i = 0; i < DPL; i++) acc[r][i] *= alpha;
+            for (int j = 0; j < KT; j++)
+            {
+                float pj = __shfl_sync(0xffffffffu, pr, j);
+                for (int i = 0; i < DPL; i++)
+                {
+                    int d = lane + WARP * i;
+                    if (d < D) acc[r][i] += pj * vs[j][d];
+                }
+            }
+            m[r] = m_new;
+        }
+    }
+
+    for (int r = 0; r < FWD_ROWS; r++)
+    {
+        int row = row0 + r;
+        if (row >= L) continue;
+        float inv = 1.0f / l[r];
+        for (int i = 0; i < DPL; i++)
+        {
+            int d = lane + WARP * i;
+            if (d < D) p.out[bl_hd(p, b, h, row, d)] = f2bf(acc[r][i] * inv);
+        }
+        if (lane == 0) p.lse[(i64)bh * L + row] = m[r] + logf(l[r]);
+    }
+}
+
+// drow[b, h, l] = sum_d dout[b, l, h, d] * o[b, l, h, d].
+extern "C" __global__ void attention_backward_preprocess(AttnParams p)
+{
+    i64 row = (i64)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;   // over (b, h, l)
+    int lane = threadIdx.x % WARP;
+    if (row >= (i64)p.B * p.H * p.L) return;
+    int l = (int)(row % p.L);
+    int bh = (int)(row / p.L), b = bh / p.H, h = bh % p.H;
+    float s = 0.0f;
+    for (int d = lane; d < p.D; d += WARP)
+    {
+        i64 o = bl_hd(p, b, h, l, d);
+        s += bf2f(p.dout[o]) * bf2f(p.o[o]);
+    }
+    s = warp_sum(s);
+    if (lane == 0) p.drow[row] = s;
+}
+
+// dq[row] = scale * sum_j P_ij (dP_ij - drow_i) k_j: one warp per query row, 32 keys per tile.
+extern "C" __global__ void __launch_bounds__(256) attention_backward_dq(AttnParams p)
+{
+    __shared__ float ks[KT][PADD];
+    __shared__ float vs[KT][PADD];
+    __shared__ float qs[NWARPS][MAXD];
+    __shared__ float dos[NWARPS][MAXD];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, D = p.D, L = p.L;
+    const i64 base = (i64)bh * L * D;
+    const int row = blockIdx.x * NWARPS + warp;
+    const bool row_ok = row < L;
+
+    for (int d = lane; d < D; d += WARP)
+    {
+        qs[warp][d] = row_ok ? bf2f(p.q[base + (i64)row * D + d]) : 0.0f;
+        dos[warp][d] = row_ok ? bf2f(p.dout[bl_hd(p, b, h, row, d)]) : 0.0f;
+    }
+    const float lse = row_ok ? p.lse[(i64)bh * L + row] : 0.0f;
+    const float dr = row_ok ? p.drow[(i64)bh * L + row] : 0.0f;
+    float acc[DPL];
+    for (int i = 0; i < DPL; i++) acc[i] = 0.0f;
+
+    for (int j0 = 0; j0 < L; j0 += KT)
+    {
+        __syncthreads();
+        for (int e = threadIdx.x; e < KT * D; e += blockDim.x)
+        {
+            int j = e / D, d = e % D, key = j0 + j;
+            ks[j][d] = key < L ? bf2f(p.k[base + (i64)key * D + d]) : 0.0f;
+            vs[j][d] = key < L ? bf2f(p.v[base + (i64)key * D + d]) : 0.0f;
+        }
+        __syncthreads();
+
+        float s = 0.0f, dp = 0.0f;
+        for (int d = 0; d < D; d++)
+        {
+            s += qs[warp][d] * ks[lane][d];
+            dp += dos[warp][d] * vs[lane][d];
+        }
+        float pr = j0 + lane < L ? expf(s * p.scale - lse) : 0.0f;
+        float ds = pr * (dp - dr);
+        for (int j = 0; j < KT; j++)
+        {
+            float dsj = __shfl_sync(0xffffffffu, ds, j);
+            for (int i = 0; i < DPL; i++)
+            {
+                int d = lane + WARP * i;
+                if (d < D) acc[i] += dsj * ks[j][d];
+            }
+        }
+    }
+    if (!row_ok) return;
+    for (int i = 0; i < DPL; i++)
+    {
+        int d = lane + WARP * i;
+        if (d < D) p.dq[base + (i64)row * D + d] = f2bf(acc[i] * p.scale);
+    }
+}
+
+// dv[key] = sum_i P_ij dout_i;  dk[key] = scale * sum_i dS_ij q_i: one warp per key row, 32 queries per tile.
+extern "C" __global__ void __launch_bounds__(256) attention_backward_dkdv(AttnParams p)
+{
+    __shared__ float qs[KT][PADD];
+    __shared__ float dos[KT][PADD];
+    __shared__ float lse_t[KT], dr_t[KT];
+    __shared__ float kr[NWARPS][MAXD];
+    __shared__ float vr[NWARPS][MAXD];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, D = p.D, L = p.L;
+    const i64 base = (i64)bh * L * D;
+    const int key = blockIdx.x * NWARPS + warp;
+    const bool key_ok = key < L;
+
+    for (int d = lane; d < D; d += WARP)
+    {
+        kr[warp][d] = key_ok ? bf2f(p.k[base + (i64)key * D + d]) : 0.0f;
+        vr[warp][d] = key_ok ? bf2f(p.v[base + (i64)key * D + d]) : 0.0f;
+    }
+    float dk[DPL], dv[DPL];
+    for (int i = 0; i < DPL; i++) { dk[i] = 0.0f; dv[i] = 0.0f; }
+
+    for (int i0 = 0; i0 < L; i0 += KT)
+    {
+        __syncthreads();
+        for (int e = threadIdx.x; e < KT * D; e += blockDim.x)
+        {
+            int i = e / D, d = e % D, qi = i0 + i;
+            qs[i][d] = qi < L ? bf2f(p.q[base + (i64)qi * D + d]) : 0.0f;
+            dos[i][d] = qi < L ? bf2f(p.dout[bl_hd(p, b, h, qi, d)]) : 0.0f;
+        }
+        if (threadIdx.x < KT)
+        {
+            int qi = i0 + threadIdx.x;
+            lse_t[threadIdx.x] = qi < L ? p.lse[(i64)bh * L + qi] : INFINITY;   // P = exp(s - inf) = 0 past the end
+            dr_t[threadIdx.x] = qi < L ? p.drow[(i64)bh * L + qi] : 0.0f;
+        }
+        __syncthreads();
+
+        float s = 0.0f, dp = 0.0f;
+        for (int d = 0; d < D; d++)
+        {
+            s += qs[lane][d] * kr[warp][d];
+            dp += dos[lane][d] * vr[warp][d];
+        }
+        float pr = expf(s * p.scale - lse_t[lane]);
+        float ds = pr * (dp - dr_t[lane]);
+        for (int i = 0; i < KT; i++)
+        {
+            float pi = __shfl_sync(0xffffffffu, pr, i);
+            float dsi = __shfl_sync(0xffffffffu, ds, i);
+            for (int c = 0; c < DPL; c++)
+            {
+                int d = lane + WARP * c;
+                if (d < D)
+                {
+                    dv[c] += pi * dos[i][d];
+                    dk[c] += dsi * qs[i][d];
+                }
+            }
+        }
+    }
+    if (!key_ok) return;
+    for (int c = 0; c < DPL; c++)
+    {
+        int d = lane + WARP * c;
+        if (d < D)
+        {
+            p.dk[base + (i64)key * D + d] = f2bf(dk[c] * p.scale);
+            p.dv[base + (i64)key * D + d] = f2bf(dv[c]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Version 2 of the forward: tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate), FlashAttention-2 layout.
+// Same contract and outputs as attention_forward, plus: D % 16 == 0 (the host falls back to version 1 otherwise).
+// Block 128 (4 warps); each warp owns 16 query rows, so a block covers 64; keys stream through shared memory in
+// tiles of 64. grid (ceil(L/64), B*H). S = Q K^T and O += P V are both mma.sync; P is rounded to bf16 for the second
+// product, as FlashAttention does, while the row sums l use the fp32 P.
+// Fragment layouts (PTX ISA, m16n8k16 .bf16): g = lane / 4, t = lane % 4.
+//   A (16x16, row): regs {r g, c 2t..2t+1}, {r g+8, c 2t..}, {r g, c 2t+8..}, {r g+8, c 2t+8..}
+//   B (16x8, col):  regs {k 2t..2t+1, n g}, {k 2t+8..2t+9, n g}
+//   C (16x8):       c0, c1 = (r g, c 2t..2t+1); c2, c3 = (r g+8, c 2t..2t+1)
+// The C fragments of two adjacent 8-key tiles of S are exactly the A fragment of P for one 16-key step.
+#define MMA_WARPS 4
+#define MMA_BR (16 * MMA_WARPS)
+#define MMA_BC 64
+#define SROW (MAXD + 8)   // bf16 per shared row: +16 bytes so the 8 row groups of a fragment load hit distinct banks
+
+__device__ __forceinline__ unsigned pack_bf16(bf16 lo, bf16 hi) { return (unsigned)lo | ((unsigned)hi << 16); }
+
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+// Two adjacent bf16 of row `row` (zero past the end) as one 32-bit word.
+__device__ __forceinline__ unsigned ld_pair(const bf16* t, i64 base, int row, int c, int L, int D)
+{
+    return row < L ? *(const unsigned*)(t + base + (i64)row * D + c) : 0u;
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnParams p)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    __shared__ __align__(16) bf16 ks[MMA_BC * SROW];
+    __shared__ __align__(16) bf16 vs[MMA_BC * SROW];
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, D = p.D, L = p.L;
+    const int KS = D / 16, NTO = D / 8;
+    const i64 base = (i64)bh * L * D;
+    const int rowA = blockIdx.x * MMA_BR + warp * 16 + g, rowB = rowA + 8;
+
+    unsigned qa[MAXD / 16][4];
+#pragma unroll
+    for (int k = 0; k < MAXD / 16; k++)
+    {
+        if (k < KS)
+        {
+            int c = k * 16 + 2 * t;
+            qa[k][0] = ld_pair(p.q, base, rowA, c, L, D);
+            qa[k][1] = ld_pair(p.q, base, rowB, c, L, D);
+            qa[k][2] = ld_pair(p.q, base, rowA, c + 8, L, D);
+            qa[k][3] = ld_pair(p.q, base, rowB, c + 8, L, D);
+        }
+    }
+
+    float o[MAXD / 8][4];
+#pragma unroll
+    for (int n = 0; n < MAXD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float mA = -INFINITY, mB = -INFINITY, lA = 0.0f, lB = 0.0f;   // l: this thread's share of the row sum
+
+    for (int j0 = 0; j0 < L; j0 += MMA_BC)
+    {
+        __syncthreads();
+        for (int e = threadIdx.x; e < MMA_BC * (D / 2); e += blockDim.x)
+        {
+            int j = e / (D / 2), c = (e % (D / 2)) * 2, key = j0 + j;
+            *(unsigned*)(ks + j * SROW + c) = ld_pair(p.k, base, key, c, L, D);
+            *(unsigned*)(vs + j * SROW + c) = ld_pair(p.v, base, key, c, L, D);
+        }
+        __syncthreads();
+
+        float s[MMA_BC / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_BC / 8; n++)
+        {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+            for (int k = 0; k < MAXD / 16; k++)
+            {
+                if (k < KS)
+                {
+                    const bf16* kr = ks + (n * 8 + g) * SROW + k * 16 + 2 * t;
+                    mma_bf16_16816(s[n], qa[k][0], qa[k][1], qa[k][2], qa[k][3], *(const unsigned*)kr, *(const unsigned*)(kr + 8));
+                }
+            }
+        }
+
+        float mxA = -INFINITY, mxB = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < MMA_BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                bool ok = j0 + n * 8 + 2 * t + e < L;
+                s[n][e] = ok ? s[n][e] * p.scale : -INFINITY;
+                s[n][2 + e] = ok ? s[n][2 + e] * p.scale : -INFINITY;
+                mxA = fmaxf(mxA, s[n][e]);
+                mxB = fmaxf(mxB, s[n][2 + e]);
+            }
+        mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, 1));
+        mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, 2));
+        mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, 1));
+        mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, 2));
+        float mnA = fmaxf(mA, mxA), mnB = fmaxf(mB, mxB);   // finite: key j0 is valid
+        float alA = expf(mA - mnA), alB = expf(mB - mnB);
+        lA *= alA;
+        lB *= alB;
+#pragma unroll
+        for (int n = 0; n < MAXD / 8; n++)
+        {
+            o[n][0] *= alA; o[n][1] *= alA;
+            o[n][2] *= alB; o[n][3] *= alB;
+        }
+#pragma unroll
+        for (int n = 0; n < MMA_BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+            {
+                s[n][e] = expf(s[n][e] - mnA);
+                s[n][2 + e] = expf(s[n][2 + e] - mnB);
+                lA += s[n][e];
+                lB += s[n][2 + e];
+            }
+        mA = mnA;
+        mB = mnB;
+
+#pragma unroll
+        for (int kk = 0; kk < MMA_BC / 16; kk++)
+        {
+            unsigned a0 = pack_bf16(f2bf(s[2 * kk][0]), f2bf(s[2 * kk][1]));
+            unsigned a1 = pack_bf16(f2bf(s[2 * kk][2]), f2bf(s[2 * kk][3]));
+            unsigned a2 = pack_bf16(f2bf(s[2 * kk + 1][0]), f2bf(s[2 * kk + 1][1]));
+            unsigned a3 = pack_bf16(f2bf(s[2 * kk + 1][2]), f2bf(s[2 * kk + 1][3]));
+            const bf16* vr = vs + (kk * 16 + 2 * t) * SROW + g;
+#pragma unroll
+            for (int n = 0; n < MAXD / 8; n++)
+            {
+                if (n < NTO)
+                {
+                    const bf16* v = vr + n * 8;
+                    mma_bf16_16816(o[n], a0, a1, a2, a3, pack_bf16(v[0], v[SROW]), pack_bf16(v[8 * SROW], v[9 * SROW]));
+                }
+            }
+        }
+    }
+
+    lA += __shfl_xor_sync(0xffffffffu, lA, 1);
+    lA += __shfl_xor_sync(0xffffffffu, lA, 2);
+    lB += __shfl_xor_sync(0xffffffffu, lB, 1);
+    lB += __shfl_xor_sync(0xffffffffu, lB, 2);
+    float invA = 1.0f / lA, invB = 1.0f / lB;
+#pragma unroll
+    for (int n = 0; n < MAXD / 8; n++)
+    {
+        if (n < NTO)
+        {
+            int d = n * 8 + 2 * t;
+            if (rowA < L) *(unsigned*)(p.out + bl_hd(p, b, h, rowA, d)) = pack_bf16(f2bf(o[n][0] * invA), f2bf(o[n][1] * invA));
+            if (rowB < L) *(unsigned*)(p.out + bl_hd(p, b, h, rowB, d)) = pack_bf16(f2bf(o[n][2] * invB), f2bf(o[n][3] * invB));
+        }
+    }
+    if (t == 0)
+    {
+        if (rowA < L) p.lse[(i64)bh * L + rowA] = mA + logf(lA);
+        if (rowB < L) p.lse[(i64)bh * L + rowB] = mB + logf(lB);
+    }
+#endif
+}

@@ -1,0 +1,150 @@
+using System.Runtime.InteropServices;
+
+namespace MetaLoraNative.Kernels.Native;
+
+/// <summary>cuBLASLt (libcublasLt). cublasStatus_t is an int; handles and descriptors are opaque pointers.</summary>
+public static unsafe partial class CublasLt
+{
+    static CublasLt() => NativeLibraries.EnsureRegistered();
+
+    const string Lib = NativeLibraries.CublasLt;
+
+    public const int CUBLAS_STATUS_SUCCESS = 0;
+
+    // cudaDataType_t
+    public const int CUDA_R_32F = 0;
+    public const int CUDA_R_16F = 2;
+    public const int CUDA_R_16BF = 14;
+
+    // cublasComputeType_t
+    public const int CUBLAS_COMPUTE_32F = 68;
+
+    // cublasOperation_t
+    public const int CUBLAS_OP_N = 0;
+    public const int CUBLAS_OP_T = 1;
+
+    // cublasLtMatmulDescAttributes_t
+    public const int CUBLASLT_MATMUL_DESC_TRANSA = 3;
+    public const int CUBLASLT_MATMUL_DESC_TRANSB = 4;
+    public const int CUBLASLT_MATMUL_DESC_EPILOGUE = 7;
+    public const int CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8;
+    public const int CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26;
+
+    // cublasLtEpilogue_t
+    public const int CUBLASLT_EPILOGUE_DEFAULT = 1;
+    public const int CUBLASLT_EPILOGUE_BIAS = 4;
+
+    // cublasLtMatmulPreferenceAttributes_t
+    public const int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;
+
+    /// <summary>cublasLtMatmulAlgo_t: 8 opaque 64-bit words.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct cublasLtMatmulAlgo_t
+    {
+        public ulong D0, D1, D2, D3, D4, D5, D6, D7;
+    }
+
+    /// <summary>cublasLtMatmulHeuristicResult_t (96 bytes).</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    public struct cublasLtMatmulHeuristicResult_t
+    {
+        public cublasLtMatmulAlgo_t algo;
+        public nuint workspaceSize;
+        public int state;
+        public float wavesCount;
+        public int reserved0, reserved1, reserved2, reserved3;
+    }
+
+    [LibraryImport(Lib)] public static partial nuint cublasLtGetVersion();
+    [LibraryImport(Lib)] public static partial IntPtr cublasLtGetStatusString(int status);
+    [LibraryImport(Lib)] public static partial int cublasLtCreate(out IntPtr lightHandle);
+    [LibraryImport(Lib)] public static partial int cublasLtDestroy(IntPtr lightHandle);
+
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulDescCreate(out IntPtr matmulDesc, int computeType, int scaleType);
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulDescDestroy(IntPtr matmulDesc);
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulDescSetAttribute(IntPtr matmulDesc, int attr, void* buf, nuint sizeInBytes);
+
+    [LibraryImport(Lib)] public static partial int cublasLtMatrixLayoutCreate(out IntPtr matLayout, int type, ulong rows, ulong cols, long ld);
+    [LibraryImport(Lib)] public static partial int cublasLtMatrixLayoutDestroy(IntPtr matLayout);
+
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulPreferenceCreate(out IntPtr pref);
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulPreferenceDestroy(IntPtr pref);
+    [LibraryImport(Lib)] public static partial int cublasLtMatmulPreferenceSetAttribute(IntPtr pref, int attr, void* buf, nuint sizeInBytes);
+
+    [LibraryImport(Lib)]
+    public static partial int cublasLtMatmulAlgoGetHeuristic(IntPtr lightHandle, IntPtr operationDesc, IntPtr Adesc, IntPtr Bdesc,
+        IntPtr Cdesc, IntPtr Ddesc, IntPtr preference, int requestedAlgoCount, cublasLtMatmulHeuristicResult_t* heuristicResultsArray,
+        out int returnAlgoCount);
+
+    [LibraryImport(Lib)]
+    public static partial int cublasLtMatmul(IntPtr lightHandle, IntPtr computeDesc, void* alpha, ulong A, IntPtr Adesc, ulong B, IntPtr Bdesc,
+        void* beta, ulong C, IntPtr Cdesc, ulong D, IntPtr Ddesc, cublasLtMatmulAlgo_t* algo, ulong workspace, nuint workspaceSizeInBytes,
+        IntPtr stream);
+
+    public static string ErrorString(int status)
+    {
+        try
+        {
+            IntPtr p = cublasLtGetStatusString(status);
+            return p == IntPtr.Zero ? $"cublasStatus_t {status}" : $"{Marshal.PtrToStringUTF8(p)} ({status})";
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return $"cublasStatus_t {status}";
+        }
+    }
+}
+
+/// <summary>Classic cuBLAS: only the version query, for the doctor report (GEMMs go through cuBLASLt).</summary>
+public static partial class Cublas
+{
+    static Cublas() => NativeLibraries.EnsureRegistered();
+
+    [LibraryImport(NativeLibraries.Cublas)] public static partial int cublasGetProperty(int type, out int value);
+
+    public const int MAJOR_VERSION = 0, MINOR_VERSION = 1, PATCH_LEVEL = 2;
+}
+
+/// <summary>
+/// NVTX ranges. CUDA 12+ ships NVTX3 as headers only, so libnvToolsExt.so.1 may be absent: then every call is a
+/// silent no-op. Ranges show up in Nsight Systems when the library is present (or injected by the profiler).
+/// </summary>
+public static partial class Nvtx
+{
+    static readonly bool Available;
+
+    static Nvtx()
+    {
+        NativeLibraries.EnsureRegistered();
+        Available = NativeLibraries.IsAvailable(NativeLibraries.NvToolsExt);
+    }
+
+    [LibraryImport(NativeLibraries.NvToolsExt, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int nvtxRangePushA(string message);
+    [LibraryImport(NativeLibraries.NvToolsExt)]
+    private static partial int nvtxRangePop();
+
+    public static bool IsAvailable => Available;
+
+    public static void RangePush(string name)
+    {
+        if (Available) nvtxRangePushA(name);
+    }
+
+    public static void RangePop()
+    {
+        if (Available) nvtxRangePop();
+    }
+
+    /// <summary>using var _ = Nvtx.Range("op");</summary>
+    public static RangeScope Range(string name)
+    {
+        RangePush(name);
+        return new RangeScope();
+    }
+
+    public readonly struct RangeScope : IDisposable
+    {
+        public void Dispose() => RangePop();
+    }
+}

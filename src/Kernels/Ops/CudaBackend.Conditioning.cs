@@ -1,0 +1,139 @@
+using System.Runtime.InteropServices;
+using MetaLoraNative.Engine;
+
+namespace MetaLoraNative.Kernels;
+
+// Timestep embedding (timestep.cu), gated residual (residual.cu), losses (loss.cu) and AdamW (adamw.cu).
+public sealed partial class CudaBackend
+{
+    const int ReduceBlocks = 256;   // fixed grid of the deterministic reductions: the host adds this many partials
+
+    /// <summary>Mirrors AdamWParams in adamw.cu.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    struct AdamWParams
+    {
+        public ulong Param, Grad, M, V;
+        public long N;
+        public int DtGrad;
+        public float Lr, Beta1, Beta2, Eps, WeightDecay, GradScale, BiasCorrection1, BiasCorrection2;
+    }
+
+    public Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f)
+    {
+        using var _ = Op("timestep_embedding");
+        var ct = T(t, "t");
+        Shapes.Require(ct.Rank == 1, $"timestep_embedding: t {ct} is not (B)");
+        int B = ct.Shape[0];
+        var y = Alloc([B, dim]);
+        Launch1D("timestep.cu", "timestep_embedding_forward", (long)B * dim, y.Ptr, ct.Ptr, ct.Dt, B, dim, timeFactor, maxPeriod);
+        return y;
+    }
+
+    public Tensor TimestepEmbeddingBackward(Tensor t, Tensor dy, float timeFactor = 1000f, float maxPeriod = 10000f)
+    {
+        using var _ = Op("timestep_embedding_backward");
+        var ct = T(t, "t");
+        var cdy = T(dy, "dy");
+        int B = ct.Shape[0];
+        Shapes.Require(cdy.Rank == 2 && cdy.Shape[0] == B, $"timestep_embedding_backward: dy {cdy} for t {ct}");
+        var dt = Alloc([B]);
+        if (B > 0)
+            Launch("timestep.cu", "timestep_embedding_backward", ((uint)B, 1, 1), (Block, 1, 1), 0,
+                dt.Ptr, ct.Ptr, ct.Dt, cdy.Ptr, cdy.Dt, cdy.Shape[1], timeFactor, maxPeriod);
+        return dt;
+    }
+
+    public Tensor GatedResidual(Tensor x, Tensor gate, Tensor y)
+    {
+        using var _ = Op("gated_residual");
+        Shapes.SameShape(x, y, "gated_residual");
+        Shapes.Require(x.Rank == 3 && gate.Length == (long)x.Shape[0] * x.Shape[2], $"gated_residual: gate {gate} for x {x}");
+        int B = x.Shape[0], L = x.Shape[1], C = x.Shape[2];
+        using var bx = Bf16(x, "x");
+        using var bg = Bf16(gate, "gate");
+        using var by = Bf16(y, "y");
+        var o = Alloc(x.Shape);
+        Launch1D("residual.cu", "gated_residual_forward", o.Length, o.Ptr, bx.Ptr, bg.Ptr, by.Ptr, B, L, C);
+        return o;
+    }
+
+    public (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y)
+    {
+        using var _ = Op("gated_residual_backward");
+        Shapes.SameShape(dOut, y, "gated_residual_backward");
+        int B = y.Shape[0], L = y.Shape[1], C = y.Shape[2];
+        int chunks = (int)CeilDiv(L, ChunkRows);
+        using var bdo = Bf16(dOut, "dOut");
+        using var bg = Bf16(gate, "gate");
+        using var by = Bf16(y, "y");
+        var dy = Alloc(y.Shape);
+        var dgate = Alloc([B, C]);
+        if (dy.Length == 0)
+        {
+            Fill(dgate, 0f);
+            return (dy, dgate);
+        }
+        using var partial = Alloc([B, chunks, C], Precision.Master);
+        Launch1D("residual.cu", "gated_residual_backward_dy", dy.Length, dy.Ptr, bdo.Ptr, bg.Ptr, B, L, C);
+        Launch("residual.cu", "gated_residual_backward_partials", (CeilDiv(C, 32), (uint)chunks, (uint)B), (32, 8, 1), 0,
+            partial.Ptr, bdo.Ptr, by.Ptr, B, L, C, chunks);
+        Launch1D("residual.cu", "sum_chunks_kernel", (long)B * C, dgate.Ptr, partial.Ptr, B, chunks, C);
+        return (dy, dgate);
+    }
+
+    public double MseLoss(Tensor pred, Tensor target, out Tensor dPred)
+    {
+        using var _ = Op("mse_loss");
+        var p = T(pred, "pred");
+        var t = T(target, "target");
+        Shapes.Require(p.Length == t.Length && p.Length > 0, $"mse_loss: pred {p}, target {t}");
+        var d = Alloc(p.Shape);
+        using var partials = Alloc([ReduceBlocks * 2], Precision.Master);   // 256 doubles
+        Launch("loss.cu", "mse_loss", (ReduceBlocks, 1, 1), (Block, 1, 1), 0, partials.Ptr, d.Ptr, p.Ptr, p.Dt, t.Ptr, t.Dt, p.Length);
+        dPred = d;
+        return SumPartials(partials) / p.Length;
+    }
+
+    public double SumSquares(Tensor t)
+    {
+        using var _ = Op("sum_squares");
+        var c = T(t);
+        if (c.Length == 0) return 0;
+        using var partials = Alloc([ReduceBlocks * 2], Precision.Master);
+        Launch("loss.cu", "sum_squares", (ReduceBlocks, 1, 1), (Block, 1, 1), 0, partials.Ptr, c.Ptr, c.Dt, c.Length);
+        return SumPartials(partials);
+    }
+
+    /// <summary>Adds the blocks' fp64 partials in block order (deterministic).</summary>
+    double SumPartials(CudaTensor partials)
+    {
+        float[] raw = Download(partials);   // fp32 view of 256 doubles: reinterpret, not convert
+        var doubles = new double[ReduceBlocks];
+        Buffer.BlockCopy(raw, 0, doubles, 0, ReduceBlocks * sizeof(double));
+        double s = 0;
+        foreach (double v in doubles) s += v;
+        return s;
+    }
+
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step)
+    {
+        using var _ = Op("adamw");
+        var p = T(param, "param");
+        var g = T(grad, "grad");
+        var cm = T(m, "m");
+        var cv = T(v, "v");
+        Shapes.Require(p.Precision == Precision.Master && cm.Precision == Precision.Master && cv.Precision == Precision.Master,
+            "adamw: param, m and v must be Master (fp32)");
+        Shapes.Require(g.Length == p.Length && cm.Length == p.Length && cv.Length == p.Length, $"adamw: param {p}, grad {g}, m {cm}, v {cv}");
+        Shapes.Require(step.Step >= 1, "adamw: step is 1-based");
+        var a = new AdamWParams
+        {
+            Param = p.Ptr, Grad = g.Ptr, M = cm.Ptr, V = cv.Ptr, N = p.Length, DtGrad = g.Dt,
+            Lr = step.LearningRate, Beta1 = step.Beta1, Beta2 = step.Beta2, Eps = step.Epsilon, WeightDecay = step.WeightDecay,
+            GradScale = step.GradScale,
+            BiasCorrection1 = (float)(1 - Math.Pow(step.Beta1, step.Step)),
+            BiasCorrection2 = (float)(1 - Math.Pow(step.Beta2, step.Step)),
+        };
+        if (p.Length > 0) LaunchParams("adamw.cu", "adamw_step", (Grid1D(p.Length), 1, 1), (Block, 1, 1), a);
+    }
+}

@@ -1,0 +1,149 @@
+using MetaLoraNative.Kernels;
+using MetaLoraNative.Kernels.Native;
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Cuda;
+
+/// <summary>
+/// Every kernel file compiles with NVRTC for Ampere and Hopper. Needs only libnvrtc (no GPU): on Debian,
+/// .ci/install-nvrtc.sh provides NVRTC 11.8. Skips, saying why, when NVRTC does not load.
+/// </summary>
+public class KernelCompileTests(ITestOutputHelper output)
+{
+    static bool NvrtcMissing(out string reason)
+    {
+        bool ok = NativeLibraries.TryLoad(NativeLibraries.Nvrtc, out string report) != IntPtr.Zero;
+        reason = ok ? "" : $"NVRTC not loadable ({report}); run .ci/install-nvrtc.sh";
+        return !ok;
+    }
+
+    public static TheoryData<string> Files() => [.. KernelCompiler.KernelFiles()];
+
+    [Fact]
+    public void EveryKernelFileIsEmbedded()
+    {
+        var files = KernelCompiler.KernelFiles();
+        Assert.Contains("attention.cu", files);
+        Assert.Contains("layernorm.cu", files);
+        Assert.Contains("common.cuh", KernelCompiler.ReadSource("attention.cu"));
+        Assert.NotEmpty(KernelCompiler.ReadSource(KernelCompiler.CommonHeader));
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Files))]
+    public void CompilesForSm80AndSm90(string file)
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        var compiler = new KernelCompiler(cacheDirectory: "");
+        foreach (string arch in new[] { "sm_80", "sm_90" })
+        {
+            var r = compiler.Compile(file, arch);
+            output.WriteLine($"{file} {arch}: {(r.Success ? $"{r.Image!.Length} bytes" : "FAILED")} in {r.CompileTime.TotalMilliseconds:F0} ms");
+            Assert.True(r.Success, $"{file} for {arch}:\n{r.Log}");
+        }
+    }
+
+    [SkippableFact]
+    public void PtxForComputeArch()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        var r = new KernelCompiler(cacheDirectory: "").Compile("memory.cu", "compute_80");
+        Assert.True(r.Success, r.Log);
+        string ptx = System.Text.Encoding.ASCII.GetString(r.Image!);
+        Assert.Contains(".entry fill_kernel", ptx);
+    }
+
+    [SkippableFact]
+    public void BuildAllWritesEveryImage()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        string dir = Path.Combine(Path.GetTempPath(), "metalora-kernels-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var results = KernelCompiler.BuildAll("sm_90", dir);
+            foreach (var r in results)
+                output.WriteLine($"{r.File}: {(r.Success ? $"{r.Image!.Length} bytes" : "FAILED\n" + r.Log)} in {r.CompileTime.TotalMilliseconds:F0} ms");
+            Assert.All(results, r => Assert.True(r.Success, r.Log));
+            Assert.Equal(KernelCompiler.KernelFiles().Count, Directory.GetFiles(dir, "*.sm_90.cubin").Length);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [SkippableFact]
+    public void KernelsBuildCommandExitsZero()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        string dir = Path.Combine(Path.GetTempPath(), "metalora-cmd-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var command = MetaLoraNative.Cli.Commands.KernelsCommand.Create();
+            Assert.Equal(0, command.Parse(["build", "--arch", "sm_80", "--out", dir]).Invoke());
+            Assert.Equal(KernelCompiler.KernelFiles().Count, Directory.GetFiles(dir, "*.sm_80.cubin").Length);
+            Assert.NotEqual(0, command.Parse(["build", "--arch", "volta"]).Invoke());
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [SkippableFact]
+    public void DiskCacheIsKeyedAndReused()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        string dir = Path.Combine(Path.GetTempPath(), "metalora-cache-" + Guid.NewGuid().ToString("N"));
+        try
+        {
+            var compiler = new KernelCompiler(dir);
+            var first = compiler.Compile("memory.cu", "sm_80");
+            var second = compiler.Compile("memory.cu", "sm_80");
+            var other = compiler.Compile("memory.cu", "sm_90");
+            Assert.False(first.FromCache);
+            Assert.True(second.FromCache);
+            Assert.False(other.FromCache);
+            Assert.Equal(first.Image, second.Image);
+            Assert.Equal(2, Directory.GetFiles(dir).Length);
+        }
+        finally
+        {
+            if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
+    public void ArchNamesAreNormalised()
+    {
+        Assert.Equal("sm_80", KernelCompiler.NormalizeArch("80"));
+        Assert.Equal("sm_90a", KernelCompiler.NormalizeArch("SM90a"));
+        Assert.Equal("compute_90", KernelCompiler.NormalizeArch("compute_90"));
+        Assert.Throws<ArgumentException>(() => KernelCompiler.NormalizeArch("hopper"));
+        Assert.Equal("sm_90a", KernelCompiler.ArchFor(9, 0, 12));
+        Assert.Equal("sm_90", KernelCompiler.ArchFor(9, 0, 11));
+        Assert.Equal("sm_86", KernelCompiler.ArchFor(8, 6, 13));
+    }
+
+    /// <summary>The C# mirrors of the kernels' parameter structs have the sizes the .cu files static_assert.</summary>
+    [Fact]
+    public void ParamStructLayoutsMatchTheKernels() => CudaBackend.CheckParamLayouts();
+
+    [Fact]
+    public void ProbeNeverThrows()
+    {
+        var lines = CudaProbe.Report();
+        foreach (string line in lines) output.WriteLine(line);
+        Assert.NotEmpty(lines);
+    }
+}
