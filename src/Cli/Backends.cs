@@ -14,5 +14,7 @@ public static class Backends
     };
 
     static IBackend CreateCuda() =>
-        throw new NotSupportedException("the CUDA engine is not part of this build yet; use --device cpu");
+        Kernels.CudaBackend.TryCreate(out var backend, out var reason)
+            ? backend!
+            : throw new NotSupportedException($"the CUDA engine is unavailable: {reason} (run 'metalora doctor'; --device cpu works everywhere)");
 }

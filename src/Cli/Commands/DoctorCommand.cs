@@ -22,6 +22,7 @@ internal static class DoctorCommand
         yield return $".NET        {RuntimeInformation.FrameworkDescription} on {RuntimeInformation.RuntimeIdentifier}";
         yield return $"CPU         {Environment.ProcessorCount} logical cores, {RuntimeInformation.ProcessArchitecture}, " +
                      $"{GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / (1L << 30)} GiB available to .NET";
+        foreach (var line in Kernels.CudaProbe.Report()) yield return line;
         foreach (var line in OnnxRuntimeLines()) yield return line;
     }
 
