@@ -130,6 +130,24 @@ public interface IBackend : IDisposable
     /// step number; grad is multiplied by gradScale first (gradient clipping).
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step);
+
+    // ---------------------------------------------------------------- device services (defaults fit the CPU)
+
+    /// <summary>A named profiling range around model stages (NVTX on CUDA): <c>using var _ = be.Range("double_blocks.3");</c></summary>
+    IDisposable Range(string name) => NoRange.Instance;
+    /// <summary>Blocks until every queued op has finished (for timing).</summary>
+    void Synchronize() { }
+    /// <summary>Free and total bytes of the device's own memory, or null when the backend uses host memory.</summary>
+    (long Free, long Total)? MemoryInfo => null;
+    /// <summary>Peak bytes of tensors alive at once on the device (0 when not tracked).</summary>
+    long PeakBytes => 0;
+}
+
+/// <summary>The range of a backend that does not profile.</summary>
+public sealed class NoRange : IDisposable
+{
+    public static readonly NoRange Instance = new();
+    public void Dispose() { }
 }
 
 /// <summary>Storage precision of a tensor. On the CPU both are the backend's element type.</summary>

@@ -96,6 +96,29 @@ public sealed partial class CudaBackend : IBackend
     public long PeakBytes => Pool.PeakBytes;
     public void ResetPeak() => Pool.ResetPeak();
 
+    /// <summary>An NVTX range for a model stage (blocks, layers); ops open their own.</summary>
+    public IDisposable Range(string name)
+    {
+        MakeCurrent();
+        Nvtx.RangePush(name);
+        return new PopOnDispose();
+    }
+
+    sealed class PopOnDispose : IDisposable
+    {
+        public void Dispose() => Nvtx.RangePop();
+    }
+
+    public (long Free, long Total)? MemoryInfo
+    {
+        get
+        {
+            MakeCurrent();
+            CudaCheck.Cu(CuDriver.cuMemGetInfo_v2(out nuint free, out nuint total));
+            return ((long)free, (long)total);
+        }
+    }
+
     internal IntPtr Stream => streamHandle.DangerousGetHandle();
 
     public void Synchronize()

@@ -50,9 +50,14 @@ public sealed class FluxModel
     public SingleBlock[] SingleBlocks { get; }
     public FinalLayer FinalLayer { get; }
 
-    /// <summary>Everything the backward needs, block by block.</summary>
+    /// <summary>
+    /// Everything the backward needs, block by block. With recomputation a block keeps only its inputs (which the
+    /// state owns anyway as the previous block's outputs) and its internals are rebuilt during the backward.
+    /// </summary>
     public sealed class State : IDisposable
     {
+        public bool Recompute;
+        public Tensor[] DoubleImgIn = [], DoubleTxtIn = [], SingleIn = [];
         readonly List<Tensor> streams = [];
         public Tensor ImgInput = null!, SiluVec = null!, Pe = null!;
         /// <summary>Block inputs and outputs: each block keeps a reference to its input, the state owns them.</summary>
@@ -66,8 +71,8 @@ public sealed class FluxModel
         {
             SiluVec.Dispose();
             Pe.Dispose();
-            foreach (var d in Double) d.Dispose();
-            foreach (var s in Single) s.DisposeAll();
+            foreach (var d in Double) d?.Dispose();
+            foreach (var s in Single) s?.DisposeAll();
             Final.Dispose();
             foreach (var t in streams) t.Dispose();
             streams.Clear();
@@ -82,11 +87,15 @@ public sealed class FluxModel
         return y;
     }
 
-    /// <summary>Forward for training: the prediction (B, L_img, out) and the state its backward needs.</summary>
-    public Tensor Forward(FluxInputs x, LoraBinding? lora, out State s)
+    /// <summary>
+    /// Forward for training: the prediction (B, L_img, out) and the state its backward needs. With
+    /// <paramref name="recompute"/> each block's internals are dropped after its forward and rebuilt in the backward
+    /// (one extra block forward per block, for about a third less peak memory at 1024²).
+    /// </summary>
+    public Tensor Forward(FluxInputs x, LoraBinding? lora, out State s, bool recompute = false)
     {
         var be = Backend;
-        s = new State { ImgInput = x.Img, TxtLength = x.Txt.Dim(1), ImgLength = x.Img.Dim(1) };
+        s = new State { ImgInput = x.Img, TxtLength = x.Txt.Dim(1), ImgLength = x.Img.Dim(1), Recompute = recompute };
         if (Config.GuidanceEmbed && x.Guidance == null) throw new ArgumentException($"the {Config.Name} model needs a guidance value");
 
         var img = s.Own(ImgIn.Forward(x.Img, null));
@@ -96,20 +105,62 @@ public sealed class FluxModel
         s.SiluVec = be.Silu(vec);
 
         s.Double = new DoubleBlock.State[DoubleBlocks.Length];
+        (s.DoubleImgIn, s.DoubleTxtIn) = (new Tensor[DoubleBlocks.Length], new Tensor[DoubleBlocks.Length]);
         for (int i = 0; i < DoubleBlocks.Length; i++)
         {
+            using var _ = be.Range($"double_blocks.{i}");
+            (s.DoubleImgIn[i], s.DoubleTxtIn[i]) = (img, txt);
             (img, txt) = DoubleBlocks[i].Forward(img, txt, s.SiluVec, s.Pe, lora, out s.Double[i]);
+            if (recompute) { s.Double[i].Dispose(); s.Double[i] = null!; }
             s.Own(img);
             s.Own(txt);
         }
 
         var joint = s.Own(be.Concat(1, txt, img));
         s.Single = new SingleBlock.State[SingleBlocks.Length];
+        s.SingleIn = new Tensor[SingleBlocks.Length];
         for (int i = 0; i < SingleBlocks.Length; i++)
+        {
+            using var _ = be.Range($"single_blocks.{i}");
+            s.SingleIn[i] = joint;
             joint = s.Own(SingleBlocks[i].Forward(joint, s.SiluVec, s.Pe, lora, out s.Single[i]));
+            if (recompute) { s.Single[i].DisposeAll(); s.Single[i] = null!; }
+        }
 
         var imgOut = s.Own(be.Narrow(joint, 1, s.TxtLength, s.ImgLength));
         return FinalLayer.Forward(imgOut, s.SiluVec, out s.Final);
+    }
+
+    /// <summary>
+    /// Bytes the per-block activations of one training step keep without recomputation, at this backend's compute
+    /// precision: about 24·C values per token in a double block (qkv, norms, RoPE, attention, MLP 4C twice) and
+    /// 19·C in a single block. Used by the recomputation policy to decide before the first step.
+    /// </summary>
+    public long ActivationBytes(int batch, int imageTokens, int textTokens, int bytesPerValue)
+    {
+        long tokens = (long)batch * (imageTokens + textTokens);
+        long perToken = (24L * Config.Depth + 19L * Config.DepthSingleBlocks) * Config.HiddenSize;
+        return tokens * perToken * bytesPerValue;
+    }
+
+    /// <summary>
+    /// The recomputation policy: "on", "off", or "auto" — recompute only when the kept activations, with a 25% margin
+    /// for temporaries, would not fit in the device's free memory. Host-memory backends never need it.
+    /// </summary>
+    public bool ShouldRecompute(string policy, int batch, int imageTokens, int textTokens, out string reason)
+    {
+        switch (policy)
+        {
+            case "on": reason = "recomputation on (asked)"; return true;
+            case "off": reason = "recomputation off (asked)"; return false;
+            case "auto": break;
+            default: throw new ArgumentException($"unknown recompute policy '{policy}' (auto, on, off)");
+        }
+        if (Backend.MemoryInfo is not { } mem) { reason = "recomputation off (host memory)"; return false; }
+        long need = ActivationBytes(batch, imageTokens, textTokens, 2) * 5 / 4;
+        bool on = need > mem.Free;
+        reason = $"recomputation {(on ? "on" : "off")}: activations need ~{need / (double)(1L << 30):F1} GiB, {mem.Free / (double)(1L << 30):F1} GiB free";
+        return on;
     }
 
     /// <summary>vec = time_in(emb(t)) + guidance_in(emb(g)) + vector_in(y): (B, C).</summary>
@@ -137,11 +188,16 @@ public sealed class FluxModel
     {
         var be = Backend;
         using var dImgOut = FinalLayer.Backward(s.Final, dOutput);
-        var dJoint = be.Zeros(s.Single.Length > 0 ? s.Single[0].X.Shape : [dImgOut.Dim(0), s.TxtLength + s.ImgLength, dImgOut.Dim(2)]);
+        var dJoint = be.Zeros(dImgOut.Dim(0), s.TxtLength + s.ImgLength, dImgOut.Dim(2));
         be.AddNarrow(dJoint, dImgOut, 1, s.TxtLength);
         for (int i = SingleBlocks.Length - 1; i >= 0; i--)
         {
-            var d = SingleBlocks[i].Backward(s.Single[i], dJoint, s.SiluVec, s.Pe, lora);
+            using var _ = be.Range($"single_blocks.{i}.backward");
+            var state = s.Single[i];
+            if (state == null)    // recomputation: rebuild the block's internals from its kept input
+                SingleBlocks[i].Forward(s.SingleIn[i], s.SiluVec, s.Pe, lora, out state).Dispose();
+            var d = SingleBlocks[i].Backward(state, dJoint, s.SiluVec, s.Pe, lora);
+            if (s.Single[i] == null) state.DisposeAll();
             dJoint.Dispose();
             dJoint = d;
         }
@@ -151,7 +207,16 @@ public sealed class FluxModel
         dJoint.Dispose();
         for (int i = DoubleBlocks.Length - 1; i >= 0; i--)
         {
-            var (di, dt) = DoubleBlocks[i].Backward(s.Double[i], dImg, dTxt, s.SiluVec, s.Pe, lora, needTxtGrad: i > 0);
+            using var _ = be.Range($"double_blocks.{i}.backward");
+            var state = s.Double[i];
+            if (state == null)
+            {
+                var (o1, o2) = DoubleBlocks[i].Forward(s.DoubleImgIn[i], s.DoubleTxtIn[i], s.SiluVec, s.Pe, lora, out state);
+                o1.Dispose();
+                o2.Dispose();
+            }
+            var (di, dt) = DoubleBlocks[i].Backward(state, dImg, dTxt, s.SiluVec, s.Pe, lora, needTxtGrad: i > 0);
+            if (s.Double[i] == null) state.Dispose();
             dImg.Dispose();
             dTxt.Dispose();
             dImg = di;

@@ -17,6 +17,8 @@ public sealed record TrainOptions
     /// <summary>The guidance embedding's value during training (ai-toolkit: 1.0).</summary>
     public float Guidance { get; init; } = 1f;
     public ulong Seed { get; init; } = 42;
+    /// <summary>Per-block recomputation in the backward (less memory, one more forward per block).</summary>
+    public bool Recompute { get; init; }
 }
 
 /// <summary>One line of the training log.</summary>
@@ -41,7 +43,7 @@ public static class Trainer
 
         var parameters = binding.TrainableParameters().ToArray();
         foreach (var p in parameters) p.ZeroGrad();
-        using var prediction = model.Forward(inputs, binding, out var state);
+        using var prediction = model.Forward(inputs, binding, out var state, o.Recompute);
         double loss = be.MseLoss(prediction, target, out var dPrediction);
         using (state)
         using (dPrediction)
