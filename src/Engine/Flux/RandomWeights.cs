@@ -43,13 +43,21 @@ public static class RandomWeights
     public static float[] Tensor(string name, int[] shape, ulong seed)
     {
         var values = new float[Shapes.Numel(shape)];
-        FillTensor(name, shape, seed, values);
+        // flux-dev has 12 B values: the stream is stateless, so large tensors are generated in parallel chunks
+        const int Chunk = 1 << 18;
+        Parallel.For(0, (values.Length + Chunk - 1) / Chunk, k =>
+        {
+            int start = k * Chunk;
+            var span = values.AsSpan(start, Math.Min(Chunk, values.Length - start));
+            Uniform(name, seed, start, span);
+            ApplyRule(name, shape, span);
+        });
         return values;
     }
 
-    public static void FillTensor(string name, int[] shape, ulong seed, Span<float> values)
+    /// <summary>Turns uniform w into the tensor's values: scaled weights, small biases, norm scales near 1.</summary>
+    static void ApplyRule(string name, int[] shape, Span<float> values)
     {
-        Uniform(name, seed, 0, values);
         if (name.EndsWith(".scale", StringComparison.Ordinal))
             for (int i = 0; i < values.Length; i++) values[i] = 1f + 0.1f * values[i];
         else if (name.EndsWith(".bias", StringComparison.Ordinal))
