@@ -65,6 +65,15 @@ public sealed class OnnxSessionFactory
         lock (_gate)
         {
             bool wantCuda = _options.Device != ExecutionDevice.Cpu && _cudaWorks != false;
+            if (wantCuda && _cudaWorks is null && CudaLibrariesMissing() is { } missing)
+            {
+                // Probe the CUDA runtime ourselves first: ORT would otherwise print a native error for every session.
+                if (_options.Device == ExecutionDevice.Cuda)
+                    throw new ModelLoadException($"CUDA execution provider requested but {missing} cannot be loaded");
+                _cudaWorks = false;
+                wantCuda = false;
+                Report("CPU", $"{missing} not found");
+            }
             if (wantCuda)
             {
                 var cudaOptions = BaseOptions();
@@ -95,6 +104,20 @@ public sealed class OnnxSessionFactory
             using var cpu = BaseOptions();
             return new InferenceSession(modelPath, cpu);
         }
+    }
+
+    // ORT 1.31's CUDA provider links against CUDA 13 (cuBLASLt) and cuDNN 9.
+    static string? CudaLibrariesMissing()
+    {
+        string[] needed = OperatingSystem.IsWindows()
+            ? ["cublasLt64_13.dll"]
+            : ["libcublasLt.so.13", "libcudart.so.13"];
+        foreach (var lib in needed)
+        {
+            if (!System.Runtime.InteropServices.NativeLibrary.TryLoad(lib, out var handle)) return lib;
+            System.Runtime.InteropServices.NativeLibrary.Free(handle);
+        }
+        return null;
     }
 
     SessionOptions BaseOptions()
