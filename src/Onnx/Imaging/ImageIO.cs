@@ -34,9 +34,10 @@ public static class ImageIO
     public static Image<Rgb24> Decode(byte[] bytes, string label)
     {
         IImageInfo? info;
+        SixLabors.ImageSharp.Formats.IImageFormat? format;
         try
         {
-            info = Image.Identify(bytes);
+            info = Image.Identify(bytes, out format);
         }
         catch (Exception e) when (e is ImageFormatException or NotSupportedException or InvalidOperationException
                                        or ArgumentException or IndexOutOfRangeException or IOException)
@@ -49,6 +50,9 @@ public static class ImageIO
         if (info.Width > MaxDimension || info.Height > MaxDimension || (long)info.Width * info.Height > MaxPixels)
             throw new ImageLoadException(
                 $"image {label} declares {info.Width}x{info.Height} pixels, over the limit ({MaxDimension} per side, {MaxPixels} in all)");
+        // ImageSharp fills a cut-off PNG or JPEG with grey and reports success; a training photo must be whole.
+        if (MissingEnd(bytes, format?.Name) is { } missing)
+            throw new ImageLoadException($"image {label} is truncated: {missing}");
         try
         {
             var img = Image.Load<Rgb24>(bytes);
@@ -60,6 +64,22 @@ public static class ImageIO
         {
             throw new ImageLoadException($"image {label} is corrupt or truncated: {e.Message}", e);
         }
+    }
+
+    static string? MissingEnd(byte[] b, string? format)
+    {
+        if (format == "PNG")
+        {
+            // The IEND chunk: length 0, "IEND", CRC; anything may follow, so look near the end.
+            int from = Math.Max(0, b.Length - 1024);
+            return b.AsSpan(from).IndexOf("IEND"u8) >= 0 ? null : "no IEND chunk";
+        }
+        if (format == "JPEG")
+        {
+            int from = Math.Max(0, b.Length - 64 * 1024);
+            return b.AsSpan(from).IndexOf((ReadOnlySpan<byte>)[0xFF, 0xD9]) >= 0 ? null : "no end-of-image marker";
+        }
+        return null;
     }
 
     /// <summary>Planar float tensor (1, 3, H, W) from an image: value = (pixel - mean[c]) / std[c] with pixel in [0, 255].</summary>
