@@ -16,21 +16,27 @@ public sealed record ModelSignature(string ModelKind, IReadOnlyList<TensorSpec> 
 {
     public void Validate(InferenceSession session, string modelPath)
     {
-        Check("input", Inputs, session.InputMetadata, modelPath);
-        Check("output", Outputs, session.OutputMetadata, modelPath);
+        static TensorSpec Spec(KeyValuePair<string, NodeMetadata> kv) =>
+            new(kv.Key, kv.Value.IsTensor ? kv.Value.ElementDataType : TensorElementType.DataTypeMax, kv.Value.Dimensions);
+        Validate(session.InputMetadata.Select(Spec).ToList(), session.OutputMetadata.Select(Spec).ToList(), modelPath);
     }
 
-    void Check(string role, IReadOnlyList<TensorSpec> expected, IReadOnlyDictionary<string, NodeMetadata> actual, string path)
+    /// <summary>Checks inputs/outputs read from the file itself (see OnnxHeaderReader); symbolic dims are -1.</summary>
+    public void Validate(IReadOnlyList<TensorSpec> inputs, IReadOnlyList<TensorSpec> outputs, string modelPath)
+    {
+        Check("input", Inputs, inputs.ToDictionary(s => s.Name), modelPath);
+        Check("output", Outputs, outputs.ToDictionary(s => s.Name), modelPath);
+    }
+
+    void Check(string role, IReadOnlyList<TensorSpec> expected, IReadOnlyDictionary<string, TensorSpec> actual, string path)
     {
         foreach (var spec in expected)
         {
             if (!actual.TryGetValue(spec.Name, out var meta))
                 throw Fail(path, $"has no {role} named '{spec.Name}' (its {role}s: {Describe(actual)}); expected {spec}");
-            if (!meta.IsTensor)
-                throw Fail(path, $"{role} '{spec.Name}' is not a tensor");
-            if (meta.ElementDataType != spec.ElementType)
-                throw Fail(path, $"{role} '{spec.Name}' has element type {meta.ElementDataType}, expected {spec.ElementType}");
-            var dims = meta.Dimensions;
+            if (meta.ElementType != spec.ElementType)
+                throw Fail(path, $"{role} '{spec.Name}' has element type {meta.ElementType}, expected {spec.ElementType}");
+            var dims = meta.Dims;
             if (dims.Length != spec.Dims.Length)
                 throw Fail(path, $"{role} '{spec.Name}' has rank {dims.Length} [{Dims(dims)}], expected rank {spec.Dims.Length} {spec}");
             for (int i = 0; i < dims.Length; i++)
@@ -47,10 +53,6 @@ public sealed record ModelSignature(string ModelKind, IReadOnlyList<TensorSpec> 
 
     static string Dims(int[] d) => string.Join(", ", d.Select(x => x < 0 ? "?" : x.ToString()));
 
-    static string Describe(IReadOnlyDictionary<string, NodeMetadata> m) =>
-        string.Join(", ", m.Select(kv => $"{kv.Key} [{Dims(kv.Value.Dimensions)}]"));
-
-    /// <summary>Whether a model's input leaves dimension <paramref name="axis"/> symbolic.</summary>
-    public static int FixedDim(InferenceSession session, string input, int axis) =>
-        session.InputMetadata[input].Dimensions[axis];
+    static string Describe(IReadOnlyDictionary<string, TensorSpec> m) =>
+        string.Join(", ", m.Values.Select(s => $"{s.Name} [{Dims(s.Dims)}]"));
 }

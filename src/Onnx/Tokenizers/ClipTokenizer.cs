@@ -13,26 +13,33 @@ namespace MetaLoraNative.Onnx.Tokenizers;
 public sealed class ClipTokenizer
 {
     public const int ContextLength = 77;
-    public const int StartOfText = 49406;
+    public const int StartOfText = 49406;     // ids of the real vocabulary; a smaller merges file moves them down
     public const int EndOfText = 49407;
     const int MergeCount = 49152 - 256 - 2;   // CLIP keeps this many merges from the file
 
+    /// <summary>Id of &lt;|startoftext|&gt;: 49406 with OpenAI's merges file.</summary>
+    public int BosId { get; }
+    /// <summary>Id of &lt;|endoftext|&gt;: 49407 with OpenAI's merges file.</summary>
+    public int EosId => BosId + 1;
+
     readonly BpeTokenizer _bpe;
 
-    /// <summary>Id written after EOS up to 77: 49407 for Hugging Face CLIPTokenizer (FLUX's CLIP-L), 0 for OpenAI's clip.tokenize.</summary>
+    /// <summary>Id written after EOS up to 77: EOS (49407) for Hugging Face CLIPTokenizer (FLUX's CLIP-L), 0 for OpenAI's clip.tokenize.</summary>
     public int PadId { get; }
 
     readonly string[] _tokens;   // id -> vocabulary string, for Decode
 
     ClipTokenizer(BpeTokenizer bpe, int padId, string[] tokens)
     {
+        BosId = tokens.Length - 2;
         _bpe = bpe;
         _tokens = tokens;
         PadId = padId;
     }
 
     /// <summary>Loads bpe_simple_vocab_16e6.txt (plain text, optionally .gz) or a Hugging Face merges.txt.</summary>
-    public static ClipTokenizer FromMergesFile(string path, int padId = EndOfText)
+    /// <param name="padId">null: pad with EOS (Hugging Face's choice).</param>
+    public static ClipTokenizer FromMergesFile(string path, int? padId = null)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"CLIP BPE merges file not found: {path}", path);
         string text;
@@ -46,13 +53,17 @@ public sealed class ClipTokenizer
         return FromMergesText(text, padId, path);
     }
 
-    public static ClipTokenizer FromMergesText(string text, int padId = EndOfText, string label = "merges")
+    /// <summary>
+    /// OpenAI's file holds more merges than CLIP uses; the first 48,894 are taken. A shorter file (the tiny test
+    /// vocabulary) is used whole, and the special ids move down to follow its last merge.
+    /// </summary>
+    public static ClipTokenizer FromMergesText(string text, int? padId = null, string label = "merges")
     {
         var lines = text.Split('\n');
-        // The first line is a "#version" header; merges follow, one "a b" pair per line.
-        var merges = lines.Skip(1).Where(l => l.Length > 0).Take(MergeCount).ToList();
-        if (merges.Count < MergeCount)
-            throw new InvalidDataException($"CLIP BPE file {label} holds {merges.Count} merges, expected at least {MergeCount}");
+        if (lines.Length == 0 || !lines[0].StartsWith("#version", StringComparison.Ordinal))
+            throw new InvalidDataException($"CLIP BPE file {label} does not start with a '#version' line");
+        var merges = lines.Skip(1).Select(l => l.TrimEnd('\r')).Where(l => l.Length > 0).Take(MergeCount).ToList();
+        if (merges.Count == 0) throw new InvalidDataException($"CLIP BPE file {label} holds no merges");
 
         var byteSymbols = ByteSymbols();
         var vocab = new List<KeyValuePair<string, int>>(49408);
@@ -67,7 +78,8 @@ public sealed class ClipTokenizer
         vocab.Add(new("<|startoftext|>", vocab.Count));
         vocab.Add(new("<|endoftext|>", vocab.Count));
 
-        var special = new Dictionary<string, int> { ["<|startoftext|>"] = StartOfText, ["<|endoftext|>"] = EndOfText };
+        int bos = vocab.Count - 2;
+        var special = new Dictionary<string, int> { ["<|startoftext|>"] = bos, ["<|endoftext|>"] = bos + 1 };
         var options = new BpeOptions(vocab)
         {
             Merges = merges,
@@ -77,7 +89,7 @@ public sealed class ClipTokenizer
             Normalizer = new ClipNormalizer(),
             SpecialTokens = special,
         };
-        return new ClipTokenizer(BpeTokenizer.Create(options), padId, vocab.Select(kv => kv.Key).ToArray());
+        return new ClipTokenizer(BpeTokenizer.Create(options), padId ?? bos + 1, vocab.Select(kv => kv.Key).ToArray());
     }
 
     /// <summary>Token ids without BOS/EOS or padding.</summary>
@@ -88,10 +100,10 @@ public sealed class ClipTokenizer
     {
         var raw = EncodeRaw(text);
         var ids = new long[ContextLength];
-        ids[0] = StartOfText;
+        ids[0] = BosId;
         int n = Math.Min(raw.Count, ContextLength - 2);
         for (int i = 0; i < n; i++) ids[1 + i] = raw[i];
-        ids[1 + n] = EndOfText;
+        ids[1 + n] = EosId;
         for (int i = n + 2; i < ContextLength; i++) ids[i] = PadId;
         return ids;
     }
@@ -110,7 +122,7 @@ public sealed class ClipTokenizer
         var bytes = new List<byte>();
         foreach (int id in ids)
         {
-            if (id < 0 || id >= StartOfText) continue;
+            if (id < 0 || id >= BosId) continue;
             string tok = _tokens[id];
             bool endOfWord = tok.EndsWith("</w>", StringComparison.Ordinal);
             if (endOfWord) tok = tok[..^4];
