@@ -79,15 +79,18 @@ public static class OnnxHeaderReader
 
     static void Skip(Stream s, int wire, string path)
     {
+        if (wire == 0)
+        {
+            Varint(s, path);
+            return;
+        }
         long n = wire switch
         {
-            0 => 0,
             1 => 8,
             2 => (long)Varint(s, path),
             5 => 4,
             _ => throw Bad(path, $"unsupported protobuf wire type {wire}"),
         };
-        if (wire == 0) return;
         if (s.Position + n > s.Length) throw Bad(path, "a field runs past the end of the file (truncated?)");
         s.Seek(n, SeekOrigin.Current);
     }
