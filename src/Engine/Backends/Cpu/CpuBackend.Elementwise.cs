@@ -1,0 +1,86 @@
+namespace MetaLoraNative.Engine.Backends.Cpu;
+
+// Elementwise ops: AddInPlace, ScaleInPlace, SiLU and GELU (tanh) with their backwards.
+// Each element is widened to fp64, computed, and rounded once on store.
+public sealed partial class CpuBackend<T>
+{
+    /// <summary>acc += alpha · x (same element count).</summary>
+    public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
+    {
+        var a = Cpu(acc, "AddInPlace", "acc");
+        var b = Cpu(x, "AddInPlace", "x");
+        if (a.Length != b.Length)
+            throw new ArgumentException($"AddInPlace: element counts differ, acc {S(acc)} vs x {S(x)}");
+        T[] ad = a.Data, bd = b.Data;
+        int ao = a.Offset, bo = b.Offset;
+        double al = alpha;
+        ForChunks((int)a.Length, 1, (i0, i1) =>
+        {
+            for (int i = i0; i < i1; i++) ad[ao + i] = Store(Wide(ad[ao + i]) + al * Wide(bd[bo + i]));
+        });
+    }
+
+    public void ScaleInPlace(Tensor t, float alpha)
+    {
+        var a = Cpu(t, "ScaleInPlace", "t");
+        T[] ad = a.Data;
+        int ao = a.Offset;
+        double al = alpha;
+        ForChunks((int)a.Length, 1, (i0, i1) =>
+        {
+            for (int i = i0; i < i1; i++) ad[ao + i] = Store(al * Wide(ad[ao + i]));
+        });
+    }
+
+    // silu(x) = x·σ(x); silu'(x) = σ(x)·(1 + x·(1 − σ(x))).
+    public Tensor Silu(Tensor x) => Map(x, "Silu", v => v / (1 + Math.Exp(-v)));
+
+    public Tensor SiluBackward(Tensor x, Tensor dy) => Map2(x, dy, "SiluBackward", (v, g) =>
+    {
+        double s = 1 / (1 + Math.Exp(-v));
+        return g * s * (1 + v * (1 - s));
+    });
+
+    // gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³);
+    // gelu'(x) = ½(1 + tanh u) + ½x(1 − tanh² u)·√(2/π)(1 + 3·0.044715x²).
+    private const double GeluK = 0.7978845608028654; // √(2/π)
+    private const double GeluC = 0.044715;
+
+    public Tensor GeluTanh(Tensor x) => Map(x, "GeluTanh", v => 0.5 * v * (1 + Math.Tanh(GeluK * (v + GeluC * v * v * v))));
+
+    public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Map2(x, dy, "GeluTanhBackward", (v, g) =>
+    {
+        double th = Math.Tanh(GeluK * (v + GeluC * v * v * v));
+        return g * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GeluK * (1 + 3 * GeluC * v * v));
+    });
+
+    /// <summary>y = f(x) elementwise, same shape as x.</summary>
+    private CpuTensor<T> Map(Tensor x, string op, Func<double, double> f)
+    {
+        var a = Cpu(x, op, "x");
+        var y = New(x.Shape);
+        T[] ad = a.Data, yd = y.Data;
+        int ao = a.Offset;
+        ForChunks((int)a.Length, 8, (i0, i1) =>
+        {
+            for (int i = i0; i < i1; i++) yd[i] = Store(f(Wide(ad[ao + i])));
+        });
+        return y;
+    }
+
+    /// <summary>y = f(x, dy) elementwise; x and dy must have the same shape.</summary>
+    private CpuTensor<T> Map2(Tensor x, Tensor dy, string op, Func<double, double, double> f)
+    {
+        var a = Cpu(x, op, "x");
+        var g = Cpu(dy, op, "dy");
+        Shapes.SameShape(x, dy, $"{op} (x vs dy)");
+        var y = New(x.Shape);
+        T[] ad = a.Data, gd = g.Data, yd = y.Data;
+        int ao = a.Offset, go = g.Offset;
+        ForChunks((int)a.Length, 8, (i0, i1) =>
+        {
+            for (int i = i0; i < i1; i++) yd[i] = Store(f(Wide(ad[ao + i]), Wide(gd[go + i])));
+        });
+        return y;
+    }
+}

@@ -1,0 +1,202 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
+
+namespace MetaLoraNative.Engine.Backends.Cpu;
+
+// Matrix products: Gemm, Linear and LinearBackward.
+//
+// Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as
+// A (M, K) and op(b) as Bt (N, K), transposing into a scratch copy only when the operand is not already in that
+// layout (a transposed, b not transposed). The (M, N) output is cut into tiles of TI rows × TJ columns; one tile
+// touches TI rows of A and TJ rows of Bt (≈ 64·K elements, cache-resident for K up to a few thousand), and the
+// inner kernel computes four dot products at once so each load of A's row is reused four times.
+// Sums are fp64 for both element types (float × float is exact in fp64).
+public sealed partial class CpuBackend<T>
+{
+    private const int TI = 16, TJ = 64;
+
+    /// <summary>
+    /// c = alpha · op(a) · op(b) + beta · c. With beta = 0, c's old contents are ignored (NaNs included).
+    /// c must not share storage with a or b.
+    /// </summary>
+    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    {
+        const string op = "Gemm";
+        var A = Cpu(a, op, "a");
+        var B = Cpu(b, op, "b");
+        var Cm = Cpu(c, op, "c");
+        int M = transA ? a.Cols : checked((int)a.Rows), K = transA ? checked((int)a.Rows) : a.Cols;
+        int Kb = transB ? b.Cols : checked((int)b.Rows), N = transB ? checked((int)b.Rows) : b.Cols;
+        if (K != Kb || c.Rows != M || c.Cols != N)
+            throw new ArgumentException(
+                $"{op}: op(a) is ({M} × {K}) from a {S(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {S(b)}" +
+                $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Cols}) from {S(c)}; need inner dims equal and c (M × N)");
+
+        // A (M, K) row-major and Bt (N, K) row-major.
+        T[] ad = A.Data, bd = B.Data;
+        int ao = A.Offset, bo = B.Offset;
+        if (transA) { ad = Transpose(A.Data, A.Offset, K, M); ao = 0; }
+        if (!transB) { bd = Transpose(B.Data, B.Offset, K, N); bo = 0; }
+        T[] cd = Cm.Data;
+        int co = Cm.Offset;
+        double al = alpha, be = beta;
+
+        int mT = (M + TI - 1) / TI, nT = (N + TJ - 1) / TJ;
+        ForChunks(mT * nT, (long)TI * TJ * Math.Max(K, 1), (t0, t1) =>
+        {
+            Span<double> s = stackalloc double[4];
+            for (int t = t0; t < t1; t++)
+            {
+                // Consecutive tiles walk down M with the same Bt column block, so the block stays in cache.
+                int i0 = t % mT * TI, j0 = t / mT * TJ;
+                int i1 = Math.Min(i0 + TI, M), j1 = Math.Min(j0 + TJ, N);
+                for (int i = i0; i < i1; i++)
+                {
+                    var arow = new ReadOnlySpan<T>(ad, ao + i * K, K);
+                    var crow = new Span<T>(cd, co + i * N, N);
+                    int j = j0;
+                    for (; j + 4 <= j1; j += 4)
+                    {
+                        Dot4(arow, new ReadOnlySpan<T>(bd, bo + j * K, 4 * K), K, s);
+                        for (int u = 0; u < 4; u++)
+                            crow[j + u] = Store(al * s[u] + (be == 0 ? 0 : be * Wide(crow[j + u])));
+                    }
+                    for (; j < j1; j++)
+                    {
+                        double d = Dot(arow, new ReadOnlySpan<T>(bd, bo + j * K, K));
+                        crow[j] = Store(al * d + (be == 0 ? 0 : be * Wide(crow[j])));
+                    }
+                }
+            }
+        });
+    }
+
+    /// <summary>y = x·Wᵀ + b. x (.., d_in), w (d_out, d_in), bias (d_out) or null → (.., d_out).</summary>
+    public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
+    {
+        const string op = "Linear";
+        Cpu(x, op, "x");
+        Cpu(w, op, "w");
+        if (w.Rank != 2 || x.Rank < 1 || x.Cols != w.Cols)
+            throw new ArgumentException($"{op}: x {S(x)} needs last dim d_in, w {S(w)} must be (d_out, d_in)");
+        int dOut = w.Dim(0);
+        if (bias is not null && bias.Length != dOut)
+            throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {dOut} elements (w {S(w)})");
+        var y = New(WithLast(x.Shape, dOut));
+        Gemm(x, false, w, true, y);
+        if (bias is not null)
+        {
+            var bs = Cpu(bias, op, "bias");
+            T[] yd = y.Data, bd = bs.Data;
+            int bo = bs.Offset;
+            ForChunks((int)y.Rows, dOut, (r0, r1) =>
+            {
+                for (int r = r0; r < r1; r++)
+                for (int j = 0; j < dOut; j++)
+                    yd[r * dOut + j] = Store(Wide(yd[r * dOut + j]) + Wide(bd[bo + j]));
+            });
+        }
+        return y;
+    }
+
+    /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in).</summary>
+    public Tensor LinearBackward(Tensor dy, Tensor w)
+    {
+        const string op = "LinearBackward";
+        Cpu(dy, op, "dy");
+        Cpu(w, op, "w");
+        if (w.Rank != 2 || dy.Rank < 1 || dy.Cols != w.Dim(0))
+            throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {S(w)} must be (d_out, d_in)");
+        var dx = New(WithLast(dy.Shape, w.Dim(1)));
+        Gemm(dy, false, w, false, dx);
+        return dx;
+    }
+
+    /// <summary>src viewed as (R, C) starting at off → a fresh (C, R) row-major array. Blocked for cache.</summary>
+    private static T[] Transpose(T[] src, int off, int R, int C)
+    {
+        var dst = new T[(long)R * C];
+        const int Bk = 32;
+        int cBlocks = (C + Bk - 1) / Bk;
+        ForChunks(cBlocks, (long)Bk * R, (b0, b1) =>
+        {
+            for (int cb = b0; cb < b1; cb++)
+            {
+                int c0 = cb * Bk, c1 = Math.Min(c0 + Bk, C);
+                for (int r0 = 0; r0 < R; r0 += Bk)
+                {
+                    int r1 = Math.Min(r0 + Bk, R);
+                    for (int r = r0; r < r1; r++)
+                    for (int c = c0; c < c1; c++)
+                        dst[c * R + r] = src[off + r * C + c];
+                }
+            }
+        });
+        return dst;
+    }
+
+    /// <summary>Four dot products of a (K) with the four consecutive rows of b4 (4, K), into s[0..4).</summary>
+    private static void Dot4(ReadOnlySpan<T> a, ReadOnlySpan<T> b4, int K, Span<double> s)
+    {
+        if (typeof(T) == typeof(float) && Vector.IsHardwareAccelerated)
+            Dot4F32(MemoryMarshal.Cast<T, float>(a), MemoryMarshal.Cast<T, float>(b4), K, s);
+        else if (typeof(T) == typeof(double) && Vector.IsHardwareAccelerated)
+            Dot4F64(MemoryMarshal.Cast<T, double>(a), MemoryMarshal.Cast<T, double>(b4), K, s);
+        else
+            for (int u = 0; u < 4; u++) s[u] = Dot(a, b4.Slice(u * K, K));
+    }
+
+    private static void Dot4F32(ReadOnlySpan<float> a, ReadOnlySpan<float> b, int K, Span<double> s)
+    {
+        int w = Vector<float>.Count, k = 0;
+        var b0 = b[..K];
+        var b1 = b.Slice(K, K);
+        var b2 = b.Slice(2 * K, K);
+        var b3 = b.Slice(3 * K, K);
+        Vector<double> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (; k <= K - w; k += w)
+        {
+            Vector.Widen(new Vector<float>(a[k..]), out var al, out var ah);
+            Vector.Widen(new Vector<float>(b0[k..]), out var l, out var h);
+            s0 += al * l + ah * h;
+            Vector.Widen(new Vector<float>(b1[k..]), out l, out h);
+            s1 += al * l + ah * h;
+            Vector.Widen(new Vector<float>(b2[k..]), out l, out h);
+            s2 += al * l + ah * h;
+            Vector.Widen(new Vector<float>(b3[k..]), out l, out h);
+            s3 += al * l + ah * h;
+        }
+        double t0 = Vector.Sum(s0), t1 = Vector.Sum(s1), t2 = Vector.Sum(s2), t3 = Vector.Sum(s3);
+        for (; k < K; k++)
+        {
+            double x = a[k];
+            t0 += x * b0[k]; t1 += x * b1[k]; t2 += x * b2[k]; t3 += x * b3[k];
+        }
+        s[0] = t0; s[1] = t1; s[2] = t2; s[3] = t3;
+    }
+
+    private static void Dot4F64(ReadOnlySpan<double> a, ReadOnlySpan<double> b, int K, Span<double> s)
+    {
+        int w = Vector<double>.Count, k = 0;
+        var b0 = b[..K];
+        var b1 = b.Slice(K, K);
+        var b2 = b.Slice(2 * K, K);
+        var b3 = b.Slice(3 * K, K);
+        Vector<double> s0 = default, s1 = default, s2 = default, s3 = default;
+        for (; k <= K - w; k += w)
+        {
+            var x = new Vector<double>(a[k..]);
+            s0 += x * new Vector<double>(b0[k..]);
+            s1 += x * new Vector<double>(b1[k..]);
+            s2 += x * new Vector<double>(b2[k..]);
+            s3 += x * new Vector<double>(b3[k..]);
+        }
+        double t0 = Vector.Sum(s0), t1 = Vector.Sum(s1), t2 = Vector.Sum(s2), t3 = Vector.Sum(s3);
+        for (; k < K; k++)
+        {
+            double x = a[k];
+            t0 += x * b0[k]; t1 += x * b1[k]; t2 += x * b2[k]; t3 += x * b3[k];
+        }
+        s[0] = t0; s[1] = t1; s[2] = t2; s[3] = t3;
+    }
+}

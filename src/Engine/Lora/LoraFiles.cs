@@ -1,0 +1,231 @@
+using System.Globalization;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
+
+namespace MetaLoraNative.Engine.Lora;
+
+/// <summary>On-disk layouts of a trained adapter.</summary>
+public enum LoraFormat
+{
+    /// <summary>PEFT/diffusers keys as ai-toolkit writes them: transformer.….to_q.lora_A.weight / lora_B.weight.</summary>
+    Peft,
+    /// <summary>kohya sd-scripts: lora_unet_double_blocks_0_img_attn_qkv.lora_down/up.weight + .alpha, fused q/k/v stacked.</summary>
+    Kohya,
+    /// <summary>Unmerged Meta-LoRA: per target lora_down (D), lora_mid (M), lora_up (U).</summary>
+    Meta,
+}
+
+/// <summary>
+/// Writing and reading adapters. Export merges A = M·D and B = U into a standard rank-r2 LoRA that other tools
+/// load; import reads any of the three layouts back into a standard-mode adapter (or a Meta adapter for Meta files).
+/// </summary>
+public static class LoraFiles
+{
+    static string F(float v) => v.ToString("R", CultureInfo.InvariantCulture);
+
+    static Dictionary<string, string> Metadata(LoraAdapter a, string format, string source, IReadOnlyDictionary<string, string>? extra)
+    {
+        var m = new Dictionary<string, string>
+        {
+            ["format"] = "pt",
+            ["metalora.format"] = format,
+            ["metalora.base_model"] = a.Config.Name,
+            ["metalora.rank1"] = a.Rank1.ToString(CultureInfo.InvariantCulture),
+            ["metalora.rank2"] = a.Rank2.ToString(CultureInfo.InvariantCulture),
+            ["metalora.targets"] = a.Targets.Count.ToString(CultureInfo.InvariantCulture),
+            ["metalora.source"] = source,
+            ["ss_base_model_version"] = "flux1",
+            ["ss_network_dim"] = a.Rank2.ToString(CultureInfo.InvariantCulture),
+            ["ss_network_alpha"] = a.Rank2.ToString(CultureInfo.InvariantCulture),
+        };
+        foreach (var (k, v) in a.Config.ToMetadata()) m[k] = v;
+        if (extra != null) foreach (var (k, v) in extra) m[k] = v;
+        return m;
+    }
+
+    /// <summary>The merged factors of one target: A = M·D (r2 × d_in) (or D itself in standard mode) and B = U (rows × r2).</summary>
+    public static (float[] A, int[] AShape, float[] B, int[] BShape) Merged(LoraAdapter a, int identity, int target)
+    {
+        var be = a.Backend;
+        var d = a.Down[target];
+        var id = a.Identities[identity];
+        var up = id.Up[target];
+        if (id.Mid[target] is { } mid)
+        {
+            using var merged = be.Zeros([mid.Shape[0], d.Shape[1]], Precision.Master);
+            be.Gemm(mid.Value, false, d.Value, false, merged);                          // (r2, r1)·(r1, d_in)
+            return (be.Download(merged), merged.Shape, be.Download(up.Value), up.Shape);
+        }
+        return (be.Download(d.Value), d.Shape, be.Download(up.Value), up.Shape);
+    }
+
+    /// <summary>Writes the merged LoRA of one identity in PEFT or kohya layout.</summary>
+    public static void Export(LoraAdapter a, int identity, string path, LoraFormat format, SafetensorsDType dtype = SafetensorsDType.BF16,
+                              string source = "metalora", IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var tensors = new List<SafetensorsTensor>();
+        if (format == LoraFormat.Peft)
+        {
+            for (int t = 0; t < a.Targets.Count; t++)
+            {
+                var (A, aShape, B, bShape) = Merged(a, identity, t);
+                tensors.Add(new(a.Targets[t].Name + ".lora_A.weight", aShape, A, dtype));
+                tensors.Add(new(a.Targets[t].Name + ".lora_B.weight", bShape, B, dtype));
+            }
+        }
+        else if (format == LoraFormat.Kohya)
+        {
+            // Fused BFL linears carry one LoRA: down stacks each slice's A (k·r × d_in), up is block-diagonal
+            // (d_out × k·r), so up·down reproduces every slice's B·A in its rows. alpha = k·r keeps the scale at 1.
+            foreach (var module in a.Targets.Select(t => t.BflModule).Distinct())
+            {
+                var idx = a.TargetsOf(module).ToArray();
+                var parts = idx.Select(t => Merged(a, identity, t)).ToArray();
+                int dIn = parts[0].AShape[1];
+                int rank = parts.Sum(p => p.AShape[0]);
+                int dOut = FluxNames.LinearShape(a.Config, module).Out;
+                var down = new float[rank * dIn];
+                var up = new float[dOut * rank];
+                int r0 = 0;
+                for (int k = 0; k < idx.Length; k++)
+                {
+                    var (A, aShape, B, _) = parts[k];
+                    var target = a.Targets[idx[k]];
+                    A.CopyTo(down, r0 * dIn);
+                    for (int row = 0; row < target.Rows; row++)
+                        for (int j = 0; j < aShape[0]; j++)
+                            up[(target.RowStart + row) * rank + r0 + j] = B[row * aShape[0] + j];
+                    r0 += aShape[0];
+                }
+                string name = FluxNames.KohyaName(module);
+                tensors.Add(new(name + ".lora_down.weight", [rank, dIn], down, dtype));
+                tensors.Add(new(name + ".lora_up.weight", [dOut, rank], up, dtype));
+                tensors.Add(new(name + ".alpha", [], [rank], dtype));
+            }
+        }
+        else throw new ArgumentException("use SaveMeta for the unmerged Meta-LoRA layout");
+        SafetensorsWriter.Write(path, tensors, Metadata(a, format == LoraFormat.Peft ? "peft" : "kohya", source, metadata));
+    }
+
+    /// <summary>Writes the unmerged Meta-LoRA (D, M, U) of one identity, or D alone when identity is null (Stage 1's result).</summary>
+    public static void SaveMeta(LoraAdapter a, int? identity, string path, IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        var be = a.Backend;
+        var tensors = new List<SafetensorsTensor>();
+        for (int t = 0; t < a.Targets.Count; t++)
+        {
+            tensors.Add(new(a.Down[t].Name, a.Down[t].Shape, be.Download(a.Down[t].Value)));
+            if (identity is int id)
+            {
+                var f = a.Identities[id];
+                if (f.Mid[t] is { } m) tensors.Add(new(m.Name, m.Shape, be.Download(m.Value)));
+                tensors.Add(new(f.Up[t].Name, f.Up[t].Shape, be.Download(f.Up[t].Value)));
+            }
+        }
+        SafetensorsWriter.Write(path, tensors, Metadata(a, a.Mode == LoraMode.Meta ? "meta" : "standard", "metalora", metadata));
+    }
+
+    /// <summary>
+    /// Reads a LoRA file of any supported layout for a model config. Meta files give a Meta adapter (with one identity
+    /// when M/U are present); PEFT and kohya files give a standard adapter with one identity whose B carries the
+    /// kohya alpha/rank scale. Keys that match no target of the model are an error, never silently ignored.
+    /// </summary>
+    public static LoraAdapter Load(string path, FluxConfig config, IBackend backend)
+    {
+        using var file = SafetensorsFile.Open(path);
+        var names = file.Entries.Keys.ToHashSet();
+        var all = FluxNames.LoraTargets(config);
+        if (names.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)))
+            return LoadKohya(file, config, backend, all);
+
+        bool meta = names.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal));
+        var mode = meta ? LoraMode.Meta : LoraMode.Standard;
+        var known = all.Select(t => LoraAdapter.DownKey(t, mode)).ToHashSet();
+        var unknown = names.Where(n => (n.EndsWith(".lora_down.weight") || n.EndsWith(".lora_A.weight")) && !known.Contains(n)).ToList();
+        if (unknown.Count > 0)
+            throw new InvalidDataException($"{path}: {unknown.Count} LoRA keys match no target of the {config.Name} model, e.g. '{unknown[0]}'");
+        var targets = all.Where(t => names.Contains(LoraAdapter.DownKey(t, mode))).ToList();
+        if (targets.Count == 0) throw new InvalidDataException($"{path}: no LoRA tensors found (expected lora_A/lora_B, lora_down/lora_mid/lora_up or kohya lora_unet_* keys)");
+
+        LoraParameter Param(string key, int[] expect)
+        {
+            var e = file[key];
+            if (e.Shape.Length != 2 || (expect[0] >= 0 && e.Shape[0] != expect[0]) || (expect[1] >= 0 && e.Shape[1] != expect[1]))
+                throw new InvalidDataException($"{path}: '{key}' has shape {Shapes.Format(e.Shape)}, expected {Shapes.Format(expect)} (-1: any)");
+            return new LoraParameter(key, backend.Upload(file.ReadFloats(key), e.Shape, Precision.Master));
+        }
+
+        var down = targets.Select(t => Param(LoraAdapter.DownKey(t, mode), [-1, t.InFeatures])).ToArray();
+        int r1 = down[0].Shape[0];
+        bool hasIdentity = targets.All(t => names.Contains(LoraAdapter.UpKey(t, mode)));
+        int r2 = r1;
+        LoraParameter?[]? mids = null;
+        LoraParameter[]? ups = null;
+        if (hasIdentity)
+        {
+            mids = targets.Select((t, i) => meta ? Param(LoraAdapter.MidKey(t), [-1, down[i].Shape[0]]) : null).ToArray();
+            ups = targets.Select((t, i) => Param(LoraAdapter.UpKey(t, mode), [t.Rows, mids[i]?.Shape[0] ?? down[i].Shape[0]])).ToArray();
+            r2 = ups[0].Shape[1];
+        }
+        var adapter = new LoraAdapter(backend, config, targets, mode, r1, r2, down);
+        if (hasIdentity) adapter.AddIdentity(new IdentityFactors(System.IO.Path.GetFileNameWithoutExtension(path), mids!, ups!));
+        return adapter;
+    }
+
+    static LoraAdapter LoadKohya(SafetensorsFile file, FluxConfig config, IBackend backend, IReadOnlyList<LoraTarget> all)
+    {
+        var byModule = all.GroupBy(t => t.BflModule).ToDictionary(g => FluxNames.KohyaName(g.Key), g => g.ToList());
+        var modules = file.Entries.Keys.Where(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal))
+                                       .Select(n => n[..^".lora_down.weight".Length]).ToList();
+        var unknown = modules.Where(m => !byModule.ContainsKey(m)).ToList();
+        if (unknown.Count > 0)
+            throw new InvalidDataException($"{file.Path}: {unknown.Count} kohya modules match no LoRA target of the {config.Name} model, e.g. '{unknown[0]}'");
+        var targets = new List<LoraTarget>();
+        var downs = new List<LoraParameter>();
+        var ups = new List<LoraParameter>();
+        foreach (var m in modules)
+        {
+            var downEntry = file[m + ".lora_down.weight"];
+            var upEntry = file[m + ".lora_up.weight"];
+            int rank = downEntry.Shape[0];
+            float alpha = file.Contains(m + ".alpha") ? file.ReadFloats(m + ".alpha")[0] : rank;
+            float scale = alpha / rank;
+            var down = file.ReadFloats(m + ".lora_down.weight");
+            var up = file.ReadFloats(m + ".lora_up.weight");
+            // Each slice target gets the whole down (rank k·r) and its rows of up: up_slice·down = that slice's B·A.
+            foreach (var t in byModule[m])
+            {
+                if (upEntry.Shape[0] < t.RowStart + t.Rows || upEntry.Shape[1] != rank || downEntry.Shape[1] != t.InFeatures)
+                    throw new InvalidDataException($"{file.Path}: '{m}' has down {Shapes.Format(downEntry.Shape)} / up {Shapes.Format(upEntry.Shape)}, which do not fit {t.BflModule}");
+                var slice = new float[t.Rows * rank];
+                for (int i = 0; i < slice.Length; i++) slice[i] = up[t.RowStart * rank + i] * scale;
+                targets.Add(t);
+                downs.Add(new LoraParameter(t.Name + ".lora_A.weight", backend.Upload(down, [rank, t.InFeatures], Precision.Master)));
+                ups.Add(new LoraParameter(t.Name + ".lora_B.weight", backend.Upload(slice, [t.Rows, rank], Precision.Master)));
+            }
+        }
+        if (targets.Count == 0) throw new InvalidDataException($"{file.Path}: no kohya LoRA modules found");
+        var adapter = new LoraAdapter(backend, config, targets, LoraMode.Standard, downs[0].Shape[0], downs[0].Shape[0], [.. downs]);
+        adapter.AddIdentity(new IdentityFactors(System.IO.Path.GetFileNameWithoutExtension(file.Path), new LoraParameter?[targets.Count], [.. ups]));
+        return adapter;
+    }
+
+    /// <summary>W0[rows of each target] += strength · B·A: bakes an identity into the frozen weights.</summary>
+    public static void MergeInto(FluxWeights weights, LoraAdapter a, int identity, float strength = 1f)
+    {
+        var be = weights.Backend;
+        for (int t = 0; t < a.Targets.Count; t++)
+        {
+            var target = a.Targets[t];
+            var (A, aShape, B, bShape) = Merged(a, identity, t);
+            using var ta = be.Upload(A, aShape, Precision.Master);
+            using var tb = be.Upload(B, bShape, Precision.Master);
+            using var delta = be.Zeros([target.Rows, target.InFeatures], Precision.Master);
+            be.Gemm(tb, false, ta, false, delta, strength);                 // (rows, r)·(r, d_in)
+            be.AddNarrow(weights[target.BflModule + ".weight"], delta, 0, target.RowStart);
+        }
+    }
+
+    public static string Describe(LoraAdapter a) =>
+        $"{a.Mode} LoRA, {a.Targets.Count} targets, rank {a.Rank1}{(a.Mode == LoraMode.Meta ? "→" + a.Rank2 : "")}, {a.Identities.Count} identities";
+}

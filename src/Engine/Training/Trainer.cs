@@ -1,0 +1,91 @@
+using System.Diagnostics;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Lora;
+
+namespace MetaLoraNative.Engine.Training;
+
+/// <summary>Settings shared by both stages. Defaults are the paper's where it gives them.</summary>
+public sealed record TrainOptions
+{
+    public float LearningRate { get; init; } = 4e-4f;
+    public int BatchSize { get; init; } = 4;
+    /// <summary>AdamW's decoupled weight decay (not stated in the paper; ai-toolkit's LoRA configs use 1e-4).</summary>
+    public float WeightDecay { get; init; } = 1e-4f;
+    /// <summary>Global gradient-norm clip over the trained factors; 0 turns it off.</summary>
+    public float MaxGradNorm { get; init; } = 1f;
+    public TimestepSampling Sampling { get; init; } = TimestepSampling.Sigmoid;
+    /// <summary>The guidance embedding's value during training (ai-toolkit: 1.0).</summary>
+    public float Guidance { get; init; } = 1f;
+    public ulong Seed { get; init; } = 42;
+}
+
+/// <summary>One line of the training log.</summary>
+public sealed record StepReport(long Step, long Total, double Loss, double GradNorm, float LearningRate, double Milliseconds, double TokensPerSecond, TimeSpan Eta, string Phase)
+{
+    public override string ToString() =>
+        $"step {Step,6}/{Total} | {Phase,-7} | loss {Loss:F6} | grad norm {GradNorm:F4} | lr {LearningRate:E2} | {Milliseconds,8:F1} ms | {TokensPerSecond,9:F0} tok/s | eta {Eta:hh\\:mm\\:ss}";
+}
+
+/// <summary>The flow-matching training step both stages share: forward, MSE, backward, clip, AdamW.</summary>
+public static class Trainer
+{
+    /// <summary>Runs one optimisation step and returns (loss, grad norm before clipping).</summary>
+    public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step)
+    {
+        var be = model.Backend;
+        var timesteps = Enumerable.Range(0, batch.Count)
+            .Select(b => FlowMatching.SampleTimestep(o.Sampling, batch[b].ImageTokens, o.Seed, step, b)).ToArray();
+        var (inputs, target) = Batches.FlowMatchingBatch(be, model.Config, batch, timesteps, o.Guidance, o.Seed, step);
+        using var _i = inputs;
+        using var _t = target;
+
+        var parameters = binding.TrainableParameters().ToArray();
+        foreach (var p in parameters) p.ZeroGrad();
+        using var prediction = model.Forward(inputs, binding, out var state);
+        double loss = be.MseLoss(prediction, target, out var dPrediction);
+        using (state)
+        using (dPrediction)
+            model.Backward(state, dPrediction, binding);
+
+        double norm = Math.Sqrt(parameters.Sum(p => be.SumSquares(p.Grad)));
+        float scale = o.MaxGradNorm > 0 && norm > o.MaxGradNorm ? (float)(o.MaxGradNorm / norm) : 1f;
+        foreach (var p in parameters) p.AdamW(o.LearningRate, o.WeightDecay, scale);
+        return (loss, norm);
+    }
+
+    /// <summary>Mean loss of the current adapter over examples at fixed timesteps and noise: the curve the demo prints.</summary>
+    public static double Evaluate(FluxModel model, LoraBinding binding, IReadOnlyList<Example> examples, TrainOptions o, int seedOffset = 1_000_000)
+    {
+        var be = model.Backend;
+        double sum = 0;
+        for (int i = 0; i < examples.Count; i++)
+        {
+            var batch = new[] { examples[i] };
+            float[] t = [0.25f + 0.5f * (i % 3) / 2f];
+            var (inputs, target) = Batches.FlowMatchingBatch(be, model.Config, batch, t, o.Guidance, o.Seed, seedOffset + i);
+            using var _i = inputs;
+            using var _t = target;
+            using var prediction = model.Predict(inputs, binding);
+            sum += be.MseLoss(prediction, target, out var d);
+            d.Dispose();
+        }
+        return sum / examples.Count;
+    }
+
+    /// <summary>Timing and ETA for the training log.</summary>
+    public sealed class Progress(long total, long start)
+    {
+        readonly Stopwatch clock = Stopwatch.StartNew();
+        long done;
+
+        public StepReport Report(long step, double loss, double norm, float lr, double ms, long tokens, string phase)
+        {
+            done++;
+            double perStep = clock.Elapsed.TotalSeconds / done;
+            var eta = TimeSpan.FromSeconds(perStep * Math.Max(0, total - step));
+            return new StepReport(step, total, loss, norm, lr, ms, tokens / Math.Max(1e-9, ms / 1000), eta, phase);
+        }
+
+        public long Start { get; } = start;
+    }
+}
