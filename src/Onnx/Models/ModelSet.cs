@@ -34,10 +34,10 @@ public sealed class ModelSet : IDisposable
 
     public FluxTextEncoder OpenTextEncoder()
     {
-        var t5 = new T5TextEncoder(Path(ModelsFolder.T5), T5Tokenizer.FromModelFile(Path(ModelsFolder.T5, true)), _factory);
+        var t5 = new T5TextEncoder(Path(ModelsFolder.T5), Path(ModelsFolder.T5, true), _factory);
         try
         {
-            var clip = new ClipTextEncoder(Path(ModelsFolder.ClipL), ClipTokenizer.FromMergesFile(Path(ModelsFolder.ClipL, true)), _factory);
+            var clip = new ClipTextEncoder(Path(ModelsFolder.ClipL), Path(ModelsFolder.ClipL, true), _factory);
             return Own(new FluxTextEncoder(t5, clip));
         }
         catch

@@ -22,11 +22,18 @@ public sealed class T5TextEncoder : IDisposable
     readonly InferenceSession _session;
     public T5Tokenizer Tokenizer { get; }
 
-    public T5TextEncoder(string modelPath, T5Tokenizer tokenizer, OnnxSessionFactory? factory = null)
+    /// <summary>Content fingerprint of the model and tokenizer files (cache keys).</summary>
+    public string Fingerprint { get; }
+
+    public T5TextEncoder(string modelPath, string tokenizerPath, OnnxSessionFactory? factory = null)
+        : this(modelPath, T5Tokenizer.FromModelFile(tokenizerPath), factory, Cache.ModelFingerprint.Of(modelPath, tokenizerPath)) { }
+
+    public T5TextEncoder(string modelPath, T5Tokenizer tokenizer, OnnxSessionFactory? factory = null, string? fingerprint = null)
     {
         if (tokenizer.Length != Length) throw new ArgumentException($"T5 tokenizer length {tokenizer.Length}, encoder needs {Length}");
         Tokenizer = tokenizer;
         _session = (factory ?? OnnxSessionFactory.Default).Create(modelPath, Signature);
+        Fingerprint = fingerprint ?? Cache.ModelFingerprint.Of(modelPath);
     }
 
     /// <summary>(512, 4096) row-major.</summary>
@@ -49,10 +56,17 @@ public sealed class ClipTextEncoder : IDisposable
     readonly InferenceSession _session;
     public ClipTokenizer Tokenizer { get; }
 
-    public ClipTextEncoder(string modelPath, ClipTokenizer tokenizer, OnnxSessionFactory? factory = null)
+    /// <summary>Content fingerprint of the model and tokenizer files (cache keys).</summary>
+    public string Fingerprint { get; }
+
+    public ClipTextEncoder(string modelPath, string mergesPath, OnnxSessionFactory? factory = null)
+        : this(modelPath, ClipTokenizer.FromMergesFile(mergesPath), factory, Cache.ModelFingerprint.Of(modelPath, mergesPath)) { }
+
+    public ClipTextEncoder(string modelPath, ClipTokenizer tokenizer, OnnxSessionFactory? factory = null, string? fingerprint = null)
     {
         Tokenizer = tokenizer;
         _session = (factory ?? OnnxSessionFactory.Default).Create(modelPath, Signature);
+        Fingerprint = fingerprint ?? Cache.ModelFingerprint.Of(modelPath);
     }
 
     /// <summary>(768) pooled embedding.</summary>
@@ -76,6 +90,8 @@ public sealed class FluxTextEncoder : IDisposable
         T5 = t5;
         Clip = clip;
     }
+
+    public string Fingerprint => T5.Fingerprint + Clip.Fingerprint;
 
     public PromptEmbedding Encode(string prompt) => new(T5.Encode(prompt), Clip.Encode(prompt));
 

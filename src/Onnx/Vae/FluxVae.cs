@@ -65,11 +65,15 @@ public sealed class FluxVae : IDisposable
 
     readonly InferenceSession? _encoder, _decoder;
 
+    /// <summary>Content fingerprint of the encoder file (cache keys); empty without an encoder.</summary>
+    public string EncoderFingerprint { get; }
+
     /// <summary>Either path may be null when only one direction is needed (training caches latents; sampling decodes).</summary>
     public FluxVae(string? encoderPath, string? decoderPath, OnnxSessionFactory? factory = null)
     {
         factory ??= OnnxSessionFactory.Default;
         _encoder = encoderPath is null ? null : factory.Create(encoderPath, EncoderSignature);
+        EncoderFingerprint = encoderPath is null ? "" : Cache.ModelFingerprint.Of(encoderPath);
         try
         {
             _decoder = decoderPath is null ? null : factory.Create(decoderPath, DecoderSignature);
