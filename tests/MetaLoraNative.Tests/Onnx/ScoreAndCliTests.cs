@@ -117,6 +117,8 @@ public class ScoreAndCliTests(ITestOutputHelper output)
         output.WriteLine($"R-FaceSim good {good:0.000}, swapped {swapped:0.000}");
         Assert.True(good > 0.8, $"good {good}");
         Assert.True(swapped < 0.4, $"swapped {swapped}");
-        Directory.Delete(root, true);
+        // METALORA_KEEP_TEST_FILES=1 keeps the reports (scatter.png, scores.md) for a look.
+        if (Environment.GetEnvironmentVariable("METALORA_KEEP_TEST_FILES") != "1") Directory.Delete(root, true);
+        else output.WriteLine($"kept {root}");
     }
 }
