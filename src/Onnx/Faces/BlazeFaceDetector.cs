@@ -24,10 +24,6 @@ public sealed class BlazeFaceDetector : IFaceDetector
     public const int InputSize = 256;
     const int AnchorsFine = 512, AnchorsCoarse = 384, Values = 16;
 
-    public static ModelSignature Signature { get; } = new("BlazeFace detector",
-        [new TensorSpec("*", TensorElementType.Float, [1, InputSize, InputSize, 3])],
-        []);
-
     readonly InferenceSession _session;
     readonly string _input;
     readonly string _scoresFine, _scoresCoarse, _boxesFine, _boxesCoarse;
