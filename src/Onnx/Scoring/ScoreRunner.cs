@@ -1,0 +1,248 @@
+// `metalora score`: CLIP-T, FaceSim and R-FaceSim of generated images against an identity layout.
+//
+// Identity layout (--identities DIR): one sub-folder per person holding real photos of that person. The reference (the
+// photo the model was personalised on) is the file whose name starts with "ref" (else the first file by name); every
+// other photo is a test image for R-FaceSim. An optional class.txt holds "man" or "woman" for the prompt wording.
+// Generated layout (--generated DIR): DIR/<person>/<NN>[_anything].png|jpg is an image for prompt number NN (1-based)
+// of the chosen prompt list; several files per prompt (seeds) are all scored, and averaged per (person, prompt).
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using MetaLoraNative.Onnx.Clip;
+using MetaLoraNative.Onnx.Faces;
+using MetaLoraNative.Onnx.Imaging;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace MetaLoraNative.Onnx.Scoring;
+
+public sealed record Identity(string Name, SubjectClass Class, string Reference, IReadOnlyList<string> Others);
+
+public static class IdentityLayout
+{
+    static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".webp", ".bmp"];
+
+    public static bool IsImage(string path) => ImageExtensions.Contains(Path.GetExtension(path).ToLowerInvariant());
+
+    public static List<Identity> Load(string dir, SubjectClass defaultClass)
+    {
+        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"identities folder not found: {dir}");
+        var result = new List<Identity>();
+        foreach (var sub in Directory.GetDirectories(dir).Order(StringComparer.Ordinal))
+        {
+            var images = Directory.GetFiles(sub).Where(IsImage).Order(StringComparer.Ordinal).ToList();
+            if (images.Count == 0) continue;
+            string reference = images.FirstOrDefault(p => Path.GetFileName(p).StartsWith("ref", StringComparison.OrdinalIgnoreCase)) ?? images[0];
+            var cls = defaultClass;
+            string classFile = Path.Combine(sub, "class.txt");
+            if (File.Exists(classFile))
+            {
+                string c = File.ReadAllText(classFile).Trim().ToLowerInvariant();
+                cls = c switch
+                {
+                    "man" or "male" => SubjectClass.Man,
+                    "woman" or "female" => SubjectClass.Woman,
+                    _ => throw new InvalidDataException($"{classFile}: expected 'man' or 'woman', found '{c}'"),
+                };
+            }
+            result.Add(new Identity(Path.GetFileName(sub), cls, reference, images.Where(p => p != reference).ToList()));
+        }
+        if (result.Count == 0) throw new InvalidDataException($"identities folder {dir} has no sub-folders with images");
+        return result;
+    }
+}
+
+public sealed record ImageScore(string File, int PromptNumber, string Prompt, double? ClipT, double? FaceSim, double? RFaceSim, string? Note);
+
+public sealed record IdentityScore(string Name, string Class, string Reference, IReadOnlyList<string> Others,
+    double? ClipT, double? FaceSim, double? RFaceSim, IReadOnlyList<ImageScore> Images);
+
+/// <summary>All similarities are cosines in [-1, 1]; tables and the plot show them x100.</summary>
+public sealed record ScoreReport(string Label, string Prompts, double? ClipT, double? FaceSim, double? RFaceSim,
+    int Images, IReadOnlyList<IdentityScore> Identities, IReadOnlyList<string> Warnings)
+{
+    static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    public string ToJson() => JsonSerializer.Serialize(this, Json);
+
+    static string Pct(double? v) => v is { } x && !double.IsNaN(x) ? (100 * x).ToString("0.00") : "n/a";
+
+    public string ToMarkdown()
+    {
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine($"# Scores: {Label}");
+        sb.AppendLine();
+        sb.AppendLine($"Prompts: {Prompts}; {Images} generated images. Cosine similarities x100.");
+        sb.AppendLine();
+        sb.AppendLine("| identity | class | images | CLIP-T | FaceSim | R-FaceSim |");
+        sb.AppendLine("|---|---|---:|---:|---:|---:|");
+        foreach (var i in Identities)
+            sb.AppendLine($"| {i.Name} | {i.Class} | {i.Images.Count} | {Pct(i.ClipT)} | {Pct(i.FaceSim)} | {Pct(i.RFaceSim)} |");
+        sb.AppendLine($"| **mean** | | {Images} | **{Pct(ClipT)}** | **{Pct(FaceSim)}** | **{Pct(RFaceSim)}** |");
+        sb.AppendLine();
+        sb.AppendLine("Paper, Table 5 (CLIP-T / R-FaceSim): Meta-LoRA 31.66 / 77.16; rank-1 LoRA + aug 31.47 / 76.15; PuLID-FLUX 30.95 / 75.72;");
+        sb.AppendLine("InstantID (SDXL-Lightning) 30.52 / 75.26; PhotoMaker (SDXL) 31.51 / 67.57.");
+        if (Warnings.Count > 0)
+        {
+            sb.AppendLine();
+            sb.AppendLine("Warnings:");
+            foreach (var w in Warnings) sb.AppendLine($"- {w}");
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>The paper's Table 5 points (CLIP-T, R-FaceSim), drawn as grey rings for comparison.</summary>
+    public static readonly IReadOnlyList<(string Name, double ClipT, double RFaceSim)> PaperPoints =
+    [
+        ("Meta-LoRA", 31.66, 77.16), ("rank-1 LoRA + aug", 31.47, 76.15), ("PuLID-FLUX", 30.95, 75.72),
+        ("InstantID", 30.52, 75.26), ("PhotoMaker", 31.51, 67.57),
+    ];
+
+    /// <summary>
+    /// R-FaceSim (y) against CLIP-T (x), both x100: a blue dot per identity, a large red dot for the mean, grey rings for
+    /// the paper's Table 5 methods.
+    /// </summary>
+    public Image<Rgb24> Plot()
+    {
+        var points = new List<PlotPoint>();
+        foreach (var p in PaperPoints) points.Add(new PlotPoint(p.ClipT, p.RFaceSim, new Rgb24(150, 150, 150), 5, Hollow: true));
+        foreach (var i in Identities)
+            if (i.ClipT is { } c && i.RFaceSim is { } r && !double.IsNaN(c) && !double.IsNaN(r))
+                points.Add(new PlotPoint(100 * c, 100 * r, new Rgb24(40, 90, 200), 4));
+        if (ClipT is { } mc && RFaceSim is { } mr && !double.IsNaN(mc) && !double.IsNaN(mr))
+            points.Add(new PlotPoint(100 * mc, 100 * mr, new Rgb24(210, 40, 40), 7));
+        double xMin = Math.Floor(points.Min(p => p.X) / 5) * 5 - 5, xMax = Math.Ceiling(points.Max(p => p.X) / 5) * 5 + 5;
+        double yMin = Math.Floor(points.Min(p => p.Y) / 5) * 5 - 5, yMax = Math.Ceiling(points.Max(p => p.Y) / 5) * 5 + 5;
+        return ScatterPlot.Draw(points, xMin, xMax, yMin, yMax, tick: 5);
+    }
+
+    /// <summary>Writes scores.json, scores.md and scatter.png into <paramref name="dir"/>.</summary>
+    public void Write(string dir)
+    {
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "scores.json"), ToJson());
+        File.WriteAllText(Path.Combine(dir, "scores.md"), ToMarkdown());
+        using var plot = Plot();
+        plot.SaveAsPng(Path.Combine(dir, "scatter.png"));
+    }
+}
+
+public sealed record ScoreOptions
+{
+    public required string IdentitiesDir { get; init; }
+    public required string GeneratedDir { get; init; }
+    /// <summary>Built-in set (facesim, recontext, stylistic, clip-t) or a file of prompts.</summary>
+    public string Prompts { get; init; } = "facesim";
+    public SubjectClass DefaultClass { get; init; } = SubjectClass.Woman;
+    public string Label { get; init; } = "generated";
+}
+
+public sealed class ScoreRunner
+{
+    readonly IFaceDetector _detector;
+    readonly IFaceEmbedder _embedder;
+    readonly ClipScoreModel? _clip;
+    readonly Action<string> _log;
+
+    /// <param name="clip">null skips CLIP-T.</param>
+    public ScoreRunner(IFaceDetector detector, IFaceEmbedder embedder, ClipScoreModel? clip, Action<string>? log = null)
+    {
+        _detector = detector;
+        _embedder = embedder;
+        _clip = clip;
+        _log = log ?? (_ => { });
+    }
+
+    /// <summary>Embedding of the largest face, or null (with a warning) when the image has none.</summary>
+    float[]? FaceEmbedding(Image<Rgb24> image, string label, List<string> warnings)
+    {
+        var faces = _detector.Detect(image);
+        if (faces.Count == 0)
+        {
+            warnings.Add($"no face found in {label}; left out of face metrics");
+            return null;
+        }
+        return _embedder.Embed(image, faces.MaxBy(f => f.Area)!);
+    }
+
+    public ScoreReport Run(ScoreOptions options)
+    {
+        var warnings = new List<string>();
+        var identities = IdentityLayout.Load(options.IdentitiesDir, options.DefaultClass);
+        var others = new Dictionary<string, IReadOnlyList<float[]>>();
+        var references = new Dictionary<string, float[]?>();
+        foreach (var id in identities)
+        {
+            using (var img = ImageIO.LoadRgb(id.Reference)) references[id.Name] = FaceEmbedding(img, id.Reference, warnings);
+            var list = new List<float[]>();
+            foreach (var p in id.Others)
+            {
+                using var img = ImageIO.LoadRgb(p);
+                if (FaceEmbedding(img, p, warnings) is { } e) list.Add(e);
+            }
+            others[id.Name] = list;
+            if (list.Count == 0) warnings.Add($"{id.Name}: no real images besides the reference; R-FaceSim not computed for it");
+        }
+
+        var identityScores = new List<IdentityScore>();
+        var generated = new List<GeneratedEmbedding>();
+        int imageCount = 0;
+        foreach (var id in identities)
+        {
+            var prompts = PaperPrompts.Resolve(options.Prompts, id.Class);
+            string dir = Path.Combine(options.GeneratedDir, id.Name);
+            var files = Directory.Exists(dir) ? Directory.GetFiles(dir).Where(IdentityLayout.IsImage).Order(StringComparer.Ordinal).ToList() : [];
+            if (files.Count == 0) warnings.Add($"{id.Name}: no generated images in {dir}");
+            var scores = new List<ImageScore>();
+            foreach (var file in files)
+            {
+                string name = Path.GetFileName(file);
+                int digits = name.TakeWhile(char.IsAsciiDigit).Count();
+                if (digits == 0 || !int.TryParse(name[..digits], out int n) || n < 1 || n > prompts.Count)
+                {
+                    warnings.Add($"{file}: name does not start with a prompt number 1..{prompts.Count}; skipped");
+                    continue;
+                }
+                string prompt = prompts[n - 1];
+                using var img = ImageIO.LoadRgb(file);
+                double? clipT = _clip?.ClipT(img, prompt);
+                double? faceSim = null, rSim = null;
+                string? note = null;
+                if (FaceEmbedding(img, file, warnings) is { } e)
+                {
+                    if (references[id.Name] is { } reference) faceSim = FaceMetrics.FaceSim(e, reference);
+                    if (others[id.Name].Count > 0)
+                    {
+                        generated.Add(new GeneratedEmbedding(id.Name, prompt, e));
+                        rSim = others[id.Name].Average(t => (double)FaceMath.Cosine(e, t));
+                    }
+                }
+                else note = "no face";
+                scores.Add(new ImageScore(name, n, prompt, clipT, faceSim, rSim, note));
+                imageCount++;
+                _log($"{id.Name}/{name}: CLIP-T {Fmt(clipT)} FaceSim {Fmt(faceSim)} R-FaceSim {Fmt(rSim)}");
+            }
+            identityScores.Add(new IdentityScore(id.Name, id.Class.ToString().ToLowerInvariant(), id.Reference, id.Others,
+                Mean(scores.Select(s => s.ClipT)), Mean(scores.Select(s => s.FaceSim)), null, scores));
+        }
+
+        var r = FaceMetrics.RFaceSim(generated, others);
+        identityScores = identityScores.Select(s => s with { RFaceSim = NullIfNaN(r.MeanOfIdentity(s.Name)) }).ToList();
+        var all = identityScores.SelectMany(s => s.Images).ToList();
+        return new ScoreReport(options.Label, options.Prompts, Mean(all.Select(s => s.ClipT)), Mean(all.Select(s => s.FaceSim)),
+            NullIfNaN(r.Mean), imageCount, identityScores, warnings);
+    }
+
+    static string Fmt(double? v) => v is { } x ? (100 * x).ToString("0.00") : "n/a";
+    static double? NullIfNaN(double v) => double.IsNaN(v) ? null : v;
+
+    static double? Mean(IEnumerable<double?> values)
+    {
+        var v = values.Where(x => x.HasValue).Select(x => x!.Value).ToList();
+        return v.Count == 0 ? null : v.Average();
+    }
+}
