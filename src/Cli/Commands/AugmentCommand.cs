@@ -41,7 +41,7 @@ public static class AugmentCommand
         command.Arguments.Add(image);
         foreach (var o in new Option[] { output, resolution, seed, max, noFlip, detector, models }) command.Options.Add(o);
 
-        command.SetAction(parse => OnnxCommandSupport.Guard(() =>
+        command.SetAction(parse => Common.Guard(() =>
         {
             string src = parse.GetValue(image)!, outDir = parse.GetValue(output)!;
             int maxImages = parse.GetValue(max);

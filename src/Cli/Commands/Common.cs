@@ -20,7 +20,8 @@ internal static class Common
         try { return body(); }
         catch (Exception e) when (e is InvalidDataException or FileNotFoundException or DirectoryNotFoundException
                                   or ArgumentException or IOException or KeyNotFoundException or NotSupportedException
-                                  or InvalidOperationException or UnauthorizedAccessException)
+                                  or InvalidOperationException or UnauthorizedAccessException
+                                  or Onnx.Runtime.ModelLoadException or Onnx.Imaging.ImageLoadException or Onnx.Faces.NoFaceException)
         {
             Console.Error.WriteLine($"error: {e.Message}");
             return 1;

@@ -8,11 +8,19 @@ internal static class DoctorCommand
 {
     public static Command Create()
     {
-        var cmd = new Command("doctor", "Checks .NET, the CPU, CUDA (driver, NVRTC, cuBLASLt) and ONNX Runtime, with versions; one clear line for each missing piece.");
-        cmd.SetAction(_ =>
+        var models = new Option<string?>("--models") { Description = "Also check a models folder (models.json and every file it names: signatures, tokenizers)." };
+        var cmd = new Command("doctor", "Checks .NET, the CPU, CUDA (driver, NVRTC, cuBLASLt) and ONNX Runtime, with versions; one clear line for each missing piece.")
+        {
+            models,
+        };
+        cmd.SetAction(r =>
         {
             foreach (var line in Report()) Console.WriteLine(line);
-            return 0;
+            if (r.GetValue(models) is not { } dir) return 0;
+            var problems = Onnx.Models.ModelsFolder.Check(dir);
+            Console.WriteLine(problems.Count == 0 ? $"models      {dir}: every component present and valid" : $"models      {dir}: {problems.Count} problem(s)");
+            foreach (var p in problems) Console.WriteLine($"  - {p}");
+            return problems.Count == 0 ? 0 : 1;
         });
         return cmd;
     }

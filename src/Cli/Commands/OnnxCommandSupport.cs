@@ -5,22 +5,9 @@ using MetaLoraNative.Onnx.Runtime;
 
 namespace MetaLoraNative.Cli.Commands;
 
-/// <summary>Error handling shared by the commands built on the ONNX side (augment, score).</summary>
+/// <summary>Model-folder plumbing shared by the commands built on the ONNX side (augment, score, prepare).</summary>
 internal static class OnnxCommandSupport
 {
-    /// <summary>Runs a command body; a bad input prints one clear line and exits 1 instead of a stack trace.</summary>
-    public static int Guard(Func<int> body)
-    {
-        try { return body(); }
-        catch (Exception e) when (e is ModelLoadException or ImageLoadException or NoFaceException or InvalidDataException
-                                  or FileNotFoundException or DirectoryNotFoundException or ArgumentException or IOException
-                                  or UnauthorizedAccessException or InvalidOperationException)
-        {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
-    }
-
     /// <summary>Models folder from --models, else $METALORA_MODELS; null when neither is set.</summary>
     public static string? ModelsDir(string? option) =>
         !string.IsNullOrWhiteSpace(option) ? option : Environment.GetEnvironmentVariable("METALORA_MODELS") is { Length: > 0 } env ? env : null;

@@ -50,7 +50,7 @@ public static class ScoreCommand
             "and prompt, then mean). Tables show x100.");
         foreach (var o in new Option[] { identities, generated, models, prompts, subject, output, label, noClip, listPrompts }) command.Options.Add(o);
 
-        command.SetAction(parse => OnnxCommandSupport.Guard(() =>
+        command.SetAction(parse => Common.Guard(() =>
         {
             var cls = parse.GetValue(subject) == "man" ? SubjectClass.Man : SubjectClass.Woman;
             string promptSet = parse.GetValue(prompts)!;

@@ -37,7 +37,10 @@ public sealed record FluxConfig(
     public static FluxConfig Micro { get; } =
         new("micro", 8, 8, 6, 10, 16, 2, 32, 1, 1, [2, 2, 4], 10_000f, true);
 
-    public static IReadOnlyList<FluxConfig> Presets { get; } = [FluxDev, FluxSchnell, Tiny, Micro];
+    /// <summary>Tiny, but with the real text widths (T5 4096, CLIP 768): runs the photo → encoders → Stage 2 pipeline.</summary>
+    public static FluxConfig TinyT5 { get; } = Tiny with { Name = "tiny-t5", ContextInDim = 4096, VecInDim = 768 };
+
+    public static IReadOnlyList<FluxConfig> Presets { get; } = [FluxDev, FluxSchnell, Tiny, TinyT5, Micro];
 
     public static FluxConfig Preset(string name) =>
         Presets.FirstOrDefault(p => p.Name == name)
@@ -102,7 +105,7 @@ public sealed record FluxConfig(
             throw new InvalidDataException($"{source}: head dim {headDim} is not FLUX's 128 and the file has no 'flux.axes_dim' metadata");
 
         var known = Presets.FirstOrDefault(p => p.HiddenSize == hidden && p.Depth == depth && p.DepthSingleBlocks == single
-                                                && p.GuidanceEmbed == guidance && p.InChannels == inCh);
+                                                && p.GuidanceEmbed == guidance && p.InChannels == inCh && p.ContextInDim == ctx && p.VecInDim == vec);
         var config = new FluxConfig(known?.Name ?? "custom", inCh, outCh, vec, ctx, hidden, hidden / headDim, mlp,
                                     depth, single, axes, theta, guidance);
         try { return config.Validate(); }

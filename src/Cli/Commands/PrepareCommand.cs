@@ -1,0 +1,46 @@
+using System.CommandLine;
+using MetaLoraNative.Engine.Training;
+using MetaLoraNative.Onnx.Augment;
+using MetaLoraNative.Onnx.Cache;
+using MetaLoraNative.Onnx.Models;
+
+namespace MetaLoraNative.Cli.Commands;
+
+/// <summary>`metalora prepare PHOTO`: one photo → the cached Stage-2 dataset (augmented crops, VAE latents, prompt embeddings).</summary>
+internal static class PrepareCommand
+{
+    public static Command Create()
+    {
+        var photo = new Argument<string>("photo") { Description = "The one photo of the person." };
+        var models = new Option<string?>("--models") { Description = "Models folder with models.json (face detector, VAE encoder, T5, CLIP-L); default $METALORA_MODELS." };
+        var prompt = new Option<string>("--prompt") { Description = "Training caption, e.g. \"a photo of sks woman\".", Required = true };
+        var output = new Option<string>("--out") { Description = "Dataset folder to write (the --data of 'train stage2').", Required = true };
+        var resolution = new Option<int>("--resolution") { Description = "Training resolution (bucket area near resolution²).", DefaultValueFactory = _ => 512 }.AcceptOnlyFromAmong("256", "512", "768", "1024");
+        var seed = new Option<int>("--seed") { Description = "Seed of the random flips.", DefaultValueFactory = _ => 0 };
+        var max = new Option<int>("--max") { Description = "Most crops (paper: 25).", DefaultValueFactory = _ => 25 };
+        var cache = new Option<string?>("--cache") { Description = "Encoding cache folder (T5/CLIP outputs and VAE latents by content hash). Default: <models>/cache." };
+        var cmd = new Command("prepare",
+            "Turns one photo into a Stage-2 training set: detect the face, make the paper's augmented crops, VAE-encode each to " +
+            "packed latents and encode the prompt with T5-XXL and CLIP-L. Repeated runs reuse the encoding cache.")
+        {
+            models, prompt, output, resolution, seed, max, cache,
+        };
+        cmd.Arguments.Add(photo);
+        cmd.SetAction(r => Common.Guard(() =>
+        {
+            string dir = OnnxCommandSupport.ModelsDir(r.GetValue(models))
+                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+            var problems = ModelsFolder.Check(dir);
+            if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
+            using var set = new ModelSet(dir);
+            var encodings = new EncodingCache(r.GetValue(cache) ?? Path.Combine(dir, "cache"));
+            var person = Stage2Data.Prepare(r.GetValue(photo)!, r.GetValue(prompt)!, set, encodings,
+                new AugmentOptions { Resolution = r.GetValue(resolution), Seed = r.GetValue(seed), MaxImages = r.GetValue(max) },
+                Common.Log);
+            LatentDataset.SaveIdentity(r.GetValue(output)!, person);
+            Console.WriteLine($"wrote {person.Examples.Count} cached examples of '{person.Name}' to {r.GetValue(output)}");
+            return 0;
+        }));
+        return cmd;
+    }
+}

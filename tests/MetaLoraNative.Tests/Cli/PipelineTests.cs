@@ -1,0 +1,64 @@
+using MetaLoraNative.Engine.Backends.Cpu;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Onnx.Models;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace MetaLoraNative.Tests.Cli;
+
+/// <summary>
+/// The user's path end to end on the tiny stand-in encoders: one photo → `prepare` (detect, augment, VAE, T5, CLIP,
+/// cached) → `train stage2` → a merged LoRA; the second `prepare` encodes nothing.
+/// </summary>
+[Collection("console")]
+public sealed class PipelineTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("metalora-pipe-").FullName;
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var (oldOut, oldErr) = (Console.Out, Console.Error);
+        var (o, e) = (new StringWriter(), new StringWriter());
+        Console.SetOut(o);
+        Console.SetError(e);
+        try { return (MetaLoraNative.Cli.Program.Main(args), o.ToString(), e.ToString()); }
+        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
+    }
+
+    [Fact]
+    public void OnePhotoBecomesAMergedLora()
+    {
+        string models = Path.Combine(dir, "models"), photo = Path.Combine(dir, "me.png"), data = Path.Combine(dir, "me");
+        ModelsFolder.WriteTiny(models);
+        using (var img = new Image<Rgb24>(640, 480))
+        {
+            for (int y = 0; y < img.Height; y++)
+                for (int x = 0; x < img.Width; x++)
+                    img[x, y] = new Rgb24((byte)(x * 255 / 640), (byte)(y * 255 / 480), (byte)((x + y) % 256));
+            img.SaveAsPng(photo);
+        }
+        var prep = Run("prepare", photo, "--models", models, "--prompt", "a photo of sks person", "--out", data, "--resolution", "256", "--max", "3");
+        Assert.True(prep.Code == 0, prep.Err + prep.Out);
+        Assert.Equal(3, Directory.GetFiles(data, "*.safetensors").Length);
+        var again = Run("prepare", photo, "--models", models, "--prompt", "a photo of sks person", "--out", Path.Combine(dir, "me2"), "--resolution", "256", "--max", "3");
+        Assert.True(again.Code == 0, again.Err);
+        Assert.Contains("0 prompt(s) encoded", again.Out);
+        Assert.Contains("0 image(s) encoded", again.Out);
+
+        using (var be = CpuBackend.F32())
+        {
+            var c = FluxConfig.TinyT5;
+            using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
+            LoraFiles.SaveMeta(down, null, Path.Combine(dir, "down.safetensors"));
+        }
+        var s2 = Run("train", "stage2", "--model", "random:tiny-t5:1", "--down", Path.Combine(dir, "down.safetensors"), "--data", data,
+                     "--out", Path.Combine(dir, "me.lora.safetensors"), "--iterations", "2");
+        Assert.True(s2.Code == 0, s2.Err);
+        using var f = SafetensorsFile.Open(Path.Combine(dir, "me.lora.safetensors"));
+        Assert.Equal([1, FluxConfig.TinyT5.HiddenSize], f["transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight"].Shape);
+        Assert.Equal("tiny-t5", f.Metadata["metalora.base_model"]);
+    }
+}
