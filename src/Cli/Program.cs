@@ -14,7 +14,7 @@ public static class Program
         foreach (var command in new[]
                  {
                      DemoCommand.Create(), TrainCommand.Create(), LoraCommand.Create(), DataCommand.Create(),
-                     DebugCommand.Create(), KernelsCommand.Create(), DoctorCommand.Create(),
+                     DebugCommand.Create(), KernelsCommand.Create(), DoctorCommand.Create(), CheckCommand.Create(),
                  })
             root.Subcommands.Add(command);
         return root.Parse(args).Invoke();
