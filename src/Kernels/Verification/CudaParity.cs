@@ -44,7 +44,8 @@ public static partial class CudaParity
     /// <summary>The reference backend every check compares against.</summary>
     public static IBackend Oracle() => CpuBackend.F64();
 
-    public static IReadOnlyList<ParityCheck> All { get; } = Build();
+    public static IReadOnlyList<ParityCheck> All => all ??= Build();
+    static ParityCheck[]? all;
 
     public static ParityCheck Find(string name) =>
         All.FirstOrDefault(c => c.Name == name) ?? throw new ArgumentException($"no CUDA parity check named '{name}'");

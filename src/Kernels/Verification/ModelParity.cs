@@ -102,8 +102,6 @@ public static partial class CudaParity
         }
     }
 
-    static readonly Regex LossField = new(@"\bloss (\S+)", RegexOptions.CultureInvariant);
-
     /// <summary>Stage 2 on the tiny model (D from a fresh random Meta-Down, lr 1e-2, bs 1, seed 1): per-step losses and the trained U.</summary>
     internal static (double[] Losses, double[] Up) RunStage2(IBackend be)
     {
@@ -114,9 +112,10 @@ public static partial class CudaParity
         var person = TinyDemo.MakeIdentity(c, "someone", 4, 77);
         var o = new Stage2Options { Train = new TrainOptions { LearningRate = 1e-2f, BatchSize = 1, Seed = 1 }, Iterations = Stage2Iterations, Rank2 = 2 };
         var losses = new List<double>();
+        var lossField = new Regex(@"\bloss (\S+)", RegexOptions.CultureInvariant);
         using var personal = Stages.Stage2(model, down, person, o, line =>
         {
-            var m = LossField.Match(line);
+            var m = lossField.Match(line);
             if (line.StartsWith("step ", StringComparison.Ordinal) && m.Success)
                 losses.Add(double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture));
         });
