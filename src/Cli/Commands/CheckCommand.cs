@@ -1,0 +1,111 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using MetaLoraNative.Kernels;
+using MetaLoraNative.Kernels.Verification;
+
+namespace MetaLoraNative.Cli.Commands;
+
+/// <summary>
+/// `metalora check cuda [--json FILE] [--only NAME]`: runs every CUDA parity check (src/Kernels/Verification) on
+/// this machine's GPU against the fp64 CPU oracle and prints one line per check. Exit 0 when all pass, 1 on any
+/// failure, 2 when there is no usable GPU. The same checks as the xunit CUDA tests, for machines that only have the
+/// published binary.
+/// </summary>
+public static class CheckCommand
+{
+    public static Command Create()
+    {
+        var json = new Option<string?>("--json") { Description = "Also write every check and comparison to this JSON file." };
+        var only = new Option<string[]>("--only")
+        {
+            Description = "Run only the checks with these names (see 'metalora check cuda --list').",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var list = new Option<bool>("--list") { Description = "List the checks and exit." };
+        var verbose = new Option<bool>("--verbose") { Description = "Print every comparison of every check, not only the worst." };
+        var cuda = new Command("cuda", "CUDA backend vs the fp64 CPU oracle: every op, the whole tiny model (output and LoRA gradients) " +
+                                       "and a short Stage 2 run, with bf16 tolerances (docs/GPU.md). Exit 1 on a failure, 2 without a GPU.")
+        {
+            json, only, list, verbose,
+        };
+        cuda.SetAction(r => RunCuda(r.GetValue(json), r.GetValue(only) ?? [], r.GetValue(list), r.GetValue(verbose)));
+        return new Command("check", "Self-checks that need special hardware.") { cuda };
+    }
+
+    static int RunCuda(string? jsonPath, string[] only, bool listOnly, bool verbose)
+    {
+        if (listOnly)
+        {
+            foreach (var c in CudaParity.All) Console.WriteLine($"{c.Name,-28} {c.Description}");
+            return 0;
+        }
+        var checks = CudaParity.All.Where(c => only.Length == 0 || only.Contains(c.Name)).ToArray();
+        var unknown = only.Where(n => CudaParity.All.All(c => c.Name != n)).ToArray();
+        if (unknown.Length > 0)
+        {
+            Console.Error.WriteLine($"error: no check named {string.Join(", ", unknown.Select(n => $"'{n}'"))}; see --list");
+            return 1;
+        }
+
+        if (!CudaBackend.TryCreate(out var probe, out string reason))
+        {
+            Console.Error.WriteLine($"check cuda: no usable GPU: {reason}");
+            return 2;
+        }
+        string device = reason;
+        probe!.Dispose();
+        Console.WriteLine($"CUDA parity on {device}: {checks.Length} checks against the fp64 CPU oracle");
+        Console.WriteLine($"{"check",-28} {"error",10} {"allowed",10} {"baseline",10} {"time",8}  result");
+
+        var results = new List<ParityResult>();
+        foreach (var check in checks)
+        {
+            ParityResult result;
+            // A fresh GPU backend and oracle per check, as the tests do: a failure cannot leak into the next check.
+            if (!CudaBackend.TryCreate(out var gpu, out string why))
+                result = new ParityResult(check.Name, double.NaN, double.NaN, double.NaN, false, [], $"could not open the GPU: {why}", TimeSpan.Zero);
+            else
+            {
+                using (gpu)
+                using (var oracle = CudaParity.Oracle())
+                    result = check.Run(gpu!, oracle);
+            }
+            results.Add(result);
+            Console.WriteLine($"{check.Name,-28} {F(result.Error),10} {F(result.Allowed),10} {F(result.Baseline),10} {result.Elapsed.TotalSeconds,7:F1}s  " +
+                              $"{(result.Pass ? "PASS" : "FAIL")}{(result.Pass ? "" : $"  {result.Failure ?? result.Worst}")}");
+            if (verbose || !result.Pass)
+                foreach (var m in result.Measures)
+                    Console.WriteLine($"    {m.What,-40} {F(m.Error),10} {F(m.Allowed),10} {F(m.Baseline),10} max|ref| {F(m.MaxRef)}{(m.Pass ? "" : "  FAIL")}");
+        }
+
+        int failed = results.Count(r => !r.Pass);
+        Console.WriteLine(failed == 0 ? $"all {results.Count} CUDA checks passed" : $"{failed} of {results.Count} CUDA checks FAILED");
+        if (jsonPath != null)
+        {
+            var report = new CheckReport(device, DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), failed == 0,
+                results.Select(r => new CheckEntry(r.Name, N(r.Error), N(r.Allowed), N(r.Baseline), r.Pass, r.Failure, r.Elapsed.TotalSeconds,
+                    r.Measures.Select(m => new MeasureEntry(m.What, N(m.Error), N(m.Allowed), N(m.Baseline), N(m.MaxRef), m.Pass)).ToArray())).ToArray());
+            string? dir = Path.GetDirectoryName(Path.GetFullPath(jsonPath));
+            if (dir != null) Directory.CreateDirectory(dir);
+            File.WriteAllText(jsonPath, JsonSerializer.Serialize(report, CheckJson.Default.CheckReport));
+            Console.WriteLine($"wrote {jsonPath}");
+        }
+        return failed == 0 ? 0 : 1;
+    }
+
+    static string F(double v) => double.IsNaN(v) ? "-" : v.ToString("E2", CultureInfo.InvariantCulture);
+
+    /// <summary>JSON has no NaN: absent values are null.</summary>
+    static double? N(double v) => double.IsNaN(v) || double.IsInfinity(v) ? null : v;
+}
+
+internal sealed record MeasureEntry(string What, double? Error, double? Allowed, double? Baseline, double? MaxRef, bool Pass);
+internal sealed record CheckEntry(string Name, double? Error, double? Allowed, double? Baseline, bool Pass, string? Failure, double Seconds, MeasureEntry[] Measures);
+internal sealed record CheckReport(string Device, string Utc, bool Pass, CheckEntry[] Checks);
+
+/// <summary>Source-generated JSON (the CLI is published trimmed).</summary>
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.SnakeCaseLower)]
+[JsonSerializable(typeof(CheckReport))]
+internal sealed partial class CheckJson : JsonSerializerContext;

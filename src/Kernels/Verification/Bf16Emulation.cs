@@ -1,0 +1,302 @@
+using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Backends.Cpu;
+
+namespace MetaLoraNative.Kernels.Verification;
+
+/// <summary>
+/// The fp32 CPU engine with the CUDA backend's storage rules: every Compute tensor is rounded to bf16 when it is
+/// uploaded and whenever an op writes it, Master tensors stay fp32, and the operands the GPU converts to bf16
+/// before a kernel (an fp32 input of a non-elementwise op, the fp32 side of a mixed GEMM) are rounded first.
+/// Accumulation stays fp32/fp64 as on the GPU. It is the "honest bf16 implementation" whose error against the
+/// fp64 oracle sets the tolerance of the whole-model checks (see <see cref="CudaParity"/>).
+///
+/// The statistics the GPU keeps in fp32 (LayerNorm stats, RMSNorm rstd, attention lse) and the RoPE table are not
+/// rounded. Slow (a host round trip per op): meant for the tiny model only.
+/// </summary>
+public sealed class Bf16EmulationBackend : IBackend
+{
+    readonly IBackend inner;
+
+    public Bf16EmulationBackend() : this(CpuBackend.F32()) { }
+    public Bf16EmulationBackend(IBackend inner) => this.inner = inner;
+
+    public string Name => "cpu-f32-bf16emu";
+
+    sealed class EmuTensor(Bf16EmulationBackend owner, Tensor inner, Precision precision) : Tensor(inner.Shape)
+    {
+        public Tensor Inner { get; } = inner;
+        public Precision Precision { get; } = precision;
+        public override IBackend Backend => owner;
+        public override Tensor Reshape(params int[] shape) => new EmuTensor(owner, Inner.Reshape(shape), Precision);
+        public override void Dispose()
+        {
+            Inner.Dispose();
+            base.Dispose();
+        }
+    }
+
+    static EmuTensor E(Tensor t) => t as EmuTensor ?? throw new ArgumentException($"{t} does not belong to the bf16 emulation backend");
+    static Tensor I(Tensor t) => E(t).Inner;
+
+    /// <summary>Rounds an inner tensor to bf16 in place.</summary>
+    void RoundInPlace(Tensor inner)
+    {
+        var v = this.inner.Download(inner);
+        for (int i = 0; i < v.Length; i++) v[i] = Bf16Bits.Round(v[i]);
+        using var r = this.inner.Upload(v, inner.Shape);
+        this.inner.Copy(r, inner);
+    }
+
+    /// <summary>Wraps an op's result as a bf16 Compute tensor.</summary>
+    Tensor Out(Tensor inner)
+    {
+        RoundInPlace(inner);
+        return new EmuTensor(this, inner, Precision.Compute);
+    }
+
+    /// <summary>Wraps a result the GPU keeps in fp32.</summary>
+    Tensor OutF32(Tensor inner) => new EmuTensor(this, inner, Precision.Master);
+
+    /// <summary>The operand a kernel reads: a Master tensor goes through a bf16 temporary, as on the GPU.</summary>
+    sealed class Operand(Tensor value, bool owned) : IDisposable
+    {
+        public Tensor Value { get; } = value;
+        public void Dispose() { if (owned) Value.Dispose(); }
+    }
+
+    Operand Bf16(Tensor t)
+    {
+        var e = E(t);
+        if (e.Precision == Precision.Compute) return new Operand(e.Inner, false);
+        var v = inner.Download(e.Inner);
+        for (int i = 0; i < v.Length; i++) v[i] = Bf16Bits.Round(v[i]);
+        return new Operand(inner.Upload(v, e.Shape), true);
+    }
+
+    // ---------------------------------------------------------------- memory
+
+    public Tensor Zeros(params int[] shape) => new EmuTensor(this, inner.Zeros(shape), Precision.Compute);
+    public Tensor Zeros(int[] shape, Precision precision) => new EmuTensor(this, inner.Zeros(shape, precision), precision);
+    public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
+
+    public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision)
+    {
+        var t = new EmuTensor(this, inner.Upload(values, shape), precision);
+        if (precision == Precision.Compute) RoundInPlace(t.Inner);
+        return t;
+    }
+
+    public Tensor Upload(ReadOnlySpan<double> values, params int[] shape) => Out(inner.Upload(values, shape));
+    public float[] Download(Tensor t) => inner.Download(I(t));
+    public double[] DownloadDouble(Tensor t) => inner.DownloadDouble(I(t));
+
+    public void Copy(Tensor src, Tensor dst)
+    {
+        inner.Copy(I(src), I(dst));
+        if (E(dst).Precision == Precision.Compute) RoundInPlace(I(dst));
+    }
+
+    public void Fill(Tensor t, float value)
+    {
+        inner.Fill(I(t), value);
+        if (E(t).Precision == Precision.Compute) RoundInPlace(I(t));
+    }
+
+    // ---------------------------------------------------------------- matrix products
+
+    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    {
+        bool allMaster = E(a).Precision == Precision.Master && E(b).Precision == Precision.Master && E(c).Precision == Precision.Master;
+        if (allMaster) { inner.Gemm(I(a), transA, I(b), transB, I(c), alpha, beta); return; }
+        using var ra = Bf16(a);
+        using var rb = Bf16(b);
+        inner.Gemm(ra.Value, transA, rb.Value, transB, I(c), alpha, beta);
+        if (E(c).Precision == Precision.Compute) RoundInPlace(I(c));
+    }
+
+    public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
+    {
+        using var rx = Bf16(x);
+        using var rw = Bf16(w);
+        using var rb = bias == null ? null : Bf16(bias);
+        return Out(inner.Linear(rx.Value, rw.Value, rb?.Value));
+    }
+
+    public Tensor LinearBackward(Tensor dy, Tensor w)
+    {
+        using var rdy = Bf16(dy);
+        using var rw = Bf16(w);
+        return Out(inner.LinearBackward(rdy.Value, rw.Value));
+    }
+
+    // ---------------------------------------------------------------- elementwise (fp32 inputs read directly)
+
+    public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
+    {
+        inner.AddInPlace(I(acc), I(x), alpha);
+        if (E(acc).Precision == Precision.Compute) RoundInPlace(I(acc));
+    }
+
+    public void ScaleInPlace(Tensor t, float alpha)
+    {
+        inner.ScaleInPlace(I(t), alpha);
+        if (E(t).Precision == Precision.Compute) RoundInPlace(I(t));
+    }
+
+    Tensor Unary(Tensor x, Func<Tensor, Tensor> op)
+    {
+        using var rx = Bf16(x);
+        return Out(op(rx.Value));
+    }
+
+    Tensor Binary(Tensor x, Tensor y, Func<Tensor, Tensor, Tensor> op)
+    {
+        using var rx = Bf16(x);
+        using var ry = Bf16(y);
+        return Out(op(rx.Value, ry.Value));
+    }
+
+    public Tensor Silu(Tensor x) => Unary(x, inner.Silu);
+    public Tensor SiluBackward(Tensor x, Tensor dy) => Binary(x, dy, inner.SiluBackward);
+    public Tensor GeluTanh(Tensor x) => Unary(x, inner.GeluTanh);
+    public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Binary(x, dy, inner.GeluTanhBackward);
+
+    // ---------------------------------------------------------------- layout
+
+    public Tensor Narrow(Tensor x, int axis, int start, int length) => Unary(x, v => inner.Narrow(v, axis, start, length));
+
+    public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
+    {
+        using var rs = Bf16(src);
+        inner.AddNarrow(I(dst), rs.Value, axis, start);
+        if (E(dst).Precision == Precision.Compute) RoundInPlace(I(dst));
+    }
+
+    public Tensor Concat(int axis, params Tensor[] parts)
+    {
+        var ops = parts.Select(Bf16).ToArray();
+        try { return Out(inner.Concat(axis, ops.Select(o => o.Value).ToArray())); }
+        finally { foreach (var o in ops) o.Dispose(); }
+    }
+
+    public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
+    {
+        using var r = Bf16(qkv);
+        var (q, k, v) = inner.SplitQkv(r.Value, heads);
+        return (Out(q), Out(k), Out(v));
+    }
+
+    public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv)
+    {
+        using var q = Bf16(dq);
+        using var k = Bf16(dk);
+        using var v = Bf16(dv);
+        return Out(inner.MergeQkv(q.Value, k.Value, v.Value));
+    }
+
+    // ---------------------------------------------------------------- normalisation
+
+    public Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats)
+    {
+        using var rx = Bf16(x);
+        using var rsh = Bf16(shift);
+        using var rsc = Bf16(scale);
+        var y = Out(inner.LayerNormModulate(rx.Value, rsh.Value, rsc.Value, eps, out var s));
+        stats = OutF32(s);
+        return y;
+    }
+
+    public (Tensor Dx, Tensor DShift, Tensor DScale) LayerNormModulateBackward(Tensor dy, Tensor x, Tensor scale, Tensor stats)
+    {
+        using var rdy = Bf16(dy);
+        using var rx = Bf16(x);
+        using var rsc = Bf16(scale);
+        var (dx, dsh, dsc) = inner.LayerNormModulateBackward(rdy.Value, rx.Value, rsc.Value, I(stats));
+        return (Out(dx), Out(dsh), Out(dsc));
+    }
+
+    public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
+    {
+        using var rx = Bf16(x);
+        using var rw = Bf16(weight);
+        var y = Out(inner.RmsNorm(rx.Value, rw.Value, eps, out var r));
+        rstd = OutF32(r);
+        return y;
+    }
+
+    public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+    {
+        using var rdy = Bf16(dy);
+        using var rx = Bf16(x);
+        using var rw = Bf16(weight);
+        return Out(inner.RmsNormBackward(rdy.Value, rx.Value, rw.Value, I(rstd)));
+    }
+
+    // ---------------------------------------------------------------- position and attention
+
+    public Tensor RopeTable(Tensor ids, int[] axesDim, float theta) => OutF32(inner.RopeTable(I(ids), axesDim, theta));
+    public Tensor ApplyRope(Tensor x, Tensor pe) => Unary(x, v => inner.ApplyRope(v, I(pe)));
+    public Tensor ApplyRopeBackward(Tensor dy, Tensor pe) => Unary(dy, v => inner.ApplyRopeBackward(v, I(pe)));
+
+    public Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse)
+    {
+        using var rq = Bf16(q);
+        using var rk = Bf16(k);
+        using var rv = Bf16(v);
+        var o = Out(inner.Attention(rq.Value, rk.Value, rv.Value, out var l));
+        lse = OutF32(l);
+        return o;
+    }
+
+    public (Tensor Dq, Tensor Dk, Tensor Dv) AttentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse)
+    {
+        using var rd = Bf16(dOut);
+        using var rq = Bf16(q);
+        using var rk = Bf16(k);
+        using var rv = Bf16(v);
+        using var ro = Bf16(output);
+        var (dq, dk, dv) = inner.AttentionBackward(rd.Value, rq.Value, rk.Value, rv.Value, ro.Value, I(lse));
+        return (Out(dq), Out(dk), Out(dv));
+    }
+
+    // ---------------------------------------------------------------- conditioning and residuals
+
+    public Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f) =>
+        Unary(t, v => inner.TimestepEmbedding(v, dim, timeFactor, maxPeriod));
+
+    public Tensor TimestepEmbeddingBackward(Tensor t, Tensor dy, float timeFactor = 1000f, float maxPeriod = 10000f) =>
+        Binary(t, dy, (a, b) => inner.TimestepEmbeddingBackward(a, b, timeFactor, maxPeriod));
+
+    public Tensor GatedResidual(Tensor x, Tensor gate, Tensor y)
+    {
+        using var rx = Bf16(x);
+        using var rg = Bf16(gate);
+        using var ry = Bf16(y);
+        return Out(inner.GatedResidual(rx.Value, rg.Value, ry.Value));
+    }
+
+    public (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y)
+    {
+        using var rd = Bf16(dOut);
+        using var rg = Bf16(gate);
+        using var ry = Bf16(y);
+        var (dy, dg) = inner.GatedResidualBackward(rd.Value, rg.Value, ry.Value);
+        return (Out(dy), Out(dg));
+    }
+
+    // ---------------------------------------------------------------- objective and optimiser (fp32 read directly)
+
+    public double MseLoss(Tensor pred, Tensor target, out Tensor dPred)
+    {
+        double loss = inner.MseLoss(I(pred), I(target), out var d);
+        dPred = Out(d);
+        return loss;
+    }
+
+    public double SumSquares(Tensor t) => inner.SumSquares(I(t));
+
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step) =>
+        inner.AdamW(I(param), I(grad), I(m), I(v), step);
+
+    public void Dispose() => inner.Dispose();
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The GPU verification suite: run from the repository root on the GPU machine, with publish/linux-x64 (from
+# tools/gpu/publish.sh) carried there. Needs no .NET SDK; python3 with PyTorch 2.x (CUDA) for the reference and
+# the PyTorch benchmark. Every stage prints a header, runs under a time limit, and a failing stage does not stop
+# the next ones; a summary closes the log. Everything goes to "$OUT/gpu-suite.log" (OUT defaults to ./gpu-out).
+#
+# Environment: OUT, METALORA (default publish/linux-x64/metalora), PYTHON (default python3), SEED (default 1),
+# SKIP (space-separated stage names to skip, e.g. "bench-1024 torch-1024").
+set -u
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-./gpu-out}
+METALORA=${METALORA:-publish/linux-x64/metalora}
+PYTHON=${PYTHON:-python3}
+SEED=${SEED:-1}
+SKIP=${SKIP:-}
+mkdir -p "$OUT"
+LOG="$OUT/gpu-suite.log"
+: > "$LOG"
+exec > >(tee -a "$LOG") 2>&1
+
+CASE="$OUT/dev512"
+R=tools/reference
+declare -a SUMMARY=()
+FAILED=0
+
+# stage NAME SECONDS COMMAND...
+stage() {
+    local name=$1 limit=$2; shift 2
+    echo
+    echo "==================================================================== $name"
+    echo "\$ $*   (time limit ${limit}s, $(date -u +%H:%M:%SZ))"
+    if [[ " $SKIP " == *" $name "* ]]; then
+        echo "skipped (SKIP)"
+        SUMMARY+=("$(printf '%-16s %-8s %6s' "$name" SKIPPED -)")
+        return 0
+    fi
+    local start=$SECONDS rc
+    timeout --kill-after=30 "$limit" "$@"
+    rc=$?
+    local took=$((SECONDS - start)) status=ok
+    if [[ $rc -eq 124 || $rc -eq 137 ]]; then status=TIMEOUT; elif [[ $rc -ne 0 ]]; then status="FAIL($rc)"; fi
+    [[ $status == ok ]] || FAILED=$((FAILED + 1))
+    echo "---- $name: $status in ${took}s"
+    SUMMARY+=("$(printf '%-16s %-8s %5ss' "$name" "$status" "$took")")
+}
+
+# `metalora bench` may not be in this build: its stages are then skipped with a clear log line.
+if "$METALORA" bench --help > /dev/null 2>&1; then HAVE_BENCH=1; else HAVE_BENCH=0; fi
+bench_stage() {
+    local name=$1 limit=$2; shift 2
+    if [[ $HAVE_BENCH == 1 ]]; then stage "$name" "$limit" "$METALORA" bench "$@"; return; fi
+    echo
+    echo "==================================================================== $name"
+    echo "metalora bench: not available in this build of $METALORA ('metalora bench --help' fails); stage skipped"
+    SUMMARY+=("$(printf '%-16s %-8s %6s' "$name" ABSENT -)")
+}
+
+echo "GPU suite: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname); metalora=$METALORA python=$PYTHON seed=$SEED out=$OUT"
+git log -1 --format='commit %H %s' 2>/dev/null || true
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "nvidia-smi not available"
+"$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 || true
+if [[ ! -x "$METALORA" ]]; then echo "error: $METALORA is missing; publish with tools/gpu/publish.sh and carry publish/linux-x64"; fi
+
+# 1. the machine, the kernels, the parity checks
+stage doctor 120 "$METALORA" doctor
+stage kernels 900 "$METALORA" kernels build --arch sm_90
+stage check-cuda 2400 "$METALORA" check cuda --json "$OUT/check-cuda.json"
+
+# 2. the engine against the independent PyTorch reference at the FLUX.1-dev shape, 512² (1,024 image + 512 text
+#    tokens), docs/REFERENCE_CHECK.md: the engine's bf16 result vs the fp32 reference, tolerance per tensor
+#    max(1e-4, 2 × PyTorch's own bf16 error).
+stage ref-case 600 "$PYTHON" $R/make_case.py --preset flux-dev --seed "$SEED" --out "$CASE" --batch 1 --img 32x32 --txt 512 --r1 16 --r2 1 --no-model
+stage ref-torch-fp32 1800 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+    --out "$CASE/ref_fp32.safetensors" --device cuda --dtype fp32 --recompute
+stage ref-torch-bf16 1200 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+    --out "$CASE/ref_bf16.safetensors" --device cuda --dtype bf16
+stage ref-engine 1200 "$METALORA" debug step --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+    --out "$CASE/engine_cuda.safetensors" --device cuda
+stage ref-compare 300 "$PYTHON" $R/compare.py "$CASE/engine_cuda.safetensors" "$CASE/ref_fp32.safetensors" \
+    --baseline "$CASE/ref_bf16.safetensors" --factor 2 --strict --quiet
+
+# 3. speed: the engine and PyTorch at 512² and 1024²
+bench_stage bench-512 1200 --resolution 512 --recompute off
+stage torch-512 1200 "$PYTHON" tools/bench/torch_reference.py --resolution 512 --json
+bench_stage bench-1024 1800 --resolution 1024 --recompute off
+stage torch-1024 1800 "$PYTHON" tools/bench/torch_reference.py --resolution 1024 --json
+
+echo
+echo "==================================================================== summary"
+printf '%-16s %-8s %6s\n' stage status time
+for line in "${SUMMARY[@]}"; do echo "$line"; done
+echo "$FAILED stage(s) failed; log: $LOG; parity report: $OUT/check-cuda.json"
+[[ $FAILED -eq 0 ]]
