@@ -1,6 +1,7 @@
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Engine.Debugging;
 
@@ -31,12 +32,8 @@ public static class ReferenceStep
 
         var binding = new LoraBinding(adapter, new int[x.Img.Dim(0)], trainDown: true, trainIdentity: true);
         var parameters = binding.TrainableParameters().ToArray();
-        foreach (var p in parameters) p.ZeroGrad();
-        using var prediction = flux.Forward(x, binding, out var state);
-        double loss = backend.MseLoss(prediction, target, out var dPrediction);
-        using (state)
-        using (dPrediction)
-            flux.Backward(state, dPrediction, binding);
+        double loss = Trainer.LossAndGradients(flux, x, target, binding, recompute: false, out var prediction);
+        using var _p = prediction;
 
         var tensors = new List<SafetensorsTensor>
         {

@@ -94,6 +94,26 @@ public sealed class LoraAdapter : IDisposable
         return new LoraAdapter(backend, config, targets, mode, rank1, rank2, down);
     }
 
+    /// <summary>
+    /// For checks and comparisons: an adapter on every target whose factors are all random and nonzero (U too, as
+    /// 0.3 · N(0, 1)), so every gradient is nonzero. Training starts from <see cref="Create"/> instead.
+    /// </summary>
+    public static LoraAdapter Random(IBackend be, FluxConfig c, LoraMode mode, int rank1, int rank2, int identities, ulong seed)
+    {
+        var a = Create(be, c, FluxNames.LoraTargets(c), mode, rank1, rank2, seed);
+        for (int k = 0; k < identities; k++)
+        {
+            var id = a.AddIdentity($"id{k}", seed + (ulong)k);
+            foreach (var up in id.Up)
+            {
+                var v = RandomWeights.Normal($"up.{k}.{up.Name}", seed, (int)up.Value.Length).Select(x => 0.3f * x).ToArray();
+                using var t = be.Upload(v, up.Shape, Precision.Master);
+                be.Copy(t, up.Value);
+            }
+        }
+        return a;
+    }
+
     /// <summary>Adds an identity with M kaiming-uniform (U(±1/√r1)) and U zero, as ai-toolkit initialises up-projections.</summary>
     public IdentityFactors AddIdentity(string name, ulong seed)
     {

@@ -42,17 +42,28 @@ public static class Trainer
         using var _t = target;
 
         var parameters = binding.TrainableParameters().ToArray();
-        foreach (var p in parameters) p.ZeroGrad();
-        using var prediction = model.Forward(inputs, binding, out var state, o.Recompute);
-        double loss = be.MseLoss(prediction, target, out var dPrediction);
-        using (state)
-        using (dPrediction)
-            model.Backward(state, dPrediction, binding);
+        double loss = LossAndGradients(model, inputs, target, binding, o.Recompute, out var prediction);
+        prediction.Dispose();
 
         double norm = Math.Sqrt(parameters.Sum(p => be.SumSquares(p.Grad)));
         float scale = o.MaxGradNorm > 0 && norm > o.MaxGradNorm ? (float)(o.MaxGradNorm / norm) : 1f;
         foreach (var p in parameters) p.AdamW(o.LearningRate, o.WeightDecay, scale);
         return (loss, norm);
+    }
+
+    /// <summary>
+    /// Forward, MSE against the target, backward: the binding's trainable factor gradients are zeroed, then filled.
+    /// Returns the loss; the caller owns the prediction.
+    /// </summary>
+    public static double LossAndGradients(FluxModel model, FluxInputs inputs, Tensor target, LoraBinding binding, bool recompute, out Tensor prediction)
+    {
+        foreach (var p in binding.TrainableParameters()) p.ZeroGrad();
+        prediction = model.Forward(inputs, binding, out var state, recompute);
+        double loss = model.Backend.MseLoss(prediction, target, out var dPrediction);
+        using (state)
+        using (dPrediction)
+            model.Backward(state, dPrediction, binding);
+        return loss;
     }
 
     /// <summary>Mean loss of the current adapter over examples at fixed timesteps and noise: the curve the demo prints.</summary>

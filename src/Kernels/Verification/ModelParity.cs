@@ -28,23 +28,6 @@ public static partial class CudaParity
         return new FluxWeights(config, be, dict, $"random:{config.Name}:{seed} (bf16-rounded)");
     }
 
-    /// <summary>Meta LoRA on every target with random D, M and U (0.3 · normal), for <paramref name="identities"/> identities.</summary>
-    public static LoraAdapter RandomAdapter(IBackend be, FluxConfig c, int r1, int r2, int identities, ulong seed)
-    {
-        var a = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, r1, r2, seed);
-        for (int k = 0; k < identities; k++)
-        {
-            var id = a.AddIdentity($"id{k}", seed + (ulong)k);
-            foreach (var up in id.Up)
-            {
-                var v = RandomWeights.Normal($"up.{k}.{up.Name}", seed, (int)up.Value.Length).Select(x => 0.3f * x).ToArray();
-                using var t = be.Upload(v, up.Shape, Precision.Master);
-                be.Copy(t, up.Value);
-            }
-        }
-        return a;
-    }
-
     internal sealed record ModelRun(double[] Output, double Loss, (string Name, double[] Grad)[] Grads);
 
     /// <summary>
@@ -57,7 +40,7 @@ public static partial class CudaParity
         const int B = 2, gh = 3, gw = 5, lt = 7;
         using var weights = Bf16RandomWeights(c, be, WeightSeed);
         var model = new FluxModel(weights);
-        using var adapter = RandomAdapter(be, c, 4, 2, 2, AdapterSeed);
+        using var adapter = LoraAdapter.Random(be, c, LoraMode.Meta, 4, 2, 2, AdapterSeed);
         var binding = new LoraBinding(adapter, [0, 1], trainDown: true, trainIdentity: true);
         float[] R(string name, int n) => ParityContext.RoundBf16(RandomWeights.Normal(name, InputSeed, n));
         var examples = Enumerable.Range(0, B).Select(b => new Example(
@@ -66,12 +49,8 @@ public static partial class CudaParity
         using var target = be.Upload(R("target", B * gh * gw * c.OutChannels), [B, gh * gw, c.OutChannels]);
 
         var parameters = binding.TrainableParameters().ToArray();
-        foreach (var p in parameters) p.ZeroGrad();
-        using var y = model.Forward(inputs, binding, out var state);
-        double loss = be.MseLoss(y, target, out var dy);
-        using (state)
-        using (dy)
-            model.Backward(state, dy, binding);
+        double loss = Trainer.LossAndGradients(model, inputs, target, binding, recompute: false, out var y);
+        using var _y = y;
         var grads = parameters.Select((p, i) => ($"grad[{i}] {p.Name}", be.DownloadDouble(p.Grad))).ToArray();
         return new ModelRun(be.DownloadDouble(y), loss, grads);
     }

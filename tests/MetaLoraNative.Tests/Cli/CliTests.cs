@@ -9,15 +9,7 @@ public sealed class CliTests : IDisposable
     readonly string dir = Directory.CreateTempSubdirectory("metalora-cli-").FullName;
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        var (o, e) = (new StringWriter(), new StringWriter());
-        Console.SetOut(o);
-        Console.SetError(e);
-        try { return (MetaLoraNative.Cli.Program.Main(args), o.ToString(), e.ToString()); }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
     [Theory]
     [InlineData(new[] { "--help" }, new[] { "demo", "train", "lora", "debug", "doctor", "data" })]

@@ -8,23 +8,8 @@ namespace MetaLoraNative.Tests.Model;
 /// <summary>Small models, adapters and batches for the model-level tests.</summary>
 internal static class ModelFixture
 {
-    /// <summary>An adapter whose every factor, U included, is random and nonzero, so every gradient is nonzero.</summary>
-    public static LoraAdapter RandomAdapter(IBackend be, FluxConfig c, LoraMode mode, int r1, int r2, int identities, ulong seed)
-    {
-        var targets = FluxNames.LoraTargets(c);
-        var a = LoraAdapter.Create(be, c, targets, mode, r1, r2, seed);
-        for (int k = 0; k < identities; k++)
-        {
-            var id = a.AddIdentity($"id{k}", seed + (ulong)k);
-            foreach (var up in id.Up)
-            {
-                var v = RandomWeights.Normal($"up.{k}.{up.Name}", seed, (int)up.Value.Length).Select(x => 0.3f * x).ToArray();
-                using var t = be.Upload(v, up.Shape, Precision.Master);
-                be.Copy(t, up.Value);
-            }
-        }
-        return a;
-    }
+    public static LoraAdapter RandomAdapter(IBackend be, FluxConfig c, LoraMode mode, int r1, int r2, int identities, ulong seed) =>
+        LoraAdapter.Random(be, c, mode, r1, r2, identities, seed);
 
     /// <summary>A flow-matching batch of random examples on a gh×gw grid with lt text tokens.</summary>
     public static (FluxInputs Inputs, Tensor Target) Batch(IBackend be, FluxConfig c, int batch, int gh, int gw, int lt, ulong seed, float[]? t = null)
@@ -43,6 +28,17 @@ internal static class ModelFixture
         double loss = m.Backend.MseLoss(y, target, out var d);
         d.Dispose();
         return loss;
+    }
+
+    /// <summary>(f(t[i] + h) − f(t[i] − h)) / 2h, leaving t as it was.</summary>
+    public static double CentralDifference(Tensor t, int index, double h, Func<double> f)
+    {
+        Nudge(t, index, h);
+        double up = f();
+        Nudge(t, index, -2 * h);
+        double down = f();
+        Nudge(t, index, h);
+        return (up - down) / (2 * h);
     }
 
     /// <summary>Adds delta to one element of a tensor (through a host round trip: tests only).</summary>

@@ -53,12 +53,7 @@ public class ModelGradientTests(ITestOutputHelper output)
             for (int k = 0; k < 2; k++)
             {
                 int i = rng.Next(grad.Length);
-                ModelFixture.Nudge(p.Value, i, H);
-                double up = ModelFixture.Loss(model, x, target, binding);
-                ModelFixture.Nudge(p.Value, i, -2 * H);
-                double down = ModelFixture.Loss(model, x, target, binding);
-                ModelFixture.Nudge(p.Value, i, H);
-                double numeric = (up - down) / (2 * H);
+                double numeric = ModelFixture.CentralDifference(p.Value, i, H, () => ModelFixture.Loss(model, x, target, binding));
                 double err = RelativeError(grad[i], numeric);
                 string kind = p.Name[(p.Name.LastIndexOf(".lora_", StringComparison.Ordinal) + 1)..];
                 worst[kind] = Math.Max(worst.GetValueOrDefault(kind), err);
@@ -93,12 +88,7 @@ public class ModelGradientTests(ITestOutputHelper output)
         double worst = 0;
         for (int i = 0; i < analytic.Length; i++)
         {
-            ModelFixture.Nudge(x.Img, i, H);
-            double up = ModelFixture.Loss(model, x, target, binding);
-            ModelFixture.Nudge(x.Img, i, -2 * H);
-            double down = ModelFixture.Loss(model, x, target, binding);
-            ModelFixture.Nudge(x.Img, i, H);
-            double err = RelativeError(analytic[i], (up - down) / (2 * H));
+            double err = RelativeError(analytic[i], ModelFixture.CentralDifference(x.Img, i, H, () => ModelFixture.Loss(model, x, target, binding)));
             worst = Math.Max(worst, err);
             Assert.True(err < Tolerance, $"d img[{i}]: analytic {analytic[i]:E6}, relative error {err:E2}");
         }
