@@ -52,5 +52,13 @@ public sealed class PipelineTests : IDisposable
         using var f = SafetensorsFile.Open(Path.Combine(dir, "me.lora.safetensors"));
         Assert.Equal([1, FluxConfig.TinyT5.HiddenSize], f["transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight"].Shape);
         Assert.Equal("tiny-t5", f.Metadata["metalora.base_model"]);
+
+        string png = Path.Combine(dir, "me.png.out.png");
+        var gen = Run("generate", "--model", "random:tiny-t5:1", "--lora", Path.Combine(dir, "me.lora.safetensors"), "--models", models,
+                      "--prompt", "a photo of sks person", "--out", png, "--width", "96", "--height", "64", "--steps", "3");
+        Assert.True(gen.Code == 0, gen.Err);
+        Assert.Contains("sample step 3/3", gen.Out);
+        using var image = Image.Load<Rgb24>(png);
+        Assert.Equal((96, 64), (image.Width, image.Height));
     }
 }

@@ -52,3 +52,19 @@ public class FlowMatchingTests
         Assert.NotEqual(FlowMatching.SampleTimestep(TimestepSampling.Sigmoid, 64, 9, 17, 1), FlowMatching.SampleTimestep(TimestepSampling.Sigmoid, 64, 9, 18, 1));
     }
 }
+
+public class SamplerTests
+{
+    [Fact]
+    public void ScheduleRunsFromOneToZeroShiftedLikeFlux()
+    {
+        var t = MetaLoraNative.Engine.Sampling.FluxSampler.Schedule(4, 4096);
+        Assert.Equal(5, t.Length);
+        Assert.Equal(1f, t[0]);
+        Assert.Equal(0f, t[4]);
+        Assert.Equal((float)FlowMatching.TimeShift(1.15, 0.5), t[2], 6);
+        Assert.True(t.Zip(t.Skip(1)).All(p => p.First > p.Second));
+        var plain = MetaLoraNative.Engine.Sampling.FluxSampler.Schedule(4, 4096, shift: false);
+        Assert.Equal([1f, 0.75f, 0.5f, 0.25f, 0f], plain);
+    }
+}

@@ -1,0 +1,53 @@
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Training;
+
+namespace MetaLoraNative.Engine.Sampling;
+
+/// <summary>
+/// FLUX's sampler as BFL's sampling.py runs it: timesteps linspace(1, 0, n+1), shifted by mu from the image sequence
+/// length (as in training's "shift" sampling), and Euler steps x ← x + (t_next − t)·v with the guidance value fed to
+/// the guidance embedding (FLUX-dev is guidance-distilled: one forward per step, no CFG pair).
+/// </summary>
+public static class FluxSampler
+{
+    /// <summary>n + 1 timesteps from 1 to 0; shifted unless <paramref name="shift"/> is false (schnell).</summary>
+    public static float[] Schedule(int steps, int imageSeqLen, bool shift = true)
+    {
+        if (steps < 1) throw new ArgumentException("at least one sampling step is needed");
+        double mu = FlowMatching.Mu(imageSeqLen);
+        return Enumerable.Range(0, steps + 1).Select(i =>
+        {
+            double t = 1.0 - (double)i / steps;
+            if (shift && t > 0 && t < 1) t = FlowMatching.TimeShift(mu, t);
+            return (float)t;
+        }).ToArray();
+    }
+
+    /// <summary>
+    /// Packed latents (gridH·gridW, in) for one prompt embedding: T5 (L_txt, ctx) and CLIP pooled (vec). The LoRA, if
+    /// any, is applied at run time through the binding (identity 0); merge it into the weights for strength ≠ 1.
+    /// </summary>
+    public static float[] Sample(FluxModel model, LoraBinding? lora, float[] txt, int txtLength, float[] pooled,
+                                 int gridH, int gridW, int steps, float guidance, ulong seed, Action<string>? log = null)
+    {
+        var be = model.Backend;
+        var c = model.Config;
+        int L = gridH * gridW;
+        var example = new Example(new float[L * c.InChannels], gridH, gridW, txt, txtLength, pooled);
+        var x = RandomWeights.Normal("sample.noise", seed, L * c.InChannels);
+        var schedule = Schedule(steps, L, shift: c.GuidanceEmbed);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        for (int i = 0; i < steps; i++)
+        {
+            float t = schedule[i], tNext = schedule[i + 1];
+            using var inputs = Batches.MakeInputs(be, c, [example], x, [t], guidance);
+            using var v = model.Predict(inputs, lora);
+            var velocity = be.Download(v);
+            for (int k = 0; k < x.Length; k++) x[k] += (tNext - t) * velocity[k];
+            log?.Invoke($"sample step {i + 1}/{steps}: t {t:F3} → {tNext:F3}, {clock.Elapsed.TotalSeconds / (i + 1) * 1000:F0} ms/step, " +
+                        $"eta {TimeSpan.FromSeconds(clock.Elapsed.TotalSeconds / (i + 1) * (steps - i - 1)):mm\\:ss}");
+        }
+        return x;
+    }
+}
