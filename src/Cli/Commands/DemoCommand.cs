@@ -29,7 +29,7 @@ internal static class DemoCommand
             }, Common.Log);
             Console.WriteLine();
             Console.WriteLine($"Stage 1: loss {result.Stage1Before:F5} → {result.Stage1After:F5}");
-            Console.WriteLine($"Stage 2: loss {result.Stage2Before:F5} → {result.Stage2After:F5}");
+            Console.WriteLine($"Stage 2: loss {result.Stage2Before:F5} → {result.Stage2After:F5} (from a random D instead of the meta-trained one: {result.Stage2RandomDown:F5})");
             Console.WriteLine($"merged LoRA (PEFT/diffusers): {Path.GetFullPath(result.PeftPath)}");
             Console.WriteLine($"merged LoRA (kohya):          {Path.GetFullPath(result.KohyaPath)}");
             Console.WriteLine($"unmerged Meta-LoRA:           {Path.GetFullPath(result.MetaPath)}");

@@ -30,7 +30,7 @@ public static class TinyDemo
         public bool Verbose { get; init; }
     }
 
-    public sealed record Result(double Stage1Before, double Stage1After, double Stage2Before, double Stage2After,
+    public sealed record Result(double Stage1Before, double Stage1After, double Stage2Before, double Stage2After, double Stage2RandomDown,
                                 string PeftPath, string KohyaPath, string MetaPath, string DownPath, TimeSpan Elapsed);
 
     const int Grid = 4, TxtLength = 8;
@@ -78,6 +78,12 @@ public static class TinyDemo
         double s2After = MeanLoss(model, personal, [person], train, zeroUp: false);
         log($"Stage 2 loss on the new person: {s2Before:F5} before → {s2After:F5} after personalisation");
 
+        // the same Stage 2 from a D that was never meta-trained: what Stage 1 buys
+        using var randomDown = LoraAdapter.Create(be, config, metaDown.Targets, LoraMode.Meta, metaDown.Rank1, 2, o.Seed + 99);
+        using var baseline = Stages.Stage2(model, randomDown, person, s2 with { CheckpointPath = null }, _ => { });
+        double s2Random = MeanLoss(model, baseline, [person], train, zeroUp: false);
+        log($"Stage 2 from a random (not meta-trained) D: {s2Before:F5} → {s2Random:F5}");
+
         string metaPath = Path.Combine(o.OutputDirectory, "new-person.meta.safetensors");
         string peftPath = Path.Combine(o.OutputDirectory, "new-person.lora.safetensors");
         string kohyaPath = Path.Combine(o.OutputDirectory, "new-person.kohya.safetensors");
@@ -85,7 +91,7 @@ public static class TinyDemo
         LoraFiles.Export(personal, 0, peftPath, LoraFormat.Peft, SafetensorsDType.BF16, "metalora demo");
         LoraFiles.Export(personal, 0, kohyaPath, LoraFormat.Kohya, SafetensorsDType.BF16, "metalora demo");
         log($"wrote {metaPath} (unmerged D/M/U), {peftPath} (PEFT/diffusers, rank {personal.Rank2}), {kohyaPath} (kohya)");
-        return new Result(s1Before, s1After, s2Before, s2After, peftPath, kohyaPath, metaPath, downPath, clock.Elapsed);
+        return new Result(s1Before, s1After, s2Before, s2After, s2Random, peftPath, kohyaPath, metaPath, downPath, clock.Elapsed);
     }
 
     /// <summary>Fixed-noise evaluation with every identity's own factors, or with U zeroed (the plain model).</summary>

@@ -97,9 +97,11 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         using var be = CpuBackend.F32();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var r = TinyDemo.Run(be, new TinyDemo.Options { OutputDirectory = dir }, output.WriteLine);
-        output.WriteLine($"demo: {clock.Elapsed.TotalSeconds:F1} s; stage 1 {r.Stage1Before:F5} → {r.Stage1After:F5}; stage 2 {r.Stage2Before:F5} → {r.Stage2After:F5}");
+        output.WriteLine($"demo: {clock.Elapsed.TotalSeconds:F1} s; stage 1 {r.Stage1Before:F5} → {r.Stage1After:F5}; stage 2 {r.Stage2Before:F5} → {r.Stage2After:F5} (random D: {r.Stage2RandomDown:F5})");
         Assert.True(r.Stage1After < r.Stage1Before);
         Assert.True(r.Stage2After < r.Stage2Before);
+        // the point of Stage 1: personalising from the meta-trained D beats personalising from a random one
+        Assert.True(r.Stage2After < r.Stage2RandomDown, $"meta D {r.Stage2After} vs random D {r.Stage2RandomDown}");
         using var peft = LoraFiles.Load(r.PeftPath, FluxConfig.Tiny, be);
         using var kohya = LoraFiles.Load(r.KohyaPath, FluxConfig.Tiny, be);
         Assert.Equal(FluxNames.LoraTargets(FluxConfig.Tiny).Count, peft.Targets.Count);
