@@ -100,9 +100,8 @@ public static class TinyDemo
         double sum = 0;
         for (int k = 0; k < people.Count; k++)
         {
-            var binding = new LoraBinding(adapter, [k], false, false);
-            if (zeroUp) sum += Trainer.Evaluate(model, null!, people[k].Examples, o);
-            else sum += Trainer.Evaluate(model, binding, people[k].Examples, o);
+            var binding = zeroUp ? null : new LoraBinding(adapter, [k], false, false);
+            sum += Trainer.Evaluate(model, binding, people[k].Examples, o);
         }
         return sum / people.Count;
     }

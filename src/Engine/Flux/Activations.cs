@@ -8,7 +8,7 @@ public abstract class Activations : IDisposable
 {
     readonly List<Tensor> kept = [];
 
-    protected T Keep<T>(T tensor) where T : Tensor
+    public T Keep<T>(T tensor) where T : Tensor
     {
         kept.Add(tensor);
         return tensor;

@@ -40,7 +40,6 @@ public sealed class DoubleBlock
         public Tensor X = null!, Stats1 = null!, Modulated1 = null!;
         public QkvAttention.Stream Attn = null!;
         public Tensor AttnOut = null!, Proj = null!, X1 = null!, Stats2 = null!, Modulated2 = null!, Hidden = null!, Act = null!, Mlp = null!;
-        public T K<T>(T t) where T : Tensor => Keep(t);
     }
 
     public sealed class State : IDisposable
@@ -64,10 +63,10 @@ public sealed class DoubleBlock
         // run actual attention on the joint sequence, text first
         using var q = be.Concat(2, st.QNorm, si.QNorm);
         using var k = be.Concat(2, st.KNorm, si.KNorm);
-        var v = s.Img.K(be.Concat(2, st.V, si.V));
+        var v = s.Img.Keep(be.Concat(2, st.V, si.V));
         var attn = QkvAttention.Forward(q, k, v, pe, out s.Joint);           // (B, L, C), owned by s.Joint
-        var txtAttn = s.Txt.K(be.Narrow(attn, 1, 0, lt));
-        var imgAttn = s.Img.K(be.Narrow(attn, 1, lt, li));
+        var txtAttn = s.Txt.Keep(be.Narrow(attn, 1, 0, lt));
+        var imgAttn = s.Img.Keep(be.Narrow(attn, 1, lt, li));
 
         // calculate the img and txt blocks
         var imgOut = Finish(Img, img, imgAttn, lora, s.Img);
@@ -78,10 +77,10 @@ public sealed class DoubleBlock
     static QkvAttention.Stream PrepareAttention(StreamWeights w, Tensor x, Tensor siluVec, int heads, LoraBinding? lora, StreamState s)
     {
         var be = x.Backend;
-        s.Mod = w.Mod.Forward(siluVec, lora).Select(s.K).ToArray();
+        s.Mod = w.Mod.Forward(siluVec, lora).Select(s.Keep).ToArray();
         s.X = x;
-        s.Modulated1 = s.K(be.LayerNormModulate(x, s.Mod[0], s.Mod[1], FluxConfig.NormEps, out var stats1));
-        s.Stats1 = s.K(stats1);
+        s.Modulated1 = s.Keep(be.LayerNormModulate(x, s.Mod[0], s.Mod[1], FluxConfig.NormEps, out var stats1));
+        s.Stats1 = s.Keep(stats1);
         using var qkv = w.Qkv.Forward(s.Modulated1, lora);                    // (B, L, 3C)
         s.Attn = QkvAttention.Split(qkv, heads, w.QueryNorm, w.KeyNorm);
         return s.Attn;
@@ -91,13 +90,13 @@ public sealed class DoubleBlock
     {
         var be = x.Backend;
         s.AttnOut = attnOut;
-        s.Proj = s.K(w.Proj.Forward(attnOut, lora));
-        s.X1 = s.K(be.GatedResidual(x, s.Mod[2], s.Proj));
-        s.Modulated2 = s.K(be.LayerNormModulate(s.X1, s.Mod[3], s.Mod[4], FluxConfig.NormEps, out var stats2));
-        s.Stats2 = s.K(stats2);
-        s.Hidden = s.K(w.Mlp0.Forward(s.Modulated2, lora));
-        s.Act = s.K(be.GeluTanh(s.Hidden));
-        s.Mlp = s.K(w.Mlp2.Forward(s.Act, lora));
+        s.Proj = s.Keep(w.Proj.Forward(attnOut, lora));
+        s.X1 = s.Keep(be.GatedResidual(x, s.Mod[2], s.Proj));
+        s.Modulated2 = s.Keep(be.LayerNormModulate(s.X1, s.Mod[3], s.Mod[4], FluxConfig.NormEps, out var stats2));
+        s.Stats2 = s.Keep(stats2);
+        s.Hidden = s.Keep(w.Mlp0.Forward(s.Modulated2, lora));
+        s.Act = s.Keep(be.GeluTanh(s.Hidden));
+        s.Mlp = s.Keep(w.Mlp2.Forward(s.Act, lora));
         return be.GatedResidual(s.X1, s.Mod[5], s.Mlp);
     }
 

@@ -27,7 +27,6 @@ public sealed class FinalLayer(FluxWeights w)
     public sealed class State : Activations
     {
         public Tensor X = null!, Scale = null!, Stats = null!, Normed = null!;
-        public T K<T>(T t) where T : Tensor => Keep(t);
     }
 
     /// <summary>x (B, L_img, C), siluVec (B, C) → (B, L_img, out).</summary>
@@ -38,9 +37,9 @@ public sealed class FinalLayer(FluxWeights w)
         using var mod = AdaLn.Forward(siluVec, null);                 // (B, 2C): shift, scale
         int C = x.Dim(-1);
         using var shift = be.Narrow(mod, -1, 0, C);
-        s.Scale = s.K(be.Narrow(mod, -1, C, C));
-        s.Normed = s.K(be.LayerNormModulate(x, shift, s.Scale, FluxConfig.NormEps, out var stats));
-        s.Stats = s.K(stats);
+        s.Scale = s.Keep(be.Narrow(mod, -1, C, C));
+        s.Normed = s.Keep(be.LayerNormModulate(x, shift, s.Scale, FluxConfig.NormEps, out var stats));
+        s.Stats = s.Keep(stats);
         return Proj.Forward(s.Normed, null);
     }
 

@@ -22,7 +22,6 @@ public sealed class SingleBlock(FluxWeights w, int index)
         public Tensor X = null!, Stats = null!, Modulated = null!, MlpIn = null!, Cat = null!, Out = null!;
         public QkvAttention.Stream Attn = null!;
         public QkvAttention.Joint Joint = null!;
-        public T K<T>(T t) where T : Tensor => Keep(t);
         public void DisposeAll() { Dispose(); Attn.Dispose(); Joint.Dispose(); }
     }
 
@@ -31,18 +30,18 @@ public sealed class SingleBlock(FluxWeights w, int index)
     {
         var be = x.Backend;
         s = new State { X = x };
-        s.Mod = Modulation.Forward(siluVec, lora).Select(s.K).ToArray();
-        s.Modulated = s.K(be.LayerNormModulate(x, s.Mod[0], s.Mod[1], FluxConfig.NormEps, out var stats));
-        s.Stats = s.K(stats);
+        s.Mod = Modulation.Forward(siluVec, lora).Select(s.Keep).ToArray();
+        s.Modulated = s.Keep(be.LayerNormModulate(x, s.Mod[0], s.Mod[1], FluxConfig.NormEps, out var stats));
+        s.Stats = s.Keep(stats);
         using var lin1 = Linear1.Forward(s.Modulated, lora);                  // (B, L, 3C + mlp)
         using var qkv = be.Narrow(lin1, -1, 0, 3 * hidden);
-        s.MlpIn = s.K(be.Narrow(lin1, -1, 3 * hidden, mlpHidden));
+        s.MlpIn = s.Keep(be.Narrow(lin1, -1, 3 * hidden, mlpHidden));
 
         s.Attn = QkvAttention.Split(qkv, heads, QueryNorm, KeyNorm);
         var attn = QkvAttention.Forward(s.Attn.QNorm, s.Attn.KNorm, s.Attn.V, pe, out s.Joint);
         using var act = be.GeluTanh(s.MlpIn);
-        s.Cat = s.K(be.Concat(-1, attn, act));                                // (B, L, C + mlp)
-        s.Out = s.K(Linear2.Forward(s.Cat, lora));
+        s.Cat = s.Keep(be.Concat(-1, attn, act));                                // (B, L, C + mlp)
+        s.Out = s.Keep(Linear2.Forward(s.Cat, lora));
         return be.GatedResidual(x, s.Mod[2], s.Out);
     }
 

@@ -21,8 +21,6 @@ public enum LoraFormat
 /// </summary>
 public static class LoraFiles
 {
-    static string F(float v) => v.ToString("R", CultureInfo.InvariantCulture);
-
     static Dictionary<string, string> Metadata(LoraAdapter a, string format, string source, IReadOnlyDictionary<string, string>? extra)
     {
         var m = new Dictionary<string, string>

@@ -67,7 +67,7 @@ public static class Trainer
     }
 
     /// <summary>Mean loss of the current adapter over examples at fixed timesteps and noise: the curve the demo prints.</summary>
-    public static double Evaluate(FluxModel model, LoraBinding binding, IReadOnlyList<Example> examples, TrainOptions o, int seedOffset = 1_000_000)
+    public static double Evaluate(FluxModel model, LoraBinding? binding, IReadOnlyList<Example> examples, TrainOptions o, int seedOffset = 1_000_000)
     {
         var be = model.Backend;
         double sum = 0;

@@ -70,7 +70,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         var person = TinyDemo.MakeIdentity(c, "someone", 4, 77);
         var o = new Stage2Options { Train = new TrainOptions { LearningRate = 1e-2f, BatchSize = 1, Seed = 1 }, Iterations = 80, Rank2 = 2 };
         using var personal = Stages.Stage2(m, down, person, o, _ => { });
-        double lossBefore = Trainer.Evaluate(m, null!, person.Examples, o.Train);
+        double lossBefore = Trainer.Evaluate(m, null, person.Examples, o.Train);
         double lossAfter = Trainer.Evaluate(m, new LoraBinding(personal, [0], false, false), person.Examples, o.Train);
         output.WriteLine($"Stage 2 loss {lossBefore:F5} → {lossAfter:F5}");
         Assert.True(lossAfter < 0.97 * lossBefore, $"loss {lossBefore} → {lossAfter}");
