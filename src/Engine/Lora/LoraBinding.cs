@@ -8,6 +8,8 @@ namespace MetaLoraNative.Engine.Lora;
 /// Per target, for the rows x (n, d_in) of one group, with y's column slice [s, s+rows):
 ///   forward   down = x·Dᵀ (n, r1)   mid = down·Mᵀ (n, r2)   y[:, s:s+rows] += mid·Uᵀ
 ///   backward  dU += dyₛᵀ·mid   dmid = dyₛ·U   dM += dmidᵀ·down   ddown = dmid·M   dD += ddownᵀ·x   dx += ddown·D
+/// The targets of one module share x, so their Downs are stacked: one GEMM makes every down projection, one makes
+/// every dD and one every dx (three per fused qkv instead of nine).
 /// down and mid are recomputed in the backward from x (which the layer keeps anyway): at rank 16 that costs
 /// about r1/d_out of the frozen GEMM and saves storing two activations per target.
 /// </summary>
@@ -40,64 +42,110 @@ public sealed class LoraBinding
     public bool TrainDown { get; }
     public bool TrainIdentity { get; }
 
+    /// <summary>
+    /// The Downs of a module's targets stacked along the rows, (Σ r1, d_in), so one GEMM makes every target's down
+    /// projection (q, k, v of a fused qkv share their input): borrowed when the module has a single target.
+    /// </summary>
+    Borrowed StackedDown(ReadOnlySpan<int> targets)
+    {
+        if (targets.Length == 1) return new Borrowed(Adapter.Down[targets[0]].Value, false);
+        var downs = new Tensor[targets.Length];
+        for (int j = 0; j < targets.Length; j++) downs[j] = Adapter.Down[targets[j]].Value;
+        return new Borrowed(Adapter.Backend.Concat(0, downs), true);
+    }
+
+    /// <summary>Target j's columns of the stacked down projection (n, Σ r1).</summary>
+    Borrowed DownOf(Tensor downAll, ReadOnlySpan<int> targets, int j, int offset) =>
+        targets.Length == 1 ? new Borrowed(downAll, false)
+            : new Borrowed(downAll.Backend.Narrow(downAll, -1, offset, Adapter.Down[targets[j]].Shape[0]), true);
+
     /// <summary>y (B, .., d_out) += the LoRA deltas of every target living in this module.</summary>
     public void AddDelta(string module, Tensor x, Tensor y)
     {
+        var targets = Adapter.TargetsOf(module);
+        if (targets.Length == 0) return;
         var be = Adapter.Backend;
-        foreach (int t in Adapter.TargetsOf(module))
+        using var dStack = StackedDown(targets);
+        var parts = new Tensor[targets.Length, groups.Length];
+        for (int g = 0; g < groups.Length; g++)
         {
-            var target = Adapter.Targets[t];
-            var parts = new Tensor[groups.Length];
-            for (int g = 0; g < groups.Length; g++)
+            var (id, start, count) = groups[g];
+            var factors = Adapter.Identities[id];
+            using var xg = Rows(x, start, count);
+            using var downAll = be.Linear(xg.T, dStack.T, null);                                // (n, Σ r1): one GEMM for the module
+            for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
             {
-                var (id, start, count) = groups[g];
-                using var xg = Rows(x, start, count);
-                var factors = Adapter.Identities[id];
-                using var down = be.Linear(xg.T, Adapter.Down[t].Value, null);                 // (n, r1)
-                var mid = factors.Mid[t] is { } m ? be.Linear(down, m.Value, null) : null;  // (n, r2)
-                parts[g] = be.Linear(mid ?? down, factors.Up[t].Value, null);              // (n, rows)
-                mid?.Dispose();
+                int t = targets[j];
+                using var down = DownOf(downAll, targets, j, offset);                         // (n, r1)
+                using var mid = factors.Mid[t] is { } m ? be.Linear(down.T, m.Value, null) : null; // (n, r2)
+                parts[j, g] = be.Linear(mid ?? down.T, factors.Up[t].Value, null);          // (n, rows)
             }
-            using var delta = parts.Length == 1 ? parts[0] : be.Concat(0, parts);
-            be.AddNarrow(y, delta, -1, target.RowStart);
-            if (parts.Length > 1) foreach (var p in parts) p.Dispose();
+        }
+        for (int j = 0; j < targets.Length; j++)
+        {
+            var byGroup = Enumerable.Range(0, groups.Length).Select(g => parts[j, g]).ToArray();
+            using (var delta = byGroup.Length == 1 ? byGroup[0] : be.Concat(0, byGroup))
+                be.AddNarrow(y, delta, -1, Adapter.Targets[targets[j]].RowStart);
+            if (byGroup.Length > 1) foreach (var p in byGroup) p.Dispose();
         }
     }
 
     /// <summary>Accumulates the factor gradients of this module's targets and, when dx is given, adds their input gradient.</summary>
     public void Backward(string module, Tensor x, Tensor dy, Tensor? dx)
     {
+        var targets = Adapter.TargetsOf(module);
+        if (targets.Length == 0) return;
         var be = Adapter.Backend;
-        foreach (int t in Adapter.TargetsOf(module))
+        using var dStack = StackedDown(targets);
+        foreach (var (id, start, count) in groups)
         {
-            var target = Adapter.Targets[t];
-            var D = Adapter.Down[t];
-            using var dyS = be.Narrow(dy, -1, target.RowStart, target.Rows);             // (B, .., rows)
-            foreach (var (id, start, count) in groups)
+            var factors = Adapter.Identities[id];
+            using var xg = Rows(x, start, count);
+            using var dyg = Rows(dy, start, count);
+            using var downAll = be.Linear(xg.T, dStack.T, null);                                // recomputed (n, Σ r1)
+            var dDowns = new Tensor[targets.Length];
+            for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
             {
-                var factors = Adapter.Identities[id];
+                int t = targets[j];
+                var target = Adapter.Targets[t];
                 var M = factors.Mid[t];
                 var U = factors.Up[t];
-                using var xg = Rows(x, start, count);
-                using var dyg = Rows(dyS, start, count);
-                using var down = be.Linear(xg.T, D.Value, null);                               // recomputed (n, r1)
-                using var mid = M != null ? be.Linear(down, M.Value, null) : null;           // recomputed (n, r2)
-                if (TrainIdentity) be.Gemm(dyg.T, true, mid ?? down, false, U.Grad, 1f, 1f);  // dU += dyₛᵀ·mid
-                using var dmid = be.LinearBackward(dyg.T, U.Value);                           // (n, r2)
-                Tensor ddown = dmid;
+                using var dyS = be.Narrow(dyg.T, -1, target.RowStart, target.Rows);         // (n, rows)
+                using var down = DownOf(downAll, targets, j, offset);                         // (n, r1)
+                using var mid = M != null ? be.Linear(down.T, M.Value, null) : null;          // recomputed (n, r2)
+                if (TrainIdentity) be.Gemm(dyS, true, mid ?? down.T, false, U.Grad, 1f, 1f); // dU += dyₛᵀ·mid
+                var dmid = be.LinearBackward(dyS, U.Value);                                 // (n, r2)
                 if (M != null)
                 {
-                    if (TrainIdentity) be.Gemm(dmid, true, down, false, M.Grad, 1f, 1f);    // dM += dmidᵀ·down
-                    ddown = be.LinearBackward(dmid, M.Value);                               // (n, r1)
+                    if (TrainIdentity) be.Gemm(dmid, true, down.T, false, M.Grad, 1f, 1f);   // dM += dmidᵀ·down
+                    dDowns[j] = be.LinearBackward(dmid, M.Value);                           // (n, r1)
+                    dmid.Dispose();
                 }
-                if (TrainDown) be.Gemm(ddown, true, xg.T, false, D.Grad, 1f, 1f);             // dD += ddownᵀ·x
-                if (dx != null)
+                else dDowns[j] = dmid;
+            }
+            // one GEMM each for dD and dx over the stacked Downs, as for the forward
+            using var dDownAll = targets.Length == 1 ? dDowns[0] : be.Concat(-1, dDowns);   // (n, Σ r1)
+            if (targets.Length > 1) foreach (var d in dDowns) d.Dispose();
+            if (TrainDown)
+            {
+                if (targets.Length == 1) be.Gemm(dDownAll, true, xg.T, false, Adapter.Down[targets[0]].Grad, 1f, 1f);  // dD += ddownᵀ·x
+                else
                 {
-                    using var dxg = be.LinearBackward(ddown, D.Value);                      // (n, d_in)
-                    if (count == batch) be.AddInPlace(dx, dxg);
-                    else be.AddNarrow(dx, dxg, 0, start);
+                    using var dStackGrad = be.Zeros([dStack.T.Dim(0), dStack.T.Dim(1)], Precision.Master);
+                    be.Gemm(dDownAll, true, xg.T, false, dStackGrad);                          // (Σ r1, d_in)
+                    for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
+                    {
+                        var D = Adapter.Down[targets[j]];
+                        using var part = be.Narrow(dStackGrad, 0, offset, D.Shape[0]);
+                        be.AddInPlace(D.Grad, part);
+                    }
                 }
-                if (!ReferenceEquals(ddown, dmid)) ddown.Dispose();
+            }
+            if (dx != null)
+            {
+                using var dxg = be.LinearBackward(dDownAll, dStack.T);                           // (n, d_in)
+                if (count == batch) be.AddInPlace(dx, dxg);
+                else be.AddNarrow(dx, dxg, 0, start);
             }
         }
     }
