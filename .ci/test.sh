@@ -14,5 +14,9 @@ for step in install-nvrtc install-torch fetch-assets; do
 done
 echo "== build"
 dotnet build MetaLoraNative.sln -c Release -warnaserror
+echo "== compile every kernel with NVRTC (fails, not skips, when NVRTC is missing)"
+for arch in sm_80 sm_90; do
+  dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --out "$(mktemp -d)"
+done
 echo "== test"
 dotnet test MetaLoraNative.sln -c Release --no-build --logger "console;verbosity=normal"
