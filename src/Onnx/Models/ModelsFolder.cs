@@ -60,7 +60,7 @@ public static class ModelsFolder
         (FaceEmbedder, "face embedder (score: FaceSim, R-FaceSim)", false),
     ];
 
-    static readonly JsonSerializerOptions Json = new() { WriteIndented = true, ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true };
+    static ManifestJson Json => ManifestJson.Default;
 
     public static ModelsManifest ReadManifest(string dir)
     {
@@ -68,7 +68,7 @@ public static class ModelsFolder
         if (!File.Exists(path)) throw new FileNotFoundException($"no {ManifestName} in models folder {dir}", path);
         try
         {
-            return JsonSerializer.Deserialize<ModelsManifest>(File.ReadAllText(path), Json)
+            return JsonSerializer.Deserialize(File.ReadAllText(path), Json.ModelsManifest)
                    ?? throw new InvalidDataException($"{path} is empty");
         }
         catch (JsonException e)
@@ -78,7 +78,7 @@ public static class ModelsFolder
     }
 
     public static void WriteManifest(string dir, ModelsManifest manifest) =>
-        File.WriteAllText(Path.Combine(dir, ManifestName), JsonSerializer.Serialize(manifest, Json));
+        File.WriteAllText(Path.Combine(dir, ManifestName), JsonSerializer.Serialize(manifest, Json.ModelsManifest));
 
     /// <summary>
     /// Problems with the folder, one human-readable line each; an empty list means every component is present and has
@@ -196,3 +196,8 @@ public static class ModelsFolder
         });
     }
 }
+
+/// <summary>Source-generated JSON for models.json (the CLI is published trimmed): comments and trailing commas allowed.</summary>
+[JsonSourceGenerationOptions(WriteIndented = true, ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true)]
+[JsonSerializable(typeof(ModelsManifest))]
+internal sealed partial class ManifestJson : JsonSerializerContext;

@@ -60,14 +60,7 @@ public sealed record IdentityScore(string Name, string Class, string Reference, 
 public sealed record ScoreReport(string Label, string Prompts, double? ClipT, double? FaceSim, double? RFaceSim,
     int Images, IReadOnlyList<IdentityScore> Identities, IReadOnlyList<string> Warnings)
 {
-    static readonly JsonSerializerOptions Json = new()
-    {
-        WriteIndented = true,
-        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
-        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
-    };
-
-    public string ToJson() => JsonSerializer.Serialize(this, Json);
+    public string ToJson() => JsonSerializer.Serialize(this, ScoreJson.Default.ScoreReport);
 
     static string Pct(double? v) => v is { } x && !double.IsNaN(x) ? (100 * x).ToString("0.00") : "n/a";
 
@@ -246,3 +239,9 @@ public sealed class ScoreRunner
         return v.Count == 0 ? null : v.Average();
     }
 }
+
+/// <summary>Source-generated JSON for score reports (the CLI is published trimmed).</summary>
+[JsonSourceGenerationOptions(WriteIndented = true, PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase,
+    DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull)]
+[JsonSerializable(typeof(ScoreReport))]
+internal sealed partial class ScoreJson : JsonSerializerContext;
