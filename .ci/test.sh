@@ -18,5 +18,8 @@ echo "== compile every kernel with NVRTC (fails, not skips, when NVRTC is missin
 for arch in sm_80 sm_90; do
   dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --out "$(mktemp -d)"
 done
+echo "== trimmed self-contained publish (what GPU servers run) starts and runs the demo"
+bash tools/gpu/publish.sh
+publish/linux-x64/metalora demo --out "$(mktemp -d)" --stage1-iterations 40 --stage2-iterations 20 | tail -3
 echo "== test"
 dotnet test MetaLoraNative.sln -c Release --no-build --logger "console;verbosity=normal"
