@@ -20,6 +20,39 @@ public sealed class PipelineTests : IDisposable
 
     static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
 
+    static void WritePhoto(string path, int w, int h, int seed)
+    {
+        using var img = new Image<Rgb24>(w, h);
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                img[x, y] = new Rgb24((byte)((x * 7 + seed * 40) % 256), (byte)((y * 3 + seed * 90) % 256), (byte)((x + y + seed) % 256));
+        img.SaveAsPng(path);
+    }
+
+    [Fact]
+    public void FoldersOfPhotosBecomeAStage1DatasetThatTrains()
+    {
+        string models = Path.Combine(dir, "models"), ids = Path.Combine(dir, "ids"), data = Path.Combine(dir, "data");
+        ModelsFolder.WriteTiny(models);
+        for (int p = 0; p < 2; p++)
+        {
+            Directory.CreateDirectory(Path.Combine(ids, $"p{p}"));
+            WritePhoto(Path.Combine(ids, $"p{p}", "a.png"), 320, 240, p);
+            WritePhoto(Path.Combine(ids, $"p{p}", "b.png"), 200, 300, p + 5);
+        }
+        File.WriteAllText(Path.Combine(ids, "p1", "class.txt"), "man");
+        var prep = Run("prepare", ids, "--identities", "--models", models, "--prompt", "a photo of a {class}", "--out", data, "--resolution", "256");
+        Assert.True(prep.Code == 0, prep.Err + prep.Out);
+        Assert.Contains("wrote 2 identities", prep.Out);
+        var p0 = Engine.Training.LatentDataset.LoadIdentity(Path.Combine(data, "p0"));
+        Assert.Equal(2, p0.Examples.Count);
+        Assert.True(p0.Examples[0].GridW > p0.Examples[0].GridH);   // landscape photo, landscape bucket
+        Assert.True(p0.Examples[1].GridW < p0.Examples[1].GridH);
+        var s1 = Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "down.safetensors"),
+                     "--iterations", "2", "--bucket-iterations", "2", "--batch-size", "2", "--rank1", "4");
+        Assert.True(s1.Code == 0, s1.Err);
+    }
+
     [Fact]
     public void OnePhotoBecomesAMergedLora()
     {
