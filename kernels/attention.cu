@@ -286,6 +286,12 @@ extern "C" __global__ void __launch_bounds__(256) attention_backward_dkdv(AttnPa
 
 __device__ __forceinline__ unsigned pack_bf16(bf16 lo, bf16 hi) { return (unsigned)lo | ((unsigned)hi << 16); }
 
+// The residues x - bf16(x) of two floats, rounded to bf16 and packed: the low half of a two-term bf16 split.
+__device__ __forceinline__ unsigned pack_bf16_residue(float x, float y)
+{
+    return pack_bf16(f2bf(x - bf2f(f2bf(x))), f2bf(y - bf2f(f2bf(y))));
+}
+
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -448,10 +454,15 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnPara
 // scratch (250 MB at B 4, L 5120), a zeroing and a conversion pass, and they make dq depend on the order in which
 // blocks finish; with two kernels every output still has exactly one writer and a run is bitwise reproducible.
 // Both kernels: block 128 (4 warps), one warp per 16 rows of the outer side, fp32 accumulators for the full
-// 16 x 128 output slab in registers (16 n-tiles x 4 = 64 floats per output), P and dS rounded to bf16 for the
-// second product as in the forward, everything staged through padded shared rows (SROW, bank-conflict free for the
+// 16 x 128 output slab in registers (16 n-tiles x 4 = 64 floats per output), everything staged through padded shared rows (SROW, bank-conflict free for the
 // fragment loads below; the transposed B loads read rows 2t, 2t+1, 2t+8, 2t+9 at columns 8n + g, whose words fall
 // in banks 8t + g/2: distinct or the same word). Static shared memory stays under 48 KB (no opt-in attribute).
+// P and dS enter the second products as two bf16 A fragments, hi = bf16(x) and lo = bf16(x - hi), against the same
+// B fragment: rounding them once (as the forward does with P) left dq, dk, dv about one bf16 ulp of their largest
+// value off in the CPU emulation (tests/.../AttentionMmaEmulationTests.cs), at the edge of the parity rule (2x the
+// output's own rounding); the split brings them down to that rounding. dS is the sensitive one (dq sums terms that
+// cancel: sum_j dS_ij = 0). It costs 6 instead of 4 products in dkdv and 4 instead of 3 in dq, but no extra shared
+// loads, which (16-bit transposed B loads, no ldmatrix or cp.async yet) rather than the mma rate bound these kernels.
 //   backward_dkdv_mma: grid (ceil(L/64), B*H); a block owns 64 keys, K and V tiles stay in shared memory for the
 //     whole loop (2 x 17 KB); queries stream through in tiles of 16 (q, dout: 2 x 4.25 KB; lse, drow). Per tile
 //     a warp forms S^T = K Q^T and dP^T = V dout^T (16 keys x 16 queries) directly in transposed form, so that
@@ -462,6 +473,8 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnPara
 //   backward_dq_mma: grid (ceil(L/64), B*H); a block owns 64 queries, q and dout live in registers as A fragments
 //     (2 x 32 regs) with lse and drow of rows g and g+8; keys stream in tiles of 32 (K, V: 2 x 8.5 KB). S = Q K^T,
 //     dP = dout V^T, dS = P (dP - drow) (0 for keys past L), dq += dS K. 32-key tiles: 64 + 64 + 64 (dq) + 32 regs.
+// ptxas (NVRTC 11.8, sm_80 / sm_90): dkdv_mma 212 / 210 registers, 43,648 B shared; dq_mma 210 / 210 registers,
+// 17,408 B shared; no spills. 128 threads x ~210 registers allow 2 blocks (8 warps) per SM.
 #define BWD_WARPS 4
 #define BWD_ROWS (16 * BWD_WARPS)   // keys per dkdv block, queries per dq block
 #define BWD_BR 16                   // queries per tile in backward_dkdv_mma
@@ -562,15 +575,23 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dkdv_mma(At
         unsigned pa2 = pack_bf16(f2bf(s[1][0]), f2bf(s[1][1])), pa3 = pack_bf16(f2bf(s[1][2]), f2bf(s[1][3]));
         unsigned da0 = pack_bf16(f2bf(dp[0][0]), f2bf(dp[0][1])), da1 = pack_bf16(f2bf(dp[0][2]), f2bf(dp[0][3]));
         unsigned da2 = pack_bf16(f2bf(dp[1][0]), f2bf(dp[1][1])), da3 = pack_bf16(f2bf(dp[1][2]), f2bf(dp[1][3]));
+        unsigned pl0 = pack_bf16_residue(s[0][0], s[0][1]), pl1 = pack_bf16_residue(s[0][2], s[0][3]);
+        unsigned pl2 = pack_bf16_residue(s[1][0], s[1][1]), pl3 = pack_bf16_residue(s[1][2], s[1][3]);
+        unsigned dl0 = pack_bf16_residue(dp[0][0], dp[0][1]), dl1 = pack_bf16_residue(dp[0][2], dp[0][3]);
+        unsigned dl2 = pack_bf16_residue(dp[1][0], dp[1][1]), dl3 = pack_bf16_residue(dp[1][2], dp[1][3]);
         const bf16* dcol = dos + 2 * t * SROW + g;
         const bf16* qcol = qs + 2 * t * SROW + g;
 #pragma unroll
         for (int n = 0; n < MAXD / 8; n++)
         {
             const bf16* x = dcol + n * 8;
-            mma_bf16_16816(dv[n], pa0, pa1, pa2, pa3, pack_bf16(x[0], x[SROW]), pack_bf16(x[8 * SROW], x[9 * SROW]));
+            unsigned xb0 = pack_bf16(x[0], x[SROW]), xb1 = pack_bf16(x[8 * SROW], x[9 * SROW]);
+            mma_bf16_16816(dv[n], pa0, pa1, pa2, pa3, xb0, xb1);
+            mma_bf16_16816(dv[n], pl0, pl1, pl2, pl3, xb0, xb1);
             const bf16* y = qcol + n * 8;
-            mma_bf16_16816(dk[n], da0, da1, da2, da3, pack_bf16(y[0], y[SROW]), pack_bf16(y[8 * SROW], y[9 * SROW]));
+            unsigned yb0 = pack_bf16(y[0], y[SROW]), yb1 = pack_bf16(y[8 * SROW], y[9 * SROW]);
+            mma_bf16_16816(dk[n], da0, da1, da2, da3, yb0, yb1);
+            mma_bf16_16816(dk[n], dl0, dl1, dl2, dl3, yb0, yb1);
         }
     }
 
@@ -668,12 +689,16 @@ extern "C" __global__ void __launch_bounds__(128) attention_backward_dq_mma(Attn
             unsigned a1 = pack_bf16(f2bf(s[2 * kk][2]), f2bf(s[2 * kk][3]));
             unsigned a2 = pack_bf16(f2bf(s[2 * kk + 1][0]), f2bf(s[2 * kk + 1][1]));
             unsigned a3 = pack_bf16(f2bf(s[2 * kk + 1][2]), f2bf(s[2 * kk + 1][3]));
+            unsigned l0 = pack_bf16_residue(s[2 * kk][0], s[2 * kk][1]), l1 = pack_bf16_residue(s[2 * kk][2], s[2 * kk][3]);
+            unsigned l2 = pack_bf16_residue(s[2 * kk + 1][0], s[2 * kk + 1][1]), l3 = pack_bf16_residue(s[2 * kk + 1][2], s[2 * kk + 1][3]);
             const bf16* kcol = ks + (kk * 16 + 2 * t) * SROW + g;
 #pragma unroll
             for (int n = 0; n < MAXD / 8; n++)
             {
                 const bf16* x = kcol + n * 8;
-                mma_bf16_16816(dq[n], a0, a1, a2, a3, pack_bf16(x[0], x[SROW]), pack_bf16(x[8 * SROW], x[9 * SROW]));
+                unsigned b0 = pack_bf16(x[0], x[SROW]), b1 = pack_bf16(x[8 * SROW], x[9 * SROW]);
+                mma_bf16_16816(dq[n], a0, a1, a2, a3, b0, b1);
+                mma_bf16_16816(dq[n], l0, l1, l2, l3, b0, b1);
             }
         }
     }

@@ -22,6 +22,8 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
     static float Hi(uint w) => Bf16Bits.ToFloat((ushort)(w >> 16));
     static uint Pack(ushort lo, ushort hi) => lo | ((uint)hi << 16);
     static uint PackF(float lo, float hi) => Pack(Bf16Bits.FromFloat(lo), Bf16Bits.FromFloat(hi));
+    /// <summary>pack_bf16_residue: the low halves of the two-term bf16 split of P and dS.</summary>
+    static uint PackR(float lo, float hi) => PackF(lo - Bf16Bits.Round(lo), hi - Bf16Bits.Round(hi));
 
     /// <summary>d[lane] += A B for one warp; a[lane] = 4 regs, b[lane] = 2 regs, d[lane] = 4 floats (g = lane / 4, t = lane % 4).</summary>
     static void Mma(float[][] d, uint[][] a, uint[][] b)
@@ -198,7 +200,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                                     Mma(dp[n], va, db);
                                 }
                             }
-                            uint[][] pa = Regs(4), da = Regs(4), xb = Regs(2), yb = Regs(2);
+                            uint[][] pa = Regs(4), da = Regs(4), xb = Regs(2), yb = Regs(2), pl = Regs(4), dl = Regs(4);
                             for (int lane = 0; lane < 32; lane++)
                             {
                                 int t = lane & 3;
@@ -216,6 +218,8 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                                 var (s0, s1, d0, d1) = (s[0][lane], s[1][lane], dp[0][lane], dp[1][lane]);
                                 pa[lane] = [PackF(s0[0], s0[1]), PackF(s0[2], s0[3]), PackF(s1[0], s1[1]), PackF(s1[2], s1[3])];
                                 da[lane] = [PackF(d0[0], d0[1]), PackF(d0[2], d0[3]), PackF(d1[0], d1[1]), PackF(d1[2], d1[3])];
+                                pl[lane] = [PackR(s0[0], s0[1]), PackR(s0[2], s0[3]), PackR(s1[0], s1[1]), PackR(s1[2], s1[3])];
+                                dl[lane] = [PackR(d0[0], d0[1]), PackR(d0[2], d0[3]), PackR(d1[0], d1[1]), PackR(d1[2], d1[3])];
                             }
                             for (int n = 0; n < D / 8; n++)
                             {
@@ -227,6 +231,8 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                                 }
                                 Mma(dv[warp][n], pa, xb);
                                 Mma(dk[warp][n], da, yb);
+                                Mma(dv[warp][n], pl, xb);
+                                Mma(dk[warp][n], dl, yb);
                             }
                         }
                     }
@@ -322,11 +328,12 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                             }
                             for (int kk = 0; kk < Bc / 16; kk++)
                             {
-                                uint[][] a = Regs(4);
+                                uint[][] a = Regs(4), al = Regs(4);
                                 for (int lane = 0; lane < 32; lane++)
                                 {
                                     var (s0, s1) = (s[2 * kk][lane], s[2 * kk + 1][lane]);
                                     a[lane] = [PackF(s0[0], s0[1]), PackF(s0[2], s0[3]), PackF(s1[0], s1[1]), PackF(s1[2], s1[3])];
+                                    al[lane] = [PackR(s0[0], s0[1]), PackR(s0[2], s0[3]), PackR(s1[0], s1[1]), PackR(s1[2], s1[3])];
                                 }
                                 for (int n = 0; n < D / 8; n++)
                                 {
@@ -337,6 +344,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                                         xb[lane] = [Pack(ks[x], ks[x + SROW]), Pack(ks[x + 8 * SROW], ks[x + 9 * SROW])];
                                     }
                                     Mma(dq[n], a, xb);
+                                    Mma(dq[n], al, xb);
                                 }
                             }
                         }
@@ -379,8 +387,8 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
         var dq = Dq(p, dqWrites);
         Assert.All(dkWrites, n => Assert.Equal(1, n));   // every element of dk and dv written exactly once
         Assert.All(dqWrites, n => Assert.Equal(1, n));
-        // P and dS go through bf16 for the second product: allow a few bf16 ulps of the largest value. A wrong index,
-        // mask or scale errs by O(max).
+        // With the hi + lo split of P and dS the error is about the output's own bf16 rounding (~max / 400 here); one
+        // bf16 rounding of P and dS gave up to ~max / 210. A wrong index, mask or scale errs by O(max).
         Check("dq", dq, p.Dq);
         Check("dk", dk, p.Dk);
         Check("dv", dv, p.Dv);
@@ -392,7 +400,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
         for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(Bf16Bits.ToFloat(got[i]) - want[i]));
         output.WriteLine($"{name}: max error {err:G3}, max |ref| {max:G3} (ratio {err / Math.Max(max, 1e-30):G3})");
         // L = 1: P = 1 and o = v, so dS and with it dq and dk are 0 up to fp32 rounding (hence the absolute floor).
-        Assert.True(err <= max / 64 + 1e-4, $"{name}: max error {err:G3} against max |ref| {max:G3}");
+        Assert.True(err <= max / 256 + 1e-4, $"{name}: max error {err:G3} against max |ref| {max:G3}");
     }
 
     /// <summary>
