@@ -3,12 +3,15 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-/// <summary>Which forward attention kernel runs (attention.cu keeps both, each with the same contract).</summary>
+/// <summary>Which attention kernels run (attention.cu keeps both versions of each, with the same contract).</summary>
 public enum AttentionKernel
 {
-    /// <summary>Version 1: fp32 CUDA cores, one warp per query row. The reference; any D up to 128.</summary>
+    /// <summary>Version 1: fp32 CUDA cores, one warp per row. The reference; any D up to 128.</summary>
     Scalar,
-    /// <summary>Version 2: mma.sync bf16 tensor cores (FlashAttention-2 layout); D a multiple of 16, else version 1 runs.</summary>
+    /// <summary>
+    /// Version 2: mma.sync bf16 tensor cores (FlashAttention-2 layout). Forward: D a multiple of 16; backward: D = 128
+    /// on sm_80 or newer. Otherwise version 1 runs.
+    /// </summary>
     TensorCore,
 }
 
@@ -17,10 +20,19 @@ public sealed partial class CudaBackend
 {
     /// <summary>
     /// The forward attention kernel. Defaults to Scalar (validated first); METALORA_ATTENTION=mma selects TensorCore
-    /// until the parity tests on a GPU have shown it within tolerance.
+    /// for both directions until the parity tests on a GPU have shown them within tolerance.
     /// </summary>
-    public AttentionKernel AttentionForwardKernel { get; set; } =
+    public AttentionKernel AttentionForwardKernel { get; set; } = AttentionKernelFromEnvironment();
+
+    /// <summary>The backward attention kernels (dq and dk/dv); same default and switch as <see cref="AttentionForwardKernel"/>.</summary>
+    public AttentionKernel AttentionBackwardKernel { get; set; } = AttentionKernelFromEnvironment();
+
+    static AttentionKernel AttentionKernelFromEnvironment() =>
         Environment.GetEnvironmentVariable("METALORA_ATTENTION") is "mma" or "tensorcore" ? AttentionKernel.TensorCore : AttentionKernel.Scalar;
+
+    /// <summary>Whether AttentionBackward takes the tensor-core kernels for head dim d (else the scalar ones).</summary>
+    public bool UsesTensorCoreAttentionBackward(int d) =>
+        AttentionBackwardKernel == AttentionKernel.TensorCore && d == AttentionMaxHeadDim && Device.Major >= 8;
 
     const int RopeMaxAxes = 8;       // ROPE_MAX_AXES in rope.cu
     const int AttentionMaxHeadDim = 128;
@@ -121,8 +133,17 @@ public sealed partial class CudaBackend
         };
         if ((long)B * H * L == 0) return (dq, dk, dv);
         LaunchParams("attention.cu", "attention_backward_preprocess", (CeilDiv((long)B * H * L, Block / 32), 1, 1), (Block, 1, 1), p);
-        LaunchParams("attention.cu", "attention_backward_dq", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);
-        LaunchParams("attention.cu", "attention_backward_dkdv", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);
+        if (UsesTensorCoreAttentionBackward(D))
+        {
+            // The mma kernels hold D = 128 as a constant and use mma.sync (sm_80+): 4 warps × 16 rows per block.
+            LaunchParams("attention.cu", "attention_backward_dq_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);
+            LaunchParams("attention.cu", "attention_backward_dkdv_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);
+        }
+        else
+        {
+            LaunchParams("attention.cu", "attention_backward_dq", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);
+            LaunchParams("attention.cu", "attention_backward_dkdv", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);
+        }
         return (dq, dk, dv);
     }
 

@@ -43,6 +43,7 @@ public class CudaTimingTests(ITestOutputHelper output)
     {
         using var gpu = Open();
         gpu.AttentionForwardKernel = kernel;
+        gpu.AttentionBackwardKernel = kernel;
         const int B = 1, H = 24, L = 4608, D = 128;
         using var q = gpu.Zeros(B, H, L, D);
         using var k = gpu.Zeros(B, H, L, D);
