@@ -5,7 +5,13 @@
 # the next ones; a summary closes the log. Everything goes to "$OUT/gpu-suite.log" (OUT defaults to ./gpu-out).
 #
 # Environment: OUT, METALORA (default publish/linux-x64/metalora), PYTHON (default python3), SEED (default 1),
-# SKIP (space-separated stage names to skip, e.g. "bench-1024 torch-1024").
+# SKIP (space-separated stage names to skip, e.g. "bench-1024 torch-1024"), ONLY (run just these stages).
+# A lent GPU machine allows 10 minutes per command, so run the suite in groups, e.g.
+#   ONLY="doctor kernels check-cuda"                       (parity: the most important)
+#   ONLY="bench-1024 torch-1024 bench-1024-mma"            (speed at 1024², side by side in one call)
+#   ONLY="bench-512 torch-512 bench-512-mma"
+#   ONLY="ref-case ref-torch-fp32 ref-torch-bf16 ref-engine ref-compare"
+# The log is appended to, so the groups of one session end up in one file.
 set -u
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-./gpu-out}
@@ -13,9 +19,9 @@ METALORA=${METALORA:-publish/linux-x64/metalora}
 PYTHON=${PYTHON:-python3}
 SEED=${SEED:-1}
 SKIP=${SKIP:-}
+ONLY=${ONLY:-}
 mkdir -p "$OUT"
 LOG="$OUT/gpu-suite.log"
-: > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
 
 CASE="$OUT/dev512"
@@ -29,7 +35,7 @@ stage() {
     echo
     echo "==================================================================== $name"
     echo "\$ $*   (time limit ${limit}s, $(date -u +%H:%M:%SZ))"
-    if [[ " $SKIP " == *" $name "* ]]; then
+    if [[ " $SKIP " == *" $name "* ]] || [[ -n "$ONLY" && " $ONLY " != *" $name "* ]]; then
         echo "skipped (SKIP)"
         SUMMARY+=("$(printf '%-16s %-8s %6s' "$name" SKIPPED -)")
         return 0
@@ -48,7 +54,7 @@ stage() {
 if "$METALORA" bench --help > /dev/null 2>&1; then HAVE_BENCH=1; else HAVE_BENCH=0; fi
 bench_stage() {
     local name=$1 limit=$2; shift 2
-    if [[ $HAVE_BENCH == 1 ]]; then stage "$name" "$limit" "$METALORA" bench "$@"; return; fi
+    if [[ $HAVE_BENCH == 1 ]]; then stage "$name" "$limit" env ${ATTN:+METALORA_ATTENTION=$ATTN} "$METALORA" bench "$@"; return; fi
     echo
     echo "==================================================================== $name"
     echo "metalora bench: not available in this build of $METALORA ('metalora bench --help' fails); stage skipped"
@@ -63,27 +69,30 @@ if [[ ! -x "$METALORA" ]]; then echo "error: $METALORA is missing; publish with 
 
 # 1. the machine, the kernels, the parity checks
 stage doctor 120 "$METALORA" doctor
-stage kernels 900 "$METALORA" kernels build --arch sm_90
-stage check-cuda 2400 "$METALORA" check cuda --json "$OUT/check-cuda.json"
+stage kernels 120 "$METALORA" kernels build --arch sm_90
+stage check-cuda 420 "$METALORA" check cuda --json "$OUT/check-cuda.json"
 
 # 2. the engine against the independent PyTorch reference at the FLUX.1-dev shape, 512² (1,024 image + 512 text
 #    tokens), docs/REFERENCE_CHECK.md: the engine's bf16 result vs the fp32 reference, tolerance per tensor
 #    max(1e-4, 2 × PyTorch's own bf16 error).
-stage ref-case 600 "$PYTHON" $R/make_case.py --preset flux-dev --seed "$SEED" --out "$CASE" --batch 1 --img 32x32 --txt 512 --r1 16 --r2 1 --no-model
-stage ref-torch-fp32 1800 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+stage ref-case 120 "$PYTHON" $R/make_case.py --preset flux-dev --seed "$SEED" --out "$CASE" --batch 1 --img 32x32 --txt 512 --r1 16 --r2 1 --no-model
+stage ref-torch-fp32 300 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
     --out "$CASE/ref_fp32.safetensors" --device cuda --dtype fp32 --recompute
-stage ref-torch-bf16 1200 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+stage ref-torch-bf16 200 "$PYTHON" $R/step.py --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
     --out "$CASE/ref_bf16.safetensors" --device cuda --dtype bf16
-stage ref-engine 1200 "$METALORA" debug step --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
+stage ref-engine 300 "$METALORA" debug step --model "random:flux-dev:$SEED" --inputs "$CASE/inputs.safetensors" --lora "$CASE/lora.safetensors" \
     --out "$CASE/engine_cuda.safetensors" --device cuda
-stage ref-compare 300 "$PYTHON" $R/compare.py "$CASE/engine_cuda.safetensors" "$CASE/ref_fp32.safetensors" \
+stage ref-compare 60 "$PYTHON" $R/compare.py "$CASE/engine_cuda.safetensors" "$CASE/ref_fp32.safetensors" \
     --baseline "$CASE/ref_bf16.safetensors" --factor 2 --strict --quiet
 
 # 3. speed: the engine and PyTorch at 512² and 1024²
-bench_stage bench-512 1200 --resolution 512 --recompute off
-stage torch-512 1200 "$PYTHON" tools/bench/torch_reference.py --resolution 512 --json
-bench_stage bench-1024 1800 --resolution 1024 --recompute off
-stage torch-1024 1800 "$PYTHON" tools/bench/torch_reference.py --resolution 1024 --json
+#    (bench-*-mma: the same with the opt-in tensor-core attention kernels, forward and backward)
+ATTN= bench_stage bench-512 280 --resolution 512 --recompute off
+stage torch-512 200 "$PYTHON" tools/bench/torch_reference.py --resolution 512 --json
+ATTN=mma bench_stage bench-512-mma 200 --resolution 512 --recompute off
+ATTN= bench_stage bench-1024 280 --resolution 1024 --recompute off
+stage torch-1024 200 "$PYTHON" tools/bench/torch_reference.py --resolution 1024 --json
+ATTN=mma bench_stage bench-1024-mma 200 --resolution 1024 --recompute off
 
 echo
 echo "==================================================================== summary"
