@@ -49,13 +49,7 @@ public class CudaParityTests(ITestOutputHelper output)
 /// <summary>GPU-only checks that need no oracle.</summary>
 public class CudaBackendTests(ITestOutputHelper output)
 {
-    CudaBackend Open()
-    {
-        bool ok = CudaBackend.TryCreate(out var gpu, out string reason);
-        output.WriteLine(ok ? $"device: {reason}" : $"skipped: {reason}");
-        Skip.IfNot(ok, reason);
-        return gpu!;
-    }
+    CudaBackend Open() => Gpu.OpenOrSkip(output);
 
     [SkippableFact]
     public void UploadDownloadRoundTripsAndPoolReuses()

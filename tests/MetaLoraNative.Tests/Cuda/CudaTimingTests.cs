@@ -10,13 +10,7 @@ namespace MetaLoraNative.Tests.Cuda;
 /// </summary>
 public class CudaTimingTests(ITestOutputHelper output)
 {
-    CudaBackend Open()
-    {
-        bool ok = CudaBackend.TryCreate(out var gpu, out string reason);
-        output.WriteLine(ok ? $"device: {reason}" : $"skipped: {reason}");
-        Skip.IfNot(ok, reason);
-        return gpu!;
-    }
+    CudaBackend Open() => Gpu.OpenOrSkip(output);
 
     [SkippableFact]
     public void GemmAtFluxSizes()
