@@ -1,5 +1,7 @@
 using MetaLoraNative.Engine;
+using MetaLoraNative.Kernels;
 using MetaLoraNative.Kernels.Verification;
+using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Cuda;
 
