@@ -125,6 +125,13 @@ public interface IBackend : IDisposable
     double MseLoss(Tensor pred, Tensor target, out Tensor dPred);
     /// <summary>Σ x² in fp64 (gradient norms).</summary>
     double SumSquares(Tensor t);
+    /// <summary>Σ x² over many tensors: the global gradient norm of a step. A GPU reads its result back once, not per tensor.</summary>
+    double SumSquares(IReadOnlyList<Tensor> tensors)
+    {
+        double s = 0;
+        foreach (var t in tensors) s += SumSquares(t);
+        return s;
+    }
     /// <summary>
     /// One AdamW update of an fp32 master tensor: m, v moments; decoupled weight decay; bias correction from the
     /// step number; grad is multiplied by gradScale first (gradient clipping).

@@ -45,7 +45,7 @@ public static class Trainer
         double loss = LossAndGradients(model, inputs, target, binding, o.Recompute, out var prediction);
         prediction.Dispose();
 
-        double norm = Math.Sqrt(parameters.Sum(p => be.SumSquares(p.Grad)));
+        double norm = Math.Sqrt(be.SumSquares(parameters.Select(p => p.Grad).ToArray()));
         float scale = o.MaxGradNorm > 0 && norm > o.MaxGradNorm ? (float)(o.MaxGradNorm / norm) : 1f;
         foreach (var p in parameters) p.AdamW(o.LearningRate, o.WeightDecay, scale);
         return (loss, norm);

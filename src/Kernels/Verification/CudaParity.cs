@@ -375,6 +375,8 @@ public static partial class CudaParity
         using var gm = p.Gpu.Upload(g, [5000], Precision.Master);
         double exact = g.Sum(v => (double)v * v);
         p.Scalar("sum of squares fp32", p.Gpu.SumSquares(gm), exact, 1e-9 * exact);
+        // the many-tensor form (one read-back) must agree with the sum of single reductions
+        p.Scalar("sum of squares, list", p.Gpu.SumSquares([gp, gm, gp]), 2 * css + exact, 1e-9 * (2 * css + exact));
     }
 
     static void AdamW(ParityContext p)

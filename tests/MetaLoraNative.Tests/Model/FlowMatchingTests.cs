@@ -68,3 +68,17 @@ public class SamplerTests
         Assert.Equal([1f, 0.75f, 0.5f, 0.25f, 0f], plain);
     }
 }
+
+public class GradientNormTests
+{
+    [Fact]
+    public void TheManyTensorSumOfSquaresIsTheSumOfSingleOnes()
+    {
+        using var be = MetaLoraNative.Engine.Backends.Cpu.CpuBackend.F64();
+        using var a = be.Upload([1f, 2f, -3f], 3);
+        using var b = be.Upload([0.5f, 4f], 2);
+        Assert.Equal(14.0 + 16.25, be.SumSquares([a, b]));
+        Assert.Equal(be.SumSquares(a) + be.SumSquares(b), be.SumSquares([a, b]));
+        Assert.Equal(0.0, be.SumSquares(Array.Empty<MetaLoraNative.Engine.Tensor>()));
+    }
+}
