@@ -56,7 +56,6 @@ public sealed class FluxModel
     /// </summary>
     public sealed class State : IDisposable
     {
-        public bool Recompute;
         public Tensor[] DoubleImgIn = [], DoubleTxtIn = [], SingleIn = [];
         readonly List<Tensor> streams = [];
         public Tensor ImgInput = null!, SiluVec = null!, Pe = null!;
@@ -79,10 +78,13 @@ public sealed class FluxModel
         }
     }
 
-    /// <summary>Inference: the velocity prediction (B, L_img, out); nothing is kept.</summary>
+    /// <summary>
+    /// Inference: the velocity prediction (B, L_img, out). Runs the recomputation path so each block's internals are
+    /// freed as soon as the block is done; only the block boundaries live until the end.
+    /// </summary>
     public Tensor Predict(FluxInputs x, LoraBinding? lora)
     {
-        var y = Forward(x, lora, out var s);
+        var y = Forward(x, lora, out var s, recompute: true);
         s.Dispose();
         return y;
     }
@@ -95,7 +97,7 @@ public sealed class FluxModel
     public Tensor Forward(FluxInputs x, LoraBinding? lora, out State s, bool recompute = false)
     {
         var be = Backend;
-        s = new State { ImgInput = x.Img, TxtLength = x.Txt.Dim(1), ImgLength = x.Img.Dim(1), Recompute = recompute };
+        s = new State { ImgInput = x.Img, TxtLength = x.Txt.Dim(1), ImgLength = x.Img.Dim(1) };
         if (Config.GuidanceEmbed && x.Guidance == null) throw new ArgumentException($"the {Config.Name} model needs a guidance value");
 
         var img = s.Own(ImgIn.Forward(x.Img, null));
