@@ -16,9 +16,9 @@ public sealed class TorchReferenceTests(ITestOutputHelper output) : IDisposable
     readonly string dir = Directory.CreateTempSubdirectory("metalora-ref-").FullName;
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    static string Python => Environment.GetEnvironmentVariable("METALORA_PYTHON") ?? "/usr/bin/python3";
+    internal static string Python => Environment.GetEnvironmentVariable("METALORA_PYTHON") ?? "/usr/bin/python3";
 
-    static string Repo
+    internal static string Repo
     {
         get
         {
@@ -28,7 +28,7 @@ public sealed class TorchReferenceTests(ITestOutputHelper output) : IDisposable
         }
     }
 
-    static (int Code, string Output) Run(string file, params string[] args)
+    internal static (int Code, string Output) Run(string file, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Repo };
         foreach (var a in args) psi.ArgumentList.Add(a);
@@ -39,7 +39,7 @@ public sealed class TorchReferenceTests(ITestOutputHelper output) : IDisposable
         return (p.ExitCode, stdout.Result + stderr.Result);
     }
 
-    static string? TorchMissing()
+    internal static string? TorchMissing()
     {
         if (!File.Exists(Python)) return $"{Python} not found (install python3-torch with .ci/install-torch.sh)";
         var (code, text) = Run(Python, "-c", "import torch, numpy");
@@ -77,5 +77,46 @@ public sealed class TorchReferenceTests(ITestOutputHelper output) : IDisposable
                        "--baseline", Path.Combine(dir, "torch-fp32.safetensors"), "--strict", "--quiet");
         output.WriteLine("fp32 engine vs fp64 reference (tolerance from PyTorch fp32): " + fp32.Output.Trim().Split('\n').Last());
         Assert.True(fp32.Code == 0, fp32.Output);
+    }
+}
+
+/// <summary>
+/// Our merged PEFT export, loaded by the independent reference (its own target table), gives the output the unmerged
+/// three-factor LoRA gives in our engine: the file means to another implementation what it means to us.
+/// </summary>
+public sealed class ExportedLoraInTheReferenceTests(ITestOutputHelper output) : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("metalora-peft-").FullName;
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    [SkippableFact]
+    public void ThePyTorchReferenceReadsOurPeftExportAsTheThreeFactorLora()
+    {
+        var missing = TorchReferenceTests.TorchMissing();
+        Skip.If(missing != null, missing);
+        string tools = Path.Combine(TorchReferenceTests.Repo, "tools", "reference");
+        Assert.Equal(0, TorchReferenceTests.Run(TorchReferenceTests.Python, Path.Combine(tools, "make_case.py"), "--preset", "tiny", "--seed", "8", "--out", dir).Code);
+        string model = Path.Combine(dir, "model.safetensors"), inputs = Path.Combine(dir, "inputs.safetensors");
+        string meta = Path.Combine(dir, "lora.safetensors"), peft = Path.Combine(dir, "peft.safetensors");
+
+        using (var be = MetaLoraNative.Engine.Backends.Cpu.CpuBackend.F64())
+        {
+            using var adapter = MetaLoraNative.Engine.Lora.LoraFiles.Load(meta, MetaLoraNative.Engine.Flux.FluxConfig.Tiny, be);
+            MetaLoraNative.Engine.Lora.LoraFiles.Export(adapter, 0, peft, MetaLoraNative.Engine.Lora.LoraFormat.Peft, MetaLoraNative.Engine.IO.SafetensorsDType.F32);
+            ReferenceStep.Run(model, inputs, meta, Path.Combine(dir, "ours-meta.safetensors"), be);
+        }
+        var (code, text) = TorchReferenceTests.Run(TorchReferenceTests.Python, Path.Combine(tools, "step.py"), "--model", model, "--inputs", inputs,
+                                                   "--lora", peft, "--out", Path.Combine(dir, "torch-peft.safetensors"), "--dtype", "fp64");
+        Assert.True(code == 0, text);
+        // outputs only: the factor gradients of a merged LoRA are of other tensors
+        using var ours = MetaLoraNative.Engine.IO.SafetensorsFile.Open(Path.Combine(dir, "ours-meta.safetensors"));
+        using var theirs = MetaLoraNative.Engine.IO.SafetensorsFile.Open(Path.Combine(dir, "torch-peft.safetensors"));
+        var a = ours.ReadFloats("output");
+        var b = theirs.ReadFloats("output");
+        double num = 0, den = 0;
+        for (int i = 0; i < a.Length; i++) { num += (a[i] - b[i]) * (double)(a[i] - b[i]); den += (double)b[i] * b[i]; }
+        double rel = Math.Sqrt(num / den);
+        output.WriteLine($"three-factor output (ours) vs PEFT export in the PyTorch reference: relative L2 {rel:E2}");
+        Assert.True(rel < 1e-6, $"relative L2 {rel}");
     }
 }
