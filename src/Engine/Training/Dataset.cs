@@ -6,9 +6,22 @@ namespace MetaLoraNative.Engine.Training;
 /// One cached training example: packed VAE latents of one image and the text embeddings of its caption.
 /// Latents (GridH·GridW, in) are in FLUX's packed order; ids are rebuilt from the grid.
 /// </summary>
-public sealed record Example(float[] Latents, int GridH, int GridW, float[] Txt, int TxtLength, float[] Pooled)
+/// <param name="Source">Where it was read from (for error messages), or null.</param>
+public sealed record Example(float[] Latents, int GridH, int GridW, float[] Txt, int TxtLength, float[] Pooled, string? Source = null)
 {
     public int ImageTokens => GridH * GridW;
+
+    /// <summary>Throws with the example's file when its widths do not fit the model.</summary>
+    public void CheckFits(FluxConfig c, string identity)
+    {
+        string where = Source ?? $"identity '{identity}'";
+        if (Latents.Length != ImageTokens * c.InChannels)
+            throw new InvalidDataException($"{where}: latents hold {Latents.Length} values, the {c.Name} model needs {GridH}×{GridW} tokens × {c.InChannels} channels");
+        if (Txt.Length != TxtLength * c.ContextInDim)
+            throw new InvalidDataException($"{where}: text embeddings are {Txt.Length / Math.Max(1, TxtLength)} wide, the {c.Name} model takes {c.ContextInDim} (T5-XXL: 4096)");
+        if (Pooled.Length != c.VecInDim)
+            throw new InvalidDataException($"{where}: the pooled embedding has {Pooled.Length} values, the {c.Name} model takes {c.VecInDim} (CLIP-L: 768)");
+    }
 }
 
 /// <summary>A person: a name and their examples (Stage 1: ~20 images; Stage 2: the augmented crops of one photo).</summary>

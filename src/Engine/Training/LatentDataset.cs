@@ -36,7 +36,7 @@ public static class LatentDataset
             throw new InvalidDataException($"{path}: latents {Shapes.Format(lat.Shape)} do not match the {gh}×{gw} grid");
         var txt = f["txt"];
         if (txt.Shape.Length != 2) throw new InvalidDataException($"{path}: txt must be (L_txt, ctx), got {Shapes.Format(txt.Shape)}");
-        return new Example(f.ReadFloats("latents"), gh, gw, f.ReadFloats("txt"), txt.Shape[0], f.ReadFloats("pooled"));
+        return new Example(f.ReadFloats("latents"), gh, gw, f.ReadFloats("txt"), txt.Shape[0], f.ReadFloats("pooled"), path);
     }
 
     public static void SaveIdentity(string folder, Identity id)

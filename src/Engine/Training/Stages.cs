@@ -47,6 +47,12 @@ public static class Stages
     public static LoraAdapter Stage1(FluxModel model, IReadOnlyList<Identity> identities, Stage1Options o, Action<string> log)
     {
         var be = model.Backend;
+        if (identities.Count == 0) throw new ArgumentException("Stage 1 needs at least one identity");
+        foreach (var id in identities)
+        {
+            if (id.Examples.Count == 0) throw new InvalidDataException($"identity '{id.Name}' has no examples");
+            foreach (var e in id.Examples) e.CheckFits(model.Config, id.Name);
+        }
         var targets = FluxNames.LoraTargets(model.Config, o.Include, o.Exclude);
         var adapter = LoraAdapter.Create(be, model.Config, targets, LoraMode.Meta, o.Rank1, o.Rank2, o.Train.Seed);
         foreach (var id in identities) adapter.AddIdentity(id.Name, o.Train.Seed);
@@ -111,6 +117,9 @@ public static class Stages
     public static LoraAdapter Stage2(FluxModel model, LoraAdapter metaDown, Identity person, Stage2Options o, Action<string> log)
     {
         var be = model.Backend;
+        if (person.Examples.Count == 0) throw new InvalidDataException($"identity '{person.Name}' has no examples");
+        foreach (var e in person.Examples) e.CheckFits(model.Config, person.Name);
+        if (metaDown.Mode != LoraMode.Meta) throw new ArgumentException("Stage 2 needs a Meta-Down (lora_down) file from Stage 1, not a merged LoRA");
         var adapter = new LoraAdapter(be, model.Config, metaDown.Targets, LoraMode.Meta, metaDown.Rank1, o.Rank2,
             metaDown.Down.Select(d => new LoraParameter(d.Name, Clone(be, d.Value))).ToArray());
         adapter.AddIdentity(person.Name, o.Train.Seed);

@@ -74,3 +74,21 @@ public sealed class CliTests : IDisposable
         Assert.Contains("ONNX Runtime", stdout);
     }
 }
+
+[Collection("console")]
+public sealed class CliDataErrorTests : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("metalora-cli-data-").FullName;
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    [Fact]
+    public void DataOfAnotherModelWidthIsAClearErrorNamingTheFile()
+    {
+        string data = Path.Combine(dir, "ids");
+        Assert.Equal(0, CliRunner.Run("data", "synth", "--out", data, "--identities", "1", "--images", "1", "--preset", "tiny").Code);
+        var (code, _, err) = CliRunner.Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("0000.safetensors", err);
+        Assert.Contains("4096", err);
+    }
+}
