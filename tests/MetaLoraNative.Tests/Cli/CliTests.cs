@@ -66,6 +66,20 @@ public sealed class CliTests : IDisposable
     }
 
     [Fact]
+    public void DoctorChecksAModelsFolder()
+    {
+        string models = Path.Combine(dir, "models");
+        MetaLoraNative.Onnx.Models.ModelsFolder.WriteTiny(models);
+        var ok = Run("doctor", "--models", models);
+        Assert.True(ok.Code == 0, ok.Out);
+        Assert.Contains("every component present and valid", ok.Out);
+        File.Delete(Directory.GetFiles(models, "*.onnx").First());
+        var broken = Run("doctor", "--models", models);
+        Assert.Equal(1, broken.Code);
+        Assert.Contains("problem", broken.Out);
+    }
+
+    [Fact]
     public void DoctorReportsDotnetAndOnnxRuntime()
     {
         var (code, stdout, _) = Run("doctor");
