@@ -2,6 +2,7 @@ using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Training;
 using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Model;
@@ -36,12 +37,8 @@ public class ModelGradientTests(ITestOutputHelper output)
         using var _t = target;
 
         var parameters = binding.TrainableParameters().ToArray();
-        foreach (var p in parameters) p.ZeroGrad();
-        using (var y = model.Forward(x, binding, out var s))
-        {
-            be.MseLoss(y, target, out var dy);
-            using (s) using (dy) model.Backward(s, dy, binding);
-        }
+        Trainer.LossAndGradients(model, x, target, binding, recompute: false, out var prediction);
+        prediction.Dispose();
 
         var worst = new Dictionary<string, double>();
         var rng = new Random(1);
@@ -108,9 +105,8 @@ public class ModelGradientTests(ITestOutputHelper output)
         using var _x = x;
         using var _t = target;
         foreach (var d in adapter.Down) d.ZeroGrad();
-        using var y = model.Forward(x, binding, out var s);
-        be.MseLoss(y, target, out var dy);
-        using (s) using (dy) model.Backward(s, dy, binding);
+        Trainer.LossAndGradients(model, x, target, binding, recompute: false, out var y);
+        y.Dispose();
         Assert.All(adapter.Down, d => Assert.Equal(0.0, be.SumSquares(d.Grad)));
         Assert.Contains(adapter.Identities[0].Up, u => be.SumSquares(u.Grad) > 0);
     }
@@ -133,12 +129,9 @@ public class RecomputationTests
 
         float[][] Grads(bool recompute)
         {
-            var ps = binding.TrainableParameters().ToArray();
-            foreach (var p in ps) p.ZeroGrad();
-            using var y = model.Forward(x, binding, out var s, recompute);
-            be.MseLoss(y, target, out var dy);
-            using (s) using (dy) model.Backward(s, dy, binding);
-            return ps.Select(p => be.Download(p.Grad)).ToArray();
+            Trainer.LossAndGradients(model, x, target, binding, recompute, out var y);
+            y.Dispose();
+            return binding.TrainableParameters().Select(p => be.Download(p.Grad)).ToArray();
         }
         var plain = Grads(false);
         var recomputed = Grads(true);

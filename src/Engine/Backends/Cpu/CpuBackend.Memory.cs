@@ -13,23 +13,18 @@ public sealed partial class CpuBackend<T>
 
     public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision) => Upload(values, shape);
 
-    public Tensor Upload(ReadOnlySpan<float> values, params int[] shape)
-    {
-        var t = New(shape);
-        if (values.Length != t.Length)
-            throw new ArgumentException($"Upload: {values.Length} values do not fill shape {Shapes.Format(shape)}");
-        var s = t.Span;
-        for (int i = 0; i < s.Length; i++) s[i] = Store(values[i]);
-        return t;
-    }
+    public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => UploadFrom(values, shape);
 
-    public Tensor Upload(ReadOnlySpan<double> values, params int[] shape)
+    public Tensor Upload(ReadOnlySpan<double> values, params int[] shape) => UploadFrom(values, shape);
+
+    /// <summary>Host values of either width, each widened to fp64 and stored once (exact for the fp64 oracle).</summary>
+    Tensor UploadFrom<TSource>(ReadOnlySpan<TSource> values, int[] shape) where TSource : unmanaged, INumberBase<TSource>
     {
         var t = New(shape);
         if (values.Length != t.Length)
             throw new ArgumentException($"Upload: {values.Length} values do not fill shape {Shapes.Format(shape)}");
         var s = t.Span;
-        for (int i = 0; i < s.Length; i++) s[i] = Store(values[i]);
+        for (int i = 0; i < s.Length; i++) s[i] = Store(double.CreateTruncating(values[i]));
         return t;
     }
 
