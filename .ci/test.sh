@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian machine for the test suite and runs it; this is the README's test command and what CI runs.
-#   - NVRTC 11.8 (Debian non-free) so every kernel in kernels/*.cu is compile-checked without a GPU,
+#   - NVRTC 11.8 (Debian non-free) so every kernel in kernels/ (kernels/dev included) is compile-checked without a GPU,
 #   - Debian's python3-torch for the cross-check against the independent PyTorch reference,
 #   - real test assets from npm and Debian (never committed).
 set -euo pipefail
@@ -14,9 +14,9 @@ for step in install-nvrtc install-torch fetch-assets; do
 done
 echo "== build"
 dotnet build MetaLoraNative.sln -c Release -warnaserror
-echo "== compile every kernel with NVRTC (fails, not skips, when NVRTC is missing)"
+echo "== compile every kernel, the playground's (kernels/dev) too, with NVRTC (fails, not skips, when NVRTC is missing)"
 for arch in sm_80 sm_90; do
-  dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --out "$(mktemp -d)"
+  dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --dev --out "$(mktemp -d)"
 done
 echo "== trimmed self-contained publish (what GPU servers run) starts and runs the demo"
 bash tools/gpu/publish.sh

@@ -99,5 +99,5 @@ extern "C" __global__ void sum_chunks_kernel(bf16* out, const float* partial, in
     }
 }
 
-// Rows handled by one block-row of a chunked column reduction (see layernorm.cu, residual.cu).
+// Rows handled by one block-row of a chunked column reduction (see norm.cu, conditioning.cu).
 #define CHUNK_ROWS 64

@@ -13,13 +13,17 @@ namespace MetaLoraNative.Engine;
 /// - Any op accepts inputs of either <see cref="Precision"/> and returns Compute tensors. Gemm writes into the
 ///   given c whatever its precision; AdamW updates Master tensors; Copy converts.
 /// - Reductions (GEMM dot products, norms, softmax sums, losses) accumulate in at least fp32 (fp64 on the CPU).
+///
+/// The ops come in groups, each a section below. A group has the same stem everywhere: CpuBackend.&lt;Group&gt;.cs,
+/// src/Kernels/Ops/CudaBackend.&lt;Group&gt;.cs, kernels/&lt;group&gt;.cu, CudaParity.&lt;Group&gt;.cs and the tests
+/// Cpu&lt;Group&gt;Tests / Cuda&lt;Group&gt;ParityTests (the table in docs/ARCHITECTURE.md).
 /// </summary>
 public interface IBackend : IDisposable
 {
     /// <summary>Short name for messages ("cpu-f32", "cpu-f64", "cuda").</summary>
     string Name { get; }
 
-    // ---------------------------------------------------------------- memory
+    // ---------------------------------------------------------------- Memory
 
     /// <summary>A zero tensor in the backend's compute precision (bf16 on CUDA, the element type on the CPU).</summary>
     Tensor Zeros(params int[] shape);
@@ -35,7 +39,7 @@ public interface IBackend : IDisposable
     void Copy(Tensor src, Tensor dst);
     void Fill(Tensor t, float value);
 
-    // ---------------------------------------------------------------- matrix products
+    // ---------------------------------------------------------------- Gemm
 
     /// <summary>
     /// c = alpha · op(a) · op(b) + beta · c, with a, b and c viewed as matrices (Rows × Cols) and op a transpose
@@ -49,18 +53,18 @@ public interface IBackend : IDisposable
     /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in). The weight itself is frozen.</summary>
     Tensor LinearBackward(Tensor dy, Tensor w);
 
-    // ---------------------------------------------------------------- elementwise
+    // ---------------------------------------------------------------- Elementwise
 
     /// <summary>acc += alpha · x (same element count).</summary>
     void AddInPlace(Tensor acc, Tensor x, float alpha = 1f);
     void ScaleInPlace(Tensor t, float alpha);
+    /// <summary>x·σ(x). No backward: the model applies it only on the frozen conditioning path (vec, the MLP embedders).</summary>
     Tensor Silu(Tensor x);
-    Tensor SiluBackward(Tensor x, Tensor dy);
     /// <summary>GELU with the tanh approximation, as FLUX's MLPs use it.</summary>
     Tensor GeluTanh(Tensor x);
     Tensor GeluTanhBackward(Tensor x, Tensor dy);
 
-    // ---------------------------------------------------------------- layout
+    // ---------------------------------------------------------------- Layout
 
     /// <summary>A copy of x restricted to [start, start+length) along axis.</summary>
     Tensor Narrow(Tensor x, int axis, int start, int length);
@@ -73,7 +77,7 @@ public interface IBackend : IDisposable
     /// <summary>Backward of <see cref="SplitQkv"/>: dq, dk, dv (B, H, L, D) → (B, L, 3·H·D).</summary>
     Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv);
 
-    // ---------------------------------------------------------------- normalisation
+    // ---------------------------------------------------------------- Norm
 
     /// <summary>
     /// y = (1 + scale[b]) · LN(x) + shift[b]: LayerNorm without affine over the last dim, then FLUX's modulation.
@@ -86,7 +90,7 @@ public interface IBackend : IDisposable
     Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd);
     Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd);
 
-    // ---------------------------------------------------------------- position and attention
+    // ---------------------------------------------------------------- Attention (RoPE and attention)
 
     /// <summary>
     /// ids (B, L, n_axes) → pe (B, L, D/2, 2) holding (cos, sin) per channel pair; axis i owns axesDim[i]/2 pairs,
@@ -105,21 +109,20 @@ public interface IBackend : IDisposable
     Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse);
     (Tensor Dq, Tensor Dk, Tensor Dv) AttentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse);
 
-    // ---------------------------------------------------------------- conditioning and residuals
+    // ---------------------------------------------------------------- Conditioning (timestep embedding, gated residual)
 
     /// <summary>
     /// t (B) → (B, dim): [cos(args), sin(args)] with args = timeFactor·t·exp(−ln(maxPeriod)·k/half), k &lt; half = dim/2.
+    /// No backward: the timesteps are inputs, not trained.
     /// </summary>
     Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f);
-    /// <summary>dt (B) from dy (B, dim).</summary>
-    Tensor TimestepEmbeddingBackward(Tensor t, Tensor dy, float timeFactor = 1000f, float maxPeriod = 10000f);
 
     /// <summary>out = x + gate[b] · y. x, y (B, L, C); gate (B, C).</summary>
     Tensor GatedResidual(Tensor x, Tensor gate, Tensor y);
     /// <summary>dx = dOut (the caller reuses it); returns dy = gate·dOut and dgate = Σ_L dOut·y.</summary>
     (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y);
 
-    // ---------------------------------------------------------------- objective and optimiser
+    // ---------------------------------------------------------------- Objective (MSE, sums of squares, AdamW)
 
     /// <summary>mean((pred − target)²) over every element; dPred = 2(pred − target)/N.</summary>
     double MseLoss(Tensor pred, Tensor target, out Tensor dPred);

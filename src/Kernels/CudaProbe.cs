@@ -21,20 +21,6 @@ public static class CudaProbe
         return lines;
     }
 
-    /// <summary>NVRTC's version as "major.minor", or null when the library does not load.</summary>
-    public static string? NvrtcVersion()
-    {
-        if (!NativeLibraries.IsAvailable(NativeLibraries.Nvrtc)) return null;
-        try
-        {
-            return Nvrtc.nvrtcVersion(out int major, out int minor) == Nvrtc.NVRTC_SUCCESS ? $"{major}.{minor}" : null;
-        }
-        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-        {
-            return null;
-        }
-    }
-
     static void ProbeNvrtc(List<string> lines)
     {
         if (NativeLibraries.TryLoad(NativeLibraries.Nvrtc, out string report) == IntPtr.Zero)
@@ -95,7 +81,7 @@ public static class CudaProbe
 }
 
 /// <summary>The facts about one device the engine needs (cuInit must have succeeded).</summary>
-public sealed record DeviceInfo(int Ordinal, string Name, int Major, int Minor, int Multiprocessors, long TotalMemory, int MaxSharedOptin)
+public sealed record DeviceInfo(int Ordinal, string Name, int Major, int Minor, int Multiprocessors, long TotalMemory)
 {
     /// <summary>"sm_90" style.</summary>
     public string Arch => $"sm_{Major}{Minor}";
@@ -108,8 +94,7 @@ public sealed record DeviceInfo(int Ordinal, string Name, int Major, int Minor, 
         CudaCheck.Cu(CuDriver.cuDeviceGetAttribute(out int major, CuDriver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
         CudaCheck.Cu(CuDriver.cuDeviceGetAttribute(out int minor, CuDriver.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
         CudaCheck.Cu(CuDriver.cuDeviceGetAttribute(out int sms, CuDriver.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
-        CudaCheck.Cu(CuDriver.cuDeviceGetAttribute(out int smem, CuDriver.CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, dev));
         CudaCheck.Cu(CuDriver.cuDeviceTotalMem_v2(out nuint total, dev));
-        return new DeviceInfo(ordinal, Marshal.PtrToStringUTF8((IntPtr)name) ?? "?", major, minor, sms, (long)total, smem);
+        return new DeviceInfo(ordinal, Marshal.PtrToStringUTF8((IntPtr)name) ?? "?", major, minor, sms, (long)total);
     }
 }

@@ -24,15 +24,10 @@ public sealed class DevicePool : IDisposable
 
     /// <summary>Bytes handed out and not yet returned (by size class).</summary>
     public long InUseBytes { get; private set; }
-    /// <summary>The most bytes ever in use at once since the last <see cref="ResetPeak"/>.</summary>
+    /// <summary>The most bytes ever in use at once.</summary>
     public long PeakBytes { get; private set; }
     /// <summary>Bytes held from the driver (in use plus cached).</summary>
     public long ReservedBytes { get; private set; }
-
-    public void ResetPeak()
-    {
-        lock (gate) PeakBytes = InUseBytes;
-    }
 
     public static long SizeClass(long bytes)
     {

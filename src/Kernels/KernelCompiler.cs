@@ -17,15 +17,18 @@ public sealed record KernelBuildResult(string File, string Arch, byte[]? Image, 
 public sealed class KernelCompileException(string message) : Exception(message);
 
 /// <summary>
-/// Compiles the embedded kernels/*.cu with NVRTC (no GPU and no libcuda needed). "sm_XX" (or "sm_XXa") gives a
-/// CUBIN, "compute_XX" gives PTX. kernels/common.cuh is handed to NVRTC as an in-memory header, so nothing is read
-/// from the CUDA toolkit's include folder: the same sources compile on NVRTC 11.8 and 13.
-/// Results are cached on disk under a key of (every source's hash, arch, NVRTC version, options).
+/// Compiles the embedded kernel sources with NVRTC (no GPU and no libcuda needed). "sm_XX" (or "sm_XXa") gives a
+/// CUBIN, "compute_XX" gives PTX. Two sets: the engine's kernels/*.cu (named "attention.cu") and the playground's
+/// kernels/dev/&lt;op&gt;/*.cu (named "dev/attention/02_mma_forward.cu"), compiled only when opted in. Every embedded
+/// header (*.cuh, from either set, included by its file name) is handed to NVRTC in memory, so nothing is read from
+/// the CUDA toolkit's include folder: the same sources compile on NVRTC 11.8 and 13.
+/// Results are cached on disk under a key of (the source's and every header's hash, arch, NVRTC version, options).
 /// </summary>
 public sealed class KernelCompiler
 {
     public const string CommonHeader = "common.cuh";
     const string ResourcePrefix = "kernels/";
+    const string DevPrefix = "dev/";
 
     /// <summary>Options for every file. No fast-math: the parity tests hold expf/tanhf to their IEEE accuracy.</summary>
     static readonly string[] BaseOptions = ["-std=c++17", "-lineinfo"];
@@ -49,21 +52,43 @@ public sealed class KernelCompiler
     /// <summary>Where compiled images are cached; "" disables the cache.</summary>
     public string CacheDirectory { get; }
 
-    /// <summary>The kernel files (".cu"), sorted; headers are not listed.</summary>
-    public static IReadOnlyList<string> KernelFiles() =>
-        Assembly.GetManifestResourceNames()
-            .Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal) && n.EndsWith(".cu", StringComparison.Ordinal))
-            .Select(n => n[ResourcePrefix.Length..])
-            .Order(StringComparer.Ordinal)
-            .ToList();
+    /// <summary>The engine's kernel files (kernels/*.cu, e.g. "attention.cu"), sorted; headers are not listed.</summary>
+    public static IReadOnlyList<string> KernelFiles() => Sources(".cu").Where(f => !f.StartsWith(DevPrefix, StringComparison.Ordinal)).ToList();
+
+    /// <summary>The playground's kernel files (kernels/dev/&lt;op&gt;/*.cu, e.g. "dev/attention/02_mma_forward.cu"), sorted.</summary>
+    public static IReadOnlyList<string> DevKernelFiles() => Sources(".cu").Where(f => f.StartsWith(DevPrefix, StringComparison.Ordinal)).ToList();
+
+    /// <summary>Embedded sources ending in <paramref name="extension"/>, named relative to kernels/ with '/' separators.</summary>
+    static IEnumerable<string> Sources(string extension) =>
+        Resources.Keys.Where(n => n.EndsWith(extension, StringComparison.Ordinal)).Order(StringComparer.Ordinal);
+
+    /// <summary>Source name ("dev/attention/mma.cuh") → manifest resource name (MSBuild may write '\\' in the folder part).</summary>
+    static readonly Dictionary<string, string> Resources = Assembly.GetManifestResourceNames()
+        .Where(n => n.StartsWith(ResourcePrefix, StringComparison.Ordinal))
+        .ToDictionary(n => n[ResourcePrefix.Length..].Replace('\\', '/'), n => n);
+
+    /// <summary>Every embedded header as (the name kernels include it by, its text): "common.cuh", "mma.cuh", ...</summary>
+    static IReadOnlyList<(string Name, string Text)> Headers() => headers ??= BuildHeaders();
+    static IReadOnlyList<(string Name, string Text)>? headers;
+
+    static List<(string Name, string Text)> BuildHeaders()
+    {
+        var list = Sources(".cuh").Select(f => (Name: f[(f.LastIndexOf('/') + 1)..], Text: ReadSource(f))).ToList();
+        var clash = list.GroupBy(h => h.Name).FirstOrDefault(g => g.Count() > 1);
+        if (clash != null) throw new InvalidOperationException($"two embedded kernel headers are named {clash.Key}: includes name headers by file name");
+        return list;
+    }
 
     public static string ReadSource(string file)
     {
-        using var s = Assembly.GetManifestResourceStream(ResourcePrefix + file)
+        using var s = (Resources.TryGetValue(file, out string? resource) ? Assembly.GetManifestResourceStream(resource) : null)
             ?? throw new FileNotFoundException($"no embedded kernel source '{file}'");
         using var r = new StreamReader(s, Encoding.UTF8);
         return r.ReadToEnd();
     }
+
+    /// <summary>The file's name in image and cache file names: "attention", "dev.attention.02_mma_forward".</summary>
+    static string Stem(string file) => Path.ChangeExtension(file, null).Replace('/', '.');
 
     static Assembly Assembly => typeof(KernelCompiler).Assembly;
 
@@ -110,13 +135,13 @@ public sealed class KernelCompiler
         arch = NormalizeArch(arch);
         var (major, minor) = NvrtcVersion();
         string source = ReadSource(file);
-        string header = ReadSource(CommonHeader);
+        var headers = Headers();
         string[] options = [.. BaseOptions, $"--gpu-architecture={arch}", $"-DMETALORA_ARCH={ArchNumber(arch)}"];
         bool ptx = arch.StartsWith("compute_", StringComparison.Ordinal);
 
-        string key = CacheKey(source, header, arch, $"{major}.{minor}", options);
+        string key = CacheKey([source, .. headers.Select(h => h.Text)], arch, $"{major}.{minor}", options);
         string? cachePath = CacheDirectory.Length == 0 ? null
-            : Path.Combine(CacheDirectory, $"{Path.GetFileNameWithoutExtension(file)}.{arch}.{key}{(ptx ? ".ptx" : ".cubin")}");
+            : Path.Combine(CacheDirectory, $"{Stem(file)}.{arch}.{key}{(ptx ? ".ptx" : ".cubin")}");
         if (cachePath != null && File.Exists(cachePath))
         {
             try { return new KernelBuildResult(file, arch, File.ReadAllBytes(cachePath), "", TimeSpan.Zero, true); }
@@ -124,7 +149,7 @@ public sealed class KernelCompiler
         }
 
         var sw = Stopwatch.StartNew();
-        var (image, log) = CompileWithNvrtc(file, source, header, options, ptx);
+        var (image, log) = CompileWithNvrtc(file, source, headers, options, ptx);
         sw.Stop();
         if (image != null && cachePath != null) TryWriteCache(cachePath, image);
         return new KernelBuildResult(file, arch, image, log, sw.Elapsed, false);
@@ -138,30 +163,31 @@ public sealed class KernelCompiler
     }
 
     /// <summary>
-    /// Compiles every kernel file for arch; writes each image to outDir (file.arch.cubin / .ptx) when given.
-    /// Failures are returned, not thrown, so a caller can print every log.
+    /// Compiles every engine kernel file for arch, and with <paramref name="dev"/> the playground's too; writes each
+    /// image to outDir (stem.arch.cubin / .ptx, e.g. attention.sm_90.cubin, dev.attention.02_mma_forward.sm_90.cubin)
+    /// when given. Failures are returned, not thrown, so a caller can print every log.
     /// </summary>
-    public static IReadOnlyList<KernelBuildResult> BuildAll(string arch, string? outDir, string? cacheDirectory = null)
+    public static IReadOnlyList<KernelBuildResult> BuildAll(string arch, string? outDir, string? cacheDirectory = null, bool dev = false)
     {
         // An explicit build compiles for real: the cache is only consulted when a directory is named.
         var compiler = new KernelCompiler(cacheDirectory ?? "");
         var results = new List<KernelBuildResult>();
         if (outDir != null) Directory.CreateDirectory(outDir);
-        foreach (string file in KernelFiles())
+        foreach (string file in dev ? [.. KernelFiles(), .. DevKernelFiles()] : KernelFiles())
         {
             var r = compiler.Compile(file, arch);
             results.Add(r);
             if (r.Image != null && outDir != null)
-                File.WriteAllBytes(Path.Combine(outDir, $"{Path.GetFileNameWithoutExtension(file)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
+                File.WriteAllBytes(Path.Combine(outDir, $"{Stem(file)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
         }
         return results;
     }
 
     static int ArchNumber(string arch) => int.Parse(arch[(arch.IndexOf('_') + 1)..].TrimEnd('a'));
 
-    static string CacheKey(string source, string header, string arch, string nvrtc, string[] options)
+    static string CacheKey(string[] sources, string arch, string nvrtc, string[] options)
     {
-        string all = string.Join("\n\u0001", [source, header, arch, nvrtc, .. options]);
+        string all = string.Join("\n\u0001", [.. sources, arch, nvrtc, .. options]);
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(all)))[..20];
     }
 
@@ -180,19 +206,24 @@ public sealed class KernelCompiler
         }
     }
 
-    static unsafe (byte[]? Image, string Log) CompileWithNvrtc(string file, string source, string header, string[] options, bool ptx)
+    static unsafe (byte[]? Image, string Log) CompileWithNvrtc(string file, string source, IReadOnlyList<(string Name, string Text)> headerFiles,
+        string[] options, bool ptx)
     {
         using var strings = new Utf8Strings();
         byte* src = strings.Add(source);
         byte* name = strings.Add(file);
-        byte** headers = stackalloc byte*[1];
-        byte** includeNames = stackalloc byte*[1];
-        headers[0] = strings.Add(header);
-        includeNames[0] = strings.Add(CommonHeader);
+        int n = headerFiles.Count;
+        byte** headers = stackalloc byte*[Math.Max(n, 1)];
+        byte** includeNames = stackalloc byte*[Math.Max(n, 1)];
+        for (int i = 0; i < n; i++)
+        {
+            headers[i] = strings.Add(headerFiles[i].Text);
+            includeNames[i] = strings.Add(headerFiles[i].Name);
+        }
         byte** opts = stackalloc byte*[options.Length];
         for (int i = 0; i < options.Length; i++) opts[i] = strings.Add(options[i]);
 
-        CudaCheck.Nvrtc(Nvrtc.nvrtcCreateProgram(out IntPtr prog, src, name, 1, headers, includeNames));
+        CudaCheck.Nvrtc(Nvrtc.nvrtcCreateProgram(out IntPtr prog, src, name, n, headers, includeNames));
         try
         {
             int rc = Nvrtc.nvrtcCompileProgram(prog, options.Length, opts);

@@ -7,9 +7,9 @@
 # Environment: OUT, METALORA (default publish/linux-x64/metalora), PYTHON (default python3), SEED (default 1),
 # SKIP (space-separated stage names to skip, e.g. "bench-1024 torch-1024"), ONLY (run just these stages).
 # A lent GPU machine allows 10 minutes per command, so run the suite in groups, e.g.
-#   ONLY="doctor kernels check-cuda"                       (parity: the most important)
+#   ONLY="doctor kernels check-cuda"                       (parity, the playground's too: the most important)
 #   ONLY="bench-1024 torch-1024 bench-1024-mma"            (speed at 1024², side by side in one call)
-#   ONLY="bench-512 torch-512 bench-512-mma"
+#   ONLY="bench-512 torch-512 bench-512-mma kernels-bench"
 #   ONLY="ref-case ref-torch-fp32 ref-torch-bf16 ref-engine ref-compare"
 # The log is appended to, so the groups of one session end up in one file.
 set -u
@@ -67,10 +67,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 "$PYTHON" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' 2>&1 || true
 if [[ ! -x "$METALORA" ]]; then echo "error: $METALORA is missing; publish with tools/gpu/publish.sh and carry publish/linux-x64"; fi
 
-# 1. the machine, the kernels, the parity checks
+# 1. the machine, the kernels, the parity checks (--dev: the kernel playground's versions too, kernels/dev/README.md)
 stage doctor 120 "$METALORA" doctor
-stage kernels 120 "$METALORA" kernels build --arch sm_90
-stage check-cuda 420 "$METALORA" check cuda --json "$OUT/check-cuda.json"
+stage kernels 120 "$METALORA" kernels build --arch sm_90 --dev
+stage check-cuda 420 "$METALORA" check cuda --dev --json "$OUT/check-cuda.json"
 
 # 2. the engine against the independent PyTorch reference at the FLUX.1-dev shape, 512² (1,024 image + 512 text
 #    tokens), docs/REFERENCE_CHECK.md: the engine's bf16 result vs the fp32 reference, tolerance per tensor
@@ -86,13 +86,15 @@ stage ref-compare 60 "$PYTHON" $R/compare.py "$CASE/engine_cuda.safetensors" "$C
     --baseline "$CASE/ref_bf16.safetensors" --factor 2 --strict --quiet
 
 # 3. speed: the engine and PyTorch at 512² and 1024²
-#    (bench-*-mma: the same with the opt-in tensor-core attention kernels, forward and backward)
+#    (bench-*-mma: the same with the playground's tensor-core attention kernels, forward and backward;
+#    kernels-bench: single kernels at FLUX.1-dev's sizes, every version side by side, outputs checked)
 ATTN= bench_stage bench-512 280 --resolution 512 --recompute off
 stage torch-512 200 "$PYTHON" tools/bench/torch_reference.py --resolution 512 --json
 ATTN=mma bench_stage bench-512-mma 200 --resolution 512 --recompute off
 ATTN= bench_stage bench-1024 280 --resolution 1024 --recompute off
 stage torch-1024 200 "$PYTHON" tools/bench/torch_reference.py --resolution 1024 --json
 ATTN=mma bench_stage bench-1024-mma 200 --resolution 1024 --recompute off
+stage kernels-bench 120 "$METALORA" kernels bench --dev
 
 echo
 echo "==================================================================== summary"

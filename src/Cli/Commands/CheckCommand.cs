@@ -8,10 +8,10 @@ using MetaLoraNative.Kernels.Verification;
 namespace MetaLoraNative.Cli.Commands;
 
 /// <summary>
-/// `metalora check cuda [--json FILE] [--only NAME]`: runs every CUDA parity check (src/Kernels/Verification) on
-/// this machine's GPU against the fp64 CPU oracle and prints one line per check. Exit 0 when all pass, 1 on any
-/// failure, 2 when there is no usable GPU. The same checks as the xunit CUDA tests, for machines that only have the
-/// published binary.
+/// `metalora check cuda [--dev] [--json FILE] [--only NAME]`: runs every CUDA parity check of the engine
+/// (src/Kernels/Verification), and with --dev those of the kernel playground (kernels/dev), on this machine's GPU
+/// against the fp64 CPU oracle and prints one line per check. Exit 0 when all pass, 1 on any failure, 2 when there is
+/// no usable GPU. The same checks as the xunit CUDA tests, for machines that only have the published binary.
 /// </summary>
 public static class CheckCommand
 {
@@ -25,27 +25,34 @@ public static class CheckCommand
         };
         var list = new Option<bool>("--list") { Description = "List the checks and exit." };
         var verbose = new Option<bool>("--verbose") { Description = "Print every comparison of every check, not only the worst." };
+        var dev = new Option<bool>("--dev")
+        {
+            Description = "Also run the checks of the kernel playground (kernels/dev): the opt-in kernels a GPU run must pass before promotion.",
+        };
         var cuda = new Command("cuda", "CUDA backend vs the fp64 CPU oracle: every op, the whole tiny model (output and LoRA gradients) " +
                                        "and a short Stage 2 run, with bf16 tolerances (docs/GPU.md). Exit 1 on a failure, 2 without a GPU.")
         {
-            json, only, list, verbose,
+            json, only, list, verbose, dev,
         };
-        cuda.SetAction(r => RunCuda(r.GetValue(json), r.GetValue(only) ?? [], r.GetValue(list), r.GetValue(verbose)));
+        cuda.SetAction(r => RunCuda(r.GetValue(json), r.GetValue(only) ?? [], r.GetValue(list), r.GetValue(verbose), r.GetValue(dev)));
         return new Command("check", "Self-checks that need special hardware.") { cuda };
     }
 
-    static int RunCuda(string? jsonPath, string[] only, bool listOnly, bool verbose)
+    static int RunCuda(string? jsonPath, string[] only, bool listOnly, bool verbose, bool dev)
     {
+        IReadOnlyList<ParityCheck> known = dev ? [.. CudaParity.All, .. CudaParity.Dev] : CudaParity.All;
         if (listOnly)
         {
-            foreach (var c in CudaParity.All) Console.WriteLine($"{c.Name,-28} {c.Description}");
+            foreach (var c in known) Console.WriteLine($"{c.Group,-13} {c.Name,-36} {c.Description}");
             return 0;
         }
-        var checks = CudaParity.All.Where(c => only.Length == 0 || only.Contains(c.Name)).ToArray();
-        var unknown = only.Where(n => CudaParity.All.All(c => c.Name != n)).ToArray();
+        var checks = known.Where(c => only.Length == 0 || only.Contains(c.Name)).ToArray();
+        var unknown = only.Where(n => known.All(c => c.Name != n)).ToArray();
         if (unknown.Length > 0)
         {
-            Console.Error.WriteLine($"error: no check named {string.Join(", ", unknown.Select(n => $"'{n}'"))}; see --list");
+            bool inDev = unknown.All(n => CudaParity.Dev.Any(c => c.Name == n));
+            Console.Error.WriteLine($"error: no check named {string.Join(", ", unknown.Select(n => $"'{n}'"))}; see --list" +
+                                    (inDev && !dev ? " (that is a playground check: add --dev)" : ""));
             return 1;
         }
 
@@ -56,8 +63,8 @@ public static class CheckCommand
         }
         string device = reason;
         probe!.Dispose();
-        Console.WriteLine($"CUDA parity on {device}: {checks.Length} checks against the fp64 CPU oracle");
-        Console.WriteLine($"{"check",-28} {"error",10} {"allowed",10} {"baseline",10} {"time",8}  result");
+        Console.WriteLine($"CUDA parity on {device}: {checks.Length} checks against the fp64 CPU oracle{(dev ? ", the playground's included" : "")}");
+        Console.WriteLine($"{"check",-36} {"error",10} {"allowed",10} {"baseline",10} {"time",8}  result");
 
         var results = new List<ParityResult>();
         foreach (var check in checks)
@@ -73,7 +80,7 @@ public static class CheckCommand
                     result = check.Run(gpu!, oracle);
             }
             results.Add(result);
-            Console.WriteLine($"{check.Name,-28} {F(result.Error),10} {F(result.Allowed),10} {F(result.Baseline),10} {result.Elapsed.TotalSeconds,7:F1}s  " +
+            Console.WriteLine($"{check.Name,-36} {F(result.Error),10} {F(result.Allowed),10} {F(result.Baseline),10} {result.Elapsed.TotalSeconds,7:F1}s  " +
                               $"{(result.Pass ? "PASS" : "FAIL")}{(result.Pass ? "" : $"  {result.Failure ?? result.Worst}")}");
             if (verbose || !result.Pass)
                 foreach (var m in result.Measures)
@@ -85,7 +92,7 @@ public static class CheckCommand
         if (jsonPath != null)
         {
             var report = new CheckReport(device, DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), failed == 0,
-                results.Select(r => new CheckEntry(r.Name, N(r.Error), N(r.Allowed), N(r.Baseline), r.Pass, r.Failure, r.Elapsed.TotalSeconds,
+                results.Select((r, i) => new CheckEntry(checks[i].Group, r.Name, N(r.Error), N(r.Allowed), N(r.Baseline), r.Pass, r.Failure, r.Elapsed.TotalSeconds,
                     r.Measures.Select(m => new MeasureEntry(m.What, N(m.Error), N(m.Allowed), N(m.Baseline), N(m.MaxRef), m.Pass)).ToArray())).ToArray());
             string? dir = Path.GetDirectoryName(Path.GetFullPath(jsonPath));
             if (dir != null) Directory.CreateDirectory(dir);
@@ -102,7 +109,7 @@ public static class CheckCommand
 }
 
 internal sealed record MeasureEntry(string What, double? Error, double? Allowed, double? Baseline, double? MaxRef, bool Pass);
-internal sealed record CheckEntry(string Name, double? Error, double? Allowed, double? Baseline, bool Pass, string? Failure, double Seconds, MeasureEntry[] Measures);
+internal sealed record CheckEntry(string Group, string Name, double? Error, double? Allowed, double? Baseline, bool Pass, string? Failure, double Seconds, MeasureEntry[] Measures);
 internal sealed record CheckReport(string Device, string Utc, bool Pass, CheckEntry[] Checks);
 
 /// <summary>Source-generated JSON (the CLI is published trimmed).</summary>

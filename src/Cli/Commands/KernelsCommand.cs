@@ -1,11 +1,15 @@
 using System.CommandLine;
+using System.Globalization;
 using MetaLoraNative.Kernels;
+using MetaLoraNative.Kernels.Verification;
 
 namespace MetaLoraNative.Cli.Commands;
 
 /// <summary>
-/// `metalora kernels build --arch sm_80|sm_90 [--out DIR]`: compiles every embedded kernel with NVRTC. Needs
-/// only libnvrtc (no GPU, no driver), so CI can check the kernels. Exit code 1 when any file fails.
+/// `metalora kernels build --arch sm_80|sm_90 [--dev] [--out DIR]`: compiles every embedded kernel with NVRTC (with
+/// --dev the playground's kernels/dev too). Needs only libnvrtc (no GPU, no driver), so CI can check the kernels.
+/// Exit code 1 when any file fails. `metalora kernels bench [--dev]` times the kernels at FLUX.1-dev's sizes on the
+/// GPU, each bench checking its own outputs (exit 1 when one is wrong, 2 without a GPU).
 /// </summary>
 public static class KernelsCommand
 {
@@ -18,22 +22,35 @@ public static class KernelsCommand
         };
         var outDir = new Option<string?>("--out")
         {
-            Description = "Folder for the compiled images (file.arch.cubin / .ptx); omitted: compile only",
+            Description = "Folder for the compiled images (stem.arch.cubin / .ptx); omitted: compile only",
         };
-        var build = new Command("build", "Compile every kernel file with NVRTC and report sizes and times") { arch, outDir };
-        build.SetAction(parseResult => Build(parseResult.GetValue(arch)!, parseResult.GetValue(outDir)));
+        var dev = new Option<bool>("--dev") { Description = "Also the kernel playground's files (kernels/dev)" };
+        var build = new Command("build", "Compile every kernel file with NVRTC and report sizes and times") { arch, outDir, dev };
+        build.SetAction(r => Build(r.GetValue(arch)!, r.GetValue(outDir), r.GetValue(dev)));
 
-        var list = new Command("list", "List the embedded kernel files");
-        list.SetAction(_ =>
+        var listDev = new Option<bool>("--dev") { Description = "Also the kernel playground's files (kernels/dev)" };
+        var list = new Command("list", "List the embedded kernel files") { listDev };
+        list.SetAction(r =>
         {
             foreach (string f in KernelCompiler.KernelFiles()) Console.WriteLine(f);
+            if (r.GetValue(listDev))
+                foreach (string f in KernelCompiler.DevKernelFiles()) Console.WriteLine(f);
             return 0;
         });
 
-        return new Command("kernels", "CUDA kernel tools (NVRTC)") { build, list };
+        var benchDev = new Option<bool>("--dev") { Description = "Also time the playground's versions (kernels/dev) beside the engine's" };
+        var only = new Option<string[]>("--only") { Description = "Run only the benches with these names (see --list).", AllowMultipleArgumentsPerToken = true };
+        var benchList = new Option<bool>("--list") { Description = "List the benches and exit." };
+        var bench = new Command("bench", "Time the kernels at FLUX.1-dev's sizes on the GPU; every bench checks its outputs against closed-form values")
+        {
+            benchDev, only, benchList,
+        };
+        bench.SetAction(r => Bench(r.GetValue(benchDev), r.GetValue(only) ?? [], r.GetValue(benchList)));
+
+        return new Command("kernels", "CUDA kernel tools (NVRTC, timings)") { build, list, bench };
     }
 
-    static int Build(string arch, string? outDir)
+    static int Build(string arch, string? outDir, bool dev)
     {
         string target;
         (int Major, int Minor) version;
@@ -47,24 +64,58 @@ public static class KernelsCommand
             Console.Error.WriteLine(e.Message);
             return 1;
         }
-        Console.WriteLine($"NVRTC {version.Major}.{version.Minor}, target {target}{(outDir != null ? $", output {outDir}" : "")}");
+        Console.WriteLine($"NVRTC {version.Major}.{version.Minor}, target {target}{(dev ? ", with kernels/dev" : "")}{(outDir != null ? $", output {outDir}" : "")}");
         int failed = 0;
-        foreach (var r in KernelCompiler.BuildAll(target, outDir))
+        foreach (var r in KernelCompiler.BuildAll(target, outDir, dev: dev))
         {
             if (r.Success)
             {
-                Console.WriteLine($"  {r.File,-18} {r.Image!.Length,9:N0} bytes {r.CompileTime.TotalMilliseconds,8:F0} ms");
+                Console.WriteLine($"  {r.File,-34} {r.Image!.Length,9:N0} bytes {r.CompileTime.TotalMilliseconds,8:F0} ms");
                 if (r.Log.Length > 0) Console.WriteLine(Indent(r.Log));
             }
             else
             {
                 failed++;
-                Console.WriteLine($"  {r.File,-18}    FAILED {r.CompileTime.TotalMilliseconds,8:F0} ms");
+                Console.WriteLine($"  {r.File,-34}    FAILED {r.CompileTime.TotalMilliseconds,8:F0} ms");
                 Console.Error.WriteLine(Indent(r.Log));
             }
         }
         Console.WriteLine(failed == 0 ? "all kernels compiled" : $"{failed} kernel file(s) failed");
         return failed == 0 ? 0 : 1;
+    }
+
+    static int Bench(bool dev, string[] only, bool listOnly)
+    {
+        IReadOnlyList<KernelBench> known = dev ? [.. KernelBenches.All, .. KernelBenches.Dev] : KernelBenches.All;
+        if (listOnly)
+        {
+            foreach (var b in known) Console.WriteLine($"{b.Name,-20} {b.Description}");
+            return 0;
+        }
+        var unknown = only.Where(n => known.All(b => b.Name != n)).ToArray();
+        if (unknown.Length > 0)
+        {
+            Console.Error.WriteLine($"error: no bench named {string.Join(", ", unknown.Select(n => $"'{n}'"))}; see --list{(dev ? "" : " (and --dev)")}");
+            return 1;
+        }
+        if (!CudaBackend.TryCreate(out var gpu, out string reason))
+        {
+            Console.Error.WriteLine($"kernels bench: no usable GPU: {reason}");
+            return 2;
+        }
+        using (gpu)
+        {
+            Console.WriteLine($"kernel benches on {reason}");
+            int wrong = 0;
+            foreach (var b in known.Where(b => only.Length == 0 || only.Contains(b.Name)))
+            {
+                var r = b.Run(gpu!);
+                string times = string.Join(", ", r.Timings.Select(t => string.Create(CultureInfo.InvariantCulture, $"{t.What} {t.Ms:F3} ms ({t.Tflops:F1} TFLOP/s)")));
+                Console.WriteLine($"{r.Name,-20} {times}  {(r.Valid ? "ok" : "WRONG")}: {r.Check}");
+                if (!r.Valid) wrong++;
+            }
+            return wrong == 0 ? 0 : 1;
+        }
     }
 
     static string Indent(string log) => string.Join('\n', log.Split('\n').Select(l => "      " + l));

@@ -5,9 +5,11 @@ namespace MetaLoraNative.Engine.IO;
 
 /// <summary>
 /// Scalar and span conversions between fp32 and the narrow float formats found in checkpoints.
-/// Used by the safetensors reader and writer and by the GPU upload path, so they must agree bit for bit with
-/// PyTorch: bf16 rounds to nearest, ties to even; F16 goes through <see cref="Half"/> (also round-to-nearest-even);
-/// F8_E4M3 is the OCP "E4M3FN" variant PyTorch calls float8_e4m3fn (bias 7, no infinities, S.1111.111 is NaN).
+/// Used by the safetensors reader and writer, the GPU upload and download paths and the GPU's bf16 emulation: the
+/// one host copy of the bf16 rounding, identical to the kernels' f2bf (kernels/common.cuh). They must agree bit for
+/// bit with PyTorch: bf16 rounds to nearest, ties to even; F16 goes through <see cref="Half"/> (also
+/// round-to-nearest-even); F8_E4M3 is the OCP "E4M3FN" variant PyTorch calls float8_e4m3fn (bias 7, no infinities,
+/// S.1111.111 is NaN).
 /// </summary>
 public static class HalfPrecision
 {
@@ -26,6 +28,9 @@ public static class HalfPrecision
 
     /// <summary>bf16 bits → fp32; exact (bf16 is the top half of an fp32).</summary>
     public static float BFloat16ToFloat(ushort b) => BitConverter.UInt32BitsToSingle((uint)b << 16);
+
+    /// <summary>The bf16 value nearest to f (ties to even), as an fp32: what a bf16 store keeps of f.</summary>
+    public static float RoundToBFloat16(float f) => BFloat16ToFloat(FloatToBFloat16(f));
 
     /// <summary>fp32 → IEEE half bits via <see cref="Half"/> (round-to-nearest-even, overflow to ±inf).</summary>
     public static ushort FloatToHalfBits(float f) => BitConverter.HalfToUInt16Bits((Half)f);
@@ -62,12 +67,12 @@ public static class HalfPrecision
         for (int i = 0; i < source.Length; i++) destination[i] = FloatToBFloat16(source[i]);
     }
 
-    /// <summary>Converts a span of fp32 to IEEE half bits.</summary>
-    public static void FloatsToHalf(ReadOnlySpan<float> source, Span<ushort> destination)
+    /// <summary>Converts a span of bf16 bits to fp32 (exact).</summary>
+    public static void BFloat16ToFloats(ReadOnlySpan<ushort> source, Span<float> destination)
     {
         if (destination.Length != source.Length)
             throw new ArgumentException($"destination holds {destination.Length} elements, source {source.Length}", nameof(destination));
-        for (int i = 0; i < source.Length; i++) destination[i] = FloatToHalfBits(source[i]);
+        for (int i = 0; i < source.Length; i++) destination[i] = BFloat16ToFloat(source[i]);
     }
 
     /// <summary>

@@ -14,22 +14,13 @@ public static unsafe partial class CuDriver
     const string Lib = NativeLibraries.Cuda;
 
     public const int CUDA_SUCCESS = 0;
-    public const int CUDA_ERROR_NO_DEVICE = 100;
 
     // CUdevice_attribute
-    public const int CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 1;
     public const int CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75;
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
-    public const int CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97;
-    public const int CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED = 115;
 
-    // CUfunction_attribute
-    public const int CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
-
-    public const uint CU_STREAM_NON_BLOCKING = 1;
     public const uint CU_EVENT_DEFAULT = 0;
-    public const uint CU_EVENT_DISABLE_TIMING = 2;
 
     [LibraryImport(Lib)] public static partial int cuInit(uint flags);
     [LibraryImport(Lib)] public static partial int cuDriverGetVersion(out int driverVersion);
@@ -44,23 +35,14 @@ public static unsafe partial class CuDriver
 
     [LibraryImport(Lib)] public static partial int cuDevicePrimaryCtxRetain(out IntPtr pctx, int dev);
     [LibraryImport(Lib)] public static partial int cuDevicePrimaryCtxRelease_v2(int dev);
-    [LibraryImport(Lib)] public static partial int cuCtxCreate_v2(out IntPtr pctx, uint flags, int dev);
-    [LibraryImport(Lib)] public static partial int cuCtxDestroy_v2(IntPtr ctx);
     [LibraryImport(Lib)] public static partial int cuCtxSetCurrent(IntPtr ctx);
-    [LibraryImport(Lib)] public static partial int cuCtxSynchronize();
 
     [LibraryImport(Lib)] public static partial int cuMemGetInfo_v2(out nuint free, out nuint total);
     [LibraryImport(Lib)] public static partial int cuMemAlloc_v2(out ulong dptr, nuint bytesize);
     [LibraryImport(Lib)] public static partial int cuMemFree_v2(ulong dptr);
-    [LibraryImport(Lib)] public static partial int cuMemAllocAsync(out ulong dptr, nuint bytesize, IntPtr hStream);
-    [LibraryImport(Lib)] public static partial int cuMemFreeAsync(ulong dptr, IntPtr hStream);
-    [LibraryImport(Lib)] public static partial int cuMemcpyHtoD_v2(ulong dstDevice, void* srcHost, nuint byteCount);
-    [LibraryImport(Lib)] public static partial int cuMemcpyDtoH_v2(void* dstHost, ulong srcDevice, nuint byteCount);
     [LibraryImport(Lib)] public static partial int cuMemcpyHtoDAsync_v2(ulong dstDevice, void* srcHost, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemcpyDtoHAsync_v2(void* dstHost, ulong srcDevice, nuint byteCount, IntPtr hStream);
-    [LibraryImport(Lib)] public static partial int cuMemcpyDtoDAsync_v2(ulong dstDevice, ulong srcDevice, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemsetD8Async(ulong dstDevice, byte uc, nuint n, IntPtr hStream);
-    [LibraryImport(Lib)] public static partial int cuMemsetD32Async(ulong dstDevice, uint ui, nuint n, IntPtr hStream);
 
     [LibraryImport(Lib)] public static partial int cuStreamCreate(out IntPtr phStream, uint flags);
     [LibraryImport(Lib)] public static partial int cuStreamDestroy_v2(IntPtr hStream);
@@ -76,16 +58,10 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuModuleUnload(IntPtr hmod);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int cuModuleGetFunction(out IntPtr hfunc, IntPtr hmod, string name);
-    [LibraryImport(Lib)] public static partial int cuFuncSetAttribute(IntPtr hfunc, int attrib, int value);
 
     [LibraryImport(Lib)]
     public static partial int cuLaunchKernel(IntPtr f, uint gridDimX, uint gridDimY, uint gridDimZ,
         uint blockDimX, uint blockDimY, uint blockDimZ, uint sharedMemBytes, IntPtr hStream, void** kernelParams, void** extra);
-
-    /// <summary>blockSizeToDynamicSMemSize is a C callback; pass IntPtr.Zero for a fixed dynamic shared size.</summary>
-    [LibraryImport(Lib)]
-    public static partial int cuOccupancyMaxPotentialBlockSize(out int minGridSize, out int blockSize, IntPtr func,
-        IntPtr blockSizeToDynamicSMemSize, nuint dynamicSMemSize, int blockSizeLimit);
 
     /// <summary>The driver's message for a CUresult, or its number when the driver cannot say.</summary>
     public static string ErrorString(int result)

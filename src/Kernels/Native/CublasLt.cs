@@ -95,16 +95,6 @@ public static unsafe partial class CublasLt
     }
 }
 
-/// <summary>Classic cuBLAS: only the version query, for the doctor report (GEMMs go through cuBLASLt).</summary>
-public static partial class Cublas
-{
-    static Cublas() => NativeLibraries.EnsureRegistered();
-
-    [LibraryImport(NativeLibraries.Cublas)] public static partial int cublasGetProperty(int type, out int value);
-
-    public const int MAJOR_VERSION = 0, MINOR_VERSION = 1, PATCH_LEVEL = 2;
-}
-
 /// <summary>
 /// NVTX ranges. CUDA 12+ ships NVTX3 as headers only, so libnvToolsExt.so.1 may be absent: then every call is a
 /// silent no-op. Ranges show up in Nsight Systems when the library is present (or injected by the profiler).

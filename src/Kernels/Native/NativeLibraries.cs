@@ -6,7 +6,7 @@ namespace MetaLoraNative.Kernels.Native;
 
 /// <summary>
 /// The one place that finds NVIDIA's shared libraries. Binding classes import logical names ("cuda", "nvrtc",
-/// "cublasLt", "cublas", "nvToolsExt"); the resolver tries the sonames of CUDA 13, 12 and 11 in the loader's paths,
+/// "cublasLt", "nvToolsExt"); the resolver tries the sonames of CUDA 13, 12 and 11 in the loader's paths,
 /// then in $CUDA_PATH/lib64, /usr/local/cuda/lib64 and the distribution library folders.
 /// When nothing loads, <see cref="Require"/> throws a <see cref="DllNotFoundException"/> listing every attempt.
 /// </summary>
@@ -15,7 +15,6 @@ public static class NativeLibraries
     public const string Cuda = "cuda";
     public const string Nvrtc = "nvrtc";
     public const string CublasLt = "cublasLt";
-    public const string Cublas = "cublas";
     public const string NvToolsExt = "nvToolsExt";
 
     static readonly Dictionary<string, string[]> Candidates = new()
@@ -25,8 +24,6 @@ public static class NativeLibraries
                    "nvrtc64_130_0.dll", "nvrtc64_120_0.dll", "nvrtc64_112_0.dll"],
         [CublasLt] = ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so",
                       "cublasLt64_13.dll", "cublasLt64_12.dll", "cublasLt64_11.dll"],
-        [Cublas] = ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so",
-                    "cublas64_13.dll", "cublas64_12.dll", "cublas64_11.dll"],
         [NvToolsExt] = ["libnvToolsExt.so.1", "libnvToolsExt.so", "nvToolsExt64_1.dll"],
     };
 

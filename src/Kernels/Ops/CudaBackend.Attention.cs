@@ -3,41 +3,15 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-/// <summary>Which attention kernels run (attention.cu keeps both versions of each, with the same contract).</summary>
-public enum AttentionKernel
-{
-    /// <summary>Version 1: fp32 CUDA cores, one warp per row. The reference; any D up to 128.</summary>
-    Scalar,
-    /// <summary>
-    /// Version 2: mma.sync bf16 tensor cores (FlashAttention-2 layout). Forward: D a multiple of 16; backward: D = 128
-    /// on sm_80 or newer. Otherwise version 1 runs.
-    /// </summary>
-    TensorCore,
-}
-
-// RoPE (rope.cu) and fused attention (attention.cu).
+// Attention (attention.cu): RoPE and fused attention. attention.cu holds version 1 of the attention kernels (fp32
+// CUDA cores), the engine's; version 2 (tensor cores, kernels/dev/attention, launched from
+// Dev/CudaBackend.AttentionMma.cs) runs instead only when opted in.
 public sealed partial class CudaBackend
 {
-    /// <summary>
-    /// The forward attention kernel. Defaults to Scalar (validated first); METALORA_ATTENTION=mma selects TensorCore
-    /// for both directions until the parity tests on a GPU have shown them within tolerance.
-    /// </summary>
-    public AttentionKernel AttentionForwardKernel { get; set; } = AttentionKernelFromEnvironment();
+    const int RopeMaxAxes = 8;             // ROPE_MAX_AXES in attention.cu
+    const int AttentionMaxHeadDim = 128;   // MAXD in attention.cuh
 
-    /// <summary>The backward attention kernels (dq and dk/dv); same default and switch as <see cref="AttentionForwardKernel"/>.</summary>
-    public AttentionKernel AttentionBackwardKernel { get; set; } = AttentionKernelFromEnvironment();
-
-    static AttentionKernel AttentionKernelFromEnvironment() =>
-        Environment.GetEnvironmentVariable("METALORA_ATTENTION") is "mma" or "tensorcore" ? AttentionKernel.TensorCore : AttentionKernel.Scalar;
-
-    /// <summary>Whether AttentionBackward takes the tensor-core kernels for head dim d (else the scalar ones).</summary>
-    public bool UsesTensorCoreAttentionBackward(int d) =>
-        AttentionBackwardKernel == AttentionKernel.TensorCore && d == AttentionMaxHeadDim && Device.Major >= 8;
-
-    const int RopeMaxAxes = 8;       // ROPE_MAX_AXES in rope.cu
-    const int AttentionMaxHeadDim = 128;
-
-    /// <summary>Mirrors RopeTableParams in rope.cu.</summary>
+    /// <summary>Mirrors RopeTableParams in attention.cu.</summary>
     [StructLayout(LayoutKind.Sequential)]
     unsafe struct RopeTableParams
     {
@@ -47,7 +21,7 @@ public sealed partial class CudaBackend
         public fixed int Dims[RopeMaxAxes];
     }
 
-    /// <summary>Mirrors AttnParams in attention.cu (shapes there).</summary>
+    /// <summary>Mirrors AttnParams in attention.cuh (shapes there).</summary>
     [StructLayout(LayoutKind.Sequential)]
     struct AttnParams
     {
@@ -68,7 +42,7 @@ public sealed partial class CudaBackend
         var p = new RopeTableParams { Ids = cids.Ptr, Pe = pe.Ptr, DtIds = cids.Dt, B = B, L = L, NAxes = axesDim.Length, HalfD = half, Theta = theta };
         for (int i = 0; i < axesDim.Length; i++) p.Dims[i] = axesDim[i];
         long n = (long)B * L * half;
-        if (n > 0) LaunchParams("rope.cu", "rope_table", (Grid1D(n), 1, 1), (Block, 1, 1), p);
+        if (n > 0) LaunchParams("attention.cu", "rope_table", (Grid1D(n), 1, 1), (Block, 1, 1), p);
         return pe;
     }
 
@@ -84,7 +58,7 @@ public sealed partial class CudaBackend
         using var bx = Bf16(x, "x");
         using var fpe = F32(pe, "pe");
         var y = Alloc(x.Shape);
-        Launch1D("rope.cu", "rope_apply", y.Length / 2, y.Ptr, bx.Ptr, fpe.Ptr, B, H, L, D, sign);
+        Launch1D("attention.cu", "rope_apply", y.Length / 2, y.Ptr, bx.Ptr, fpe.Ptr, B, H, L, D, sign);
         return y;
     }
 
@@ -99,12 +73,9 @@ public sealed partial class CudaBackend
         var o = Alloc([B, L, H * D]);
         var l = Alloc([B, H, L], Precision.Master);
         var p = new AttnParams { Q = bq.Ptr, K = bk.Ptr, V = bv.Ptr, Out = o.Ptr, Lse = l.Ptr, B = B, H = H, L = L, D = D, Scale = 1f / MathF.Sqrt(D) };
-        bool tensorCores = AttentionForwardKernel == AttentionKernel.TensorCore && D % 16 == 0;
         if ((long)B * H * L == 0) { /* nothing to attend */ }
-        else if (tensorCores)
-            LaunchParams("attention.cu", "attention_forward_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);   // 4 warps × 16 rows
-        else
-            LaunchParams("attention.cu", "attention_forward", (CeilDiv(L, 16), (uint)(B * H), 1), (Block, 1, 1), p);    // 8 warps × 2 rows
+        else if (UsesTensorCoreAttentionForward(D)) AttentionForwardMma(p);   // opt-in version 2
+        else LaunchParams("attention.cu", "attention_forward", (CeilDiv(L, 16), (uint)(B * H), 1), (Block, 1, 1), p);   // 8 warps × 2 rows
         lse = l;
         return o;
     }
@@ -133,12 +104,7 @@ public sealed partial class CudaBackend
         };
         if ((long)B * H * L == 0) return (dq, dk, dv);
         LaunchParams("attention.cu", "attention_backward_preprocess", (CeilDiv((long)B * H * L, Block / 32), 1, 1), (Block, 1, 1), p);
-        if (UsesTensorCoreAttentionBackward(D))
-        {
-            // The mma kernels hold D = 128 as a constant and use mma.sync (sm_80+): 4 warps × 16 rows per block.
-            LaunchParams("attention.cu", "attention_backward_dq_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);
-            LaunchParams("attention.cu", "attention_backward_dkdv_mma", (CeilDiv(L, 64), (uint)(B * H), 1), (128, 1, 1), p);
-        }
+        if (UsesTensorCoreAttentionBackward(D)) AttentionBackwardMma(p);   // opt-in version 2
         else
         {
             LaunchParams("attention.cu", "attention_backward_dq", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);

@@ -43,7 +43,7 @@ public sealed partial class CudaBackend
         {
             Shapes.Require(bias.Length == cw.Shape[0], $"linear: bias {bias} for d_out {cw.Shape[0]}");
             using var b16 = Bf16(bias, "bias");   // the epilogue's bias has the output's type
-            Matmul(cx, false, cw, true, y, 1f, 0f, b16.T);
+            Matmul(cx, false, cw, true, y, 1f, 0f, b16.Tensor);
         }
         else Matmul(cx, false, cw, true, y, 1f, 0f, null);
         return y;
@@ -77,8 +77,8 @@ public sealed partial class CudaBackend
 
         // fp32 throughout only when everything is fp32; otherwise bf16 inputs (converted if needed).
         bool allF32 = a.Precision == Precision.Master && b.Precision == Precision.Master && c.Precision == Precision.Master && bias == null;
-        using var ba = allF32 ? new Borrowed(a, false) : Bf16(a);
-        using var bb = allF32 ? new Borrowed(b, false) : Bf16(b);
+        using var ba = allF32 ? Borrowed<CudaTensor>.Of(a) : Bf16(a);
+        using var bb = allF32 ? Borrowed<CudaTensor>.Of(b) : Bf16(b);
         int typeAB = allF32 ? CUDA_R_32F : CUDA_R_16BF;
         int typeC = c.Precision == Precision.Master ? CUDA_R_32F : CUDA_R_16BF;
 
@@ -136,8 +136,8 @@ public sealed partial class CudaBackend
 
     void ScaleOrZero(CudaTensor c, float beta)
     {
-        if (beta == 0f) Launch1D("memory.cu", "fill_kernel", c.Length, c.Ptr, c.Dt, c.Length, 0f);
-        else if (beta != 1f) Launch1D("memory.cu", "scale_kernel", c.Length, c.Ptr, c.Dt, c.Length, beta);
+        if (beta == 0f) FillWith(c, 0f);
+        else if (beta != 1f) ScaleWith(c, beta);
     }
 
     void DisposeGemmCache()

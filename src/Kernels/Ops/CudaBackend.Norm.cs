@@ -3,12 +3,10 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-// LayerNorm + modulation and RMSNorm (layernorm.cu, rmsnorm.cu).
+// Norm (norm.cu): LayerNorm with FLUX's modulation, and RMSNorm.
 public sealed partial class CudaBackend
 {
-    const int ChunkRows = 64;   // CHUNK_ROWS in common.cuh
-
-    /// <summary>Mirrors LnParams in layernorm.cu field by field.</summary>
+    /// <summary>Mirrors LnParams in norm.cu field by field.</summary>
     [StructLayout(LayoutKind.Sequential)]
     struct LnParams
     {
@@ -29,7 +27,7 @@ public sealed partial class CudaBackend
         var y = Alloc(x.Shape);
         var st = Alloc([B * L, 2], Precision.Master);
         var p = new LnParams { X = bx.Ptr, Shift = bsh.Ptr, Scale = bsc.Ptr, Y = y.Ptr, Stats = st.Ptr, B = B, L = L, C = C, Eps = eps };
-        if ((long)B * L > 0) LaunchParams("layernorm.cu", "layernorm_modulate_forward", (CeilDiv((long)B * L, Block / 32), 1, 1), (Block, 1, 1), p);
+        if ((long)B * L > 0) LaunchParams("norm.cu", "layernorm_modulate_forward", (CeilDiv((long)B * L, Block / 32), 1, 1), (Block, 1, 1), p);
         stats = st;
         return y;
     }
@@ -56,14 +54,14 @@ public sealed partial class CudaBackend
         };
         if ((long)B * L * C == 0)
         {
-            Fill(dshift, 0f);
-            Fill(dscale, 0f);
+            FillWith(dshift, 0f);
+            FillWith(dscale, 0f);
             return (dx, dshift, dscale);
         }
-        LaunchParams("layernorm.cu", "layernorm_modulate_backward_dx", (CeilDiv((long)B * L, Block / 32), 1, 1), (Block, 1, 1), p);
-        LaunchParams("layernorm.cu", "layernorm_modulate_backward_partials", (CeilDiv(C, 32), (uint)chunks, (uint)B), (32, 8, 1), p);
-        Launch1D("layernorm.cu", "sum_chunks_kernel", (long)B * C, dshift.Ptr, psh.Ptr, B, chunks, C);
-        Launch1D("layernorm.cu", "sum_chunks_kernel", (long)B * C, dscale.Ptr, psc.Ptr, B, chunks, C);
+        LaunchParams("norm.cu", "layernorm_modulate_backward_dx", (CeilDiv((long)B * L, Block / 32), 1, 1), (Block, 1, 1), p);
+        LaunchParams("norm.cu", "layernorm_modulate_backward_partials", (CeilDiv(C, 32), (uint)chunks, (uint)B), (32, 8, 1), p);
+        Launch1D("norm.cu", "sum_chunks_kernel", (long)B * C, dshift.Ptr, psh.Ptr, B, chunks, C);
+        Launch1D("norm.cu", "sum_chunks_kernel", (long)B * C, dscale.Ptr, psc.Ptr, B, chunks, C);
         return (dx, dshift, dscale);
     }
 
@@ -77,7 +75,7 @@ public sealed partial class CudaBackend
         var y = Alloc(x.Shape);
         var r = Alloc(x.Shape[..^1], Precision.Master);
         if (x.Rows > 0)
-            Launch("rmsnorm.cu", "rmsnorm_forward", (CeilDiv(x.Rows, Block / 32), 1, 1), (Block, 1, 1), 0,
+            Launch("norm.cu", "rmsnorm_forward", (CeilDiv(x.Rows, Block / 32), 1, 1), (Block, 1, 1), 0,
                 y.Ptr, r.Ptr, bx.Ptr, bw.Ptr, x.Rows, D, eps);
         rstd = r;
         return y;
@@ -94,7 +92,7 @@ public sealed partial class CudaBackend
         using var r = F32(rstd, "rstd");
         var dx = Alloc(x.Shape);
         if (x.Rows > 0)
-            Launch("rmsnorm.cu", "rmsnorm_backward", (CeilDiv(x.Rows, Block / 32), 1, 1), (Block, 1, 1), 0,
+            Launch("norm.cu", "rmsnorm_backward", (CeilDiv(x.Rows, Block / 32), 1, 1), (Block, 1, 1), 0,
                 dx.Ptr, bdy.Ptr, bx.Ptr, bw.Ptr, r.Ptr, x.Rows, x.Cols);
         return dx;
     }

@@ -1,5 +1,6 @@
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Backends.Cpu;
+using MetaLoraNative.Engine.IO;
 
 namespace MetaLoraNative.Kernels.Verification;
 
@@ -42,7 +43,7 @@ public sealed class Bf16EmulationBackend : IBackend
     void RoundInPlace(Tensor inner)
     {
         var v = this.inner.Download(inner);
-        for (int i = 0; i < v.Length; i++) v[i] = Bf16Bits.Round(v[i]);
+        for (int i = 0; i < v.Length; i++) v[i] = HalfPrecision.RoundToBFloat16(v[i]);
         using var r = this.inner.Upload(v, inner.Shape);
         this.inner.Copy(r, inner);
     }
@@ -58,22 +59,16 @@ public sealed class Bf16EmulationBackend : IBackend
     Tensor OutF32(Tensor inner) => new EmuTensor(this, inner, Precision.Master);
 
     /// <summary>The operand a kernel reads: a Master tensor goes through a bf16 temporary, as on the GPU.</summary>
-    sealed class Operand(Tensor value, bool owned) : IDisposable
-    {
-        public Tensor Value { get; } = value;
-        public void Dispose() { if (owned) Value.Dispose(); }
-    }
-
-    Operand Bf16(Tensor t)
+    Borrowed<Tensor> Bf16(Tensor t)
     {
         var e = E(t);
-        if (e.Precision == Precision.Compute) return new Operand(e.Inner, false);
+        if (e.Precision == Precision.Compute) return Borrowed<Tensor>.Of(e.Inner);
         var v = inner.Download(e.Inner);
-        for (int i = 0; i < v.Length; i++) v[i] = Bf16Bits.Round(v[i]);
-        return new Operand(inner.Upload(v, e.Shape), true);
+        for (int i = 0; i < v.Length; i++) v[i] = HalfPrecision.RoundToBFloat16(v[i]);
+        return Borrowed<Tensor>.Owned(inner.Upload(v, e.Shape));
     }
 
-    // ---------------------------------------------------------------- memory
+    // ---------------------------------------------------------------- Memory
 
     public Tensor Zeros(params int[] shape) => new EmuTensor(this, inner.Zeros(shape), Precision.Compute);
     public Tensor Zeros(int[] shape, Precision precision) => new EmuTensor(this, inner.Zeros(shape, precision), precision);
@@ -102,7 +97,7 @@ public sealed class Bf16EmulationBackend : IBackend
         if (E(t).Precision == Precision.Compute) RoundInPlace(I(t));
     }
 
-    // ---------------------------------------------------------------- matrix products
+    // ---------------------------------------------------------------- Gemm
 
     public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
     {
@@ -110,7 +105,7 @@ public sealed class Bf16EmulationBackend : IBackend
         if (allMaster) { inner.Gemm(I(a), transA, I(b), transB, I(c), alpha, beta); return; }
         using var ra = Bf16(a);
         using var rb = Bf16(b);
-        inner.Gemm(ra.Value, transA, rb.Value, transB, I(c), alpha, beta);
+        inner.Gemm(ra.Tensor, transA, rb.Tensor, transB, I(c), alpha, beta);
         if (E(c).Precision == Precision.Compute) RoundInPlace(I(c));
     }
 
@@ -118,18 +113,18 @@ public sealed class Bf16EmulationBackend : IBackend
     {
         using var rx = Bf16(x);
         using var rw = Bf16(w);
-        using var rb = bias == null ? null : Bf16(bias);
-        return Out(inner.Linear(rx.Value, rw.Value, rb?.Value));
+        using Borrowed<Tensor>? rb = bias == null ? null : Bf16(bias);
+        return Out(inner.Linear(rx.Tensor, rw.Tensor, rb?.Tensor));
     }
 
     public Tensor LinearBackward(Tensor dy, Tensor w)
     {
         using var rdy = Bf16(dy);
         using var rw = Bf16(w);
-        return Out(inner.LinearBackward(rdy.Value, rw.Value));
+        return Out(inner.LinearBackward(rdy.Tensor, rw.Tensor));
     }
 
-    // ---------------------------------------------------------------- elementwise (fp32 inputs read directly)
+    // ---------------------------------------------------------------- Elementwise (fp32 inputs read directly)
 
     public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
     {
@@ -146,43 +141,42 @@ public sealed class Bf16EmulationBackend : IBackend
     Tensor Unary(Tensor x, Func<Tensor, Tensor> op)
     {
         using var rx = Bf16(x);
-        return Out(op(rx.Value));
+        return Out(op(rx.Tensor));
     }
 
     Tensor Binary(Tensor x, Tensor y, Func<Tensor, Tensor, Tensor> op)
     {
         using var rx = Bf16(x);
         using var ry = Bf16(y);
-        return Out(op(rx.Value, ry.Value));
+        return Out(op(rx.Tensor, ry.Tensor));
     }
 
     public Tensor Silu(Tensor x) => Unary(x, inner.Silu);
-    public Tensor SiluBackward(Tensor x, Tensor dy) => Binary(x, dy, inner.SiluBackward);
     public Tensor GeluTanh(Tensor x) => Unary(x, inner.GeluTanh);
     public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Binary(x, dy, inner.GeluTanhBackward);
 
-    // ---------------------------------------------------------------- layout
+    // ---------------------------------------------------------------- Layout
 
     public Tensor Narrow(Tensor x, int axis, int start, int length) => Unary(x, v => inner.Narrow(v, axis, start, length));
 
     public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
     {
         using var rs = Bf16(src);
-        inner.AddNarrow(I(dst), rs.Value, axis, start);
+        inner.AddNarrow(I(dst), rs.Tensor, axis, start);
         if (E(dst).Precision == Precision.Compute) RoundInPlace(I(dst));
     }
 
     public Tensor Concat(int axis, params Tensor[] parts)
     {
         var ops = parts.Select(Bf16).ToArray();
-        try { return Out(inner.Concat(axis, ops.Select(o => o.Value).ToArray())); }
+        try { return Out(inner.Concat(axis, ops.Select(o => o.Tensor).ToArray())); }
         finally { foreach (var o in ops) o.Dispose(); }
     }
 
     public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
     {
         using var r = Bf16(qkv);
-        var (q, k, v) = inner.SplitQkv(r.Value, heads);
+        var (q, k, v) = inner.SplitQkv(r.Tensor, heads);
         return (Out(q), Out(k), Out(v));
     }
 
@@ -191,17 +185,17 @@ public sealed class Bf16EmulationBackend : IBackend
         using var q = Bf16(dq);
         using var k = Bf16(dk);
         using var v = Bf16(dv);
-        return Out(inner.MergeQkv(q.Value, k.Value, v.Value));
+        return Out(inner.MergeQkv(q.Tensor, k.Tensor, v.Tensor));
     }
 
-    // ---------------------------------------------------------------- normalisation
+    // ---------------------------------------------------------------- Norm
 
     public Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats)
     {
         using var rx = Bf16(x);
         using var rsh = Bf16(shift);
         using var rsc = Bf16(scale);
-        var y = Out(inner.LayerNormModulate(rx.Value, rsh.Value, rsc.Value, eps, out var s));
+        var y = Out(inner.LayerNormModulate(rx.Tensor, rsh.Tensor, rsc.Tensor, eps, out var s));
         stats = OutF32(s);
         return y;
     }
@@ -211,7 +205,7 @@ public sealed class Bf16EmulationBackend : IBackend
         using var rdy = Bf16(dy);
         using var rx = Bf16(x);
         using var rsc = Bf16(scale);
-        var (dx, dsh, dsc) = inner.LayerNormModulateBackward(rdy.Value, rx.Value, rsc.Value, I(stats));
+        var (dx, dsh, dsc) = inner.LayerNormModulateBackward(rdy.Tensor, rx.Tensor, rsc.Tensor, I(stats));
         return (Out(dx), Out(dsh), Out(dsc));
     }
 
@@ -219,7 +213,7 @@ public sealed class Bf16EmulationBackend : IBackend
     {
         using var rx = Bf16(x);
         using var rw = Bf16(weight);
-        var y = Out(inner.RmsNorm(rx.Value, rw.Value, eps, out var r));
+        var y = Out(inner.RmsNorm(rx.Tensor, rw.Tensor, eps, out var r));
         rstd = OutF32(r);
         return y;
     }
@@ -229,10 +223,10 @@ public sealed class Bf16EmulationBackend : IBackend
         using var rdy = Bf16(dy);
         using var rx = Bf16(x);
         using var rw = Bf16(weight);
-        return Out(inner.RmsNormBackward(rdy.Value, rx.Value, rw.Value, I(rstd)));
+        return Out(inner.RmsNormBackward(rdy.Tensor, rx.Tensor, rw.Tensor, I(rstd)));
     }
 
-    // ---------------------------------------------------------------- position and attention
+    // ---------------------------------------------------------------- Attention
 
     public Tensor RopeTable(Tensor ids, int[] axesDim, float theta) => OutF32(inner.RopeTable(I(ids), axesDim, theta));
     public Tensor ApplyRope(Tensor x, Tensor pe) => Unary(x, v => inner.ApplyRope(v, I(pe)));
@@ -243,7 +237,7 @@ public sealed class Bf16EmulationBackend : IBackend
         using var rq = Bf16(q);
         using var rk = Bf16(k);
         using var rv = Bf16(v);
-        var o = Out(inner.Attention(rq.Value, rk.Value, rv.Value, out var l));
+        var o = Out(inner.Attention(rq.Tensor, rk.Tensor, rv.Tensor, out var l));
         lse = OutF32(l);
         return o;
     }
@@ -255,24 +249,21 @@ public sealed class Bf16EmulationBackend : IBackend
         using var rk = Bf16(k);
         using var rv = Bf16(v);
         using var ro = Bf16(output);
-        var (dq, dk, dv) = inner.AttentionBackward(rd.Value, rq.Value, rk.Value, rv.Value, ro.Value, I(lse));
+        var (dq, dk, dv) = inner.AttentionBackward(rd.Tensor, rq.Tensor, rk.Tensor, rv.Tensor, ro.Tensor, I(lse));
         return (Out(dq), Out(dk), Out(dv));
     }
 
-    // ---------------------------------------------------------------- conditioning and residuals
+    // ---------------------------------------------------------------- Conditioning
 
     public Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f) =>
         Unary(t, v => inner.TimestepEmbedding(v, dim, timeFactor, maxPeriod));
-
-    public Tensor TimestepEmbeddingBackward(Tensor t, Tensor dy, float timeFactor = 1000f, float maxPeriod = 10000f) =>
-        Binary(t, dy, (a, b) => inner.TimestepEmbeddingBackward(a, b, timeFactor, maxPeriod));
 
     public Tensor GatedResidual(Tensor x, Tensor gate, Tensor y)
     {
         using var rx = Bf16(x);
         using var rg = Bf16(gate);
         using var ry = Bf16(y);
-        return Out(inner.GatedResidual(rx.Value, rg.Value, ry.Value));
+        return Out(inner.GatedResidual(rx.Tensor, rg.Tensor, ry.Tensor));
     }
 
     public (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y)
@@ -280,11 +271,11 @@ public sealed class Bf16EmulationBackend : IBackend
         using var rd = Bf16(dOut);
         using var rg = Bf16(gate);
         using var ry = Bf16(y);
-        var (dy, dg) = inner.GatedResidualBackward(rd.Value, rg.Value, ry.Value);
+        var (dy, dg) = inner.GatedResidualBackward(rd.Tensor, rg.Tensor, ry.Tensor);
         return (Out(dy), Out(dg));
     }
 
-    // ---------------------------------------------------------------- objective and optimiser (fp32 read directly)
+    // ---------------------------------------------------------------- Objective (fp32 read directly)
 
     public double MseLoss(Tensor pred, Tensor target, out Tensor dPred)
     {

@@ -1,4 +1,5 @@
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.IO;
 
 namespace MetaLoraNative.Kernels.Verification;
 
@@ -45,12 +46,12 @@ public sealed class ParityContext(CudaBackend gpu, IBackend oracle)
     {
         var rng = new Random(seed);
         var v = new float[n];
-        for (int i = 0; i < n; i++) v[i] = Bf16Bits.Round(offset + scale * (float)(rng.NextDouble() * 2 - 1));
+        for (int i = 0; i < n; i++) v[i] = HalfPrecision.RoundToBFloat16(offset + scale * (float)(rng.NextDouble() * 2 - 1));
         return v;
     }
 
-    public static double[] RoundBf16(double[] v) => Array.ConvertAll(v, x => (double)Bf16Bits.Round((float)x));
-    public static float[] RoundBf16(float[] v) => Array.ConvertAll(v, Bf16Bits.Round);
+    public static double[] RoundBf16(double[] v) => Array.ConvertAll(v, x => (double)HalfPrecision.RoundToBFloat16((float)x));
+    public static float[] RoundBf16(float[] v) => Array.ConvertAll(v, HalfPrecision.RoundToBFloat16);
 
     /// <summary>Uploads the same values to both backends.</summary>
     public (Tensor G, Tensor C) Both(float[] values, params int[] shape) => (Gpu.Upload(values, shape), Cpu.Upload(values, shape));

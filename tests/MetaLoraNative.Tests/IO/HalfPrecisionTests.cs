@@ -43,6 +43,32 @@ public class HalfPrecisionTests
         }
     }
 
+    /// <summary>The rounding every bf16 store uses (GPU uploads, the bf16 emulation, parity inputs), as an fp32.</summary>
+    [Fact]
+    public void RoundToBFloat16KeepsTheNearestEvenBf16Value()
+    {
+        Assert.Equal(1f, HalfPrecision.RoundToBFloat16(1f));
+        Assert.Equal(1f, HalfPrecision.RoundToBFloat16(BitConverter.UInt32BitsToSingle(0x3f808000)));            // tie -> even (down)
+        Assert.Equal(BitConverter.UInt32BitsToSingle(0x3f820000), HalfPrecision.RoundToBFloat16(BitConverter.UInt32BitsToSingle(0x3f818000)));   // tie -> even (up)
+        Assert.Equal(BitConverter.UInt32BitsToSingle(0x3f810000), HalfPrecision.RoundToBFloat16(BitConverter.UInt32BitsToSingle(0x3f808001)));
+        Assert.True(float.IsNaN(HalfPrecision.RoundToBFloat16(float.NaN)));
+        Assert.Equal(float.PositiveInfinity, HalfPrecision.RoundToBFloat16(float.PositiveInfinity));
+        Assert.Equal(0.010009765625f, HalfPrecision.RoundToBFloat16(0.01f));   // 0x3C24: 0x3C23D70A rounds up
+    }
+
+    [Fact]
+    public void SpanConversionsMatchTheScalarOnesAndCheckLengths()
+    {
+        float[] f = [1f, -2.75f, 0.01f, float.NaN, 3.4e38f];
+        var bits = new ushort[f.Length];
+        HalfPrecision.FloatsToBFloat16(f, bits);
+        Assert.Equal(f.Select(HalfPrecision.FloatToBFloat16), bits);
+        var back = new float[f.Length];
+        HalfPrecision.BFloat16ToFloats(bits, back);
+        Assert.Equal(f.Select(HalfPrecision.RoundToBFloat16), back);
+        Assert.Throws<ArgumentException>(() => HalfPrecision.BFloat16ToFloats(bits, new float[2]));
+    }
+
     [Theory]
     [InlineData(0x00, 0f)]
     [InlineData(0x38, 1f)]          // 0.0111.000: 2^(7-7)

@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Rotary position embedding (BFL's rope/apply_rope) and softmax attention, forward and backward.
+// Attention: rotary position embedding (BFL's rope/apply_rope) and softmax attention, forward and backward.
 public sealed partial class CpuBackend<T>
 {
     /// <summary>

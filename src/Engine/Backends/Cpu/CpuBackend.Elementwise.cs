@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Elementwise ops: AddInPlace, ScaleInPlace, SiLU and GELU (tanh) with their backwards.
+// Elementwise: AddInPlace, ScaleInPlace, SiLU, and GELU (tanh) with its backward.
 // Each element is widened to fp64, computed, and rounded once on store.
 public sealed partial class CpuBackend<T>
 {
@@ -32,14 +32,8 @@ public sealed partial class CpuBackend<T>
         });
     }
 
-    // silu(x) = x·σ(x); silu'(x) = σ(x)·(1 + x·(1 − σ(x))).
+    /// <summary>silu(x) = x·σ(x) (no backward: see IBackend.Silu).</summary>
     public Tensor Silu(Tensor x) => Map(x, "Silu", v => v / (1 + Math.Exp(-v)));
-
-    public Tensor SiluBackward(Tensor x, Tensor dy) => Map2(x, dy, "SiluBackward", (v, g) =>
-    {
-        double s = 1 / (1 + Math.Exp(-v));
-        return g * s * (1 + v * (1 - s));
-    });
 
     // gelu(x) = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³);
     // gelu'(x) = ½(1 + tanh u) + ½x(1 − tanh² u)·√(2/π)(1 + 3·0.044715x²).

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Matrix products: Gemm, Linear and LinearBackward.
+// Gemm: the matrix products Gemm, Linear and LinearBackward.
 //
 // Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as
 // A (M, K) and op(b) as Bt (N, K), transposing into a scratch copy only when the operand is not already in that

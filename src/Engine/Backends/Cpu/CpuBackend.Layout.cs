@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Layout ops: Narrow/AddNarrow, Concat, SplitQkv/MergeQkv. Pure copies (AddNarrow adds in fp64).
+// Layout: Narrow/AddNarrow, Concat, SplitQkv/MergeQkv. Pure copies (AddNarrow adds in fp64).
 // Along an axis a tensor is viewed as (outer, dim, inner): outer = product of the dims before the axis,
 // inner = product of the dims after it, so a slice along the axis is `outer` contiguous runs of length·inner.
 public sealed partial class CpuBackend<T>

@@ -2,7 +2,7 @@ using System.Numerics;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Allocation, upload/download, copy and fill. Uploads and downloads convert element by element; fp64 values
+// Memory: allocation, upload/download, copy and fill. Uploads and downloads convert element by element; fp64 values
 // uploaded to the fp64 engine are kept exactly.
 public sealed partial class CpuBackend<T>
 {

@@ -23,7 +23,9 @@ public static class CpuBackend
 /// - Reductions (dot products, norms, softmax sums, losses) accumulate in fp64 for both element types.
 /// - Work is split over threads with Parallel.For only when it is large enough to pay for the hand-off.
 /// - Outputs never alias inputs; in-place ops (AddInPlace, AddNarrow, Gemm's c, AdamW) say so in their names or docs.
-/// The op bodies live in the partial files next to this one, one group of forward and backward ops per file.
+/// The op bodies live in the partial files next to this one, one op group of IBackend (forward and backward ops
+/// side by side) per file, named by the group: CpuBackend.Memory, .Gemm, .Elementwise, .Layout, .Norm, .Attention,
+/// .Conditioning, .Objective.
 /// </summary>
 public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloatingPointIeee754<T>
 {

@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// LayerNorm with FLUX's modulation, and RMSNorm (QK norm); forward and backward side by side.
+// Norm: LayerNorm with FLUX's modulation, and RMSNorm (QK norm); forward and backward side by side.
 // Statistics are two-pass fp64 per row; the forward saves them (rounded to T) for the backward.
 public sealed partial class CpuBackend<T>
 {

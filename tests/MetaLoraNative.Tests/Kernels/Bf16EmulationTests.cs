@@ -2,7 +2,7 @@ using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Kernels.Verification;
 using Xunit.Abstractions;
 
-namespace MetaLoraNative.Tests.Cuda;
+namespace MetaLoraNative.Tests.Kernels;
 
 /// <summary>
 /// The CPU side of the whole-model CUDA checks (always runs): the bf16-emulating engine and the fp64 oracle run the

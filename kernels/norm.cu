@@ -1,10 +1,16 @@
-// layernorm.cu: LayerNorm without affine followed by FLUX's modulation, forward and backward.
-//   y = (1 + scale[b]) * (x - mean) * rstd + shift[b],  rstd = 1 / sqrt(var + eps), var biased (divide by C).
-// Shapes: x, y, dy, dx (B, L, C) bf16; shift, scale (B, C) bf16; stats (B*L, 2) fp32 = (mean, rstd) per row;
-//         dshift, dscale (B, C) bf16; partial (B, chunks, C) fp32 scratch, chunks = ceil(L / CHUNK_ROWS).
-// Written with =: y, stats, dx, partial, dshift, dscale (nothing accumulates).
-// Launch: forward and backward_dx: one warp per row, block 256 (8 rows), grid ceil(B*L/8).
-//         backward_partials: block (32, 8), grid (ceil(C/32), chunks, B); then sum_chunks_kernel (common.cuh).
+// norm.cu: the Norm group. LayerNorm without affine followed by FLUX's modulation, and RMSNorm with a learned
+// scale (FLUX's QK norm); forward and backward of each.
+//
+// layernorm_modulate: y = (1 + scale[b]) * (x - mean) * rstd + shift[b],  rstd = 1 / sqrt(var + eps), var biased
+//   (divide by C). Shapes: x, y, dy, dx (B, L, C) bf16; shift, scale (B, C) bf16; stats (B*L, 2) fp32 = (mean, rstd)
+//   per row; dshift, dscale (B, C) bf16; partial (B, chunks, C) fp32 scratch, chunks = ceil(L / CHUNK_ROWS).
+//   Written with =: y, stats, dx, partial, dshift, dscale (nothing accumulates).
+//   Launch: forward and backward_dx: one warp per row, block 256 (8 rows), grid ceil(B*L/8).
+//           backward_partials: block (32, 8), grid (ceil(C/32), chunks, B); then sum_chunks_kernel (common.cuh).
+// rmsnorm: y = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps). Shapes: x, y, dy, dx (rows, D) bf16; w (D) bf16;
+//   rstd (rows) fp32. All outputs written with =. The weight is frozen, so the backward returns dx only:
+//   dx = rstd * (dy*w - xhat * mean(dy*w*xhat)), xhat = x*rstd.
+//   Launch: one warp per row, block 256 (8 rows), grid ceil(rows/8).
 #include "common.cuh"
 
 struct LnParams
@@ -101,5 +107,36 @@ extern "C" __global__ void layernorm_modulate_backward_partials(LnParams p)
         i64 o = ((i64)b * p.chunks + k) * p.C + c;
         p.partial_shift[o] = ashift;
         p.partial_scale[o] = ascale;
+    }
+}
+
+// ---------------------------------------------------------------- rmsnorm
+extern "C" __global__ void rmsnorm_forward(bf16* y, float* rstd_out, const bf16* x, const bf16* w, i64 rows, int D, float eps)
+{
+    i64 row = (i64)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    int lane = threadIdx.x % WARP;
+    if (row >= rows) return;
+    const bf16* xr = x + row * D;
+    float s = 0.0f;
+    for (int d = lane; d < D; d += WARP) { float v = bf2f(xr[d]); s += v * v; }
+    float rstd = rsqrtf(warp_sum(s) / D + eps);
+    for (int d = lane; d < D; d += WARP) y[row * D + d] = f2bf(bf2f(xr[d]) * rstd * bf2f(w[d]));
+    if (lane == 0) rstd_out[row] = rstd;
+}
+
+extern "C" __global__ void rmsnorm_backward(bf16* dx, const bf16* dy, const bf16* x, const bf16* w, const float* rstd_in, i64 rows, int D)
+{
+    i64 row = (i64)blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    int lane = threadIdx.x % WARP;
+    if (row >= rows) return;
+    float rstd = rstd_in[row];
+    float s = 0.0f;
+    for (int d = lane; d < D; d += WARP)
+        s += bf2f(dy[row * D + d]) * bf2f(w[d]) * bf2f(x[row * D + d]) * rstd;
+    s = warp_sum(s) / D;
+    for (int d = lane; d < D; d += WARP)
+    {
+        float xh = bf2f(x[row * D + d]) * rstd;
+        dx[row * D + d] = f2bf(rstd * (bf2f(dy[row * D + d]) * bf2f(w[d]) - xh * s));
     }
 }

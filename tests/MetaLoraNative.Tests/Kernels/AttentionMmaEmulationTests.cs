@@ -1,16 +1,17 @@
-using MetaLoraNative.Kernels;
+using MetaLoraNative.Engine.IO;
 using Xunit.Abstractions;
 
-namespace MetaLoraNative.Tests.Cuda;
+namespace MetaLoraNative.Tests.Kernels;
 
 /// <summary>
-/// CPU emulation of the tensor-core attention backward (attention_backward_dkdv_mma and attention_backward_dq_mma in
-/// kernels/attention.cu), lane by lane: the same index expressions, shared rows of SROW, bf16 packing and masks, with
-/// mma.sync m16n8k16 played by <see cref="Mma"/> from the fragment layouts of the PTX ISA. It checks the kernels'
-/// tiling, masking, fragment bookkeeping and scale against an fp64 backward, and that every (query, key) pair is
-/// visited exactly once and every output element written once, without a GPU. It cannot check the PTX layouts
-/// themselves (they are assumed, as in the kernel) nor timing or races: `metalora check cuda` does that on a GPU.
-/// Keep it in step with the kernels: a change to their loops belongs here too.
+/// CPU emulation of attention version 2's backward (attention_backward_dkdv_mma and attention_backward_dq_mma in
+/// kernels/dev/attention/02_mma_backward.cu, the kernel playground), lane by lane: the same index expressions,
+/// shared rows of SROW, bf16 packing and masks, with mma.sync m16n8k16 played by <see cref="Mma"/> from the fragment
+/// layouts of the PTX ISA. It checks the kernels' tiling, masking, fragment bookkeeping and scale against an fp64
+/// backward, and that every (query, key) pair is visited exactly once and every output element written once, without
+/// a GPU. It cannot check the PTX layouts themselves (they are assumed, as in the kernel) nor timing or races:
+/// `metalora check cuda --dev` does that on a GPU. Keep it in step with the kernels: a change to their loops belongs
+/// here too.
 /// </summary>
 public class AttentionMmaEmulationTests(ITestOutputHelper output)
 {
@@ -18,12 +19,12 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
 
     // ------------------------------------------------------------------ mma.sync m16n8k16 .row.col f32.bf16.bf16.f32
 
-    static float Lo(uint w) => Bf16Bits.ToFloat((ushort)(w & 0xffff));
-    static float Hi(uint w) => Bf16Bits.ToFloat((ushort)(w >> 16));
+    static float Lo(uint w) => HalfPrecision.BFloat16ToFloat((ushort)(w & 0xffff));
+    static float Hi(uint w) => HalfPrecision.BFloat16ToFloat((ushort)(w >> 16));
     static uint Pack(ushort lo, ushort hi) => lo | ((uint)hi << 16);
-    static uint PackF(float lo, float hi) => Pack(Bf16Bits.FromFloat(lo), Bf16Bits.FromFloat(hi));
+    static uint PackF(float lo, float hi) => Pack(HalfPrecision.FloatToBFloat16(lo), HalfPrecision.FloatToBFloat16(hi));
     /// <summary>pack_bf16_residue: the low halves of the two-term bf16 split of P and dS.</summary>
-    static uint PackR(float lo, float hi) => PackF(lo - Bf16Bits.Round(lo), hi - Bf16Bits.Round(hi));
+    static uint PackR(float lo, float hi) => PackF(lo - HalfPrecision.RoundToBFloat16(lo), hi - HalfPrecision.RoundToBFloat16(hi));
 
     /// <summary>d[lane] += A B for one warp; a[lane] = 4 regs, b[lane] = 2 regs, d[lane] = 4 floats (g = lane / 4, t = lane % 4).</summary>
     static void Mma(float[][] d, uint[][] a, uint[][] b)
@@ -73,7 +74,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
     static Problem Make(int B, int H, int L, int seed)
     {
         var rng = new Random(seed);
-        ushort[] R(float scale) => [.. Enumerable.Range(0, B * H * L * D).Select(_ => Bf16Bits.FromFloat((float)(rng.NextDouble() * 2 - 1) * scale))];
+        ushort[] R(float scale) => [.. Enumerable.Range(0, B * H * L * D).Select(_ => HalfPrecision.FloatToBFloat16((float)(rng.NextDouble() * 2 - 1) * scale))];
         var p = new Problem { B = B, H = H, L = L, Q = R(2f), K = R(2f), V = R(1f), Dout = R(1f) };
         p.Lse = new float[B * H * L];
         p.Drow = new float[B * H * L];
@@ -81,7 +82,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
         p.Dk = new double[B * H * L * D];
         p.Dv = new double[B * H * L * D];
         double sc = 1.0 / Math.Sqrt(D);
-        double F(ushort x) => Bf16Bits.ToFloat(x);
+        double F(ushort x) => HalfPrecision.BFloat16ToFloat(x);
         for (int b = 0; b < B; b++)
             for (int h = 0; h < H; h++)
             {
@@ -106,7 +107,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                     {
                         double o = 0;
                         for (int j = 0; j < L; j++) o += P[i, j] * F(p.V[p.Bhd(b, h, j, d)]);
-                        drow += F(p.Dout[p.Blhd(b, h, i, d)]) * Bf16Bits.Round((float)o);
+                        drow += F(p.Dout[p.Blhd(b, h, i, d)]) * HalfPrecision.RoundToBFloat16((float)o);
                     }
                     p.Drow[(b * H + h) * L + i] = (float)drow;
                 }
@@ -250,8 +251,8 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                             void Put(int row, int d, float k, float v)
                             {
                                 long i = p.Bhd(b, h, row, d);
-                                dkOut[i] = Bf16Bits.FromFloat(k * p.Scale);
-                                dvOut[i] = Bf16Bits.FromFloat(v);
+                                dkOut[i] = HalfPrecision.FloatToBFloat16(k * p.Scale);
+                                dvOut[i] = HalfPrecision.FloatToBFloat16(v);
                                 if (writes != null) writes[i]++;
                             }
                         }
@@ -362,7 +363,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
                         void Put(int row, int d, float v)
                         {
                             long i = p.Bhd(b, h, row, d);
-                            dqOut[i] = Bf16Bits.FromFloat(v * p.Scale);
+                            dqOut[i] = HalfPrecision.FloatToBFloat16(v * p.Scale);
                             if (writes != null) writes[i]++;
                         }
                     }
@@ -397,7 +398,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
     void Check(string name, ushort[] got, double[] want)
     {
         double max = want.Max(Math.Abs), err = 0;
-        for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(Bf16Bits.ToFloat(got[i]) - want[i]));
+        for (int i = 0; i < got.Length; i++) err = Math.Max(err, Math.Abs(HalfPrecision.BFloat16ToFloat(got[i]) - want[i]));
         output.WriteLine($"{name}: max error {err:G3}, max |ref| {max:G3} (ratio {err / Math.Max(max, 1e-30):G3})");
         // L = 1: P = 1 and o = v, so dS and with it dq and dk are 0 up to fp32 rounding (hence the absolute floor).
         Assert.True(err <= max / 256 + 1e-4, $"{name}: max error {err:G3} against max |ref| {max:G3}");

@@ -2,11 +2,12 @@ using MetaLoraNative.Kernels;
 using MetaLoraNative.Kernels.Native;
 using Xunit.Abstractions;
 
-namespace MetaLoraNative.Tests.Cuda;
+namespace MetaLoraNative.Tests.Kernels;
 
 /// <summary>
-/// Every kernel file compiles with NVRTC for Ampere and Hopper. Needs only libnvrtc (no GPU): on Debian,
-/// .ci/install-nvrtc.sh provides NVRTC 11.8. Skips, saying why, when NVRTC does not load.
+/// Every kernel file, the engine's (kernels/*.cu) and the playground's (kernels/dev), compiles with NVRTC for Ampere
+/// and Hopper. Needs only libnvrtc (no GPU): on Debian, .ci/install-nvrtc.sh provides NVRTC 11.8. Skips, saying why,
+/// when NVRTC does not load. Also the host facts that need no GPU: parameter struct layouts, the CUDA probe.
 /// </summary>
 public class KernelCompileTests(ITestOutputHelper output)
 {
@@ -17,16 +18,35 @@ public class KernelCompileTests(ITestOutputHelper output)
         return !ok;
     }
 
-    public static TheoryData<string> Files() => [.. KernelCompiler.KernelFiles()];
+    public static TheoryData<string> Files() => [.. KernelCompiler.KernelFiles(), .. KernelCompiler.DevKernelFiles()];
+
+    /// <summary>The op groups' kernel files (docs/ARCHITECTURE.md's table); gemm.cu joins them when it exists.</summary>
+    static readonly string[] GroupFiles = ["memory.cu", "elementwise.cu", "layout.cu", "norm.cu", "attention.cu", "conditioning.cu", "objective.cu"];
 
     [Fact]
-    public void EveryKernelFileIsEmbedded()
+    public void EveryKernelFileIsEmbeddedUnderItsGroupsName()
     {
         var files = KernelCompiler.KernelFiles();
-        Assert.Contains("attention.cu", files);
-        Assert.Contains("layernorm.cu", files);
-        Assert.Contains("common.cuh", KernelCompiler.ReadSource("attention.cu"));
+        Assert.All(GroupFiles, f => Assert.Contains(f, files));
+        Assert.All(files, f => Assert.True(GroupFiles.Contains(f) || f == "gemm.cu", $"{f} is not named by an op group"));
+        Assert.Contains("attention.cuh", KernelCompiler.ReadSource("attention.cu"));
         Assert.NotEmpty(KernelCompiler.ReadSource(KernelCompiler.CommonHeader));
+        // Every kernel file opens with its contract: a comment naming the file.
+        foreach (string f in files.Concat(KernelCompiler.DevKernelFiles()))
+            Assert.StartsWith($"// {Path.GetFileName(f)}: ", KernelCompiler.ReadSource(f));
+    }
+
+    [Fact]
+    public void ThePlaygroundIsEmbeddedApartFromTheEngine()
+    {
+        var dev = KernelCompiler.DevKernelFiles();
+        Assert.Contains("dev/attention/02_mma_forward.cu", dev);
+        Assert.Contains("dev/attention/02_mma_backward.cu", dev);
+        Assert.All(dev, f => Assert.StartsWith("dev/", f));
+        Assert.DoesNotContain(KernelCompiler.KernelFiles(), f => f.Contains('/'));
+        // The engine holds only version 1 of attention: the tensor-core kernels live in the playground.
+        Assert.DoesNotContain("_mma", KernelCompiler.ReadSource("attention.cu"));
+        Assert.Contains("attention_forward_mma", KernelCompiler.ReadSource("dev/attention/02_mma_forward.cu"));
     }
 
     [SkippableTheory]
@@ -66,11 +86,12 @@ public class KernelCompileTests(ITestOutputHelper output)
         string dir = Path.Combine(Path.GetTempPath(), "metalora-kernels-" + Guid.NewGuid().ToString("N"));
         try
         {
-            var results = KernelCompiler.BuildAll("sm_90", dir);
+            var results = KernelCompiler.BuildAll("sm_90", dir, dev: true);
             foreach (var r in results)
                 output.WriteLine($"{r.File}: {(r.Success ? $"{r.Image!.Length} bytes" : "FAILED\n" + r.Log)} in {r.CompileTime.TotalMilliseconds:F0} ms");
             Assert.All(results, r => Assert.True(r.Success, r.Log));
-            Assert.Equal(KernelCompiler.KernelFiles().Count, Directory.GetFiles(dir, "*.sm_90.cubin").Length);
+            Assert.Equal(KernelCompiler.KernelFiles().Count + KernelCompiler.DevKernelFiles().Count, Directory.GetFiles(dir, "*.sm_90.cubin").Length);
+            Assert.True(File.Exists(Path.Combine(dir, "dev.attention.02_mma_backward.sm_90.cubin")));
         }
         finally
         {
@@ -90,6 +111,9 @@ public class KernelCompileTests(ITestOutputHelper output)
             var command = MetaLoraNative.Cli.Commands.KernelsCommand.Create();
             Assert.Equal(0, command.Parse(["build", "--arch", "sm_80", "--out", dir]).Invoke());
             Assert.Equal(KernelCompiler.KernelFiles().Count, Directory.GetFiles(dir, "*.sm_80.cubin").Length);
+            Assert.Empty(Directory.GetFiles(dir, "dev.*"));   // the playground only with --dev
+            Assert.Equal(0, command.Parse(["build", "--arch", "sm_80", "--dev", "--out", dir]).Invoke());
+            Assert.Equal(KernelCompiler.DevKernelFiles().Count, Directory.GetFiles(dir, "dev.*.sm_80.cubin").Length);
             Assert.NotEqual(0, command.Parse(["build", "--arch", "volta"]).Invoke());
         }
         finally

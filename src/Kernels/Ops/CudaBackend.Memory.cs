@@ -1,0 +1,124 @@
+using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Kernels.Native;
+
+namespace MetaLoraNative.Kernels;
+
+// Memory (memory.cu): allocation from the pool, the precision conversions every op uses for its inputs, and the
+// Memory ops (zeros, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
+// rounding of common.cuh's f2bf.
+public sealed partial class CudaBackend
+{
+    internal CudaTensor Alloc(int[] shape, Precision precision = Precision.Compute)
+    {
+        long numel = Shapes.Numel(shape);
+        long bytes = numel * (precision == Precision.Master ? 4 : 2);
+        ulong ptr = Pool.Rent(bytes, out long cls);
+        return new CudaTensor(this, new DeviceStorage(Pool, ptr, cls), (int[])shape.Clone(), precision);
+    }
+
+    internal CudaTensor T(Tensor t, string what = "tensor")
+    {
+        if (t is CudaTensor c && ReferenceEquals(c.Backend, this)) return c;
+        throw new ArgumentException($"{what} {t} does not belong to this CUDA backend");
+    }
+
+    /// <summary>The tensor as bf16: itself, or a converted temporary that the Borrowed's Dispose frees.</summary>
+    internal Borrowed<CudaTensor> Bf16(Tensor t, string what = "tensor") => As(t, Precision.Compute, what);
+
+    /// <summary>The tensor as fp32: itself, or a converted temporary.</summary>
+    internal Borrowed<CudaTensor> F32(Tensor t, string what = "tensor") => As(t, Precision.Master, what);
+
+    Borrowed<CudaTensor> As(Tensor t, Precision precision, string what)
+    {
+        var c = T(t, what);
+        if (c.Precision == precision) return Borrowed<CudaTensor>.Of(c);
+        var tmp = Alloc(c.Shape, precision);
+        Convert(c, tmp);
+        return Borrowed<CudaTensor>.Owned(tmp);
+    }
+
+    void Convert(CudaTensor src, CudaTensor dst) =>
+        Launch1D("memory.cu", "convert_kernel", src.Length, dst.Ptr, dst.Dt, src.Ptr, src.Dt, src.Length);
+
+    /// <summary>Every element of t = value (rounded to t's precision).</summary>
+    internal void FillWith(CudaTensor t, float value) =>
+        Launch1D("memory.cu", "fill_kernel", t.Length, t.Ptr, t.Dt, t.Length, value);
+
+    public Tensor Zeros(params int[] shape) => Zeros(shape, Precision.Compute);
+
+    public Tensor Zeros(int[] shape, Precision precision)
+    {
+        using var _ = Op("zeros");
+        var t = Alloc(shape, precision);
+        if (t.Bytes > 0) CudaCheck.Cu(CuDriver.cuMemsetD8Async(t.Ptr, 0, (nuint)t.Bytes, Stream));
+        return t;
+    }
+
+    public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
+
+    public unsafe Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision)
+    {
+        using var _ = Op("upload");
+        Shapes.Require(values.Length == Shapes.Numel(shape), $"upload: {values.Length} values for shape {Shapes.Format(shape)}");
+        var t = Alloc(shape, precision);
+        if (values.Length == 0) return t;
+        if (precision == Precision.Master)
+        {
+            fixed (float* p = values) CudaCheck.Cu(CuDriver.cuMemcpyHtoDAsync_v2(t.Ptr, p, (nuint)t.Bytes, Stream));
+        }
+        else
+        {
+            var bits = new ushort[values.Length];
+            HalfPrecision.FloatsToBFloat16(values, bits);
+            fixed (ushort* p = bits) CudaCheck.Cu(CuDriver.cuMemcpyHtoDAsync_v2(t.Ptr, p, (nuint)t.Bytes, Stream));
+        }
+        // Pageable sources are staged before the call returns, so the managed arrays may go now.
+        return t;
+    }
+
+    public Tensor Upload(ReadOnlySpan<double> values, params int[] shape)
+    {
+        var f = new float[values.Length];
+        for (int i = 0; i < f.Length; i++) f[i] = (float)values[i];
+        return Upload(f, shape, Precision.Compute);
+    }
+
+    public unsafe float[] Download(Tensor t)
+    {
+        using var _ = Op("download");
+        var c = T(t);
+        var result = new float[c.Length];
+        if (c.Length == 0) return result;
+        if (c.Precision == Precision.Master)
+        {
+            fixed (float* p = result) CudaCheck.Cu(CuDriver.cuMemcpyDtoHAsync_v2(p, c.Ptr, (nuint)c.Bytes, Stream));
+            CudaCheck.Cu(CuDriver.cuStreamSynchronize(Stream));
+        }
+        else
+        {
+            var bits = new ushort[c.Length];
+            fixed (ushort* p = bits) CudaCheck.Cu(CuDriver.cuMemcpyDtoHAsync_v2(p, c.Ptr, (nuint)c.Bytes, Stream));
+            CudaCheck.Cu(CuDriver.cuStreamSynchronize(Stream));
+            HalfPrecision.BFloat16ToFloats(bits, result);
+        }
+        return result;
+    }
+
+    public double[] DownloadDouble(Tensor t) => Array.ConvertAll(Download(t), v => (double)v);
+
+    public void Copy(Tensor src, Tensor dst)
+    {
+        using var _ = Op("copy");
+        var s = T(src, "src");
+        var d = T(dst, "dst");
+        Shapes.Require(s.Length == d.Length, $"copy: {s} into {d}");
+        Convert(s, d);
+    }
+
+    public void Fill(Tensor t, float value)
+    {
+        using var _ = Op("fill");
+        FillWith(T(t), value);
+    }
+}

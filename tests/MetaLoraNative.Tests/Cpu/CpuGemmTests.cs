@@ -1,0 +1,144 @@
+using MetaLoraNative.Engine;
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Cpu;
+
+/// <summary>The Gemm group on the CPU (CpuBackend.Gemm.cs): Gemm in every transpose, Linear, LinearBackward.</summary>
+public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
+{
+    // ---------------------------------------------------------------- forward
+
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void GemmMatchesNaiveProductForEveryTransposeCombination(bool ta, bool tb)
+    {
+        // Sizes off the 16 × 64 tile and 4-wide kernel boundaries.
+        const int M = 19, K = 37, N = 70;
+        var a = _rand.Normal(M * K);
+        var b = _rand.Normal(K * N);
+        var c0 = _rand.Normal(M * N);
+        double A(int i, int k) => ta ? a[k * M + i] : a[i * K + k];
+        double Bm(int k, int j) => tb ? b[j * K + k] : b[k * N + j];
+        using var at = Up(a, ta ? [K, M] : [M, K]);
+        using var bt = Up(b, tb ? [N, K] : [K, N]);
+        using var c = Up(c0, M, N);
+        _be.Gemm(at, ta, bt, tb, c, alpha: 0.5f, beta: 2f);
+        var expected = new double[M * N];
+        for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += A(i, k) * Bm(k, j);
+            expected[i * N + j] = 0.5 * s + 2 * c0[i * N + j];
+        }
+        Close(expected, _be.DownloadDouble(c), Tight, "c");
+    }
+
+    [Fact]
+    public void GemmWithZeroBetaIgnoresNaNsInTheOutput()
+    {
+        using var a = Up([1, 2], 1, 2);
+        using var b = Up([3, 4], 2, 1);
+        using var c = Up([double.NaN], 1, 1);
+        _be.Gemm(a, false, b, false, c);
+        Assert.Equal(11.0, _be.DownloadDouble(c)[0]);
+    }
+
+    [Fact]
+    public void LinearAddsBiasToXTimesWTransposed()
+    {
+        using var x = Up([1, 2, 3, 4, 5, 6], 2, 3);
+        using var w = Up([1, 0, -1, 2, 1, 0], 2, 3);
+        using var bias = Up([10, 20], 2);
+        using var y = _be.Linear(x, w, bias);
+        Assert.Equal(new[] { 2, 2 }, y.Shape);
+        Assert.Equal(new double[] { 1 - 3 + 10, 2 + 2 + 20, 4 - 6 + 10, 8 + 5 + 20 }, _be.DownloadDouble(y));
+    }
+
+    [Fact]
+    public void ShapeMismatchesNameTheOpAndTheShapes()
+    {
+        var ex = Assert.Throws<ArgumentException>(() => _be.Linear(_be.Zeros(2, 3), _be.Zeros(4, 5), null));
+        Assert.Contains("Linear", ex.Message);
+        Assert.Contains("(2, 3)", ex.Message);
+        Assert.Contains("(4, 5)", ex.Message);
+        var ex2 = Assert.Throws<ArgumentException>(() => _be.Gemm(_be.Zeros(2, 3), false, _be.Zeros(2, 3), false, _be.Zeros(2, 3)));
+        Assert.Contains("Gemm", ex2.Message);
+    }
+
+    // ---------------------------------------------------------------- backward (finite differences)
+
+    [Fact]
+    public void LinearBackwardIsTheInputGradientOfLinear()
+    {
+        int[] xs = [2, 3, 5];
+        var x = _rand.Normal(30);
+        using var w = Up(_rand.Normal(20), 4, 5);
+        using var bias = Up(_rand.Normal(4), 4);
+        var r = _rand.Normal(24);
+        using var rt = Up(r, 2, 3, 4);
+        using var dx = _be.LinearBackward(rt, w);
+        Check("Linear dx", x, xs, t => _be.Linear(t, w, bias), r, Down(dx));
+    }
+
+    /// <summary>
+    /// For c = op(a)·op(b) and L = Σ c ∘ R, the gradients the LoRA layers form with Gemm:
+    /// da = R·op(b)ᵀ (or op(b)·Rᵀ when a is transposed), db = op(a)ᵀ·R (or Rᵀ·op(a) when b is transposed).
+    /// </summary>
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void GemmGradientIdentitiesHoldForEveryTransposeCombination(bool ta, bool tb)
+    {
+        const int M = 3, K = 5, N = 4;
+        int[] aShape = ta ? [K, M] : [M, K], bShape = tb ? [N, K] : [K, N];
+        var a = _rand.Normal(M * K);
+        var b = _rand.Normal(K * N);
+        var r = _rand.Normal(M * N);
+        using var at = Up(a, aShape);
+        using var bt = Up(b, bShape);
+        using var rt = Up(r, M, N);
+        using var da = _be.Zeros(aShape);
+        using var db = _be.Zeros(bShape);
+        if (!ta) _be.Gemm(rt, false, bt, !tb, da); else _be.Gemm(bt, tb, rt, true, da);
+        if (!tb) _be.Gemm(at, !ta, rt, false, db); else _be.Gemm(rt, true, at, ta, db);
+
+        Tensor Product(Tensor x, Tensor y)
+        {
+            var c = _be.Zeros(M, N);
+            _be.Gemm(x, ta, y, tb, c);
+            return c;
+        }
+        string tag = $"Gemm({(ta ? "T" : "N")}{(tb ? "T" : "N")})";
+        Check($"{tag} da", a, aShape, x => Product(x, bt), r, Down(da));
+        Check($"{tag} db", b, bShape, y => Product(at, y), r, Down(db));
+    }
+
+    // ---------------------------------------------------------------- fp32 vs fp64
+
+    [Fact]
+    public void GemmFp32MatchesFp64() => Fp32MatchesFp64("Gemm", (be, r) => [.. new[] { (false, false), (false, true), (true, false), (true, true) }.Select(t =>
+    {
+        const int M = 70, K = 150, N = 90;
+        var a = be.Upload(r.Normal(M * K), t.Item1 ? [K, M] : [M, K]);
+        var b = be.Upload(r.Normal(K * N), t.Item2 ? [N, K] : [K, N]);
+        var c = be.Upload(r.Normal(M * N), M, N);
+        be.Gemm(a, t.Item1, b, t.Item2, c, 0.5f, 1f);
+        return be.DownloadDouble(c);
+    })]);
+
+    [Fact]
+    public void LinearFp32MatchesFp64() => Fp32MatchesFp64("Linear", (be, r) =>
+    {
+        var x = be.Upload(r.Normal(B * L * C), B, L, C);
+        var w = be.Upload(r.Normal(2 * C * C, 0.1), 2 * C, C);
+        var bias = be.Upload(r.Normal(2 * C), 2 * C);
+        var dy = be.Upload(r.Normal(B * L * 2 * C), B, L, 2 * C);
+        return [be.DownloadDouble(be.Linear(x, w, bias)), be.DownloadDouble(be.LinearBackward(dy, w))];
+    });
+}

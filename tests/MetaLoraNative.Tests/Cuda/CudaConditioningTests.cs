@@ -1,0 +1,13 @@
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Cuda;
+
+/// <summary>The Conditioning group on the GPU (Ops/CudaBackend.Conditioning.cs, kernels/conditioning.cu) against the fp64 oracle. Skips without a GPU.</summary>
+public class CudaConditioningTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Checks() => Parity.Checks("Conditioning");
+
+    [SkippableTheory]
+    [MemberData(nameof(Checks))]
+    public void MatchesTheOracle(string check) => Parity.Run(check, output);
+}

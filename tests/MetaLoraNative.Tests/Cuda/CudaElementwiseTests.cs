@@ -1,0 +1,13 @@
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Cuda;
+
+/// <summary>The Elementwise group on the GPU (Ops/CudaBackend.Elementwise.cs, kernels/elementwise.cu) against the fp64 oracle. Skips without a GPU.</summary>
+public class CudaElementwiseTests(ITestOutputHelper output)
+{
+    public static TheoryData<string> Checks() => Parity.Checks("Elementwise");
+
+    [SkippableTheory]
+    [MemberData(nameof(Checks))]
+    public void MatchesTheOracle(string check) => Parity.Run(check, output);
+}
