@@ -84,9 +84,43 @@ public class FluxConfigTests
     {
         foreach (var c in FluxConfig.Presets)
         {
-            var covered = FluxNames.Rules(c).SelectMany(r => r.IsScale ? [r.Bfl] : new[] { r.Bfl + ".weight", r.Bfl + ".bias" }).ToList();
+            var covered = FluxNames.Rules(c).SelectMany(r => r.Suffixes.Select(suffix => r.Bfl + suffix)).ToList();
             Assert.Equal(covered.Count, covered.Distinct().Count());
             Assert.Equal(c.TensorShapes().Select(t => t.Name).Order(), covered.Order());
         }
+    }
+
+    [Fact]
+    public void TheLayoutForDetectionIsTheTableWithoutRowSizes()
+    {
+        var c = FluxConfig.Tiny;
+        var rules = FluxNames.Rules(c);
+        var layout = FluxNames.Layout(c.GuidanceEmbed, c.Depth, c.DepthSingleBlocks);
+        Assert.Equal(rules.Select(r => (r.Bfl, string.Join(",", r.Diffusers), r.Join)), layout.Select(r => (r.Bfl, string.Join(",", r.Diffusers), r.Join)));
+        Assert.All(layout, r => Assert.Null(r.RowSizes));
+        // the fused linears' parts add up to the BFL linear's rows
+        var shapes = c.TensorShapes().ToDictionary(t => t.Name, t => t.Shape);
+        foreach (var r in rules.Where(r => r.Join == NameJoin.RowConcat))
+            Assert.Equal(shapes[r.Bfl + ".weight"][0], r.RowSizes!.Sum());
+    }
+
+    [Fact]
+    public void FluxDevWithoutMetadataGetsBflsRopeAxesAndTheta()
+    {
+        var shapes = FluxConfig.FluxDev.TensorShapes().ToDictionary(t => t.Name, t => t.Shape);
+        var detected = FluxConfig.Detect(shapes, null, "flux1-dev.safetensors");
+        Assert.Equal("flux-dev", detected.Name);
+        Assert.Equal([16, 56, 56], detected.AxesDim);
+        Assert.Equal(10_000f, detected.Theta);
+        Assert.Equal(detected.HeadDim, detected.AxesDim.Sum());
+    }
+
+    [Fact]
+    public void ABlockThatLostItsQkvIsReportedNotDropped()
+    {
+        var shapes = FluxConfig.Tiny.TensorShapes().Where(t => t.Name != "double_blocks.1.img_attn.qkv.weight").ToDictionary(t => t.Name, t => t.Shape);
+        var e = Assert.Throws<InvalidDataException>(() => FluxConfig.Detect(shapes, FluxConfig.Tiny.ToMetadata(), "cut.safetensors"));
+        Assert.Contains("cut.safetensors", e.Message);
+        Assert.Contains("double_blocks.1.", e.Message);
     }
 }
