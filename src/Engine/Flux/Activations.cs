@@ -17,14 +17,14 @@ public abstract class Activations : IDisposable
 {
     bool disposed;
 
-    /// <summary>Everything this record owns: its own tensors and nested records, never what it borrows.</summary>
-    protected abstract IEnumerable<IDisposable> Owned();
+    /// <summary>Everything this record owns: its own tensors and nested records, never what it borrows (null: none there).</summary>
+    protected abstract IEnumerable<IDisposable?> Owned();
 
     public void Dispose()
     {
         if (disposed) return;
         disposed = true;
-        foreach (var d in Owned()) d.Dispose();
+        foreach (var d in Owned()) d?.Dispose();
         GC.SuppressFinalize(this);
     }
 }

@@ -44,7 +44,7 @@ public sealed class DoubleBlock
         public required Tensor Modulated1 { get; init; }           // (B, L, C) (1 + scale1)·LN(x) + shift1, the qkv input
         public required QkvAttention.Stream Qkv { get; init; }     // this stream's q, k (normalised), v
 
-        protected override IEnumerable<IDisposable> Owned() => [Mod1, Mod2, Stats1, Modulated1, Qkv];
+        protected override IEnumerable<IDisposable?> Owned() => [Mod1, Mod2, Stats1, Modulated1, Qkv];
     }
 
     /// <summary>What one stream keeps: its prepared half, then "calculate the block" (projection and MLP).</summary>
@@ -60,7 +60,7 @@ public sealed class DoubleBlock
         public required Tensor Act { get; init; }                  // (B, L, mlp) gelu_tanh(Hidden)
         public required Tensor Mlp { get; init; }                  // (B, L, C) mlp.2 output
 
-        protected override IEnumerable<IDisposable> Owned() => [Prepared, AttnOut, Proj, X1, Stats2, Modulated2, Hidden, Act, Mlp];
+        protected override IEnumerable<IDisposable?> Owned() => [Prepared, AttnOut, Proj, X1, Stats2, Modulated2, Hidden, Act, Mlp];
     }
 
     /// <summary>What the block keeps for its backward.</summary>
@@ -71,7 +71,7 @@ public sealed class DoubleBlock
         public required Tensor V { get; init; }                    // (B, H, L_txt + L_img, D) joint v, read by Joint
         public required QkvAttention.Joint Joint { get; init; }    // the joint attention (text first)
 
-        protected override IEnumerable<IDisposable> Owned() => [Img, Txt, V, Joint];
+        protected override IEnumerable<IDisposable?> Owned() => [Img, Txt, V, Joint];
     }
 
     /// <summary>img (B, L_img, C), txt (B, L_txt, C), siluVec (B, C), pe (B, L_txt + L_img, D/2, 2) → new img, txt.</summary>

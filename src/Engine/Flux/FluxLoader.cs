@@ -24,7 +24,7 @@ public static class FluxLoader
 
         using var files = SafetensorsCollection.Open(source);
         bool diffusers = FluxNames.IsDiffusersLayout(files.Names);
-        var shapes = diffusers ? DiffusersShapesAsBfl(files) : files.Names.ToDictionary(n => n, n => files.Entry(n).Shape);
+        var shapes = diffusers ? DiffusersShapesAsBfl(source, files) : files.Names.ToDictionary(n => n, n => files.Entry(n).Shape);
         var config = FluxConfig.Detect(shapes, files.Metadata, source);
         if (expected != null && (expected.HiddenSize != config.HiddenSize || expected.Depth != config.Depth
                                  || expected.DepthSingleBlocks != config.DepthSingleBlocks || expected.GuidanceEmbed != config.GuidanceEmbed))
@@ -46,7 +46,7 @@ public static class FluxLoader
             {
                 foreach (var rule in FluxNames.Rules(config))
                     foreach (var suffix in rule.Suffixes)
-                        tensors[rule.Bfl + suffix] = backend.Upload(ReadDiffusers(files, rule, suffix, out var shape), shape);
+                        tensors[rule.Bfl + suffix] = backend.Upload(ReadDiffusers(source, files, rule, suffix, out var shape), shape);
             }
         }
         catch
@@ -62,12 +62,12 @@ public static class FluxLoader
             : throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(actual)}, expected {Shapes.Format(expected)}");
 
     /// <summary>One BFL tensor assembled from its diffusers parts, per the name table.</summary>
-    static float[] ReadDiffusers(SafetensorsCollection files, NameRule rule, string suffix, out int[] shape)
+    static float[] ReadDiffusers(string source, SafetensorsCollection files, NameRule rule, string suffix, out int[] shape)
     {
         var parts = rule.Diffusers.Select(d =>
         {
             string n = d + suffix;
-            if (!files.Names.Contains(n)) throw new InvalidDataException($"diffusers checkpoint: tensor '{n}' (for BFL '{rule.Bfl}{suffix}') is missing");
+            if (!files.Names.Contains(n)) throw Missing(source, n, rule, suffix);
             return (Shape: files.Entry(n).Shape, Data: files.ReadFloats(n));
         }).ToArray();
         shape = JoinedShape(rule, parts.Select(p => p.Shape));
@@ -84,6 +84,9 @@ public static class FluxLoader
         }
     }
 
+    static InvalidDataException Missing(string source, string diffusersName, NameRule rule, string suffix) =>
+        new($"{source}: diffusers tensor '{diffusersName}' (part of BFL '{rule.Bfl}{suffix}') is missing");
+
     /// <summary>The BFL tensor's shape from its diffusers parts' shapes: row concatenation adds the rows.</summary>
     static int[] JoinedShape(NameRule rule, IEnumerable<int[]> partShapes)
     {
@@ -99,7 +102,7 @@ public static class FluxLoader
     /// diffusers tensors are present, with the shape the load will assemble (a fused linear missing some of its
     /// parts fails here, naming the part). Blocks are counted while any tensor of the next block is present.
     /// </summary>
-    static Dictionary<string, int[]> DiffusersShapesAsBfl(SafetensorsCollection files)
+    static Dictionary<string, int[]> DiffusersShapesAsBfl(string source, SafetensorsCollection files)
     {
         int CountBlocks(Func<int, NameRule[]> block)
         {
@@ -115,8 +118,7 @@ public static class FluxLoader
             {
                 var missing = rule.Diffusers.Where(d => !files.Names.Contains(d + suffix)).ToList();
                 if (missing.Count == rule.Diffusers.Length) continue;     // absent: detection says whether it is needed
-                if (missing.Count > 0)
-                    throw new InvalidDataException($"diffusers checkpoint: tensor '{missing[0]}{suffix}' (for BFL '{rule.Bfl}{suffix}') is missing");
+                if (missing.Count > 0) throw Missing(source, missing[0] + suffix, rule, suffix);
                 shapes[rule.Bfl + suffix] = JoinedShape(rule, rule.Diffusers.Select(d => files.Entry(d + suffix).Shape));
             }
         return shapes;

@@ -26,8 +26,8 @@ public sealed class FluxModel
 {
     public FluxModel(FluxWeights weights)
     {
-        Weights = weights;
         Config = weights.Config;
+        Backend = weights.Backend;
         ImgIn = Linear.From(weights, "img_in");
         TimeIn = new MlpEmbedder(weights, "time_in");
         VectorIn = new MlpEmbedder(weights, "vector_in");
@@ -38,9 +38,8 @@ public sealed class FluxModel
         FinalLayer = new LastLayer(weights);
     }
 
-    public FluxWeights Weights { get; }
     public FluxConfig Config { get; }
-    public IBackend Backend => Weights.Backend;
+    public IBackend Backend { get; }
     public Linear ImgIn { get; }
     public MlpEmbedder TimeIn { get; }
     public MlpEmbedder VectorIn { get; }
@@ -69,31 +68,26 @@ public sealed class FluxModel
         public int ImgLength => ImgInput.Dim(1);
         public int TxtLength => Pe.Dim(1) - ImgLength;
 
-        protected override IEnumerable<IDisposable> Owned() => [SiluVec, Pe, .. Double, .. Single, ImgOut, Final];
+        protected override IEnumerable<IDisposable?> Owned() => [SiluVec, Pe, .. Double, .. Single, ImgOut, Final];
     }
 
-    /// <summary>
-    /// One double block in the model state. Img (B, L_img, C) and Txt (B, L_txt, C) are the block's inputs, owned
-    /// here (the previous block's outputs). Saved is the block's activations, or null when recomputation dropped them.
-    /// </summary>
-    public sealed record DoubleBlockEntry(Tensor Img, Tensor Txt, DoubleBlock.BlockActivations? Saved) : IDisposable
+    /// <summary>One double block in the model state: its inputs, and its activations unless recomputation dropped them.</summary>
+    public sealed class DoubleBlockEntry : Activations
     {
-        public void Dispose()
-        {
-            Saved?.Dispose();
-            Img.Dispose();
-            Txt.Dispose();
-        }
+        public required Tensor Img { get; init; }                             // (B, L_img, C) block input (the previous block's output)
+        public required Tensor Txt { get; init; }                             // (B, L_txt, C) block input
+        public required DoubleBlock.BlockActivations? Saved { get; init; }    // null: dropped after the forward, rebuilt from Img, Txt
+
+        protected override IEnumerable<IDisposable?> Owned() => [Saved, Img, Txt];
     }
 
-    /// <summary>One single block in the model state: its input X (B, L_txt + L_img, C), owned here, and its activations, or null when dropped.</summary>
-    public sealed record SingleBlockEntry(Tensor X, SingleBlock.BlockActivations? Saved) : IDisposable
+    /// <summary>One single block in the model state: its input, and its activations unless recomputation dropped them.</summary>
+    public sealed class SingleBlockEntry : Activations
     {
-        public void Dispose()
-        {
-            Saved?.Dispose();
-            X.Dispose();
-        }
+        public required Tensor X { get; init; }                               // (B, L_txt + L_img, C) block input
+        public required SingleBlock.BlockActivations? Saved { get; init; }    // null: dropped after the forward, rebuilt from X
+
+        protected override IEnumerable<IDisposable?> Owned() => [Saved, X];
     }
 
     /// <summary>
@@ -148,7 +142,7 @@ public sealed class FluxModel
         {
             using var _ = Backend.Range($"double_blocks.{i}");
             var (imgOut, txtOut) = DoubleBlocks[i].Forward(img, txt, siluVec, pe, lora, out var saved);
-            entries[i] = new DoubleBlockEntry(img, txt, Kept(saved, recompute));
+            entries[i] = new DoubleBlockEntry { Img = img, Txt = txt, Saved = Kept(saved, recompute) };
             (img, txt) = (imgOut, txtOut);
         }
         return (img, txt);
@@ -162,7 +156,7 @@ public sealed class FluxModel
         {
             using var _ = Backend.Range($"single_blocks.{i}");
             var y = SingleBlocks[i].Forward(x, siluVec, pe, lora, out var saved);
-            entries[i] = new SingleBlockEntry(x, Kept(saved, recompute));
+            entries[i] = new SingleBlockEntry { X = x, Saved = Kept(saved, recompute) };
             x = y;
         }
         return x;
@@ -274,10 +268,10 @@ public sealed class FluxModel
         for (int i = SingleBlocks.Length - 1; i >= 0; i--)
         {
             using var _ = Backend.Range($"single_blocks.{i}.backward");
-            var (x, saved) = s.Single[i];
-            var activations = saved ?? SingleBlocks[i].Recompute(x, s.SiluVec, s.Pe, lora);
+            var e = s.Single[i];
+            var activations = e.Saved ?? SingleBlocks[i].Recompute(e.X, s.SiluVec, s.Pe, lora);
             var d = SingleBlocks[i].Backward(activations, dJoint, s.SiluVec, s.Pe, lora);
-            if (saved == null) activations.Dispose();        // rebuilt for this backward only
+            if (e.Saved == null) activations.Dispose();      // rebuilt for this backward only
             dJoint.Dispose();
             dJoint = d;
         }
@@ -290,10 +284,10 @@ public sealed class FluxModel
         for (int i = DoubleBlocks.Length - 1; i >= 0; i--)
         {
             using var _ = Backend.Range($"double_blocks.{i}.backward");
-            var (img, txt, saved) = s.Double[i];
-            var activations = saved ?? DoubleBlocks[i].Recompute(img, txt, s.SiluVec, s.Pe, lora);
+            var e = s.Double[i];
+            var activations = e.Saved ?? DoubleBlocks[i].Recompute(e.Img, e.Txt, s.SiluVec, s.Pe, lora);
             var (di, dt) = DoubleBlocks[i].Backward(activations, dImg, dTxt, s.SiluVec, s.Pe, lora);
-            if (saved == null) activations.Dispose();
+            if (e.Saved == null) activations.Dispose();      // rebuilt for this backward only
             dImg.Dispose();
             dTxt.Dispose();
             (dImg, dTxt) = (di, dt);

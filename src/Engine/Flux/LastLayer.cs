@@ -18,7 +18,7 @@ public sealed class LastLayer(FluxWeights w)
         public required Tensor Stats { get; init; }    // (B·L, 2) mean, rstd of LayerNorm(x)
         public required Tensor Normed { get; init; }   // (B, L, C) (1 + scale)·LN(x) + shift, the linear input
 
-        protected override IEnumerable<IDisposable> Owned() => [Scale, Stats, Normed];
+        protected override IEnumerable<IDisposable?> Owned() => [Scale, Stats, Normed];
     }
 
     /// <summary>x (B, L, C), siluVec (B, C) → (B, L, out).</summary>

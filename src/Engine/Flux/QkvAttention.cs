@@ -20,7 +20,7 @@ public static class QkvAttention
         public required Tensor QScale { get; init; }   // (D) query_norm.scale: borrowed (frozen weight)
         public required Tensor KScale { get; init; }   // (D) key_norm.scale: borrowed (frozen weight)
 
-        protected override IEnumerable<IDisposable> Owned() => [Q, K, V, QNorm, KNorm, QRstd, KRstd];
+        protected override IEnumerable<IDisposable?> Owned() => [Q, K, V, QNorm, KNorm, QRstd, KRstd];
     }
 
     /// <summary>qkv (B, L, 3C) → per-head q, k (normalised) and v.</summary>
@@ -55,7 +55,7 @@ public static class QkvAttention
         public required Tensor Output { get; init; }   // (B, L, H·D): also the forward's return value
         public required Tensor Lse { get; init; }      // (B, H, L) log-sum-exp of each softmax row
 
-        protected override IEnumerable<IDisposable> Owned() => [QRope, KRope, Output, Lse];
+        protected override IEnumerable<IDisposable?> Owned() => [QRope, KRope, Output, Lse];
     }
 
     /// <summary>

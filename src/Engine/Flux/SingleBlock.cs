@@ -30,7 +30,7 @@ public sealed class SingleBlock(FluxWeights w, int index)
         public required Tensor Cat { get; init; }                  // (B, L, C + mlp) [attention, gelu(MlpIn)], the linear2 input
         public required Tensor Out { get; init; }                  // (B, L, C) linear2 output
 
-        protected override IEnumerable<IDisposable> Owned() => [Mod, Stats, Modulated, MlpIn, Qkv, Joint, Cat, Out];
+        protected override IEnumerable<IDisposable?> Owned() => [Mod, Stats, Modulated, MlpIn, Qkv, Joint, Cat, Out];
     }
 
     /// <summary>x (B, L, C) joint sequence → x + gate · linear2([attn, gelu(mlp)]).</summary>
