@@ -1,49 +1,30 @@
 namespace MetaLoraNative.Engine.Flux;
 
 /// <summary>
-/// What a layer's forward keeps for its backward. Everything kept is registered with <see cref="Keep{T}"/> and freed
-/// together once the backward has run (on the GPU this returns the buffers to the pool).
+/// What a layer's forward keeps for its backward: one record per layer (a block's record nests its streams' and its
+/// attention's), built once at the end of the forward with every field set.
+///
+/// Ownership, the one rule for every record:
+///   - A forward returns its output, which the caller owns, and its record.
+///   - The record owns what the forward created for it, and lists exactly that in <see cref="Owned"/> (tensors and
+///     nested records). It only refers to what it was given: the layer input (the caller owns it; for the blocks that
+///     is the model state) and frozen weights. Each field's comment says "borrowed" where it does not own.
+///   - The caller of the forward disposes the record: after the backward, or right after the forward when the
+///     activations are recomputed later. A backward reads its record and never frees it.
+///   - <see cref="Dispose"/> frees every owned tensor once (on the GPU: back to the pool); a second call does nothing.
 /// </summary>
 public abstract class Activations : IDisposable
 {
-    readonly List<Tensor> kept = [];
+    bool disposed;
 
-    public T Keep<T>(T tensor) where T : Tensor
-    {
-        kept.Add(tensor);
-        return tensor;
-    }
+    /// <summary>Everything this record owns: its own tensors and nested records, never what it borrows (null: none there).</summary>
+    protected abstract IEnumerable<IDisposable?> Owned();
 
     public void Dispose()
     {
-        foreach (var t in kept) t.Dispose();
-        kept.Clear();
+        if (disposed) return;
+        disposed = true;
+        foreach (var d in Owned()) d?.Dispose();
         GC.SuppressFinalize(this);
-    }
-}
-
-/// <summary>
-/// FLUX's modulation: Linear(silu(vec)) split into chunks of width C, in the order shift, scale, gate (×2 in the
-/// double blocks). silu(vec) is computed once per forward by the model and shared by every block.
-/// </summary>
-public sealed class Modulation(Linear lin, int chunks)
-{
-    public Linear Lin { get; } = lin;
-    public int Chunks { get; } = chunks;
-
-    /// <summary>siluVec (B, C) → chunks each (B, C).</summary>
-    public Tensor[] Forward(Tensor siluVec, Lora.LoraBinding? lora)
-    {
-        using var all = Lin.Forward(siluVec, lora);                 // (B, chunks·C)
-        int C = all.Dim(-1) / Chunks;
-        return Enumerable.Range(0, Chunks).Select(k => all.Backend.Narrow(all, -1, k * C, C)).ToArray();
-    }
-
-    /// <summary>Accumulates the LoRA gradients of the modulation linear from the chunk gradients (vec is not trained).</summary>
-    public void Backward(Tensor siluVec, Tensor[] dChunks, Lora.LoraBinding? lora)
-    {
-        if (lora == null) return;
-        using var dAll = siluVec.Backend.Concat(-1, dChunks);       // (B, chunks·C)
-        Lin.Backward(siluVec, dAll, lora, needInputGrad: false);
     }
 }

@@ -5,6 +5,7 @@ namespace MetaLoraNative.Engine.Flux;
 /// <summary>
 /// Double-stream block: image and text keep separate weights and meet only inside one joint attention.
 /// Names follow BFL's DoubleStreamBlock (img_mod, img_attn.qkv, img_attn.norm, img_attn.proj, img_mlp.0/2, txt_*).
+/// Shapes: B batch, L this stream's tokens (L_img or L_txt), C hidden, H heads, D head dim.
 /// </summary>
 public sealed class DoubleBlock
 {
@@ -21,7 +22,7 @@ public sealed class DoubleBlock
     /// <summary>The weights of one stream (img or txt).</summary>
     public sealed class StreamWeights(FluxWeights w, string p)
     {
-        public Modulation Mod { get; } = new(Linear.From(w, $"{p}_mod.lin"), 6);
+        public Modulation Mod { get; } = new(Linear.From(w, $"{p}_mod.lin"));
         public Linear Qkv { get; } = Linear.From(w, $"{p}_attn.qkv");
         public Tensor QueryNorm { get; } = w[$"{p}_attn.norm.query_norm.scale"];
         public Tensor KeyNorm { get; } = w[$"{p}_attn.norm.key_norm.scale"];
@@ -33,143 +34,177 @@ public sealed class DoubleBlock
     public StreamWeights Img { get; }
     public StreamWeights Txt { get; }
 
-    /// <summary>What one stream keeps between forward and backward.</summary>
-    public sealed class StreamState : Activations
+    /// <summary>What one stream keeps from "prepare for attention": modulation, modulated LayerNorm, q, k, v.</summary>
+    public sealed class PreparedStream : Activations
     {
-        public Tensor[] Mod = null!;                 // shift1, scale1, gate1, shift2, scale2, gate2: (B, C)
-        public Tensor X = null!, Stats1 = null!, Modulated1 = null!;
-        public QkvAttention.Stream Attn = null!;
-        public Tensor AttnOut = null!, Proj = null!, X1 = null!, Stats2 = null!, Modulated2 = null!, Hidden = null!, Act = null!, Mlp = null!;
+        public required Tensor X { get; init; }                    // (B, L, C) stream input: borrowed (the model state's)
+        public required ModulationOut Mod1 { get; init; }          // attention half: shift, scale, gate, each (B, C)
+        public required ModulationOut Mod2 { get; init; }          // MLP half: shift, scale, gate, each (B, C)
+        public required Tensor Stats1 { get; init; }               // (B·L, 2) mean, rstd of LayerNorm(x)
+        public required Tensor Modulated1 { get; init; }           // (B, L, C) (1 + scale1)·LN(x) + shift1, the qkv input
+        public required QkvAttention.Stream Qkv { get; init; }     // this stream's q, k (normalised), v
+
+        protected override IEnumerable<IDisposable?> Owned() => [Mod1, Mod2, Stats1, Modulated1, Qkv];
     }
 
-    public sealed class State : IDisposable
+    /// <summary>What one stream keeps: its prepared half, then "calculate the block" (projection and MLP).</summary>
+    public sealed class StreamActivations : Activations
     {
-        public StreamState Img = new(), Txt = new();
-        public QkvAttention.Joint Joint = null!;
-        public void Dispose() { Img.Dispose(); Txt.Dispose(); Joint.Dispose(); Img.Attn.Dispose(); Txt.Attn.Dispose(); }
+        public required PreparedStream Prepared { get; init; }
+        public required Tensor AttnOut { get; init; }              // (B, L, C) this stream's rows of the joint attention
+        public required Tensor Proj { get; init; }                 // (B, L, C) attn.proj(AttnOut)
+        public required Tensor X1 { get; init; }                   // (B, L, C) x + gate1·Proj
+        public required Tensor Stats2 { get; init; }               // (B·L, 2) mean, rstd of LayerNorm(X1)
+        public required Tensor Modulated2 { get; init; }           // (B, L, C) (1 + scale2)·LN(X1) + shift2, the MLP input
+        public required Tensor Hidden { get; init; }               // (B, L, mlp) mlp.0 output
+        public required Tensor Act { get; init; }                  // (B, L, mlp) gelu_tanh(Hidden)
+        public required Tensor Mlp { get; init; }                  // (B, L, C) mlp.2 output
+
+        protected override IEnumerable<IDisposable?> Owned() => [Prepared, AttnOut, Proj, X1, Stats2, Modulated2, Hidden, Act, Mlp];
+    }
+
+    /// <summary>What the block keeps for its backward.</summary>
+    public sealed class BlockActivations : Activations
+    {
+        public required StreamActivations Img { get; init; }
+        public required StreamActivations Txt { get; init; }
+        public required Tensor V { get; init; }                    // (B, H, L_txt + L_img, D) joint v, read by Joint
+        public required QkvAttention.Joint Joint { get; init; }    // the joint attention (text first)
+
+        protected override IEnumerable<IDisposable?> Owned() => [Img, Txt, V, Joint];
     }
 
     /// <summary>img (B, L_img, C), txt (B, L_txt, C), siluVec (B, C), pe (B, L_txt + L_img, D/2, 2) → new img, txt.</summary>
-    public (Tensor Img, Tensor Txt) Forward(Tensor img, Tensor txt, Tensor siluVec, Tensor pe, LoraBinding? lora, out State s)
+    public (Tensor Img, Tensor Txt) Forward(Tensor img, Tensor txt, Tensor siluVec, Tensor pe, LoraBinding? lora, out BlockActivations saved)
     {
         var be = img.Backend;
-        s = new State();
         int lt = txt.Dim(1), li = img.Dim(1);
 
         // prepare image and text for attention
-        var si = PrepareAttention(Img, img, siluVec, heads, lora, s.Img);
-        var st = PrepareAttention(Txt, txt, siluVec, heads, lora, s.Txt);
+        var imgPrepared = PrepareAttention(Img, img, siluVec, lora);
+        var txtPrepared = PrepareAttention(Txt, txt, siluVec, lora);
 
         // run actual attention on the joint sequence, text first
-        using var q = be.Concat(2, st.QNorm, si.QNorm);
-        using var k = be.Concat(2, st.KNorm, si.KNorm);
-        var v = s.Img.Keep(be.Concat(2, st.V, si.V));
-        var attn = QkvAttention.Forward(q, k, v, pe, out s.Joint);           // (B, L, C), owned by s.Joint
-        var txtAttn = s.Txt.Keep(be.Narrow(attn, 1, 0, lt));
-        var imgAttn = s.Img.Keep(be.Narrow(attn, 1, lt, li));
+        using var q = be.Concat(2, txtPrepared.Qkv.QNorm, imgPrepared.Qkv.QNorm);
+        using var k = be.Concat(2, txtPrepared.Qkv.KNorm, imgPrepared.Qkv.KNorm);
+        var v = be.Concat(2, txtPrepared.Qkv.V, imgPrepared.Qkv.V);
+        var attn = QkvAttention.Forward(q, k, v, pe, out var joint);           // (B, L_txt + L_img, C), owned by joint
 
         // calculate the img and txt blocks
-        var imgOut = Finish(Img, img, imgAttn, lora, s.Img);
-        var txtOut = Finish(Txt, txt, txtAttn, lora, s.Txt);
+        var imgOut = Finish(Img, imgPrepared, be.Narrow(attn, 1, lt, li), lora, out var imgSaved);
+        var txtOut = Finish(Txt, txtPrepared, be.Narrow(attn, 1, 0, lt), lora, out var txtSaved);
+        saved = new BlockActivations { Img = imgSaved, Txt = txtSaved, V = v, Joint = joint };
         return (imgOut, txtOut);
     }
 
-    static QkvAttention.Stream PrepareAttention(StreamWeights w, Tensor x, Tensor siluVec, int heads, LoraBinding? lora, StreamState s)
+    /// <summary>The forward again, for recomputation: only its activations, rebuilt from the same inputs.</summary>
+    public BlockActivations Recompute(Tensor img, Tensor txt, Tensor siluVec, Tensor pe, LoraBinding? lora)
     {
-        var be = x.Backend;
-        s.Mod = w.Mod.Forward(siluVec, lora).Select(s.Keep).ToArray();
-        s.X = x;
-        s.Modulated1 = s.Keep(be.LayerNormModulate(x, s.Mod[0], s.Mod[1], FluxConfig.NormEps, out var stats1));
-        s.Stats1 = s.Keep(stats1);
-        using var qkv = w.Qkv.Forward(s.Modulated1, lora);                    // (B, L, 3C)
-        s.Attn = QkvAttention.Split(qkv, heads, w.QueryNorm, w.KeyNorm);
-        return s.Attn;
+        var (imgOut, txtOut) = Forward(img, txt, siluVec, pe, lora, out var saved);
+        imgOut.Dispose();
+        txtOut.Dispose();
+        return saved;
     }
 
-    static Tensor Finish(StreamWeights w, Tensor x, Tensor attnOut, LoraBinding? lora, StreamState s)
+    PreparedStream PrepareAttention(StreamWeights w, Tensor x, Tensor siluVec, LoraBinding? lora)
     {
         var be = x.Backend;
-        s.AttnOut = attnOut;
-        s.Proj = s.Keep(w.Proj.Forward(attnOut, lora));
-        s.X1 = s.Keep(be.GatedResidual(x, s.Mod[2], s.Proj));
-        s.Modulated2 = s.Keep(be.LayerNormModulate(s.X1, s.Mod[3], s.Mod[4], FluxConfig.NormEps, out var stats2));
-        s.Stats2 = s.Keep(stats2);
-        s.Hidden = s.Keep(w.Mlp0.Forward(s.Modulated2, lora));
-        s.Act = s.Keep(be.GeluTanh(s.Hidden));
-        s.Mlp = s.Keep(w.Mlp2.Forward(s.Act, lora));
-        return be.GatedResidual(s.X1, s.Mod[5], s.Mlp);
+        var (mod1, mod2) = w.Mod.ForwardDouble(siluVec, lora);
+        var modulated1 = be.LayerNormModulate(x, mod1.Shift, mod1.Scale, FluxConfig.NormEps, out var stats1);
+        using var qkv = w.Qkv.Forward(modulated1, lora);                      // (B, L, 3C)
+        var split = QkvAttention.Split(qkv, heads, w.QueryNorm, w.KeyNorm);
+        return new PreparedStream { X = x, Mod1 = mod1, Mod2 = mod2, Stats1 = stats1, Modulated1 = modulated1, Qkv = split };
+    }
+
+    /// <summary>x_out = x1 + gate2 · mlp(LNmod2(x1)), x1 = x + gate1 · proj(attn). attnOut becomes the record's.</summary>
+    static Tensor Finish(StreamWeights w, PreparedStream p, Tensor attnOut, LoraBinding? lora, out StreamActivations saved)
+    {
+        var be = attnOut.Backend;
+        var proj = w.Proj.Forward(attnOut, lora);
+        var x1 = be.GatedResidual(p.X, p.Mod1.Gate, proj);
+        var modulated2 = be.LayerNormModulate(x1, p.Mod2.Shift, p.Mod2.Scale, FluxConfig.NormEps, out var stats2);
+        var hidden = w.Mlp0.Forward(modulated2, lora);
+        var act = be.GeluTanh(hidden);
+        var mlp = w.Mlp2.Forward(act, lora);
+        saved = new StreamActivations
+        {
+            Prepared = p, AttnOut = attnOut, Proj = proj, X1 = x1, Stats2 = stats2, Modulated2 = modulated2,
+            Hidden = hidden, Act = act, Mlp = mlp,
+        };
+        return be.GatedResidual(x1, p.Mod2.Gate, mlp);
     }
 
     /// <summary>
-    /// Mirrors <see cref="Forward"/>: d img_out, d txt_out → d img, d txt (d txt null when not needed: the first block's
-    /// text input comes from txt_in, which nothing trains). Accumulates every LoRA gradient of the block.
+    /// Mirrors <see cref="Forward"/>: d img_out, d txt_out → d img, d txt. Accumulates every LoRA gradient of the block.
     /// </summary>
-    public (Tensor DImg, Tensor? DTxt) Backward(State s, Tensor dImgOut, Tensor dTxtOut, Tensor siluVec, Tensor pe, LoraBinding? lora, bool needTxtGrad)
+    public (Tensor DImg, Tensor DTxt) Backward(BlockActivations s, Tensor dImgOut, Tensor dTxtOut, Tensor siluVec, Tensor pe, LoraBinding? lora)
     {
         var be = dImgOut.Backend;
-        var dMi = new Tensor[6];
-        var dMt = new Tensor[6];
-        // the MLP halves and the attention projections, per stream
-        var (dImg, dImgAttn) = FinishBackward(Img, s.Img, dImgOut, lora, dMi);
-        var (dTxt, dTxtAttn) = FinishBackward(Txt, s.Txt, dTxtOut, lora, dMt);
+        // the img and txt blocks, back to each stream's attention output
+        var img = FinishBackward(Img, s.Img, dImgOut, lora);
+        var txt = FinishBackward(Txt, s.Txt, dTxtOut, lora);
 
         // back through the joint attention
-        using var dAttn = be.Concat(1, dTxtAttn, dImgAttn);
-        dImgAttn.Dispose();
-        dTxtAttn.Dispose();
+        using var dAttn = be.Concat(1, txt.DAttn, img.DAttn);
+        img.DAttn.Dispose();
+        txt.DAttn.Dispose();
         var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
-        int lt = s.Txt.X.Dim(1), li = s.Img.X.Dim(1);
-        PrepareBackward(Img, s.Img, dq, dk, dv, lt, li, dImg, lora, dMi, siluVec, needInput: true);
-        PrepareBackward(Txt, s.Txt, dq, dk, dv, 0, lt, dTxt, lora, dMt, siluVec, needInput: needTxtGrad);
+        int lt = s.Txt.Prepared.X.Dim(1), li = s.Img.Prepared.X.Dim(1);
+
+        // back through the preparation of each stream
+        PrepareBackward(Img, s.Img.Prepared, dq, dk, dv, lt, li, img, siluVec, lora);
+        PrepareBackward(Txt, s.Txt.Prepared, dq, dk, dv, 0, lt, txt, siluVec, lora);
         dq.Dispose(); dk.Dispose(); dv.Dispose();
-        if (!needTxtGrad) { dTxt.Dispose(); return (dImg, null); }
-        return (dImg, dTxt);
+        return (img.Dx, txt.Dx);
     }
 
-    /// <summary>Returns (d x, d attention output) and fills the gate/shift/scale gradients of the second half.</summary>
-    static (Tensor Dx, Tensor DAttn) FinishBackward(StreamWeights w, StreamState s, Tensor dOut, LoraBinding? lora, Tensor[] dMod)
+    /// <summary>
+    /// What the backward of "calculate the block" hands to the preparation's: d x so far (the residual paths), d attention
+    /// output, d gate1 and the MLP half's modulation gradients.
+    /// </summary>
+    readonly record struct FinishGradients(Tensor Dx, Tensor DAttn, Tensor DGate1, ModulationOut DMod2);
+
+    static FinishGradients FinishBackward(StreamWeights w, StreamActivations s, Tensor dOut, LoraBinding? lora)
     {
         var be = dOut.Backend;
-        // x_out = x1 + gate2 · mlp(LNmod(x1))
-        var (dMlp, dGate2) = be.GatedResidualBackward(dOut, s.Mod[5], s.Mlp);
-        dMod[5] = dGate2;
+        var p = s.Prepared;
+        // x_out = x1 + gate2 · mlp(LNmod2(x1))
+        var (dMlp, dGate2) = be.GatedResidualBackward(dOut, p.Mod2.Gate, s.Mlp);
         var dx1 = be.Zeros(dOut.Shape);
         be.AddInPlace(dx1, dOut);
-        using (var dAct = w.Mlp2.Backward(s.Act, dMlp, lora)!)
+        Tensor dShift2, dScale2;
+        using (var dAct = w.Mlp2.Backward(s.Act, dMlp, lora))
         using (var dHidden = be.GeluTanhBackward(s.Hidden, dAct))
-        using (var dMod2 = w.Mlp0.Backward(s.Modulated2, dHidden, lora)!)
+        using (var dModulated2 = w.Mlp0.Backward(s.Modulated2, dHidden, lora))
         {
-            var (dxn, dShift2, dScale2) = be.LayerNormModulateBackward(dMod2, s.X1, s.Mod[4], s.Stats2);
+            (var dxn, dShift2, dScale2) = be.LayerNormModulateBackward(dModulated2, s.X1, p.Mod2.Scale, s.Stats2);
             be.AddInPlace(dx1, dxn);
             dxn.Dispose();
-            dMod[3] = dShift2;
-            dMod[4] = dScale2;
         }
         dMlp.Dispose();
         // x1 = x + gate1 · proj(attn)
-        var (dProj, dGate1) = be.GatedResidualBackward(dx1, s.Mod[2], s.Proj);
-        dMod[2] = dGate1;
-        var dAttn = w.Proj.Backward(s.AttnOut, dProj, lora)!;
+        var (dProj, dGate1) = be.GatedResidualBackward(dx1, p.Mod1.Gate, s.Proj);
+        var dAttn = w.Proj.Backward(s.AttnOut, dProj, lora);
         dProj.Dispose();
-        return (dx1, dAttn);   // dx1 is also d x through the residual; the first half adds to it
+        // dx1 is also d x through the residual; the preparation's backward adds to it
+        return new FinishGradients(dx1, dAttn, dGate1, new ModulationOut(dShift2, dScale2, dGate2));
     }
 
-    /// <summary>Back through q/k norm, qkv and the first modulated LayerNorm of one stream; adds into dx.</summary>
-    static void PrepareBackward(StreamWeights w, StreamState s, Tensor dq, Tensor dk, Tensor dv, int start, int length,
-                                Tensor dx, LoraBinding? lora, Tensor[] dMod, Tensor siluVec, bool needInput)
+    /// <summary>Back through q/k norm, qkv and the first modulated LayerNorm of one stream (rows [start, start+length) of the joint dq, dk, dv); adds into g.Dx.</summary>
+    static void PrepareBackward(StreamWeights w, PreparedStream s, Tensor dq, Tensor dk, Tensor dv, int start, int length,
+                                FinishGradients g, Tensor siluVec, LoraBinding? lora)
     {
-        var be = dx.Backend;
+        var be = dq.Backend;
         using var dqs = be.Narrow(dq, 2, start, length);
         using var dks = be.Narrow(dk, 2, start, length);
         using var dvs = be.Narrow(dv, 2, start, length);
-        using var dQkv = QkvAttention.SplitBackward(s.Attn, dqs, dks, dvs);
-        using var dModulated1 = w.Qkv.Backward(s.Modulated1, dQkv, lora)!;
-        var (dxn, dShift1, dScale1) = be.LayerNormModulateBackward(dModulated1, s.X, s.Mod[1], s.Stats1);
-        if (needInput) be.AddInPlace(dx, dxn);
+        using var dQkv = QkvAttention.SplitBackward(s.Qkv, dqs, dks, dvs);
+        using var dModulated1 = w.Qkv.Backward(s.Modulated1, dQkv, lora);
+        var (dxn, dShift1, dScale1) = be.LayerNormModulateBackward(dModulated1, s.X, s.Mod1.Scale, s.Stats1);
+        be.AddInPlace(g.Dx, dxn);
         dxn.Dispose();
-        dMod[0] = dShift1;
-        dMod[1] = dScale1;
-        w.Mod.Backward(siluVec, dMod, lora);
-        foreach (var t in dMod) t.Dispose();
+        using var dMod1 = new ModulationOut(dShift1, dScale1, g.DGate1);
+        using var dMod2 = g.DMod2;
+        w.Mod.Backward(siluVec, dMod1, dMod2, lora);
     }
 }

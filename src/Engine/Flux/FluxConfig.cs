@@ -15,27 +15,35 @@ public sealed record FluxConfig(
     int MlpHiddenDim,      // hidden × mlp ratio 4 = 12288
     int Depth,             // double-stream blocks (19)
     int DepthSingleBlocks, // single-stream blocks (38)
-    int[] AxesDim,         // RoPE axes, summing to the head dim: [16, 56, 56]
-    float Theta,           // RoPE base 10,000
+    int[] AxesDim,         // RoPE axes (index, row, col), summing to the head dim: FluxAxesDim
+    float Theta,           // RoPE base: FluxTheta
     bool GuidanceEmbed)    // flux-dev distils guidance into an embedding; schnell does not
 {
     public int HeadDim => HiddenSize / NumHeads;
 
     public const int TimestepEmbedDim = 256;
     public const float NormEps = 1e-6f;
+    public const int PixelsPerToken = 16; // 8× VAE downsampling × 2×2 patch
+
+    /// <summary>
+    /// FLUX's RoPE axes (the index, row and column channels of its 128-wide heads) and base, as BFL's FluxParams
+    /// for flux-dev give them (flux/util.py: axes_dim=[16, 56, 56], theta=10_000); schnell uses the same.
+    /// </summary>
+    public static IReadOnlyList<int> FluxAxesDim { get; } = [16, 56, 56];
+    public const float FluxTheta = 10_000f;
 
     public static FluxConfig FluxDev { get; } =
-        new("flux-dev", 64, 64, 768, 4096, 3072, 24, 12288, 19, 38, [16, 56, 56], 10_000f, true);
+        new("flux-dev", 64, 64, 768, 4096, 3072, 24, 12288, 19, 38, [.. FluxAxesDim], FluxTheta, true);
 
     public static FluxConfig FluxSchnell { get; } = FluxDev with { Name = "flux-schnell", GuidanceEmbed = false };
 
     /// <summary>Two blocks of each kind, hidden 64, head dim 16 (axes 4+6+6): used by tests and the demo.</summary>
     public static FluxConfig Tiny { get; } =
-        new("tiny", 64, 64, 32, 48, 64, 4, 256, 2, 2, [4, 6, 6], 10_000f, true);
+        new("tiny", 64, 64, 32, 48, 64, 4, 256, 2, 2, [4, 6, 6], FluxTheta, true);
 
     /// <summary>One block of each kind and narrower still: for finite-difference checks of the whole model.</summary>
     public static FluxConfig Micro { get; } =
-        new("micro", 8, 8, 6, 10, 16, 2, 32, 1, 1, [2, 2, 4], 10_000f, true);
+        new("micro", 8, 8, 6, 10, 16, 2, 32, 1, 1, [2, 2, 4], FluxTheta, true);
 
     /// <summary>Tiny, but with the real text widths (T5 4096, CLIP 768): runs the photo → encoders → Stage 2 pipeline.</summary>
     public static FluxConfig TinyT5 { get; } = Tiny with { Name = "tiny-t5", ContextInDim = 4096, VecInDim = 768 };
@@ -88,6 +96,10 @@ public sealed record FluxConfig(
         int outCh = Need("final_layer.linear.weight")[0];
         int depth = CountBlocks("double_blocks");
         int single = CountBlocks("single_blocks");
+        // a block tensor past the count means a block lost its probe tensor, not that the model ends there
+        if (shapes.Keys.FirstOrDefault(k => BlockIndex(k, "double_blocks") >= depth || BlockIndex(k, "single_blocks") >= single) is { } stray)
+            throw new InvalidDataException($"{source}: tensor '{stray}' belongs to a block past the {depth} double and {single} single blocks found " +
+                                           "(each block needs its img_attn.qkv.weight or linear1.weight)");
         int headDim = depth > 0 ? Need("double_blocks.0.img_attn.norm.query_norm.scale")[0]
                                 : Need("single_blocks.0.norm.query_norm.scale")[0];
         int mlp = depth > 0 ? Need("double_blocks.0.img_mlp.0.weight")[0] : Need("single_blocks.0.linear1.weight")[0] - 3 * hidden;
@@ -95,14 +107,14 @@ public sealed record FluxConfig(
         if (headDim <= 0 || hidden % headDim != 0)
             throw new InvalidDataException($"{source}: head dim {headDim} does not divide hidden size {hidden}");
 
-        int[] axes = headDim == 128 ? [16, 56, 56] : [];
-        float theta = 10_000f;
+        int[] axes = headDim == FluxAxesDim.Sum() ? [.. FluxAxesDim] : [];
+        float theta = FluxTheta;
         if (metadata != null && metadata.TryGetValue("flux.axes_dim", out var axesText))
             axes = axesText.Split(',').Select(s => int.Parse(s, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
         if (metadata != null && metadata.TryGetValue("flux.theta", out var thetaText))
             theta = float.Parse(thetaText, System.Globalization.CultureInfo.InvariantCulture);
         if (axes.Length == 0)
-            throw new InvalidDataException($"{source}: head dim {headDim} is not FLUX's 128 and the file has no 'flux.axes_dim' metadata");
+            throw new InvalidDataException($"{source}: head dim {headDim} is not FLUX's {FluxAxesDim.Sum()} and the file has no 'flux.axes_dim' metadata");
 
         var known = Presets.FirstOrDefault(p => p.HiddenSize == hidden && p.Depth == depth && p.DepthSingleBlocks == single
                                                 && p.GuidanceEmbed == guidance && p.InChannels == inCh && p.ContextInDim == ctx && p.VecInDim == vec);
@@ -111,6 +123,11 @@ public sealed record FluxConfig(
         try { return config.Validate(); }
         catch (ArgumentException e) { throw new InvalidDataException($"{source}: {e.Message}"); }
     }
+
+    /// <summary>The block index of a tensor named prefix.INDEX.…, or -1 for any other name.</summary>
+    static int BlockIndex(string name, string prefix) =>
+        name.StartsWith(prefix + ".", StringComparison.Ordinal) && name.Split('.') is [_, var index, ..]
+        && int.TryParse(index, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int i) ? i : -1;
 
     /// <summary>Every BFL tensor name of this config with its shape, in checkpoint order.</summary>
     public IEnumerable<(string Name, int[] Shape)> TensorShapes()

@@ -24,7 +24,7 @@ public static class FluxLoader
 
         using var files = SafetensorsCollection.Open(source);
         bool diffusers = FluxNames.IsDiffusersLayout(files.Names);
-        var shapes = diffusers ? DiffusersShapesAsBfl(files) : files.Names.ToDictionary(n => n, n => files.Entry(n).Shape);
+        var shapes = diffusers ? DiffusersShapesAsBfl(source, files) : files.Names.ToDictionary(n => n, n => files.Entry(n).Shape);
         var config = FluxConfig.Detect(shapes, files.Metadata, source);
         if (expected != null && (expected.HiddenSize != config.HiddenSize || expected.Depth != config.Depth
                                  || expected.DepthSingleBlocks != config.DepthSingleBlocks || expected.GuidanceEmbed != config.GuidanceEmbed))
@@ -45,8 +45,8 @@ public static class FluxLoader
             else
             {
                 foreach (var rule in FluxNames.Rules(config))
-                    foreach (var suffix in rule.IsScale ? [""] : new[] { ".weight", ".bias" })
-                        tensors[rule.Bfl + suffix] = backend.Upload(ReadDiffusers(files, rule, suffix, out var shape), shape);
+                    foreach (var suffix in rule.Suffixes)
+                        tensors[rule.Bfl + suffix] = backend.Upload(ReadDiffusers(source, files, rule, suffix, out var shape), shape);
             }
         }
         catch
@@ -62,56 +62,65 @@ public static class FluxLoader
             : throw new InvalidDataException($"{source}: tensor '{name}' has shape {Shapes.Format(actual)}, expected {Shapes.Format(expected)}");
 
     /// <summary>One BFL tensor assembled from its diffusers parts, per the name table.</summary>
-    static float[] ReadDiffusers(SafetensorsCollection files, NameRule rule, string suffix, out int[] shape)
+    static float[] ReadDiffusers(string source, SafetensorsCollection files, NameRule rule, string suffix, out int[] shape)
     {
-        string Part(string d) => rule.IsScale ? d : d + suffix;
         var parts = rule.Diffusers.Select(d =>
         {
-            string n = Part(d);
-            if (!files.Names.Contains(n)) throw new InvalidDataException($"diffusers checkpoint: tensor '{n}' (for BFL '{rule.Bfl}{suffix}') is missing");
-            return (Name: n, Shape: files.Entry(n).Shape, Data: files.ReadFloats(n));
+            string n = d + suffix;
+            if (!files.Names.Contains(n)) throw Missing(source, n, rule, suffix);
+            return (Shape: files.Entry(n).Shape, Data: files.ReadFloats(n));
         }).ToArray();
+        shape = JoinedShape(rule, parts.Select(p => p.Shape));
         switch (rule.Join)
         {
             case NameJoin.Direct:
-                shape = parts[0].Shape;
                 return parts[0].Data;
             case NameJoin.RowConcat:
-                shape = (int[])parts[0].Shape.Clone();
-                shape[0] = parts.Sum(p => p.Shape[0]);
                 return parts.SelectMany(p => p.Data).ToArray();
             default: // SwapHalves: (scale, shift) → (shift, scale) along the rows
-                shape = parts[0].Shape;
                 var data = parts[0].Data;
                 int half = data.Length / 2;
                 return [.. data.AsSpan(half).ToArray(), .. data.AsSpan(0, half).ToArray()];
         }
     }
 
-    /// <summary>Shapes under BFL names, for config detection of a diffusers checkpoint.</summary>
-    static Dictionary<string, int[]> DiffusersShapesAsBfl(SafetensorsCollection files)
+    static InvalidDataException Missing(string source, string diffusersName, NameRule rule, string suffix) =>
+        new($"{source}: diffusers tensor '{diffusersName}' (part of BFL '{rule.Bfl}{suffix}') is missing");
+
+    /// <summary>The BFL tensor's shape from its diffusers parts' shapes: row concatenation adds the rows.</summary>
+    static int[] JoinedShape(NameRule rule, IEnumerable<int[]> partShapes)
     {
+        var shapes = partShapes.ToArray();
+        if (rule.Join != NameJoin.RowConcat) return shapes[0];
+        var shape = (int[])shapes[0].Clone();
+        shape[0] = shapes.Sum(s => s[0]);
+        return shape;
+    }
+
+    /// <summary>
+    /// Shapes under BFL names, for config detection of a diffusers checkpoint: every rule of the name table whose
+    /// diffusers tensors are present, with the shape the load will assemble (a fused linear missing some of its
+    /// parts fails here, naming the part). Blocks are counted while any tensor of the next block is present.
+    /// </summary>
+    static Dictionary<string, int[]> DiffusersShapesAsBfl(string source, SafetensorsCollection files)
+    {
+        int CountBlocks(Func<int, NameRule[]> block)
+        {
+            int n = 0;
+            while (block(n).Any(rule => rule.Diffusers.Any(d => rule.Suffixes.Any(suffix => files.Names.Contains(d + suffix))))) n++;
+            return n;
+        }
+
         var shapes = new Dictionary<string, int[]>();
-        int[]? S(string n) => files.Names.Contains(n) ? files.Entry(n).Shape : null;
-        void Map(string bfl, string d) { if (S(d) is { } s) shapes[bfl] = s; }
-        Map("img_in.weight", "x_embedder.weight");
-        Map("txt_in.weight", "context_embedder.weight");
-        Map("vector_in.in_layer.weight", "time_text_embed.text_embedder.linear_1.weight");
-        Map("final_layer.linear.weight", "proj_out.weight");
-        Map("guidance_in.in_layer.weight", "time_text_embed.guidance_embedder.linear_1.weight");
-        for (int i = 0; files.Names.Contains($"transformer_blocks.{i}.attn.to_q.weight"); i++)
-        {
-            shapes[$"double_blocks.{i}.img_attn.qkv.weight"] = S($"transformer_blocks.{i}.attn.to_q.weight")!;
-            Map($"double_blocks.{i}.img_attn.norm.query_norm.scale", $"transformer_blocks.{i}.attn.norm_q.weight");
-            Map($"double_blocks.{i}.img_mlp.0.weight", $"transformer_blocks.{i}.ff.net.0.proj.weight");
-        }
-        for (int i = 0; files.Names.Contains($"single_transformer_blocks.{i}.proj_out.weight"); i++)
-        {
-            var q = S($"single_transformer_blocks.{i}.attn.to_q.weight")!;
-            var m = S($"single_transformer_blocks.{i}.proj_mlp.weight")!;
-            shapes[$"single_blocks.{i}.linear1.weight"] = [3 * q[0] + m[0], q[1]];
-            Map($"single_blocks.{i}.norm.query_norm.scale", $"single_transformer_blocks.{i}.attn.norm_q.weight");
-        }
+        var layout = FluxNames.Layout(guidanceEmbed: true, CountBlocks(FluxNames.DoubleBlockRules), CountBlocks(FluxNames.SingleBlockRules));
+        foreach (var rule in layout)
+            foreach (var suffix in rule.Suffixes)
+            {
+                var missing = rule.Diffusers.Where(d => !files.Names.Contains(d + suffix)).ToList();
+                if (missing.Count == rule.Diffusers.Length) continue;     // absent: detection says whether it is needed
+                if (missing.Count > 0) throw Missing(source, missing[0] + suffix, rule, suffix);
+                shapes[rule.Bfl + suffix] = JoinedShape(rule, rule.Diffusers.Select(d => files.Entry(d + suffix).Shape));
+            }
         return shapes;
     }
 

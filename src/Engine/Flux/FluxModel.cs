@@ -26,8 +26,8 @@ public sealed class FluxModel
 {
     public FluxModel(FluxWeights weights)
     {
-        Weights = weights;
         Config = weights.Config;
+        Backend = weights.Backend;
         ImgIn = Linear.From(weights, "img_in");
         TimeIn = new MlpEmbedder(weights, "time_in");
         VectorIn = new MlpEmbedder(weights, "vector_in");
@@ -35,12 +35,11 @@ public sealed class FluxModel
         TxtIn = Linear.From(weights, "txt_in");
         DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(weights, i)).ToArray();
         SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(weights, i)).ToArray();
-        FinalLayer = new FinalLayer(weights);
+        FinalLayer = new LastLayer(weights);
     }
 
-    public FluxWeights Weights { get; }
     public FluxConfig Config { get; }
-    public IBackend Backend => Weights.Backend;
+    public IBackend Backend { get; }
     public Linear ImgIn { get; }
     public MlpEmbedder TimeIn { get; }
     public MlpEmbedder VectorIn { get; }
@@ -48,34 +47,47 @@ public sealed class FluxModel
     public Linear TxtIn { get; }
     public DoubleBlock[] DoubleBlocks { get; }
     public SingleBlock[] SingleBlocks { get; }
-    public FinalLayer FinalLayer { get; }
+    public LastLayer FinalLayer { get; }
 
     /// <summary>
-    /// Everything the backward needs, block by block. With recomputation a block keeps only its inputs (which the
-    /// state owns anyway as the previous block's outputs) and its internals are rebuilt during the backward.
+    /// Everything the backward needs, an <see cref="Activations"/> record like the layers': the shared conditioning,
+    /// per block its inputs and its activations, and the final layer's. Recomputation is each block entry's Saved:
+    /// null means the block's activations were dropped right after its forward and the backward rebuilds them from
+    /// the inputs the entry keeps.
     /// </summary>
-    public sealed class State : IDisposable
+    public sealed class State : Activations
     {
-        public Tensor[] DoubleImgIn = [], DoubleTxtIn = [], SingleIn = [];
-        readonly List<Tensor> streams = [];
-        public Tensor ImgInput = null!, SiluVec = null!, Pe = null!;
-        /// <summary>Block inputs and outputs: each block keeps a reference to its input, the state owns them.</summary>
-        public Tensor Own(Tensor t) { streams.Add(t); return t; }
-        public int TxtLength, ImgLength;
-        public DoubleBlock.State[] Double = [];
-        public SingleBlock.State[] Single = [];
-        public FinalLayer.State Final = null!;
+        public required Tensor ImgInput { get; init; }                    // (B, L_img, in) the caller's latents: borrowed
+        public required Tensor SiluVec { get; init; }                     // (B, C) silu(vec), every modulation's input
+        public required Tensor Pe { get; init; }                          // (B, L_txt + L_img, D/2, 2) RoPE (cos, sin)
+        public required DoubleBlockEntry[] Double { get; init; }          // one per double block
+        public required SingleBlockEntry[] Single { get; init; }          // one per single block
+        public required Tensor ImgOut { get; init; }                      // (B, L_img, C) image rows after the single blocks
+        public required LastLayer.LayerActivations Final { get; init; }   // final_layer's, reading ImgOut
 
-        public void Dispose()
-        {
-            SiluVec.Dispose();
-            Pe.Dispose();
-            foreach (var d in Double) d?.Dispose();
-            foreach (var s in Single) s?.DisposeAll();
-            Final.Dispose();
-            foreach (var t in streams) t.Dispose();
-            streams.Clear();
-        }
+        public int ImgLength => ImgInput.Dim(1);
+        public int TxtLength => Pe.Dim(1) - ImgLength;
+
+        protected override IEnumerable<IDisposable?> Owned() => [SiluVec, Pe, .. Double, .. Single, ImgOut, Final];
+    }
+
+    /// <summary>One double block in the model state: its inputs, and its activations unless recomputation dropped them.</summary>
+    public sealed class DoubleBlockEntry : Activations
+    {
+        public required Tensor Img { get; init; }                             // (B, L_img, C) block input (the previous block's output)
+        public required Tensor Txt { get; init; }                             // (B, L_txt, C) block input
+        public required DoubleBlock.BlockActivations? Saved { get; init; }    // null: dropped after the forward, rebuilt from Img, Txt
+
+        protected override IEnumerable<IDisposable?> Owned() => [Saved, Img, Txt];
+    }
+
+    /// <summary>One single block in the model state: its input, and its activations unless recomputation dropped them.</summary>
+    public sealed class SingleBlockEntry : Activations
+    {
+        public required Tensor X { get; init; }                               // (B, L_txt + L_img, C) block input
+        public required SingleBlock.BlockActivations? Saved { get; init; }    // null: dropped after the forward, rebuilt from X
+
+        protected override IEnumerable<IDisposable?> Owned() => [Saved, X];
     }
 
     /// <summary>
@@ -96,41 +108,80 @@ public sealed class FluxModel
     /// </summary>
     public Tensor Forward(FluxInputs x, LoraBinding? lora, out State s, bool recompute = false)
     {
-        var be = Backend;
-        s = new State { ImgInput = x.Img, TxtLength = x.Txt.Dim(1), ImgLength = x.Img.Dim(1) };
         if (Config.GuidanceEmbed && x.Guidance == null) throw new ArgumentException($"the {Config.Name} model needs a guidance value");
+        var be = Backend;
 
-        var img = s.Own(ImgIn.Forward(x.Img, null));
+        var img = ImgIn.Forward(x.Img, null);
         using var vec = Conditioning(x);
-        var txt = s.Own(TxtIn.Forward(x.Txt, null));
-        using (var ids = be.Concat(1, x.TxtIds, x.ImgIds)) s.Pe = be.RopeTable(ids, Config.AxesDim, Config.Theta);
-        s.SiluVec = be.Silu(vec);
+        var txt = TxtIn.Forward(x.Txt, null);
+        var pe = PositionEmbedding(x.TxtIds, x.ImgIds);
+        var siluVec = be.Silu(vec);
 
-        s.Double = new DoubleBlock.State[DoubleBlocks.Length];
-        (s.DoubleImgIn, s.DoubleTxtIn) = (new Tensor[DoubleBlocks.Length], new Tensor[DoubleBlocks.Length]);
+        (img, txt) = DoubleBlocksForward(img, txt, siluVec, pe, lora, recompute, out var doubles);
+        var joint = SingleBlocksForward(JoinTextFirst(txt, img), siluVec, pe, lora, recompute, out var singles);
+        var imgOut = ImageRows(joint, x.Txt.Dim(1));
+        var y = FinalLayer.Forward(imgOut, siluVec, out var final);
+
+        s = new State { ImgInput = x.Img, SiluVec = siluVec, Pe = pe, Double = doubles, Single = singles, ImgOut = imgOut, Final = final };
+        return y;
+    }
+
+    /// <summary>pe_embedder over the joint ids, text first: (B, L_txt + L_img, D/2, 2).</summary>
+    Tensor PositionEmbedding(Tensor txtIds, Tensor imgIds)
+    {
+        using var ids = Backend.Concat(1, txtIds, imgIds);
+        return Backend.RopeTable(ids, Config.AxesDim, Config.Theta);
+    }
+
+    /// <summary>double_blocks: img, txt → img, txt; each entry owns its block's inputs.</summary>
+    (Tensor Img, Tensor Txt) DoubleBlocksForward(Tensor img, Tensor txt, Tensor siluVec, Tensor pe, LoraBinding? lora, bool recompute,
+                                                 out DoubleBlockEntry[] entries)
+    {
+        entries = new DoubleBlockEntry[DoubleBlocks.Length];
         for (int i = 0; i < DoubleBlocks.Length; i++)
         {
-            using var _ = be.Range($"double_blocks.{i}");
-            (s.DoubleImgIn[i], s.DoubleTxtIn[i]) = (img, txt);
-            (img, txt) = DoubleBlocks[i].Forward(img, txt, s.SiluVec, s.Pe, lora, out s.Double[i]);
-            if (recompute) { s.Double[i].Dispose(); s.Double[i] = null!; }
-            s.Own(img);
-            s.Own(txt);
+            using var _ = Backend.Range($"double_blocks.{i}");
+            var (imgOut, txtOut) = DoubleBlocks[i].Forward(img, txt, siluVec, pe, lora, out var saved);
+            entries[i] = new DoubleBlockEntry { Img = img, Txt = txt, Saved = Kept(saved, recompute) };
+            (img, txt) = (imgOut, txtOut);
         }
+        return (img, txt);
+    }
 
-        var joint = s.Own(be.Concat(1, txt, img));
-        s.Single = new SingleBlock.State[SingleBlocks.Length];
-        s.SingleIn = new Tensor[SingleBlocks.Length];
+    /// <summary>single_blocks over the joint sequence; each entry owns its block's input.</summary>
+    Tensor SingleBlocksForward(Tensor x, Tensor siluVec, Tensor pe, LoraBinding? lora, bool recompute, out SingleBlockEntry[] entries)
+    {
+        entries = new SingleBlockEntry[SingleBlocks.Length];
         for (int i = 0; i < SingleBlocks.Length; i++)
         {
-            using var _ = be.Range($"single_blocks.{i}");
-            s.SingleIn[i] = joint;
-            joint = s.Own(SingleBlocks[i].Forward(joint, s.SiluVec, s.Pe, lora, out s.Single[i]));
-            if (recompute) { s.Single[i].DisposeAll(); s.Single[i] = null!; }
+            using var _ = Backend.Range($"single_blocks.{i}");
+            var y = SingleBlocks[i].Forward(x, siluVec, pe, lora, out var saved);
+            entries[i] = new SingleBlockEntry { X = x, Saved = Kept(saved, recompute) };
+            x = y;
         }
+        return x;
+    }
 
-        var imgOut = s.Own(be.Narrow(joint, 1, s.TxtLength, s.ImgLength));
-        return FinalLayer.Forward(imgOut, s.SiluVec, out s.Final);
+    /// <summary>The activations an entry keeps: all of them, or none when they are recomputed in the backward.</summary>
+    static T? Kept<T>(T saved, bool recompute) where T : Activations
+    {
+        if (!recompute) return saved;
+        saved.Dispose();
+        return null;
+    }
+
+    /// <summary>cat(txt, img) along the sequence, freeing the last double block's outputs (nothing reads them again).</summary>
+    Tensor JoinTextFirst(Tensor txt, Tensor img)
+    {
+        using (txt)
+        using (img)
+            return Backend.Concat(1, txt, img);
+    }
+
+    /// <summary>The image rows (B, L_img, C) of the last single block's output, which is freed.</summary>
+    Tensor ImageRows(Tensor joint, int txtLength)
+    {
+        using (joint) return Backend.Narrow(joint, 1, txtLength, joint.Dim(1) - txtLength);
     }
 
     /// <summary>
@@ -183,50 +234,64 @@ public sealed class FluxModel
     }
 
     /// <summary>
-    /// dOutput (B, L_img, out) → d img input (B, L_img, in), or null when not asked for (training needs only the
-    /// LoRA gradients). Accumulates the gradient of every LoRA factor the binding trains. The caller disposes s.
+    /// Mirrors <see cref="Forward"/> from dOutput (B, L_img, out), accumulating the gradient of every LoRA factor the
+    /// binding trains (training needs nothing else). The caller disposes s.
     /// </summary>
-    public Tensor? Backward(State s, Tensor dOutput, LoraBinding? lora, bool needInputGrad = false)
+    public void Backward(State s, Tensor dOutput, LoraBinding? lora) => BackwardToImg(s, dOutput, lora).Dispose();
+
+    /// <summary>As <see cref="Backward"/>, and returns the gradient of the latent input (B, L_img, in).</summary>
+    public Tensor BackwardWithInputGrad(State s, Tensor dOutput, LoraBinding? lora)
+    {
+        using var dImg = BackwardToImg(s, dOutput, lora);
+        return ImgIn.Backward(s.ImgInput, dImg, null);
+    }
+
+    /// <summary>dOutput (B, L_img, out) → d img_in's output (B, L_img, C).</summary>
+    Tensor BackwardToImg(State s, Tensor dOutput, LoraBinding? lora)
     {
         var be = Backend;
         using var dImgOut = FinalLayer.Backward(s.Final, dOutput);
         var dJoint = be.Zeros(dImgOut.Dim(0), s.TxtLength + s.ImgLength, dImgOut.Dim(2));
         be.AddNarrow(dJoint, dImgOut, 1, s.TxtLength);
-        for (int i = SingleBlocks.Length - 1; i >= 0; i--)
-        {
-            using var _ = be.Range($"single_blocks.{i}.backward");
-            var state = s.Single[i];
-            if (state == null)    // recomputation: rebuild the block's internals from its kept input
-                SingleBlocks[i].Forward(s.SingleIn[i], s.SiluVec, s.Pe, lora, out state).Dispose();
-            var d = SingleBlocks[i].Backward(state, dJoint, s.SiluVec, s.Pe, lora);
-            if (s.Single[i] == null) state.DisposeAll();
-            dJoint.Dispose();
-            dJoint = d;
-        }
-
+        dJoint = SingleBlocksBackward(s, dJoint, lora);
         var dTxt = be.Narrow(dJoint, 1, 0, s.TxtLength);
         var dImg = be.Narrow(dJoint, 1, s.TxtLength, s.ImgLength);
         dJoint.Dispose();
+        (dImg, dTxt) = DoubleBlocksBackward(s, dImg, dTxt, lora);
+        dTxt.Dispose();             // txt_in is not trained
+        return dImg;
+    }
+
+    /// <summary>d joint after the single blocks → d joint before them (each gradient freed once used).</summary>
+    Tensor SingleBlocksBackward(State s, Tensor dJoint, LoraBinding? lora)
+    {
+        for (int i = SingleBlocks.Length - 1; i >= 0; i--)
+        {
+            using var _ = Backend.Range($"single_blocks.{i}.backward");
+            var e = s.Single[i];
+            var activations = e.Saved ?? SingleBlocks[i].Recompute(e.X, s.SiluVec, s.Pe, lora);
+            var d = SingleBlocks[i].Backward(activations, dJoint, s.SiluVec, s.Pe, lora);
+            if (e.Saved == null) activations.Dispose();      // rebuilt for this backward only
+            dJoint.Dispose();
+            dJoint = d;
+        }
+        return dJoint;
+    }
+
+    /// <summary>d img, d txt after the double blocks → before them (each gradient freed once used).</summary>
+    (Tensor DImg, Tensor DTxt) DoubleBlocksBackward(State s, Tensor dImg, Tensor dTxt, LoraBinding? lora)
+    {
         for (int i = DoubleBlocks.Length - 1; i >= 0; i--)
         {
-            using var _ = be.Range($"double_blocks.{i}.backward");
-            var state = s.Double[i];
-            if (state == null)
-            {
-                var (o1, o2) = DoubleBlocks[i].Forward(s.DoubleImgIn[i], s.DoubleTxtIn[i], s.SiluVec, s.Pe, lora, out state);
-                o1.Dispose();
-                o2.Dispose();
-            }
-            var (di, dt) = DoubleBlocks[i].Backward(state, dImg, dTxt, s.SiluVec, s.Pe, lora, needTxtGrad: i > 0);
-            if (s.Double[i] == null) state.Dispose();
+            using var _ = Backend.Range($"double_blocks.{i}.backward");
+            var e = s.Double[i];
+            var activations = e.Saved ?? DoubleBlocks[i].Recompute(e.Img, e.Txt, s.SiluVec, s.Pe, lora);
+            var (di, dt) = DoubleBlocks[i].Backward(activations, dImg, dTxt, s.SiluVec, s.Pe, lora);
+            if (e.Saved == null) activations.Dispose();      // rebuilt for this backward only
             dImg.Dispose();
             dTxt.Dispose();
-            dImg = di;
-            dTxt = dt ?? be.Zeros(1);
+            (dImg, dTxt) = (di, dt);
         }
-        dTxt.Dispose();
-        var dInput = needInputGrad ? ImgIn.Backward(s.ImgInput, dImg, null) : null;
-        dImg.Dispose();
-        return dInput;
+        return (dImg, dTxt);
     }
 }

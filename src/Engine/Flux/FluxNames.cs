@@ -13,9 +13,15 @@ public enum NameJoin
 
 /// <summary>
 /// One row of the name table. <see cref="Bfl"/> and <see cref="Diffusers"/> are module names for linears (the rule
-/// covers ".weight" and ".bias") or full tensor names for norm scales (<see cref="IsScale"/>).
+/// covers ".weight" and ".bias") or full tensor names for norm scales (<see cref="IsScale"/>). RowSizes: the output
+/// rows of each diffusers part of a <see cref="NameJoin.RowConcat"/> rule, null where the widths are not known
+/// (<see cref="FluxNames.Layout"/>).
 /// </summary>
-public sealed record NameRule(string Bfl, string[] Diffusers, NameJoin Join, bool IsScale = false, int[]? RowSizes = null);
+public sealed record NameRule(string Bfl, string[] Diffusers, NameJoin Join, bool IsScale = false, int[]? RowSizes = null)
+{
+    /// <summary>The tensor suffixes the rule covers: ".weight" and ".bias" for a linear, "" for a norm scale.</summary>
+    public string[] Suffixes => IsScale ? [""] : [".weight", ".bias"];
+}
 
 /// <summary>A LoRA target: one diffusers-granularity linear, living in rows [RowStart, RowStart+Rows) of a BFL linear.</summary>
 /// <param name="Name">PEFT/diffusers module name with the "transformer." prefix, e.g. transformer.transformer_blocks.0.attn.to_q.</param>
@@ -35,9 +41,19 @@ public static class FluxNames
 {
     public const string PeftPrefix = "transformer.";
 
-    public static IReadOnlyList<NameRule> Rules(FluxConfig c)
+    /// <summary>Every rule of this config, in checkpoint order.</summary>
+    public static IReadOnlyList<NameRule> Rules(FluxConfig c) =>
+        Table(c.GuidanceEmbed, c.Depth, c.DepthSingleBlocks, new Widths(c.HiddenSize, c.MlpHiddenDim));
+
+    /// <summary>
+    /// The rules of a model with these depths whose widths are not known yet (config detection reads them off the
+    /// shapes these rules assemble): the fused linears' RowSizes are null.
+    /// </summary>
+    public static IReadOnlyList<NameRule> Layout(bool guidanceEmbed, int depth, int depthSingleBlocks) =>
+        Table(guidanceEmbed, depth, depthSingleBlocks, null);
+
+    static List<NameRule> Table(bool guidanceEmbed, int depth, int depthSingleBlocks, Widths? widths)
     {
-        int C = c.HiddenSize;
         var rules = new List<NameRule>
         {
             new("img_in", ["x_embedder"], NameJoin.Direct),
@@ -47,48 +63,62 @@ public static class FluxNames
             new("vector_in.in_layer", ["time_text_embed.text_embedder.linear_1"], NameJoin.Direct),
             new("vector_in.out_layer", ["time_text_embed.text_embedder.linear_2"], NameJoin.Direct),
         };
-        if (c.GuidanceEmbed)
+        if (guidanceEmbed)
         {
             rules.Add(new("guidance_in.in_layer", ["time_text_embed.guidance_embedder.linear_1"], NameJoin.Direct));
             rules.Add(new("guidance_in.out_layer", ["time_text_embed.guidance_embedder.linear_2"], NameJoin.Direct));
         }
-        for (int i = 0; i < c.Depth; i++)
-        {
-            string b = $"double_blocks.{i}", d = $"transformer_blocks.{i}";
-            rules.AddRange(
-            [
-                new($"{b}.img_mod.lin", [$"{d}.norm1.linear"], NameJoin.Direct),
-                new($"{b}.txt_mod.lin", [$"{d}.norm1_context.linear"], NameJoin.Direct),
-                new($"{b}.img_attn.qkv", [$"{d}.attn.to_q", $"{d}.attn.to_k", $"{d}.attn.to_v"], NameJoin.RowConcat, RowSizes: [C, C, C]),
-                new($"{b}.txt_attn.qkv", [$"{d}.attn.add_q_proj", $"{d}.attn.add_k_proj", $"{d}.attn.add_v_proj"], NameJoin.RowConcat, RowSizes: [C, C, C]),
-                new($"{b}.img_attn.norm.query_norm.scale", [$"{d}.attn.norm_q.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.img_attn.norm.key_norm.scale", [$"{d}.attn.norm_k.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.txt_attn.norm.query_norm.scale", [$"{d}.attn.norm_added_q.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.txt_attn.norm.key_norm.scale", [$"{d}.attn.norm_added_k.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.img_attn.proj", [$"{d}.attn.to_out.0"], NameJoin.Direct),
-                new($"{b}.txt_attn.proj", [$"{d}.attn.to_add_out"], NameJoin.Direct),
-                new($"{b}.img_mlp.0", [$"{d}.ff.net.0.proj"], NameJoin.Direct),
-                new($"{b}.img_mlp.2", [$"{d}.ff.net.2"], NameJoin.Direct),
-                new($"{b}.txt_mlp.0", [$"{d}.ff_context.net.0.proj"], NameJoin.Direct),
-                new($"{b}.txt_mlp.2", [$"{d}.ff_context.net.2"], NameJoin.Direct),
-            ]);
-        }
-        for (int i = 0; i < c.DepthSingleBlocks; i++)
-        {
-            string b = $"single_blocks.{i}", d = $"single_transformer_blocks.{i}";
-            rules.AddRange(
-            [
-                new($"{b}.linear1", [$"{d}.attn.to_q", $"{d}.attn.to_k", $"{d}.attn.to_v", $"{d}.proj_mlp"], NameJoin.RowConcat,
-                    RowSizes: [C, C, C, c.MlpHiddenDim]),
-                new($"{b}.linear2", [$"{d}.proj_out"], NameJoin.Direct),
-                new($"{b}.norm.query_norm.scale", [$"{d}.attn.norm_q.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.norm.key_norm.scale", [$"{d}.attn.norm_k.weight"], NameJoin.Direct, IsScale: true),
-                new($"{b}.modulation.lin", [$"{d}.norm.linear"], NameJoin.Direct),
-            ]);
-        }
+        for (int i = 0; i < depth; i++) rules.AddRange(DoubleBlockRules(i, widths));
+        for (int i = 0; i < depthSingleBlocks; i++) rules.AddRange(SingleBlockRules(i, widths));
         rules.Add(new("final_layer.linear", ["proj_out"], NameJoin.Direct));
         rules.Add(new("final_layer.adaLN_modulation.1", ["norm_out.linear"], NameJoin.SwapHalves));
         return rules;
+    }
+
+    /// <summary>Hidden size C and MLP width: the row sizes of the fused linears' parts.</summary>
+    readonly record struct Widths(int Hidden, int Mlp);
+
+    /// <summary>The rules of double block i (diffusers' transformer_blocks.i). Without widths, RowSizes stay null.</summary>
+    public static NameRule[] DoubleBlockRules(int i) => DoubleBlockRules(i, null);
+
+    /// <summary>The rules of single block i (diffusers' single_transformer_blocks.i). Without widths, RowSizes stay null.</summary>
+    public static NameRule[] SingleBlockRules(int i) => SingleBlockRules(i, null);
+
+    static NameRule[] DoubleBlockRules(int i, Widths? w)
+    {
+        string b = $"double_blocks.{i}", d = $"transformer_blocks.{i}";
+        int[]? qkv = w is { } x ? [x.Hidden, x.Hidden, x.Hidden] : null;
+        return
+        [
+            new($"{b}.img_mod.lin", [$"{d}.norm1.linear"], NameJoin.Direct),
+            new($"{b}.txt_mod.lin", [$"{d}.norm1_context.linear"], NameJoin.Direct),
+            new($"{b}.img_attn.qkv", [$"{d}.attn.to_q", $"{d}.attn.to_k", $"{d}.attn.to_v"], NameJoin.RowConcat, RowSizes: qkv),
+            new($"{b}.txt_attn.qkv", [$"{d}.attn.add_q_proj", $"{d}.attn.add_k_proj", $"{d}.attn.add_v_proj"], NameJoin.RowConcat, RowSizes: qkv),
+            new($"{b}.img_attn.norm.query_norm.scale", [$"{d}.attn.norm_q.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.img_attn.norm.key_norm.scale", [$"{d}.attn.norm_k.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.txt_attn.norm.query_norm.scale", [$"{d}.attn.norm_added_q.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.txt_attn.norm.key_norm.scale", [$"{d}.attn.norm_added_k.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.img_attn.proj", [$"{d}.attn.to_out.0"], NameJoin.Direct),
+            new($"{b}.txt_attn.proj", [$"{d}.attn.to_add_out"], NameJoin.Direct),
+            new($"{b}.img_mlp.0", [$"{d}.ff.net.0.proj"], NameJoin.Direct),
+            new($"{b}.img_mlp.2", [$"{d}.ff.net.2"], NameJoin.Direct),
+            new($"{b}.txt_mlp.0", [$"{d}.ff_context.net.0.proj"], NameJoin.Direct),
+            new($"{b}.txt_mlp.2", [$"{d}.ff_context.net.2"], NameJoin.Direct),
+        ];
+    }
+
+    static NameRule[] SingleBlockRules(int i, Widths? w)
+    {
+        string b = $"single_blocks.{i}", d = $"single_transformer_blocks.{i}";
+        int[]? linear1 = w is { } x ? [x.Hidden, x.Hidden, x.Hidden, x.Mlp] : null;
+        return
+        [
+            new($"{b}.linear1", [$"{d}.attn.to_q", $"{d}.attn.to_k", $"{d}.attn.to_v", $"{d}.proj_mlp"], NameJoin.RowConcat, RowSizes: linear1),
+            new($"{b}.linear2", [$"{d}.proj_out"], NameJoin.Direct),
+            new($"{b}.norm.query_norm.scale", [$"{d}.attn.norm_q.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.norm.key_norm.scale", [$"{d}.attn.norm_k.weight"], NameJoin.Direct, IsScale: true),
+            new($"{b}.modulation.lin", [$"{d}.norm.linear"], NameJoin.Direct),
+        ];
     }
 
     /// <summary>

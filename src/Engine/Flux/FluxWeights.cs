@@ -33,8 +33,6 @@ public sealed class FluxWeights : IDisposable
 
     public Tensor? TryGet(string name) => tensors.GetValueOrDefault(name);
 
-    public IEnumerable<string> Names => tensors.Keys;
-
     /// <summary>Deterministic random weights (<see cref="RandomWeights"/>), identical to tools/reference's.</summary>
     public static FluxWeights Random(FluxConfig config, IBackend backend, ulong seed)
     {

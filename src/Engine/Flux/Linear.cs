@@ -5,6 +5,7 @@ namespace MetaLoraNative.Engine.Flux;
 /// <summary>
 /// A frozen linear W0 (+ bias) under its BFL name, with whatever LoRA targets the bound adapter places in its
 /// output rows (q, k and v are three targets inside one fused qkv linear). y = x·W0ᵀ + b + Σ deltas.
+/// W0 and the bias get no gradient; the LoRA factors accumulate theirs with +=.
 /// </summary>
 public sealed class Linear(string name, Tensor weight, Tensor? bias)
 {
@@ -24,14 +25,16 @@ public sealed class Linear(string name, Tensor weight, Tensor? bias)
         return y;
     }
 
-    /// <summary>
-    /// Accumulates the LoRA factor gradients and returns dx (.., d_in), or null when the caller needs no input
-    /// gradient (the modulation linears: nothing upstream of vec is trained). W0 and the bias get no gradient.
-    /// </summary>
-    public Tensor? Backward(Tensor x, Tensor dy, LoraBinding? lora, bool needInputGrad = true)
+    /// <summary>x (.., d_in), dy (.., d_out) → dx (.., d_in), through W0 and the LoRA deltas; accumulates the LoRA gradients.</summary>
+    public Tensor Backward(Tensor x, Tensor dy, LoraBinding? lora)
     {
-        var dx = needInputGrad ? Weight.Backend.LinearBackward(dy, Weight) : null;
+        var dx = Weight.Backend.LinearBackward(dy, Weight);
         lora?.Backward(Name, x, dy, dx);
         return dx;
     }
+
+    /// <summary>
+    /// Only the LoRA gradients, no dx: for the modulation linears, whose input silu(vec) feeds nothing trained.
+    /// </summary>
+    public void AccumulateLoraGradients(Tensor x, Tensor dy, LoraBinding lora) => lora.Backward(Name, x, dy, null);
 }

@@ -1,24 +1,26 @@
 namespace MetaLoraNative.Engine.Flux;
 
 /// <summary>
-/// The attention core shared by both block kinds: QK RMSNorm per stream, RoPE on the joint sequence, softmax
-/// attention. Streams are joined text first, as in BFL's reference.
+/// The attention core shared by both block kinds: QK RMSNorm per stream (BFL's QKNorm), RoPE on the joint sequence,
+/// softmax attention. Streams are joined text first, as in BFL's reference. Shapes: B batch, H heads, L tokens,
+/// D head dim.
 /// </summary>
 public static class QkvAttention
 {
-    /// <summary>Kept by <see cref="Split"/> for the backward of one stream's q/k norm.</summary>
+    /// <summary>What <see cref="Split"/> keeps for the backward of one stream's q/k norm.</summary>
     public sealed class Stream : Activations
     {
-        public Tensor Q = null!, K = null!, V = null!;            // (B, H, L, D) before the norm
-        public Tensor QNorm = null!, KNorm = null!;               // (B, H, L, D) after
-        public Tensor QRstd = null!, KRstd = null!;               // (B·H·L)
-        public Tensor QScale = null!, KScale = null!;             // (D), frozen
+        public required Tensor Q { get; init; }        // (B, H, L, D) before the norm
+        public required Tensor K { get; init; }        // (B, H, L, D) before the norm
+        public required Tensor V { get; init; }        // (B, H, L, D)
+        public required Tensor QNorm { get; init; }    // (B, H, L, D) after the norm
+        public required Tensor KNorm { get; init; }    // (B, H, L, D) after the norm
+        public required Tensor QRstd { get; init; }    // (B·H·L) 1 / rms of each q row
+        public required Tensor KRstd { get; init; }    // (B·H·L)
+        public required Tensor QScale { get; init; }   // (D) query_norm.scale: borrowed (frozen weight)
+        public required Tensor KScale { get; init; }   // (D) key_norm.scale: borrowed (frozen weight)
 
-        internal void Set(Tensor q, Tensor k, Tensor v, Tensor qn, Tensor kn, Tensor qr, Tensor kr, Tensor qs, Tensor ks)
-        {
-            Q = Keep(q); K = Keep(k); V = Keep(v); QNorm = Keep(qn); KNorm = Keep(kn); QRstd = Keep(qr); KRstd = Keep(kr);
-            QScale = qs; KScale = ks;
-        }
+        protected override IEnumerable<IDisposable?> Owned() => [Q, K, V, QNorm, KNorm, QRstd, KRstd];
     }
 
     /// <summary>qkv (B, L, 3C) → per-head q, k (normalised) and v.</summary>
@@ -26,11 +28,13 @@ public static class QkvAttention
     {
         var be = qkv.Backend;
         var (q, k, v) = be.SplitQkv(qkv, heads);
-        var qn = be.RmsNorm(q, queryScale, FluxConfig.NormEps, out var qr);
-        var kn = be.RmsNorm(k, keyScale, FluxConfig.NormEps, out var kr);
-        var s = new Stream();
-        s.Set(q, k, v, qn, kn, qr, kr, queryScale, keyScale);
-        return s;
+        var qNorm = be.RmsNorm(q, queryScale, FluxConfig.NormEps, out var qRstd);
+        var kNorm = be.RmsNorm(k, keyScale, FluxConfig.NormEps, out var kRstd);
+        return new Stream
+        {
+            Q = q, K = k, V = v, QNorm = qNorm, KNorm = kNorm, QRstd = qRstd, KRstd = kRstd,
+            QScale = queryScale, KScale = keyScale,
+        };
     }
 
     /// <summary>dq, dk (after the norm) and dv → d qkv (B, L, 3C).</summary>
@@ -42,37 +46,41 @@ public static class QkvAttention
         return be.MergeQkv(dq, dk, dv);
     }
 
+    /// <summary>What <see cref="Forward"/> keeps for the attention backward.</summary>
     public sealed class Joint : Activations
     {
-        public Tensor QRope = null!, KRope = null!, V = null!, Output = null!, Lse = null!;
-        internal void Set(Tensor qr, Tensor kr, Tensor v, Tensor o, Tensor lse)
-        {
-            QRope = Keep(qr); KRope = Keep(kr); V = v; Output = Keep(o); Lse = Keep(lse);
-        }
+        public required Tensor QRope { get; init; }    // (B, H, L, D) q after RoPE
+        public required Tensor KRope { get; init; }    // (B, H, L, D) k after RoPE
+        public required Tensor V { get; init; }        // (B, H, L, D): borrowed (the caller's v)
+        public required Tensor Output { get; init; }   // (B, L, H·D): also the forward's return value
+        public required Tensor Lse { get; init; }      // (B, H, L) log-sum-exp of each softmax row
+
+        protected override IEnumerable<IDisposable?> Owned() => [QRope, KRope, Output, Lse];
     }
 
-    /// <summary>q, k, v (B, H, L, D) of the joint sequence → attention output (B, L, H·D), owned by saved.</summary>
+    /// <summary>
+    /// q, k, v (B, H, L, D) of the joint sequence, pe the RoPE table → attention output (B, L, H·D). The output is
+    /// owned by <paramref name="saved"/> (the backward reads it): the caller must not dispose it.
+    /// </summary>
     public static Tensor Forward(Tensor q, Tensor k, Tensor v, Tensor pe, out Joint saved)
     {
         var be = q.Backend;
-        var qr = be.ApplyRope(q, pe);
-        var kr = be.ApplyRope(k, pe);
-        var o = be.Attention(qr, kr, v, out var lse);
-        saved = new Joint();
-        // v stays the caller's; the rotated q, k, the output and lse belong to saved.
-        saved.Set(qr, kr, v, o, lse);
-        return o;
+        var qRope = be.ApplyRope(q, pe);
+        var kRope = be.ApplyRope(k, pe);
+        var output = be.Attention(qRope, kRope, v, out var lse);
+        saved = new Joint { QRope = qRope, KRope = kRope, V = v, Output = output, Lse = lse };
+        return output;
     }
 
     /// <summary>d output (B, L, H·D) → dq, dk (before RoPE), dv, all (B, H, L, D).</summary>
     public static (Tensor Dq, Tensor Dk, Tensor Dv) Backward(Joint s, Tensor dOut, Tensor pe)
     {
         var be = dOut.Backend;
-        var (dqr, dkr, dv) = be.AttentionBackward(dOut, s.QRope, s.KRope, s.V, s.Output, s.Lse);
-        var dq = be.ApplyRopeBackward(dqr, pe);
-        var dk = be.ApplyRopeBackward(dkr, pe);
-        dqr.Dispose();
-        dkr.Dispose();
+        var (dqRope, dkRope, dv) = be.AttentionBackward(dOut, s.QRope, s.KRope, s.V, s.Output, s.Lse);
+        var dq = be.ApplyRopeBackward(dqRope, pe);
+        var dk = be.ApplyRopeBackward(dkRope, pe);
+        dqRope.Dispose();
+        dkRope.Dispose();
         return (dq, dk, dv);
     }
 }

@@ -62,13 +62,17 @@ public class FluxConfigTests
         Assert.Equal(c.Name, detected.Name);
     }
 
-    [Fact]
-    public void ACheckpointWithoutImgInFailsWithTheMissingName()
+    /// <summary>A missing embedder fails naming it; a block that lost its probe tensor is reported, not silently dropped.</summary>
+    [Theory]
+    [InlineData("img_in.weight", "img_in.weight")]
+    [InlineData("double_blocks.1.img_attn.qkv.weight", "double_blocks.1.")]
+    [InlineData("single_blocks.0.linear1.weight", "single_blocks.0.")]
+    public void ACheckpointMissingATensorFailsNamingIt(string removed, string named)
     {
-        var shapes = FluxConfig.Tiny.TensorShapes().Where(t => t.Name != "img_in.weight").ToDictionary(t => t.Name, t => t.Shape);
+        var shapes = FluxConfig.Tiny.TensorShapes().Where(t => t.Name != removed).ToDictionary(t => t.Name, t => t.Shape);
         var e = Assert.Throws<InvalidDataException>(() => FluxConfig.Detect(shapes, FluxConfig.Tiny.ToMetadata(), "broken.safetensors"));
         Assert.Contains("broken.safetensors", e.Message);
-        Assert.Contains("img_in.weight", e.Message);
+        Assert.Contains(named, e.Message);
     }
 
     [Fact]
@@ -84,9 +88,34 @@ public class FluxConfigTests
     {
         foreach (var c in FluxConfig.Presets)
         {
-            var covered = FluxNames.Rules(c).SelectMany(r => r.IsScale ? [r.Bfl] : new[] { r.Bfl + ".weight", r.Bfl + ".bias" }).ToList();
+            var covered = FluxNames.Rules(c).SelectMany(r => r.Suffixes.Select(suffix => r.Bfl + suffix)).ToList();
             Assert.Equal(covered.Count, covered.Distinct().Count());
             Assert.Equal(c.TensorShapes().Select(t => t.Name).Order(), covered.Order());
         }
+    }
+
+    [Fact]
+    public void TheLayoutForDetectionIsTheTableWithoutRowSizes()
+    {
+        var c = FluxConfig.Tiny;
+        var rules = FluxNames.Rules(c);
+        var layout = FluxNames.Layout(c.GuidanceEmbed, c.Depth, c.DepthSingleBlocks);
+        Assert.Equal(rules.Select(r => (r.Bfl, string.Join(",", r.Diffusers), r.Join)), layout.Select(r => (r.Bfl, string.Join(",", r.Diffusers), r.Join)));
+        Assert.All(layout, r => Assert.Null(r.RowSizes));
+        // the fused linears' parts add up to the BFL linear's rows
+        var shapes = c.TensorShapes().ToDictionary(t => t.Name, t => t.Shape);
+        foreach (var r in rules.Where(r => r.Join == NameJoin.RowConcat))
+            Assert.Equal(shapes[r.Bfl + ".weight"][0], r.RowSizes!.Sum());
+    }
+
+    [Fact]
+    public void FluxDevWithoutMetadataGetsBflsRopeAxesAndTheta()
+    {
+        var shapes = FluxConfig.FluxDev.TensorShapes().ToDictionary(t => t.Name, t => t.Shape);
+        var detected = FluxConfig.Detect(shapes, null, "flux1-dev.safetensors");
+        Assert.Equal("flux-dev", detected.Name);
+        Assert.Equal([16, 56, 56], detected.AxesDim);
+        Assert.Equal(10_000f, detected.Theta);
+        Assert.Equal(detected.HeadDim, detected.AxesDim.Sum());
     }
 }
