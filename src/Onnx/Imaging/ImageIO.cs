@@ -7,7 +7,8 @@
 // 3. decodes only the kept bytes, metadata ignored by every decoder, and strips what metadata is left, so crops,
 //    contact sheets and caches made from the image carry none;
 // 4. applies the EXIF orientation (1..8) read in step 2, before anyone looks at the pixels.
-// Other formats (BMP, GIF, PBM, TGA, WebP, TIFF) get steps 1, 3 and the first frame only. Every failure names the file.
+// Other formats (BMP, GIF, PBM, TGA, WebP, TIFF) get steps 1 and 3 (GIF and TIFF: the first frame only).
+// Every failure names the file.
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.Formats.Bmp;
 using SixLabors.ImageSharp.Formats.Gif;
@@ -99,9 +100,10 @@ public static class ImageIO
         {
             return decode();
         }
+        // ImageSharp 2.1's decoders also answer some malformed files with IndexOutOfRange or NullReference.
         catch (Exception e) when (e is ImageFormatException or NotSupportedException or InvalidOperationException
-                                       or ArgumentException or IndexOutOfRangeException or IOException
-                                       or OutOfMemoryException)
+                                       or ArgumentException or IndexOutOfRangeException or NullReferenceException
+                                       or IOException or OutOfMemoryException)
         {
             throw new ImageLoadException($"image {label} {what}: {e.Message}", e);
         }

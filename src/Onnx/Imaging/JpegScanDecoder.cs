@@ -256,6 +256,7 @@ sealed class JpegHuffmanTable
             for (int length = 1; length <= 16; length++)
             {
                 int n = counts[length - 1];
+                if (code + n > 1 << length) throw ImageLoadException.Corrupt(label, $"DHT segment at byte {at}: table {tc}/{th} has more codes than fit");
                 t.ValueOffset[length] = k;
                 t.MinCode[length] = code;
                 t.MaxCode[length] = n > 0 ? code + n - 1 : -1;
@@ -267,7 +268,6 @@ sealed class JpegHuffmanTable
                 }
                 code += n;
                 k += n;
-                if (code > 1 << length) throw ImageLoadException.Corrupt(label, $"DHT segment at byte {at}: table {tc}/{th} has more codes than fit");
                 code <<= 1;
             }
             tables[tc * 4 + th] = t;

@@ -14,7 +14,8 @@ namespace MetaLoraNative.Onnx.Imaging;
 
 static class JpegStructure
 {
-    public static bool Matches(ReadOnlySpan<byte> head) => head.Length >= 3 && head[0] == 0xFF && head[1] == 0xD8 && head[2] == 0xFF;
+    /// <summary>SOI, as ImageSharp's own detector tests it, so no file it would take for a JPEG bypasses this walk.</summary>
+    public static bool Matches(ReadOnlySpan<byte> head) => head.Length >= 2 && head[0] == 0xFF && head[1] == 0xD8;
 
     public static ImageStructure Read(Stream stream, string label)
     {

@@ -205,6 +205,20 @@ public class ImageSafetyTests(ITestOutputHelper output)
         }
     }
 
+    [Fact]
+    public void OverfullHuffmanTableIsCorrupt()
+    {
+        // Three codes of length 1 (only two exist), the segment's symbol count kept: refused as corrupt, not a crash.
+        byte[] jpeg = EncodeGradient(32, 32, new JpegEncoder());
+        int counts = JpegMarkerOffsets(jpeg, 0xC4)[0] + 5;
+        int j = Enumerable.Range(1, 15).First(i => jpeg[counts + i] >= 3);
+        jpeg[counts + j] -= 3;
+        jpeg[counts] += 3;
+        var e = Assert.Throws<ImageLoadException>(() => ImageIO.Decode(jpeg, "overfull.jpg"));
+        Assert.Contains("overfull.jpg", e.Message);
+        Assert.Contains("corrupt", e.Message);
+    }
+
     // ---- unchanged pixels ----
 
     [Fact]
