@@ -1,15 +1,27 @@
-// Decoding with limits. A photo header can claim 60000 x 60000 pixels in a few hundred bytes; decoding that would
-// allocate ~10 GiB. So every load first reads only the header (Image.Identify), rejects sizes beyond the limits, and
-// only then decodes. Every failure names the file.
+// Every photo enters the product here. A load
+// 1. bounds the file and, before any pixel is allocated, the declared size (a header can claim 60000 x 60000 pixels
+//    in a few bytes);
+// 2. walks a PNG's chunks or a JPEG's segments (PngStructure, JpegStructure): text, ICC, XMP, EXIF and comments are
+//    passed over unread, so no chunk is ever inflated, and an image whose data ends before its last row (cut off,
+//    with or without an end marker appended) is an error instead of being padded;
+// 3. decodes only the kept bytes, metadata ignored by every decoder, and strips what metadata is left, so crops,
+//    contact sheets and caches made from the image carry none;
+// 4. applies the EXIF orientation (1..8) read in step 2, before anyone looks at the pixels.
+// Other formats (BMP, GIF, PBM, TGA, WebP, TIFF) get steps 1 and 3 (GIF and TIFF: the first frame only).
+// Every failure names the file.
 using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Formats.Bmp;
+using SixLabors.ImageSharp.Formats.Gif;
+using SixLabors.ImageSharp.Formats.Jpeg;
+using SixLabors.ImageSharp.Formats.Pbm;
+using SixLabors.ImageSharp.Formats.Png;
+using SixLabors.ImageSharp.Formats.Tga;
+using SixLabors.ImageSharp.Formats.Tiff;
+using SixLabors.ImageSharp.Formats.Webp;
+using SixLabors.ImageSharp.Metadata;
 using SixLabors.ImageSharp.PixelFormats;
 
 namespace MetaLoraNative.Onnx.Imaging;
-
-public sealed class ImageLoadException : Exception
-{
-    public ImageLoadException(string message, Exception? inner = null) : base(message, inner) { }
-}
 
 public static class ImageIO
 {
@@ -20,66 +32,114 @@ public static class ImageIO
     /// <summary>Largest file we read at all.</summary>
     public static long MaxFileBytes { get; set; } = 512L << 20;
 
+    /// <summary>ImageSharp with every decoder told to ignore metadata, and only the first frame of GIF and TIFF.</summary>
+    static readonly Configuration Decoding = CreateDecoding();
+
     public static Image<Rgb24> LoadRgb(string path)
     {
         if (!File.Exists(path)) throw new ImageLoadException($"image not found: {path}");
-        long length = new FileInfo(path).Length;
-        if (length == 0) throw new ImageLoadException($"image {path} is empty (0 bytes)");
-        if (length > MaxFileBytes) throw new ImageLoadException($"image {path} is {length} bytes, over the {MaxFileBytes}-byte limit");
-        byte[] bytes = File.ReadAllBytes(path);
-        return Decode(bytes, path);
+        using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, bufferSize: 0);
+        return Decode(file, path);
     }
 
     /// <summary>Decodes <paramref name="bytes"/>; <paramref name="label"/> names the source in errors.</summary>
     public static Image<Rgb24> Decode(byte[] bytes, string label)
     {
-        IImageInfo? info;
-        SixLabors.ImageSharp.Formats.IImageFormat? format;
-        try
+        using var memory = new MemoryStream(bytes, writable: false);
+        return Decode(memory, label);
+    }
+
+    static Image<Rgb24> Decode(Stream stream, string label)
+    {
+        long length = stream.Length;
+        if (length == 0) throw new ImageLoadException($"image {label} is empty (0 bytes)");
+        if (length > MaxFileBytes) throw new ImageLoadException($"image {label} is {length} bytes, over the {MaxFileBytes}-byte limit");
+
+        Span<byte> head = stackalloc byte[8];
+        stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        stream.Position = 0;
+        var structure = PngStructure.Matches(head) ? PngStructure.Read(stream, label)
+                      : JpegStructure.Matches(head) ? JpegStructure.Read(stream, label)
+                      : null;
+
+        Image<Rgb24> image;
+        if (structure is not null)
         {
-            info = Image.Identify(bytes, out format);
+            using var kept = new RangeStream(stream, structure.Kept);
+            image = Load(kept, label);
         }
-        catch (Exception e) when (e is ImageFormatException or NotSupportedException or InvalidOperationException
-                                       or ArgumentException or IndexOutOfRangeException or IOException)
+        else
         {
-            throw new ImageLoadException($"image {label} has a corrupt header: {e.Message}", e);
+            var info = Guard(label, "has a corrupt header", () => Image.Identify(Decoding, stream))
+                ?? throw new ImageLoadException($"image {label} is not in a known image format (PNG, JPEG, BMP, GIF, PBM, TGA, WebP, TIFF)");
+            CheckSize(info.Width, info.Height, label);
+            stream.Position = 0;
+            image = Load(stream, label);
         }
-        if (info is null) throw new ImageLoadException($"image {label} is not in a known image format (PNG, JPEG, BMP, GIF, TGA, WebP, TIFF)");
-        if (info.Width <= 0 || info.Height <= 0)
-            throw new ImageLoadException($"image {label} declares an empty size {info.Width}x{info.Height}");
-        if (info.Width > MaxDimension || info.Height > MaxDimension || (long)info.Width * info.Height > MaxPixels)
+        Strip(image);
+        Orientation.Apply(image, Orientation.FromExif(structure?.Exif));
+        return image;
+    }
+
+    /// <summary>Refuses an empty size, or one over <see cref="MaxDimension"/> or <see cref="MaxPixels"/>, before anything is allocated.</summary>
+    internal static void CheckSize(int width, int height, string label)
+    {
+        if (width <= 0 || height <= 0) throw new ImageLoadException($"image {label} declares an empty size {width}x{height}");
+        if (width > MaxDimension || height > MaxDimension || (long)width * height > MaxPixels)
             throw new ImageLoadException(
-                $"image {label} declares {info.Width}x{info.Height} pixels, over the limit ({MaxDimension} per side, {MaxPixels} in all)");
-        // ImageSharp fills a cut-off PNG or JPEG with grey and reports success; a training photo must be whole.
-        if (MissingEnd(bytes, format?.Name) is { } missing)
-            throw new ImageLoadException($"image {label} is truncated: {missing}");
+                $"image {label} declares {width}x{height} pixels, over the limit ({MaxDimension} per side, {MaxPixels} in all)");
+    }
+
+    static Image<Rgb24> Load(Stream stream, string label) =>
+        Guard(label, "is corrupt", () => Image.Load<Rgb24>(Decoding, stream));
+
+    /// <summary>Runs an ImageSharp call, turning its failures into an <see cref="ImageLoadException"/> naming the file.</summary>
+    static T Guard<T>(string label, string what, Func<T> decode)
+    {
         try
         {
-            var img = Image.Load<Rgb24>(bytes);
-            return img;
+            return decode();
         }
+        // ImageSharp 2.1's decoders also answer some malformed files with IndexOutOfRange or NullReference.
         catch (Exception e) when (e is ImageFormatException or NotSupportedException or InvalidOperationException
-                                       or ArgumentException or IndexOutOfRangeException or IOException
-                                       or OutOfMemoryException)
+                                       or ArgumentException or IndexOutOfRangeException or NullReferenceException
+                                       or IOException or OutOfMemoryException)
         {
-            throw new ImageLoadException($"image {label} is corrupt or truncated: {e.Message}", e);
+            throw new ImageLoadException($"image {label} {what}: {e.Message}", e);
         }
     }
 
-    static string? MissingEnd(byte[] b, string? format)
+    /// <summary>Drops every profile and text the decoders may still have attached, on the image and each frame.</summary>
+    static void Strip(Image image)
     {
-        if (format == "PNG")
+        ImageMetadata m = image.Metadata;
+        m.ExifProfile = null;
+        m.IccProfile = null;
+        m.IptcProfile = null;
+        m.XmpProfile = null;
+        m.GetPngMetadata().TextData.Clear();
+        m.GetGifMetadata().Comments.Clear();
+        foreach (var frame in image.Frames)
         {
-            // The IEND chunk: length 0, "IEND", CRC; anything may follow, so look near the end.
-            int from = Math.Max(0, b.Length - 1024);
-            return b.AsSpan(from).IndexOf("IEND"u8) >= 0 ? null : "no IEND chunk";
+            frame.Metadata.ExifProfile = null;
+            frame.Metadata.IccProfile = null;
+            frame.Metadata.IptcProfile = null;
+            frame.Metadata.XmpProfile = null;
         }
-        if (format == "JPEG")
-        {
-            int from = Math.Max(0, b.Length - 64 * 1024);
-            return b.AsSpan(from).IndexOf((ReadOnlySpan<byte>)[0xFF, 0xD9]) >= 0 ? null : "no end-of-image marker";
-        }
-        return null;
+    }
+
+    static Configuration CreateDecoding()
+    {
+        // A configuration of its own: Configuration.Clone() shares the format manager, and Default must stay as it is.
+        var c = new Configuration(
+            new PngConfigurationModule(), new JpegConfigurationModule(), new GifConfigurationModule(), new BmpConfigurationModule(),
+            new PbmConfigurationModule(), new TgaConfigurationModule(), new TiffConfigurationModule(), new WebpConfigurationModule());
+        c.ImageFormatsManager.SetDecoder(PngFormat.Instance, new PngDecoder { IgnoreMetadata = true });
+        c.ImageFormatsManager.SetDecoder(JpegFormat.Instance, new JpegDecoder { IgnoreMetadata = true });
+        c.ImageFormatsManager.SetDecoder(GifFormat.Instance, new GifDecoder { IgnoreMetadata = true, DecodingMode = FrameDecodingMode.First });
+        c.ImageFormatsManager.SetDecoder(TiffFormat.Instance, new TiffDecoder { IgnoreMetadata = true, DecodingMode = FrameDecodingMode.First });
+        c.ImageFormatsManager.SetDecoder(WebpFormat.Instance, new WebpDecoder { IgnoreMetadata = true });
+        return c;
     }
 
     /// <summary>Planar float tensor (1, 3, H, W) from an image: value = (pixel - mean[c]) / std[c] with pixel in [0, 255].</summary>
