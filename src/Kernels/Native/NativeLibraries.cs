@@ -6,8 +6,8 @@ namespace MetaLoraNative.Kernels.Native;
 
 /// <summary>
 /// The one place that finds NVIDIA's shared libraries. Binding classes import logical names ("cuda", "nvrtc",
-/// "cublasLt", "nvToolsExt"); the resolver tries the sonames of CUDA 13, 12 and 11 in the loader's paths,
-/// then in $CUDA_PATH/lib64, /usr/local/cuda/lib64 and the distribution library folders.
+/// "cublasLt", "nvToolsExt", "nccl"); the resolver tries the sonames of CUDA 13, 12 and 11 in the loader's
+/// paths, then in $CUDA_PATH/lib64, /usr/local/cuda*/lib64, the distribution library folders and pip wheels' nvidia/*/lib.
 /// When nothing loads, <see cref="Require"/> throws a <see cref="DllNotFoundException"/> listing every attempt.
 /// </summary>
 public static class NativeLibraries
@@ -16,6 +16,7 @@ public static class NativeLibraries
     public const string Nvrtc = "nvrtc";
     public const string CublasLt = "cublasLt";
     public const string NvToolsExt = "nvToolsExt";
+    public const string Nccl = "nccl";
 
     static readonly Dictionary<string, string[]> Candidates = new()
     {
@@ -25,6 +26,7 @@ public static class NativeLibraries
         [CublasLt] = ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so",
                       "cublasLt64_13.dll", "cublasLt64_12.dll", "cublasLt64_11.dll"],
         [NvToolsExt] = ["libnvToolsExt.so.1", "libnvToolsExt.so", "nvToolsExt64_1.dll"],
+        [Nccl] = ["libnccl.so.2", "libnccl.so"],
     };
 
     static readonly ConcurrentDictionary<string, Lazy<(IntPtr Handle, string Report)>> Loaded = new();
@@ -62,8 +64,10 @@ public static class NativeLibraries
     {
         if (!Candidates.TryGetValue(name, out var files)) return (IntPtr.Zero, $"unknown library '{name}'");
         var attempts = new List<string>();
+        var searched = new List<string>();
         foreach (string dir in SearchDirectories())
         {
+            if (dir.Length > 0) searched.Add(dir);
             foreach (string file in files)
             {
                 string path = dir.Length == 0 ? file : Path.Combine(dir, file);
@@ -73,7 +77,8 @@ public static class NativeLibraries
             }
         }
         if (attempts.Count == 0) attempts.AddRange(files);
-        return (IntPtr.Zero, $"could not load {name}; tried: {string.Join(", ", attempts)}");
+        return (IntPtr.Zero, $"could not load {name}; tried: {string.Join(", ", attempts)} " +
+                             $"(the loader's search, then {(searched.Count == 0 ? "no other existing folder" : string.Join(", ", searched))})");
     }
 
     /// <summary>"" stands for the loader's own search (LD_LIBRARY_PATH, ld.so.cache, rpath).</summary>
@@ -92,13 +97,15 @@ public static class NativeLibraries
             "/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib", "/usr/lib/x86_64-linux-gnu",
             "/usr/lib64", "/usr/lib/wsl/lib", "/usr/local/nvidia/lib64", "/usr/lib/aarch64-linux-gnu",
         ]);
-        // Pip wheels (nvidia-*-cu12/cu13) put their libraries here; a Python-managed server may have nothing else.
-        foreach (string site in new[] { "/usr/local/lib", "/usr/lib" })
+        foreach (string cuda in SafeDirs("/usr/local", "cuda-*")) dirs.Add(Path.Combine(cuda, "lib64"));
+        // Pip wheels (nvidia-*-cu12/cu13, nvidia-nccl-cu12) put their libraries here; a Python-managed server may have nothing else.
+        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        foreach (string site in new[] { "/usr/local/lib", "/usr/lib", home.Length > 0 ? Path.Combine(home, ".local/lib") : "" })
         {
-            if (!Directory.Exists(site)) continue;
+            if (site.Length == 0 || !Directory.Exists(site)) continue;
             foreach (string py in SafeDirs(site, "python3*"))
                 foreach (string pkgs in new[] { "dist-packages", "site-packages" })
-                    foreach (string sub in new[] { "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib", "nvidia/cu13/lib" })
+                    foreach (string sub in new[] { "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib", "nvidia/cu13/lib", "nvidia/nccl/lib" })
                         dirs.Add(Path.Combine(py, pkgs, sub));
         }
         foreach (string d in dirs.Distinct())
