@@ -26,7 +26,6 @@ public sealed class EncodingCache
     public int TextEncoded { get; private set; }
     public int ImageHits { get; private set; }
     public int ImagesEncoded { get; private set; }
-    public TimeSpan EncodingTime => _textTime.Elapsed + _imageTime.Elapsed;
 
     public EncodingCache(string dir)
     {

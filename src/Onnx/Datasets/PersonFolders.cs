@@ -14,9 +14,9 @@ public sealed record PersonFolder(string Name, string Folder, SubjectClass Class
 public static class PersonFolders
 {
     public static readonly IReadOnlyList<string> ImageExtensions = [".png", ".jpg", ".jpeg", ".webp", ".bmp"];
-    public const string ClassFileName = "class.txt";
+    const string ClassFileName = "class.txt";
 
-    public static bool IsImage(string path) => ImageExtensions.Contains(Path.GetExtension(path).ToLowerInvariant());
+    static bool IsImage(string path) => ImageExtensions.Contains(Path.GetExtension(path).ToLowerInvariant());
 
     /// <summary>The image files of a folder in name order; none when the folder does not exist.</summary>
     public static List<string> Images(string folder) =>

@@ -2,18 +2,15 @@ using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Tests.Testing;
+using static MetaLoraNative.Tests.Cli.CliRunner;
 
 namespace MetaLoraNative.Tests.Cli;
 
 /// <summary>The metalora command line, driven through Program.Main with captured output.</summary>
 [Collection("console")]
-public sealed class CliTests : IDisposable
+public sealed class CliTests() : TempFolderTest("cli")
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-cli-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
-    static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
-
     [Theory]
     [InlineData(new[] { "--help" }, new[] { "demo", "train", "lora", "debug", "doctor", "data" })]
     [InlineData(new[] { "train", "stage1", "--help" }, new[] { "--iterations", "--bucket-iterations", "--warmup-iterations", "--identities-per-bucket", "--rank1", "--rank2", "--include", "--exclude", "--state", "--state-every", "--recompute", "--timesteps", "--max-grad-norm" })]
@@ -155,17 +152,14 @@ public sealed class CliTests : IDisposable
 }
 
 [Collection("console")]
-public sealed class CliDataErrorTests : IDisposable
+public sealed class CliDataErrorTests() : TempFolderTest("cli-data")
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-cli-data-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
     [Fact]
     public void DataOfAnotherModelWidthIsAClearErrorNamingTheFile()
     {
         string data = Path.Combine(dir, "ids");
-        Assert.Equal(0, CliRunner.Run("data", "synth", "--out", data, "--identities", "1", "--images", "1", "--preset", "tiny").Code);
-        var (code, _, err) = CliRunner.Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1");
+        Assert.Equal(0, Run("data", "synth", "--out", data, "--identities", "1", "--images", "1", "--preset", "tiny").Code);
+        var (code, _, err) = Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1");
         Assert.Equal(1, code);
         Assert.Contains("0000.safetensors", err);
         Assert.Contains("4096", err);

@@ -6,11 +6,9 @@ using MetaLoraNative.Engine.Lora;
 
 namespace MetaLoraNative.Tests.Model;
 
-public sealed class LoraFilesTests : IDisposable
+/// <summary>LoRA files on the tiny model (weights seed 1): merged exports, kohya and Meta layouts, baking into W0.</summary>
+public sealed class LoraFilesTests() : TinyModelTest("lora", 1)
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-lora-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
     static double MaxRelDiff(float[] a, float[] b)
     {
         double num = 0, den = 0;
@@ -18,25 +16,21 @@ public sealed class LoraFilesTests : IDisposable
         return num / den;
     }
 
-    float[] Run(IBackend be, FluxModel m, LoraAdapter? a, FluxInputs x)
+    float[] Run(FluxModel model, LoraAdapter? a, FluxInputs x)
     {
         var binding = a == null ? null : new LoraBinding(a, new int[x.Img.Dim(0)], false, false);
-        using var y = m.Predict(x, binding);
+        using var y = model.Predict(x, binding);
         return be.Download(y);
     }
 
     [Fact]
     public void MergedAndBakedLorasGiveTheThreeFactorOutput()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 1);
-        var m = new FluxModel(w);
         using var meta = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 8, 2, 1, 21);
         var (x, t) = ModelFixture.Batch(be, c, 1, 4, 4, 8, 3);
         using var _x = x; using var _t = t;
-        var threeFactor = Run(be, m, meta, x);
-        var plain = Run(be, m, null, x);
+        var threeFactor = Run(m, meta, x);
+        var plain = Run(m, null, x);
 
         // runtime: the PEFT export loaded back as a standard LoRA
         string peft = Path.Combine(dir, "a.safetensors");
@@ -45,14 +39,14 @@ public sealed class LoraFilesTests : IDisposable
         {
             Assert.Equal(LoraMode.Standard, std.Mode);
             Assert.Equal(2, std.Rank2);
-            Assert.True(MaxRelDiff(Run(be, m, std, x), threeFactor) < 1e-5);
+            Assert.True(MaxRelDiff(Run(m, std, x), threeFactor) < 1e-5);
         }
         Assert.True(MaxRelDiff(plain, threeFactor) > 1e-3, "the LoRA must change the output for this test to mean anything");
 
         // baked into W0
         using var w2 = FluxWeights.Random(c, be, 1);
         LoraFiles.Bake(w2, meta, 0);
-        Assert.True(MaxRelDiff(Run(be, new FluxModel(w2), null, x), threeFactor) < 1e-5);
+        Assert.True(MaxRelDiff(Run(new FluxModel(w2), null, x), threeFactor) < 1e-5);
     }
 
     [Theory]
@@ -60,10 +54,6 @@ public sealed class LoraFilesTests : IDisposable
     [InlineData(LoraFormat.Kohya)]
     public void ExportedFilesRoundTripThroughTheReader(LoraFormat format)
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 1);
-        var m = new FluxModel(w);
         using var meta = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 8, 2, 1, 22);
         var (x, t) = ModelFixture.Batch(be, c, 1, 4, 4, 8, 4);
         using var _x = x; using var _t = t;
@@ -71,14 +61,12 @@ public sealed class LoraFilesTests : IDisposable
         LoraFiles.Export(meta, 0, path, format, SafetensorsDType.F32);
         using var back = LoraFiles.Load(path, c, be);
         Assert.Equal(FluxNames.LoraTargets(c).Count, back.Targets.Count);
-        Assert.True(MaxRelDiff(Run(be, m, back, x), Run(be, m, meta, x)) < 1e-5);
+        Assert.True(MaxRelDiff(Run(m, back, x), Run(m, meta, x)) < 1e-5);
     }
 
     [Fact]
     public void PeftKeysAreNamedAsAiToolkitNamesThem()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
         using var meta = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 4, 1, 1, 23);
         string path = Path.Combine(dir, "keys.safetensors");
         LoraFiles.Export(meta, 0, path, LoraFormat.Peft);
@@ -96,8 +84,6 @@ public sealed class LoraFilesTests : IDisposable
     [Fact]
     public void KohyaFusesQkvIntoOneStackedFactorPair()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
         int C = c.HiddenSize;
         using var meta = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 4, 2, 1, 24);
         string path = Path.Combine(dir, "kohya.safetensors");
@@ -129,8 +115,6 @@ public sealed class LoraFilesTests : IDisposable
     [Fact]
     public void KohyaFileLoadsEverySliceWithItsRowsOfUpScaledByAlphaOverRank()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
         int C = c.HiddenSize, rank = 2, projIn = C + c.MlpHiddenDim;
         const string qkv = "double_blocks.0.img_attn.qkv", proj = "single_blocks.1.linear2";
         var qkvDown = RandomWeights.Normal("kohya.qkv.down", 1, rank * C);
@@ -168,8 +152,6 @@ public sealed class LoraFilesTests : IDisposable
     [Fact]
     public void MetaLoraFileRoundTripsExactly()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
         using var meta = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 4, 2, 1, 25);
         string path = Path.Combine(dir, "meta.safetensors");
         LoraFiles.SaveMeta(meta, 0, path);
@@ -186,7 +168,6 @@ public sealed class LoraFilesTests : IDisposable
     [Fact]
     public void KeysForAnotherModelAreAnErrorNotSilentlyIgnored()
     {
-        using var be = CpuBackend.F32();
         string path = Path.Combine(dir, "alien.safetensors");
         SafetensorsWriter.Write(path,
         [

@@ -1,4 +1,3 @@
-using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Demo;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
@@ -8,12 +7,10 @@ using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Model;
 
-public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
+/// <summary>Both stages, their training state and the cached dataset layout, on the tiny model (weights seed 2).</summary>
+public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("train", 2)
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-train-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
-    static List<Identity> People(FluxConfig c, int n) =>
+    static List<Identity> People(int n) =>
         Enumerable.Range(0, n).Select(k => TinyDemo.MakeIdentity(c, $"p{k}", 3, 5)).ToList();
 
     Stage1Options S1(int total, string? state) => new()
@@ -26,11 +23,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Stage1ResumedFromItsStateEndsExactlyWhereAnUninterruptedRunEnds()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 2);
-        var m = new FluxModel(w);
-        var people = People(c, 4);
+        var people = People(4);
 
         using var straight = Stages.Stage1(m, people, S1(20, null), _ => { });
         string state = Path.Combine(dir, "s1.state.safetensors");
@@ -47,13 +40,9 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void WarmupIterationsLeaveTheMetaDownUntouched()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 2);
-        var m = new FluxModel(w);
         var o = S1(3, null);
         using var fresh = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, o.Train.Seed);
-        using var trained = Stages.Stage1(m, People(c, 2), o, _ => { });
+        using var trained = Stages.Stage1(m, People(2), o, _ => { });
         for (int t = 0; t < fresh.Targets.Count; t++)
             Assert.Equal(be.Download(fresh.Down[t].Value), be.Download(trained.Down[t].Value));
         Assert.Contains(trained.Identities[0].Up, u => be.SumSquares(u.Value) > 0);
@@ -62,10 +51,6 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void Stage2LowersTheLossOnItsIdentityWithDFrozen()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 2);
-        var m = new FluxModel(w);
         using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
         var before = down.Down.Select(d => be.Download(d.Value)).ToArray();
         var person = TinyDemo.MakeIdentity(c, "someone", 4, 77);
@@ -81,7 +66,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void CachedExamplesRoundTripThroughTheDatasetLayout()
     {
-        var person = TinyDemo.MakeIdentity(FluxConfig.Tiny, "x", 3, 1);
+        var person = TinyDemo.MakeIdentity(c, "x", 3, 1);
         string folder = Path.Combine(dir, "x");
         LatentDataset.SaveIdentity(folder, person);
         var back = LatentDataset.LoadIdentity(folder);
@@ -98,13 +83,13 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     public void DatasetFilesWrittenWithTheOldKeysStillLoad()
     {
         // the layout before the keys were named for what they hold: "latents" (packed) and "txt" (T5)
-        var e = TinyDemo.MakeIdentity(FluxConfig.Tiny, "old", 1, 3).Examples[0];
+        var e = TinyDemo.MakeIdentity(c, "old", 1, 3).Examples[0];
         string folder = Path.Combine(dir, "old");
         Directory.CreateDirectory(folder);
         SafetensorsWriter.Write(Path.Combine(folder, "0000.safetensors"),
         [
             new("latents", [e.ImageTokens, 64], e.PackedLatents),
-            new("txt", [e.T5Length, FluxConfig.Tiny.ContextInDim], e.T5),
+            new("txt", [e.T5Length, c.ContextInDim], e.T5),
             new("pooled", [e.Pooled.Length], e.Pooled),
         ], new Dictionary<string, string> { ["grid_h"] = "4", ["grid_w"] = "4" });
         var back = Assert.Single(LatentDataset.LoadIdentity(folder).Examples);
@@ -112,17 +97,13 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(e.T5, back.T5);
         Assert.Equal(e.Pooled, back.Pooled);
         Assert.Equal((4, 4, 8), (back.GridH, back.GridW, back.T5Length));
-        back.CheckFits(FluxConfig.Tiny, "old");
+        back.CheckFits(c, "old");
     }
 
     [Fact]
     public void AStateFileWrittenUnderTheOldMetadataKeyStillResumes()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 2);
-        var m = new FluxModel(w);
-        var people = People(c, 2);
+        var people = People(2);
         using var straight = Stages.Stage1(m, people, S1(9, null), _ => { });
         string state = Path.Combine(dir, "old.state.safetensors");
         using (Stages.Stage1(m, people, S1(6, state), _ => { })) { }
@@ -149,12 +130,8 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void TheStateOfTheOtherStageIsAClearErrorNamingTheFile()
     {
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 2);
-        var m = new FluxModel(w);
         string state = Path.Combine(dir, "s1.state.safetensors");
-        using var down = Stages.Stage1(m, People(c, 2), S1(2, state), _ => { });
+        using var down = Stages.Stage1(m, People(2), S1(2, state), _ => { });
         var o = new Stage2Options { Train = new TrainOptions { BatchSize = 1, Seed = 1 }, Iterations = 2, StatePath = state };
         var e = Assert.Throws<InvalidDataException>(() => Stages.Stage2(m, down, TinyDemo.MakeIdentity(c, "me", 2, 4), o, _ => { }));
         Assert.Contains(state, e.Message);
@@ -164,7 +141,6 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void BatchesHaveOneShapeAreGroupedByIdentityAndRepeatForTheSameStream()
     {
-        var c = FluxConfig.Tiny;
         // three identities; the second has examples of another text length, which can never share a batch with the others
         var a = TinyDemo.MakeIdentity(c, "a", 3, 1);
         var b = TinyDemo.MakeIdentity(c, "b", 3, 2);
@@ -190,7 +166,6 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
     [Fact]
     public void DemoRunsBothStagesAndWritesLoadableLoras()
     {
-        using var be = CpuBackend.F32();
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var r = TinyDemo.Run(be, new TinyDemo.Options { OutputDirectory = dir }, output.WriteLine);
         output.WriteLine($"demo: {clock.Elapsed.TotalSeconds:F1} s; stage 1 {r.Stage1Before:F5} → {r.Stage1After:F5}; stage 2 {r.Stage2Before:F5} → {r.Stage2After:F5} (random D: {r.Stage2RandomDown:F5})");
@@ -198,8 +173,9 @@ public sealed class TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.True(r.Stage2After < r.Stage2Before);
         // the point of Stage 1: personalising from the meta-trained D beats personalising from a random one
         Assert.True(r.Stage2After < r.Stage2RandomDown, $"meta D {r.Stage2After} vs random D {r.Stage2RandomDown}");
-        using var peft = LoraFiles.Load(r.PeftPath, FluxConfig.Tiny, be);
-        using var kohya = LoraFiles.Load(r.KohyaPath, FluxConfig.Tiny, be);
-        Assert.Equal(FluxNames.LoraTargets(FluxConfig.Tiny).Count, peft.Targets.Count);
+        using var peft = LoraFiles.Load(r.PeftPath, c, be);
+        using var kohya = LoraFiles.Load(r.KohyaPath, c, be);
+        Assert.Equal(FluxNames.LoraTargets(c).Count, peft.Targets.Count);
+        Assert.Equal(FluxNames.LoraTargets(c).Count, kohya.Targets.Count);
     }
 }

@@ -30,7 +30,7 @@ public class ScoreAndCliTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void HelpDocumentsEveryOption()
+    public void AugmentAndScoreHelpDescribeEveryOptionAndArgument()
     {
         foreach (var command in new[] { AugmentCommand.Create(), ScoreCommand.Create() })
         {
