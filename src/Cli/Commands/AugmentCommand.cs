@@ -20,7 +20,7 @@ public static class AugmentCommand
         };
         var resolution = new Option<int>("--resolution")
         {
-            Description = "Training resolution: each crop is resized to a bucket with area near resolution^2 and both sides multiples of 16.",
+            Description = $"Training resolution: each crop is resized to a bucket with area near resolution^2 and both sides multiples of {Engine.Flux.FluxConfig.PixelsPerToken}.",
             DefaultValueFactory = _ => 512,
         }.AcceptOnlyFromAmong("512", "768", "1024");
         var seed = new Option<int>("--seed") { Description = "Seed of the random horizontal flips.", DefaultValueFactory = _ => 0 };

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using MetaLoraNative.Engine.Benchmarks;
 using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
 
@@ -10,7 +11,7 @@ internal static class BenchCommand
     internal sealed class Shared
     {
         public Option<int> Resolution = new Option<int>("--resolution") { Description = "Image side in pixels: 512 (1,024 image tokens) or 1024 (4,096).", DefaultValueFactory = _ => 1024 }.AcceptOnlyFromAmong("512", "768", "1024");
-        public Option<string> Recompute = new Option<string>("--recompute") { Description = "Per-block recomputation: auto (only when activations would not fit in free GPU memory), on, off.", DefaultValueFactory = _ => "auto" }.AcceptOnlyFromAmong("auto", "on", "off");
+        public Option<string> Recompute = Common.Recompute();
         public Option<string> Device = new Option<string>("--device") { Description = "cuda (default) or cpu (only sensible with --preset tiny).", DefaultValueFactory = _ => "cuda" }.AcceptOnlyFromAmong("cpu", "cuda");
         public Option<string> Preset = new("--preset") { Description = "Model shape: flux-dev (default), flux-schnell, tiny, micro.", DefaultValueFactory = _ => "flux-dev" };
         public Option<int> Text = new("--txt") { Description = "Text tokens (T5 sequence length).", DefaultValueFactory = _ => 512 };
@@ -20,7 +21,7 @@ internal static class BenchCommand
         public StepBenchmark.Options Options(ParseResult r, int steps, int warmup) => new()
         {
             Config = FluxConfig.Preset(r.GetValue(Preset)!), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
-            Recompute = r.GetValue(Recompute)!, Steps = steps, Warmup = warmup,
+            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), Steps = steps, Warmup = warmup,
         };
     }
 

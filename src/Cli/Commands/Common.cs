@@ -1,5 +1,6 @@
 using System.CommandLine;
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
 
@@ -11,6 +12,14 @@ internal static class Common
         Description = "Where the transformer runs: 'cpu' (the C# reference engine, fp32) or 'cuda' (the GPU engine, bf16 with fp32 masters).",
         DefaultValueFactory = _ => "cpu",
     }.AcceptOnlyFromAmong("cpu", "cuda");
+
+    /// <summary>--recompute auto|on|off (train stage1|stage2, bench); read it with <see cref="RecomputePolicy.Parse"/>.</summary>
+    public static Option<string> Recompute() => new Option<string>("--recompute")
+    {
+        Description = "Per-block recomputation in the backward (less memory, one more forward per block): auto (only when the " +
+                      "activations would not fit in free GPU memory; never on the CPU), on, off.",
+        DefaultValueFactory = _ => RecomputePolicy.Auto.Name,
+    }.AcceptOnlyFromAmong([.. RecomputePolicy.All.Select(p => p.Name)]);
 
     public static IBackend CreateBackend(string device, bool fp64 = false) => Backends.Create(device, fp64);
 

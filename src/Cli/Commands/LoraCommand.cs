@@ -5,6 +5,10 @@ using MetaLoraNative.Engine.Lora;
 
 namespace MetaLoraNative.Cli.Commands;
 
+/// <summary>
+/// `metalora lora convert|info|bake`. "Merge" means A = M·D, B = U (a Meta-LoRA → a standard LoRA, what convert does);
+/// "bake" means W0 += strength·B·A (a LoRA → new base weights).
+/// </summary>
 internal static class LoraCommand
 {
     public static SafetensorsDType ParseDType(string s) => s switch
@@ -15,9 +19,22 @@ internal static class LoraCommand
         _ => throw new ArgumentException($"unknown dtype '{s}' (bf16, fp16, fp32)"),
     };
 
+    /// <summary>--dtype bf16|fp16|fp32 of a written file (read it with <see cref="ParseDType"/>).</summary>
+    public static Option<string> DType(string what) => new Option<string>("--dtype")
+    {
+        Description = $"{what} precision: bf16, fp16 or fp32.",
+        DefaultValueFactory = _ => "bf16",
+    }.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
+
+    /// <summary>Throws unless the file gave a personal LoRA (an identity's factors), not only a Stage-1 Meta-Down.</summary>
+    public static void RequireIdentity(LoraAdapter a, string path)
+    {
+        if (a.Identities.Count == 0) throw new InvalidDataException($"{path}: holds only Meta-Down factors; personalise with 'train stage2' first");
+    }
+
     static Option<string> Preset() => new("--base")
     {
-        Description = "Base model the LoRA targets: a preset (flux-dev, flux-schnell, tiny, micro) or a checkpoint to detect it from.",
+        Description = "Base model the LoRA targets: a preset (flux-dev, flux-schnell, tiny, micro) or a model checkpoint to detect it from.",
         DefaultValueFactory = _ => "flux-dev",
     };
 
@@ -33,7 +50,7 @@ internal static class LoraCommand
         var input = new Option<string>("--in") { Description = "LoRA file to read (Meta D/M/U, PEFT or kohya).", Required = true };
         var output = new Option<string>("--out") { Description = "File to write.", Required = true };
         var format = new Option<string>("--format") { Description = "peft or kohya.", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya");
-        var dtype = new Option<string>("--dtype") { Description = "bf16, fp16 or fp32.", DefaultValueFactory = _ => "bf16" }.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
+        var dtype = DType("Written LoRA");
         var baseModel = Preset();
         var convert = new Command("convert", "Merges a Meta-LoRA (A = M·D, B = U) or converts between PEFT and kohya layouts.") { input, output, format, dtype, baseModel };
         convert.SetAction(r => Common.Guard(() =>
@@ -41,7 +58,7 @@ internal static class LoraCommand
             using var be = Common.CreateBackend("cpu");
             var config = Config(r.GetValue(baseModel)!, be);
             using var a = LoraFiles.Load(r.GetValue(input)!, config, be);
-            if (a.Identities.Count == 0) throw new InvalidDataException($"{r.GetValue(input)}: holds only Meta-Down factors; personalise with 'train stage2' first");
+            RequireIdentity(a, r.GetValue(input)!);
             var fmt = r.GetValue(format) == "kohya" ? LoraFormat.Kohya : LoraFormat.Peft;
             LoraFiles.Export(a, 0, r.GetValue(output)!, fmt, ParseDType(r.GetValue(dtype)!), r.GetValue(input)!);
             Console.WriteLine($"{LoraFiles.Describe(a)} → {r.GetValue(output)} ({fmt})");
@@ -59,22 +76,26 @@ internal static class LoraCommand
             return 0;
         }));
 
-        var mModel = new Option<string>("--model") { Description = "Base transformer to merge into (BFL/diffusers checkpoint or random:PRESET:SEED).", Required = true };
-        var mLora = new Option<string>("--lora") { Description = "LoRA file.", Required = true };
-        var mOut = new Option<string>("--out") { Description = "Merged BFL-layout checkpoint to write.", Required = true };
+        var bModel = new Option<string>("--model") { Description = "Base model to bake into (BFL/diffusers checkpoint or random:PRESET:SEED).", Required = true };
+        var bLora = new Option<string>("--lora") { Description = "LoRA file (PEFT, kohya or Meta D/M/U).", Required = true };
+        var bOut = new Option<string>("--out") { Description = "Baked model checkpoint to write (BFL layout).", Required = true };
         var strength = new Option<float>("--strength") { Description = "LoRA strength.", DefaultValueFactory = _ => 1f };
-        var mDtype = new Option<string>("--dtype") { Description = "bf16, fp16 or fp32.", DefaultValueFactory = _ => "bf16" }.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
-        var merge = new Command("merge", "Bakes a LoRA into the base weights: W0 += strength·B·A for every target.") { mModel, mLora, mOut, strength, mDtype };
-        merge.SetAction(r => Common.Guard(() =>
+        var bDtype = DType("Written checkpoint");
+        var bake = new Command("bake", "Bakes a LoRA into the base model's weights: W0 += strength·B·A for every target; writes a new model checkpoint.")
+        {
+            bModel, bLora, bOut, strength, bDtype,
+        };
+        bake.SetAction(r => Common.Guard(() =>
         {
             using var be = Common.CreateBackend("cpu");
-            using var w = FluxLoader.Load(r.GetValue(mModel)!, be);
-            using var a = LoraFiles.Load(r.GetValue(mLora)!, w.Config, be);
-            LoraFiles.MergeInto(w, a, 0, r.GetValue(strength));
-            FluxLoader.Save(w, r.GetValue(mOut)!, ParseDType(r.GetValue(mDtype)!));
-            Console.WriteLine($"merged {LoraFiles.Describe(a)} into {r.GetValue(mOut)}");
+            using var w = FluxLoader.Load(r.GetValue(bModel)!, be);
+            using var a = LoraFiles.Load(r.GetValue(bLora)!, w.Config, be);
+            RequireIdentity(a, r.GetValue(bLora)!);
+            LoraFiles.Bake(w, a, 0, r.GetValue(strength));
+            FluxLoader.Save(w, r.GetValue(bOut)!, ParseDType(r.GetValue(bDtype)!));
+            Console.WriteLine($"baked {LoraFiles.Describe(a)} into {r.GetValue(bOut)}");
             return 0;
         }));
-        return new Command("lora", "Convert, inspect and merge LoRA files.") { convert, info, merge };
+        return new Command("lora", "Convert (merge M·D), inspect and bake LoRA files.") { convert, info, bake };
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
 using MetaLoraNative.Onnx.Cache;
+using MetaLoraNative.Onnx.Datasets;
 using MetaLoraNative.Onnx.Models;
 
 namespace MetaLoraNative.Cli.Commands;
@@ -13,7 +14,7 @@ internal static class PrepareCommand
     {
         var photo = new Argument<string>("photo") { Description = "The one photo of the person (Stage 2), or with --identities a folder of person folders (Stage 1)." };
         var identities = new Option<bool>("--identities") { Description = "Stage-1 data: PHOTO is a folder with one sub-folder of photos per person (optional class.txt: man|woman); each photo is centre-cropped to its bucket, no augmentation." };
-        var cls = new Option<string>("--class") { Description = "With --identities: class for persons without class.txt; fills {class} in the prompt.", DefaultValueFactory = _ => "woman" };
+        var cls = new Option<string>("--class") { Description = "With --identities: class (woman or man) of persons without class.txt; fills {class} in the prompt.", DefaultValueFactory = _ => "woman" }.AcceptOnlyFromAmong("woman", "man");
         var models = new Option<string?>("--models") { Description = "Models folder with models.json (face detector, VAE encoder, T5, CLIP-L); default $METALORA_MODELS." };
         var prompt = new Option<string>("--prompt") { Description = "Training caption, e.g. \"a photo of sks woman\" (with --identities a template: \"a photo of a {class}\").", Required = true };
         var output = new Option<string>("--out") { Description = "Dataset folder to write (the --data of 'train stage2').", Required = true };
@@ -38,8 +39,8 @@ internal static class PrepareCommand
             var encodings = new EncodingCache(r.GetValue(cache) ?? Path.Combine(dir, "cache"));
             if (r.GetValue(identities))
             {
-                int n = Stage1Data.Prepare(r.GetValue(photo)!, r.GetValue(output)!, r.GetValue(prompt)!, r.GetValue(cls)!, r.GetValue(resolution),
-                                           set, encodings, Common.Log);
+                int n = Stage1Data.Prepare(r.GetValue(photo)!, r.GetValue(output)!, r.GetValue(prompt)!, PersonFolders.ParseClass(r.GetValue(cls)!, "--class"),
+                                           r.GetValue(resolution), set, encodings, Common.Log);
                 Console.WriteLine($"wrote {n} identities to {r.GetValue(output)}");
                 return 0;
             }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using MetaLoraNative.Onnx.Clip;
+using MetaLoraNative.Onnx.Datasets;
 using MetaLoraNative.Onnx.Faces;
 using MetaLoraNative.Onnx.Models;
 using MetaLoraNative.Onnx.Scoring;
@@ -52,7 +53,7 @@ public static class ScoreCommand
 
         command.SetAction(parse => Common.Guard(() =>
         {
-            var cls = parse.GetValue(subject) == "man" ? SubjectClass.Man : SubjectClass.Woman;
+            var cls = PersonFolders.ParseClass(parse.GetValue(subject)!, "--class");
             string promptSet = parse.GetValue(prompts)!;
             if (parse.GetValue(listPrompts))
             {

@@ -10,7 +10,7 @@ internal static class TrainCommand
 {
     sealed class Shared
     {
-        public Option<string> Model = new("--model") { Description = "Transformer weights: flux1-dev.safetensors (BFL), a diffusers transformer folder or index json, or random:PRESET:SEED.", Required = true };
+        public Option<string> Model = new("--model") { Description = "The base model: flux1-dev.safetensors (BFL checkpoint), a diffusers transformer folder or index json, or random:PRESET:SEED.", Required = true };
         public Option<string> Data = new("--data") { Description = "Cached dataset folder (see docs/TRAINING.md).", Required = true };
         public Option<string> Out = new("--out") { Description = "Result file (.safetensors).", Required = true };
         public Option<float> Lr = new("--lr") { Description = "AdamW learning rate (paper: 4e-4).", DefaultValueFactory = _ => 4e-4f };
@@ -20,15 +20,20 @@ internal static class TrainCommand
         public Option<float> Guidance = new("--guidance") { Description = "Guidance-embedding value during training.", DefaultValueFactory = _ => 1f };
         public Option<ulong> Seed = new("--seed") { Description = "Seed for initialisation, sampling and noise (a resumed run repeats exactly).", DefaultValueFactory = _ => 42UL };
         public Option<string> Device = Common.Device();
-        public Option<string?> State = new("--state") { Description = "Resumable training state; resumes when it exists. Default: OUT with .state.safetensors." };
-        public Option<int> Every = new("--checkpoint-every") { Description = "Iterations between state checkpoints.", DefaultValueFactory = _ => 250 };
+        public Option<string?> State = new("--state") { Description = "Resumable training state (factors, AdamW moments, iteration); the run resumes from it when it exists. Default: OUT with .state.safetensors." };
+        public Option<int> Every;
+        public Option<string> Recompute = Common.Recompute();
 
-        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every];
+        public Shared(int stateEvery) =>
+            Every = new("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery };
+
+        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute];
 
         public TrainOptions Train(ParseResult r, int batch) => new()
         {
             LearningRate = r.GetValue(Lr), WeightDecay = r.GetValue(Wd), MaxGradNorm = r.GetValue(Clip), BatchSize = batch,
             Sampling = Enum.Parse<TimestepSampling>(r.GetValue(Sampling)!, ignoreCase: true), Guidance = r.GetValue(Guidance), Seed = r.GetValue(Seed),
+            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!),
         };
 
         public string StatePath(ParseResult r) => r.GetValue(State) ?? Path.ChangeExtension(r.GetValue(Out)!, ".state.safetensors");
@@ -36,7 +41,7 @@ internal static class TrainCommand
 
     public static Command Create()
     {
-        var s1 = new Shared();
+        var s1 = new Shared(new Stage1Options().StateEvery);
         var bs = new Option<int>("--batch-size") { Description = "Batch size (paper: 4).", DefaultValueFactory = _ => 4 };
         var total = new Option<int>("--iterations") { Description = "q_total: all Stage-1 iterations (paper: 50,000).", DefaultValueFactory = _ => 50_000 };
         var bucket = new Option<int>("--bucket-iterations") { Description = "q_bucket: iterations per bucket visit (paper: 2,500).", DefaultValueFactory = _ => 2_500 };
@@ -61,7 +66,7 @@ internal static class TrainCommand
             {
                 Train = s1.Train(r, r.GetValue(bs)), TotalIterations = r.GetValue(total), BucketIterations = q,
                 WarmupIterations = r.GetValue(warm) ?? (int)(0.4 * q), IdentitiesPerBucket = r.GetValue(perBucket),
-                Rank1 = r.GetValue(r1), Rank2 = r.GetValue(r2), CheckpointPath = s1.StatePath(r), CheckpointEvery = r.GetValue(s1.Every),
+                Rank1 = r.GetValue(r1), Rank2 = r.GetValue(r2), StatePath = s1.StatePath(r), StateEvery = r.GetValue(s1.Every),
                 Include = r.GetValue(include), Exclude = r.GetValue(exclude),
             };
             using var adapter = Stages.Stage1(new FluxModel(weights), people, opts, Common.Log);
@@ -70,12 +75,12 @@ internal static class TrainCommand
             return 0;
         }));
 
-        var s2 = new Shared();
+        var s2 = new Shared(new Stage2Options().StateEvery);
         var down = new Option<string>("--down") { Description = "Stage-1 result (Meta-Down D), kept frozen.", Required = true };
         var iters = new Option<int>("--iterations") { Description = "Stage-2 iterations (paper: 375).", DefaultValueFactory = _ => 375 };
         var rank2 = new Option<int>("--rank2") { Description = "r2, the rank of the personal M and U and of the merged LoRA (paper: 1).", DefaultValueFactory = _ => 1 };
         var format = new Option<string>("--format") { Description = "Merged LoRA layout: peft (diffusers/ComfyUI/ai-toolkit keys), kohya, or both.", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya", "both");
-        var dtype = new Option<string>("--dtype") { Description = "Merged LoRA precision: bf16, fp16 or fp32.", DefaultValueFactory = _ => "bf16" }.AcceptOnlyFromAmong("bf16", "fp16", "fp32");
+        var dtype = LoraCommand.DType("Merged LoRA");
         var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (.meta.safetensors).")
         {
             down, iters, rank2, format, dtype,
@@ -90,7 +95,7 @@ internal static class TrainCommand
             var opts = new Stage2Options
             {
                 Train = s2.Train(r, 1), Iterations = r.GetValue(iters), Rank2 = r.GetValue(rank2),
-                CheckpointPath = s2.StatePath(r), CheckpointEvery = r.GetValue(s2.Every),
+                StatePath = s2.StatePath(r), StateEvery = r.GetValue(s2.Every),
             };
             using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts, Common.Log);
             string outPath = r.GetValue(s2.Out)!;

@@ -21,7 +21,7 @@ public static class StepBenchmark
         public int TextTokens { get; init; } = 512;
         public int Rank1 { get; init; } = 16;
         public int Rank2 { get; init; } = 1;
-        public string Recompute { get; init; } = "off";
+        public RecomputePolicy Recompute { get; init; } = RecomputePolicy.Off;
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
@@ -44,8 +44,9 @@ public static class StepBenchmark
     public static Result Run(IBackend be, Options o, Action<string> log)
     {
         var c = o.Config;
-        if (o.Resolution % 16 != 0) throw new ArgumentException($"resolution {o.Resolution} is not a multiple of 16");
-        int grid = o.Resolution / 16, imageTokens = grid * grid;
+        if (o.Resolution % FluxConfig.PixelsPerToken != 0)
+            throw new ArgumentException($"resolution {o.Resolution} is not a multiple of {FluxConfig.PixelsPerToken}");
+        int grid = o.Resolution / FluxConfig.PixelsPerToken, imageTokens = grid * grid;
         var load = Stopwatch.StartNew();
         log($"building {c.Name} ({c.ParameterCount() / 1e9:F2} B parameters) with random weights on {be.Name}...");
         using var weights = FluxWeights.Random(c, be, o.Seed);
@@ -56,12 +57,12 @@ public static class StepBenchmark
         be.Synchronize();
         double loadSeconds = load.Elapsed.TotalSeconds;
 
-        bool recompute = model.ShouldRecompute(o.Recompute, 1, imageTokens, o.TextTokens, out var reason);
+        bool recompute = o.Recompute.Decide(model, 1, imageTokens, o.TextTokens, out var reason);
         log($"{imageTokens} image + {o.TextTokens} text tokens, {targets.Count} targets, r1 {o.Rank1}, r2 {o.Rank2}; {reason}");
         var example = new Example(RandomWeights.Normal("bench.latents", o.Seed, imageTokens * c.InChannels), grid, grid,
-                                  RandomWeights.Normal("bench.txt", o.Seed, o.TextTokens * c.ContextInDim), o.TextTokens,
+                                  RandomWeights.Normal("bench.t5", o.Seed, o.TextTokens * c.ContextInDim), o.TextTokens,
                                   RandomWeights.Normal("bench.pooled", o.Seed, c.VecInDim));
-        var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = recompute };
+        var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = o.Recompute };
         var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
 
         var trainMs = new List<double>();
@@ -69,7 +70,7 @@ public static class StepBenchmark
         {
             be.Synchronize();
             var clock = Stopwatch.StartNew();
-            var (loss, _) = Trainer.Step(model, binding, [example], train, i);
+            var (loss, _) = Trainer.Step(model, binding, [example], train, i, recompute);
             be.Synchronize();
             if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
             log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms, loss {loss:F4}");

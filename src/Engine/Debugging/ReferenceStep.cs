@@ -82,21 +82,4 @@ public static class ReferenceStep
         Expect(target, "target", B, L, c.OutChannels);
         return new FluxInputs(img, imgIds, txt, txtIds, ts, y, g);
     }
-
-    /// <summary>Writes an inputs file (tests and the demo use it to make cases).</summary>
-    public static void WriteInputs(string path, IBackend be, FluxInputs x, Tensor target)
-    {
-        var list = new List<SafetensorsTensor>
-        {
-            new("img", x.Img.Shape, be.Download(x.Img)),
-            new("img_ids", x.ImgIds.Shape, be.Download(x.ImgIds)),
-            new("txt", x.Txt.Shape, be.Download(x.Txt)),
-            new("txt_ids", x.TxtIds.Shape, be.Download(x.TxtIds)),
-            new("timesteps", x.Timesteps.Shape, be.Download(x.Timesteps)),
-            new("y", x.Y.Shape, be.Download(x.Y)),
-            new("target", target.Shape, be.Download(target)),
-        };
-        if (x.Guidance != null) list.Add(new("guidance", x.Guidance.Shape, be.Download(x.Guidance)));
-        SafetensorsWriter.Write(path, list);
-    }
 }

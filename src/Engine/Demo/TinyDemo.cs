@@ -10,7 +10,7 @@ namespace MetaLoraNative.Engine.Demo;
 /// The embedded default: the whole Meta-LoRA pipeline on a tiny FLUX-architecture model with deterministic weights
 /// and synthetic identities, in well under two minutes on two CPU cores.
 ///
-/// A synthetic identity is a fixed latent "appearance" (16 tokens × 64 channels) plus small per-image variation,
+/// A synthetic identity is a fixed packed-latent "appearance" (4×4 tokens × 64 channels) plus small per-image variation,
 /// captioned by a shared prompt embedding with an identity-specific offset. Learning an identity means the LoRA
 /// has to pull the velocity prediction towards that appearance, which is what Stage 2 does for one photo.
 /// </summary>
@@ -33,7 +33,7 @@ public static class TinyDemo
     public sealed record Result(double Stage1Before, double Stage1After, double Stage2Before, double Stage2After, double Stage2RandomDown,
                                 string PeftPath, string KohyaPath, string MetaPath, string DownPath, TimeSpan Elapsed);
 
-    const int Grid = 4, TxtLength = 8;
+    const int Grid = 4, T5Length = 8;
 
     public static Result Run(IBackend be, Options o, Action<string> log)
     {
@@ -50,10 +50,10 @@ public static class TinyDemo
         var s1 = new Stage1Options
         {
             Train = train, TotalIterations = o.Stage1Iterations, BucketIterations = o.BucketIterations, WarmupIterations = o.WarmupIterations,
-            IdentitiesPerBucket = 3, Rank1 = 8, Rank2 = 2, CheckpointPath = Path.Combine(o.OutputDirectory, "stage1.state.safetensors"),
-            CheckpointEvery = 40,
+            IdentitiesPerBucket = 3, Rank1 = 8, Rank2 = 2, StatePath = Path.Combine(o.OutputDirectory, "stage1.state.safetensors"),
+            StateEvery = 40,
         };
-        if (File.Exists(s1.CheckpointPath)) File.Delete(s1.CheckpointPath);   // the demo always starts fresh
+        if (File.Exists(s1.StatePath)) File.Delete(s1.StatePath);   // the demo always starts fresh
         var quiet = o.Verbose ? log : StepFilter(log, 20);
 
         // Stage 1: meta-train D over the synthetic identities
@@ -70,9 +70,9 @@ public static class TinyDemo
         var s2 = new Stage2Options
         {
             Train = train with { BatchSize = 1 }, Iterations = o.Stage2Iterations, Rank2 = 2,
-            CheckpointPath = Path.Combine(o.OutputDirectory, "stage2.state.safetensors"), CheckpointEvery = 30,
+            StatePath = Path.Combine(o.OutputDirectory, "stage2.state.safetensors"), StateEvery = 30,
         };
-        if (File.Exists(s2.CheckpointPath)) File.Delete(s2.CheckpointPath);
+        if (File.Exists(s2.StatePath)) File.Delete(s2.StatePath);
         using var personal = Stages.Stage2(model, metaDown, person, s2, quiet);
         double s2Before = MeanLoss(model, personal, [person], train, zeroUp: true);
         double s2After = MeanLoss(model, personal, [person], train, zeroUp: false);
@@ -80,7 +80,7 @@ public static class TinyDemo
 
         // the same Stage 2 from a D that was never meta-trained: what Stage 1 buys
         using var randomDown = LoraAdapter.Create(be, config, metaDown.Targets, LoraMode.Meta, metaDown.Rank1, 2, o.Seed + 99);
-        using var baseline = Stages.Stage2(model, randomDown, person, s2 with { CheckpointPath = null }, _ => { });
+        using var baseline = Stages.Stage2(model, randomDown, person, s2 with { StatePath = null }, _ => { });
         double s2Random = MeanLoss(model, baseline, [person], train, zeroUp: false);
         log($"Stage 2 from a random (not meta-trained) D: {s2Before:F5} → {s2Random:F5}");
 
@@ -111,15 +111,15 @@ public static class TinyDemo
     {
         int L = Grid * Grid;
         var look = RandomWeights.Normal("look." + name, seed, L * c.InChannels);
-        var prompt = RandomWeights.Normal("prompt", seed, TxtLength * c.ContextInDim);
+        var prompt = RandomWeights.Normal("prompt", seed, T5Length * c.ContextInDim);
         var token = RandomWeights.Normal("token." + name, seed, c.ContextInDim);
         var pooled = RandomWeights.Normal("pooled." + name, seed, c.VecInDim);
-        for (int j = 0; j < c.ContextInDim; j++) prompt[(TxtLength - 1) * c.ContextInDim + j] = token[j];
+        for (int j = 0; j < c.ContextInDim; j++) prompt[(T5Length - 1) * c.ContextInDim + j] = token[j];
         var examples = Enumerable.Range(0, images).Select(i =>
         {
             var v = RandomWeights.Normal($"pose.{name}.{i}", seed, L * c.InChannels);
-            var latents = look.Select((x, j) => 0.9f * x + 0.3f * v[j]).ToArray();
-            return new Example(latents, Grid, Grid, prompt, TxtLength, pooled);
+            var packedLatents = look.Select((x, j) => 0.9f * x + 0.3f * v[j]).ToArray();
+            return new Example(packedLatents, Grid, Grid, prompt, T5Length, pooled);
         }).ToList();
         return new Identity(name, examples);
     }

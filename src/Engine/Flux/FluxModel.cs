@@ -196,26 +196,6 @@ public sealed class FluxModel
         return tokens * perToken * bytesPerValue;
     }
 
-    /// <summary>
-    /// The recomputation policy: "on", "off", or "auto" — recompute only when the kept activations, with a 25% margin
-    /// for temporaries, would not fit in the device's free memory. Host-memory backends never need it.
-    /// </summary>
-    public bool ShouldRecompute(string policy, int batch, int imageTokens, int textTokens, out string reason)
-    {
-        switch (policy)
-        {
-            case "on": reason = "recomputation on (asked)"; return true;
-            case "off": reason = "recomputation off (asked)"; return false;
-            case "auto": break;
-            default: throw new ArgumentException($"unknown recompute policy '{policy}' (auto, on, off)");
-        }
-        if (Backend.MemoryInfo is not { } mem) { reason = "recomputation off (host memory)"; return false; }
-        long need = ActivationBytes(batch, imageTokens, textTokens, 2) * 5 / 4;
-        bool on = need > mem.Free;
-        reason = $"recomputation {(on ? "on" : "off")}: activations need ~{need / (double)(1L << 30):F1} GiB, {mem.Free / (double)(1L << 30):F1} GiB free";
-        return on;
-    }
-
     /// <summary>vec = time_in(emb(t)) + guidance_in(emb(g)) + vector_in(y): (B, C).</summary>
     Tensor Conditioning(FluxInputs x)
     {

@@ -141,16 +141,10 @@ public sealed class LoraAdapter : IDisposable
         return identity;
     }
 
-    /// <summary>Drops every identity (Stage 2 starts from D alone).</summary>
-    public void ClearIdentities()
+    public void Dispose()
     {
         foreach (var id in identities) id.Dispose();
         identities.Clear();
-    }
-
-    public void Dispose()
-    {
-        ClearIdentities();
         foreach (var d in Down) d.Dispose();
     }
 }

@@ -17,7 +17,8 @@ public enum LoraFormat
 
 /// <summary>
 /// Writing and reading adapters. Export merges A = M·D and B = U into a standard rank-r2 LoRA that other tools
-/// load; import reads any of the three layouts back into a standard-mode adapter (or a Meta adapter for Meta files).
+/// load; import reads any of the three layouts back into a standard-mode adapter (or a Meta adapter for Meta files);
+/// <see cref="Bake"/> adds a LoRA's B·A into the frozen weights W0. "Merge" here always means M·D → A, never W0.
 /// </summary>
 public static class LoraFiles
 {
@@ -208,8 +209,8 @@ public static class LoraFiles
         return adapter;
     }
 
-    /// <summary>W0[rows of each target] += strength · B·A: bakes an identity into the frozen weights.</summary>
-    public static void MergeInto(FluxWeights weights, LoraAdapter a, int identity, float strength = 1f)
+    /// <summary>W0[rows of each target] += strength · B·A (B·A = U·M·D for a Meta adapter): bakes an identity into the frozen weights.</summary>
+    public static void Bake(FluxWeights weights, LoraAdapter a, int identity, float strength = 1f)
     {
         var be = weights.Backend;
         for (int t = 0; t < a.Targets.Count; t++)

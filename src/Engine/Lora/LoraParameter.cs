@@ -13,7 +13,7 @@ public sealed class LoraParameter : IDisposable
         Grad = value.Backend.Zeros(value.Shape, Precision.Master);
     }
 
-    /// <summary>Checkpoint key, e.g. transformer.transformer_blocks.0.attn.to_q.lora_down.weight.</summary>
+    /// <summary>Key in LoRA and training-state files, e.g. transformer.transformer_blocks.0.attn.to_q.lora_down.weight.</summary>
     public string Name { get; }
     public Tensor Value { get; }
     public Tensor Grad { get; }

@@ -1,5 +1,4 @@
 using MetaLoraNative.Engine.Flux;
-using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Engine.Sampling;
@@ -25,16 +24,18 @@ public static class FluxSampler
     }
 
     /// <summary>
-    /// Packed latents (gridH·gridW, in) for one prompt embedding: T5 (L_txt, ctx) and CLIP pooled (vec). The LoRA, if
-    /// any, is applied at run time through the binding (identity 0); merge it into the weights for strength ≠ 1.
+    /// Packed latents (gridH·gridW, in) for one prompt embedding: T5 (t5Length, ctx) and CLIP pooled (vec), with the
+    /// grid in tokens (<see cref="FluxConfig.PixelsPerToken"/> pixels each). A LoRA is baked into the model's weights
+    /// beforehand (<see cref="Lora.LoraFiles.Bake"/>), at any strength.
     /// </summary>
-    public static float[] Sample(FluxModel model, LoraBinding? lora, float[] txt, int txtLength, float[] pooled,
+    public static float[] Sample(FluxModel model, float[] t5, int t5Length, float[] pooled,
                                  int gridH, int gridW, int steps, float guidance, ulong seed, Action<string>? log = null)
     {
         var be = model.Backend;
         var c = model.Config;
         int L = gridH * gridW;
-        var example = new Example(new float[L * c.InChannels], gridH, gridW, txt, txtLength, pooled);
+        // the example carries the text and the grid; the image tokens are the sampler's x at each step
+        var example = new Example(new float[L * c.InChannels], gridH, gridW, t5, t5Length, pooled);
         var x = RandomWeights.Normal("sample.noise", seed, L * c.InChannels);
         var schedule = Schedule(steps, L, shift: c.GuidanceEmbed);
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -42,7 +43,7 @@ public static class FluxSampler
         {
             float t = schedule[i], tNext = schedule[i + 1];
             using var inputs = Batches.MakeInputs(be, c, [example], x, [t], guidance);
-            using var v = model.Predict(inputs, lora);
+            using var v = model.Predict(inputs, null);
             var velocity = be.Download(v);
             for (int k = 0; k < x.Length; k++) x[k] += (tNext - t) * velocity[k];
             log?.Invoke($"sample step {i + 1}/{steps}: t {t:F3} → {tNext:F3}, {clock.Elapsed.TotalSeconds / (i + 1) * 1000:F0} ms/step, " +

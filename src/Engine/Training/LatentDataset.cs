@@ -6,17 +6,21 @@ namespace MetaLoraNative.Engine.Training;
 /// <summary>
 /// Cached training data on disk. A dataset folder holds one sub-folder per identity; each example is one
 /// safetensors file with
-///   latents (GridH·GridW, in)  packed VAE latents,   txt (L_txt, ctx)  T5 embeddings,   pooled (vec)  CLIP pooled,
+///   packed_latents (GridH·GridW, in)  packed VAE latents,   t5 (L_t5, ctx)  T5 embeddings,   pooled (vec)  CLIP pooled,
 /// and metadata grid_h / grid_w. A Stage-2 folder is a single identity folder (the augmented crops of one photo).
+/// Files written before the keys were named for what they hold ("latents", "txt") still load.
 /// </summary>
 public static class LatentDataset
 {
+    const string PackedLatentsKey = "packed_latents", T5Key = "t5", PooledKey = "pooled";
+    const string OldPackedLatentsKey = "latents", OldT5Key = "txt";
+
     public static void SaveExample(string path, Example e) =>
         SafetensorsWriter.Write(path,
         [
-            new("latents", [e.ImageTokens, e.Latents.Length / e.ImageTokens], e.Latents),
-            new("txt", [e.TxtLength, e.Txt.Length / e.TxtLength], e.Txt),
-            new("pooled", [e.Pooled.Length], e.Pooled),
+            new(PackedLatentsKey, [e.ImageTokens, e.PackedLatents.Length / e.ImageTokens], e.PackedLatents),
+            new(T5Key, [e.T5Length, e.T5.Length / e.T5Length], e.T5),
+            new(PooledKey, [e.Pooled.Length], e.Pooled),
         ], new Dictionary<string, string>
         {
             ["grid_h"] = e.GridH.ToString(CultureInfo.InvariantCulture),
@@ -28,15 +32,16 @@ public static class LatentDataset
         using var f = SafetensorsFile.Open(path);
         int Meta(string k) => f.Metadata.TryGetValue(k, out var v) && int.TryParse(v, CultureInfo.InvariantCulture, out int n) && n > 0 ? n
             : throw new InvalidDataException($"{path}: metadata '{k}' is missing or not a positive integer");
-        foreach (var n in new[] { "latents", "txt", "pooled" })
-            if (!f.Contains(n)) throw new InvalidDataException($"{path}: tensor '{n}' is missing (a cached example holds latents, txt and pooled)");
+        string Key(string key, string? old = null) => f.Contains(key) ? key : old != null && f.Contains(old) ? old
+            : throw new InvalidDataException($"{path}: tensor '{key}' is missing (a cached example holds {PackedLatentsKey}, {T5Key} and {PooledKey})");
+        string latentsKey = Key(PackedLatentsKey, OldPackedLatentsKey), t5Key = Key(T5Key, OldT5Key), pooledKey = Key(PooledKey);
         int gh = Meta("grid_h"), gw = Meta("grid_w");
-        var lat = f["latents"];
+        var lat = f[latentsKey];
         if (lat.Shape.Length != 2 || lat.Shape[0] != gh * gw)
-            throw new InvalidDataException($"{path}: latents {Shapes.Format(lat.Shape)} do not match the {gh}×{gw} grid");
-        var txt = f["txt"];
-        if (txt.Shape.Length != 2) throw new InvalidDataException($"{path}: txt must be (L_txt, ctx), got {Shapes.Format(txt.Shape)}");
-        return new Example(f.ReadFloats("latents"), gh, gw, f.ReadFloats("txt"), txt.Shape[0], f.ReadFloats("pooled"), path);
+            throw new InvalidDataException($"{path}: {latentsKey} {Shapes.Format(lat.Shape)} do not match the {gh}×{gw} grid");
+        var t5 = f[t5Key];
+        if (t5.Shape.Length != 2) throw new InvalidDataException($"{path}: {t5Key} must be (L_t5, ctx), got {Shapes.Format(t5.Shape)}");
+        return new Example(f.ReadFloats(latentsKey), gh, gw, f.ReadFloats(t5Key), t5.Shape[0], f.ReadFloats(pooledKey), path);
     }
 
     public static void SaveIdentity(string folder, Identity id)

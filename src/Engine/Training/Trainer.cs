@@ -17,8 +17,8 @@ public sealed record TrainOptions
     /// <summary>The guidance embedding's value during training (ai-toolkit: 1.0).</summary>
     public float Guidance { get; init; } = 1f;
     public ulong Seed { get; init; } = 42;
-    /// <summary>Per-block recomputation in the backward (less memory, one more forward per block).</summary>
-    public bool Recompute { get; init; }
+    /// <summary>Per-block recomputation in the backward; the stages decide it once before the first step.</summary>
+    public RecomputePolicy Recompute { get; init; } = RecomputePolicy.Auto;
 }
 
 /// <summary>One line of the training log.</summary>
@@ -31,8 +31,23 @@ public sealed record StepReport(long Step, long Total, double Loss, double GradN
 /// <summary>The flow-matching training step both stages share: forward, MSE, backward, clip, AdamW.</summary>
 public static class Trainer
 {
-    /// <summary>Runs one optimisation step and returns (loss, grad norm before clipping).</summary>
-    public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step)
+    /// <summary>
+    /// Fixed timesteps the evaluation cycles through over its examples: low, middle and high noise, so the curve covers
+    /// the whole flow path and does not move with the training's timestep sampling.
+    /// </summary>
+    static readonly float[] EvaluationTimesteps = [0.25f, 0.5f, 0.75f];
+
+    /// <summary>
+    /// Evaluation draws its noise as if at steps from here on: far past any run's iterations, so it never reuses a
+    /// training draw, and fixed, so every evaluation of the same examples sees the same noise.
+    /// </summary>
+    const long EvaluationNoiseStep = 1_000_000;
+
+    /// <summary>
+    /// Runs one optimisation step and returns (loss, grad norm before clipping). <paramref name="recompute"/> is the
+    /// decision of <see cref="TrainOptions.Recompute"/>, made once per run (<see cref="RecomputePolicy.Decide"/>).
+    /// </summary>
+    public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step, bool recompute)
     {
         var be = model.Backend;
         var timesteps = Enumerable.Range(0, batch.Count)
@@ -42,7 +57,7 @@ public static class Trainer
         using var _t = target;
 
         var parameters = binding.TrainableParameters().ToArray();
-        double loss = LossAndGradients(model, inputs, target, binding, o.Recompute, out var prediction);
+        double loss = LossAndGradients(model, inputs, target, binding, recompute, out var prediction);
         prediction.Dispose();
 
         double norm = Math.Sqrt(be.SumSquares(parameters.Select(p => p.Grad).ToArray()));
@@ -67,15 +82,15 @@ public static class Trainer
     }
 
     /// <summary>Mean loss of the current adapter over examples at fixed timesteps and noise: the curve the demo prints.</summary>
-    public static double Evaluate(FluxModel model, LoraBinding? binding, IReadOnlyList<Example> examples, TrainOptions o, int seedOffset = 1_000_000)
+    public static double Evaluate(FluxModel model, LoraBinding? binding, IReadOnlyList<Example> examples, TrainOptions o)
     {
         var be = model.Backend;
         double sum = 0;
         for (int i = 0; i < examples.Count; i++)
         {
             var batch = new[] { examples[i] };
-            float[] t = [0.25f + 0.5f * (i % 3) / 2f];
-            var (inputs, target) = Batches.FlowMatchingBatch(be, model.Config, batch, t, o.Guidance, o.Seed, seedOffset + i);
+            float[] t = [EvaluationTimesteps[i % EvaluationTimesteps.Length]];
+            var (inputs, target) = Batches.FlowMatchingBatch(be, model.Config, batch, t, o.Guidance, o.Seed, EvaluationNoiseStep + i);
             using var _i = inputs;
             using var _t = target;
             using var prediction = model.Predict(inputs, binding);
@@ -86,7 +101,7 @@ public static class Trainer
     }
 
     /// <summary>Timing and ETA for the training log.</summary>
-    public sealed class Progress(long total, long start)
+    public sealed class Progress(long total)
     {
         readonly Stopwatch clock = Stopwatch.StartNew();
         long done;
@@ -98,7 +113,5 @@ public static class Trainer
             var eta = TimeSpan.FromSeconds(perStep * Math.Max(0, total - step));
             return new StepReport(step, total, loss, norm, lr, ms, tokens / Math.Max(1e-9, ms / 1000), eta, phase);
         }
-
-        public long Start { get; } = start;
     }
 }

@@ -6,6 +6,7 @@
 //   and is dropped when a crop of that size was already taken
 //   each crop is flipped horizontally with probability 1/2 (seeded), at most MaxImages crops, each resized to a
 //   training bucket: both sides multiples of 16, area near Resolution^2, aspect ratio near the crop's.
+using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Onnx.Faces;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -86,7 +87,8 @@ public static class FaceAugmenter
     public static (int Width, int Height) Bucket(double aspect, int resolution)
     {
         double w = resolution * Math.Sqrt(aspect), h = resolution / Math.Sqrt(aspect);
-        return (Math.Max(16, (int)Math.Round(w / 16) * 16), Math.Max(16, (int)Math.Round(h / 16) * 16));
+        const int side = FluxConfig.PixelsPerToken;   // whole latent tokens
+        return (Math.Max(side, (int)Math.Round(w / side) * side), Math.Max(side, (int)Math.Round(h / side) * side));
     }
 
     /// <summary>Detects the face (largest if several, with a warning) and builds the augmented set.</summary>
@@ -99,8 +101,8 @@ public static class FaceAugmenter
 
     public static List<AugmentedCrop> Augment(Image<Rgb24> image, RectangleF face, AugmentOptions options)
     {
-        if (options.Resolution < 64 || options.Resolution % 16 != 0)
-            throw new ArgumentException($"resolution must be a multiple of 16 and at least 64, got {options.Resolution}");
+        if (options.Resolution < 64 || options.Resolution % FluxConfig.PixelsPerToken != 0)
+            throw new ArgumentException($"resolution must be a multiple of {FluxConfig.PixelsPerToken} and at least 64, got {options.Resolution}");
         var rng = new Random(options.Seed);
         var result = new List<AugmentedCrop>();
         foreach (var (aspect, m, crop, clamped) in PlanCrops(image.Width, image.Height, face).Take(options.MaxImages))

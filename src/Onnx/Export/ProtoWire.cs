@@ -38,14 +38,6 @@ public sealed class ProtoWriter
 
     public ProtoWriter Message(int field, ProtoWriter message) => Bytes(field, message.ToArray());
 
-    /// <summary>A packed repeated int64 field.</summary>
-    public ProtoWriter PackedInt64(int field, IEnumerable<long> values)
-    {
-        var inner = new ProtoWriter();
-        foreach (var v in values) inner.RawVarint((ulong)v);
-        return Bytes(field, inner.ToArray());
-    }
-
     void Tag(int field, int wireType) => RawVarint((ulong)((field << 3) | wireType));
 
     void RawVarint(ulong v)

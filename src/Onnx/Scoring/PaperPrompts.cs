@@ -1,9 +1,9 @@
 // The evaluation prompts of the paper's appendix: Table 1 (recontextualisation) and Table 2 (stylistic) are used for
 // CLIP-T, Table 3 for (R-)FaceSim. Tables 1 and 2 list ten prompts written for men and ten for women; Table 3 is one
 // template with [man/woman], [his/her] and [he/she] filled in for the subject.
-namespace MetaLoraNative.Onnx.Scoring;
+using MetaLoraNative.Onnx.Datasets;
 
-public enum SubjectClass { Woman, Man }
+namespace MetaLoraNative.Onnx.Scoring;
 
 public static class PaperPrompts
 {

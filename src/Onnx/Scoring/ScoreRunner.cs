@@ -1,13 +1,14 @@
-// `metalora score`: CLIP-T, FaceSim and R-FaceSim of generated images against an identity layout.
+// `metalora score`: CLIP-T, FaceSim and R-FaceSim of generated images against folders of real photos.
 //
-// Identity layout (--identities DIR): one sub-folder per person holding real photos of that person. The reference (the
-// photo the model was personalised on) is the file whose name starts with "ref" (else the first file by name); every
-// other photo is a test image for R-FaceSim. An optional class.txt holds "man" or "woman" for the prompt wording.
+// Real photos (--identities DIR): person folders as PersonFolders reads them (one sub-folder of photos per person,
+// optional class.txt: man | woman for the prompt wording). The reference (the photo the model was personalised on) is
+// the file whose name starts with "ref" (else the first file by name); every other photo is a test image for R-FaceSim.
 // Generated layout (--generated DIR): DIR/<person>/<NN>[_anything].png|jpg is an image for prompt number NN (1-based)
 // of the chosen prompt list; several files per prompt (seeds) are all scored, and averaged per (person, prompt).
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using MetaLoraNative.Onnx.Clip;
+using MetaLoraNative.Onnx.Datasets;
 using MetaLoraNative.Onnx.Faces;
 using MetaLoraNative.Onnx.Imaging;
 using SixLabors.ImageSharp;
@@ -15,39 +16,15 @@ using SixLabors.ImageSharp.PixelFormats;
 
 namespace MetaLoraNative.Onnx.Scoring;
 
-public sealed record Identity(string Name, SubjectClass Class, string Reference, IReadOnlyList<string> Others);
-
-public static class IdentityLayout
+/// <summary>A person being scored: their reference photo and their other real photos (the R-FaceSim test images).</summary>
+public sealed record ScoredPerson(string Name, SubjectClass Class, string Reference, IReadOnlyList<string> Others)
 {
-    static readonly string[] ImageExtensions = [".png", ".jpg", ".jpeg", ".webp", ".bmp"];
-
-    public static bool IsImage(string path) => ImageExtensions.Contains(Path.GetExtension(path).ToLowerInvariant());
-
-    public static List<Identity> Load(string dir, SubjectClass defaultClass)
+    /// <summary>The reference is the photo whose name starts with "ref", else the first by name.</summary>
+    public static ScoredPerson From(PersonFolder person)
     {
-        if (!Directory.Exists(dir)) throw new DirectoryNotFoundException($"identities folder not found: {dir}");
-        var result = new List<Identity>();
-        foreach (var sub in Directory.GetDirectories(dir).Order(StringComparer.Ordinal))
-        {
-            var images = Directory.GetFiles(sub).Where(IsImage).Order(StringComparer.Ordinal).ToList();
-            if (images.Count == 0) continue;
-            string reference = images.FirstOrDefault(p => Path.GetFileName(p).StartsWith("ref", StringComparison.OrdinalIgnoreCase)) ?? images[0];
-            var cls = defaultClass;
-            string classFile = Path.Combine(sub, "class.txt");
-            if (File.Exists(classFile))
-            {
-                string c = File.ReadAllText(classFile).Trim().ToLowerInvariant();
-                cls = c switch
-                {
-                    "man" or "male" => SubjectClass.Man,
-                    "woman" or "female" => SubjectClass.Woman,
-                    _ => throw new InvalidDataException($"{classFile}: expected 'man' or 'woman', found '{c}'"),
-                };
-            }
-            result.Add(new Identity(Path.GetFileName(sub), cls, reference, images.Where(p => p != reference).ToList()));
-        }
-        if (result.Count == 0) throw new InvalidDataException($"identities folder {dir} has no sub-folders with images");
-        return result;
+        string reference = person.Photos.FirstOrDefault(p => Path.GetFileName(p).StartsWith("ref", StringComparison.OrdinalIgnoreCase))
+                           ?? person.Photos[0];
+        return new ScoredPerson(person.Name, person.Class, reference, person.Photos.Where(p => p != reference).ToList());
     }
 }
 
@@ -165,7 +142,7 @@ public sealed class ScoreRunner
     public ScoreReport Run(ScoreOptions options)
     {
         var warnings = new List<string>();
-        var identities = IdentityLayout.Load(options.IdentitiesDir, options.DefaultClass);
+        var identities = PersonFolders.Read(options.IdentitiesDir, options.DefaultClass, warnings.Add).Select(ScoredPerson.From).ToList();
         var others = new Dictionary<string, IReadOnlyList<float[]>>();
         var references = new Dictionary<string, float[]?>();
         foreach (var id in identities)
@@ -188,7 +165,7 @@ public sealed class ScoreRunner
         {
             var prompts = PaperPrompts.Resolve(options.Prompts, id.Class);
             string dir = Path.Combine(options.GeneratedDir, id.Name);
-            var files = Directory.Exists(dir) ? Directory.GetFiles(dir).Where(IdentityLayout.IsImage).Order(StringComparer.Ordinal).ToList() : [];
+            var files = PersonFolders.Images(dir);
             if (files.Count == 0) warnings.Add($"{id.Name}: no generated images in {dir}");
             var scores = new List<ImageScore>();
             foreach (var file in files)

@@ -6,6 +6,7 @@
 // Scaling as in BFL's AutoEncoder: z = 0.3611 (z_raw - 0.1159); z_raw = z / 0.3611 + 0.1159.
 // Packing as FLUX's "b c (h ph) (w pw) -> b (h w) (c ph pw)": (16, H/8, W/8) -> (H/16 * W/16, 64),
 // token = row * (W/16) + col, channel = c * 4 + dy * 2 + dx.
+using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Onnx.Imaging;
 using MetaLoraNative.Onnx.Runtime;
 using Microsoft.ML.OnnxRuntime;
@@ -90,7 +91,8 @@ public sealed class FluxVae : IDisposable
     {
         var enc = _encoder ?? throw new InvalidOperationException("no VAE encoder loaded");
         int w = image.Width, h = image.Height;
-        if (w % 16 != 0 || h % 16 != 0) throw new ArgumentException($"image {w}x{h}: both sides must be multiples of 16");
+        if (w % FluxConfig.PixelsPerToken != 0 || h % FluxConfig.PixelsPerToken != 0)
+            throw new ArgumentException($"image {w}x{h}: both sides must be multiples of {FluxConfig.PixelsPerToken} (whole latent tokens)");
         var chw = ImageIO.ToChw(image, [127.5f, 127.5f, 127.5f], [127.5f, 127.5f, 127.5f]);   // [0, 255] -> [-1, 1]
         var input = new DenseTensor<float>(chw, [1, 3, h, w]);
         using var results = enc.Run([NamedOnnxValue.CreateFromTensor(ImageName, input)], [LatentName]);

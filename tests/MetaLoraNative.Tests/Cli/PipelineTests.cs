@@ -3,6 +3,8 @@ using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Onnx.Models;
+using MetaLoraNative.Tests.Testing;
+using static MetaLoraNative.Tests.Cli.CliRunner;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 
@@ -13,13 +15,8 @@ namespace MetaLoraNative.Tests.Cli;
 /// cached) → `train stage2` → a merged LoRA; the second `prepare` encodes nothing.
 /// </summary>
 [Collection("console")]
-public sealed class PipelineTests : IDisposable
+public sealed class PipelineTests() : TempFolderTest("pipe")
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-pipe-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
-    static (int Code, string Out, string Err) Run(params string[] args) => CliRunner.Run(args);
-
     static void WritePhoto(string path, int w, int h, int seed)
     {
         using var img = new Image<Rgb24>(w, h);

@@ -62,7 +62,7 @@ public class SafetensorsCollectionTests
     }
 
     [Fact]
-    public void MissingShardFile()
+    public void AMissingShardIsAnErrorNamingTheIndexAndTheShard()
     {
         using var dir = new TempDir();
         WriteShards(dir);
@@ -75,7 +75,7 @@ public class SafetensorsCollectionTests
     }
 
     [Fact]
-    public void NameMappedToShardThatLacksIt()
+    public void ANameMappedToAShardThatLacksItIsAnError()
     {
         using var dir = new TempDir();
         WriteShards(dir, $"\"x_embedder.weight\":\"{Shard1}\",\"proj_out.weight\":\"{Shard1}\"");
@@ -104,7 +104,7 @@ public class SafetensorsCollectionTests
     [InlineData("{\"weight_map\": {\"a\": \"../model.safetensors\"}}", "not a plain file name")]
     [InlineData("{\"weight_map\": {\"a\": \"/etc/passwd\"}}", "not a plain file name")]
     [InlineData("{\"weight_map\": ", "not valid JSON")]
-    public void MalformedIndex(string json, string fault)
+    public void AMalformedIndexIsAnErrorNamingTheFault(string json, string fault)
     {
         using var dir = new TempDir();
         string index = dir.File("model.safetensors.index.json");
@@ -115,7 +115,7 @@ public class SafetensorsCollectionTests
     }
 
     [Fact]
-    public void FolderWithoutOneCheckpoint()
+    public void AFolderWithNoneOrSeveralCheckpointsIsAnError()
     {
         using var dir = new TempDir();
         var empty = Assert.Throws<SafetensorsFormatException>(() => SafetensorsCollection.Open(dir.FullName));

@@ -2,15 +2,13 @@ using System.Text.Json;
 using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Tests.Testing;
 
 namespace MetaLoraNative.Tests.Model;
 
 /// <summary>BFL and diffusers checkpoints load to the same weights; bad checkpoints fail with the tensor's name.</summary>
-public sealed class CheckpointLayoutTests : IDisposable
+public sealed class CheckpointLayoutTests() : TempFolderTest("ckpt")
 {
-    readonly string dir = Directory.CreateTempSubdirectory("metalora-ckpt-").FullName;
-    public void Dispose() => Directory.Delete(dir, recursive: true);
-
     /// <summary>Writes tiny random weights as a 2-shard diffusers transformer (split per the name table).</summary>
     string WriteDiffusers(FluxConfig c, ulong seed)
     {

@@ -137,19 +137,4 @@ public class RecomputationTests
         var recomputed = Grads(true);
         for (int i = 0; i < plain.Length; i++) Assert.Equal(plain[i], recomputed[i]);
     }
-
-    [Fact]
-    public void AutoPolicyKeepsActivationsOnHostMemoryBackends()
-    {
-        using var be = CpuBackend.F32();
-        using var w = FluxWeights.Random(FluxConfig.Micro, be, 1);
-        var m = new FluxModel(w);
-        Assert.False(m.ShouldRecompute("auto", 1, 1024, 512, out var why));
-        Assert.Contains("host memory", why);
-        Assert.True(m.ShouldRecompute("on", 1, 1024, 512, out _));
-        // flux-dev at 1024² keeps tens of GiB of activations: what PyTorch measures without recomputation (~34 GiB)
-        var dev = FluxConfig.FluxDev;
-        long perToken = (24L * dev.Depth + 19L * dev.DepthSingleBlocks) * dev.HiddenSize * 2;
-        Assert.InRange(perToken * (4096 + 512) / (double)(1L << 30), 25, 45);
-    }
 }

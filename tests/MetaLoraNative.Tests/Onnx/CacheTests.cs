@@ -1,6 +1,9 @@
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
 using MetaLoraNative.Onnx.Cache;
+using MetaLoraNative.Onnx.Datasets;
+using MetaLoraNative.Onnx.Vae;
 using MetaLoraNative.Onnx.Models;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -43,15 +46,15 @@ public class CacheTests(TinyFolderFixture tiny) : IClassFixture<TinyFolderFixtur
         Assert.Equal(first.Examples.Count, second.Examples.Count);
         for (int i = 0; i < first.Examples.Count; i++)
         {
-            Assert.Equal(first.Examples[i].Latents, second.Examples[i].Latents);
+            Assert.Equal(first.Examples[i].PackedLatents, second.Examples[i].PackedLatents);
             Assert.Equal(first.Examples[i].Pooled, second.Examples[i].Pooled);
-            Assert.Equal(first.Examples[i].GridH * first.Examples[i].GridW * 64, first.Examples[i].Latents.Length);
-            Assert.Equal(512 * 4096, first.Examples[i].Txt.Length);
+            Assert.Equal(first.Examples[i].GridH * first.Examples[i].GridW * 64, first.Examples[i].PackedLatents.Length);
+            Assert.Equal(512 * 4096, first.Examples[i].T5.Length);
         }
         // The engine's dataset writer and reader take the result as is.
         LatentDataset.SaveIdentity(Path.Combine(dir, "dataset", "person"), second);
         var loaded = LatentDataset.LoadIdentity(Path.Combine(dir, "dataset", "person"));
-        Assert.Equal(second.Examples[0].Latents, loaded.Examples[0].Latents);
+        Assert.Equal(second.Examples[0].PackedLatents, loaded.Examples[0].PackedLatents);
 
         // A damaged entry is encoded again, not trusted.
         var entry = Directory.GetFiles(Path.Combine(cacheDir, "text")).Single();
@@ -59,6 +62,33 @@ public class CacheTests(TinyFolderFixture tiny) : IClassFixture<TinyFolderFixtur
         var cache3 = new EncodingCache(cacheDir);
         using (var models = new ModelSet(tiny.Dir)) Stage2Data.Prepare(photo, prompt, models, cache3, options);
         Assert.Equal(1, cache3.TextEncoded);
+        Directory.Delete(dir, true);
+    }
+
+    [Fact]
+    public void VaeLatentsAreCachedUnpackedAndEntriesUnderTheOldKeyAreStillHits()
+    {
+        string dir = TestAssets.TempDir("cache-keys");
+        using var image = new Image<Rgb24>(64, 48);
+        for (int y = 0; y < 48; y++)
+            for (int x = 0; x < 64; x++)
+                image[x, y] = new Rgb24((byte)(4 * x), (byte)(5 * y), (byte)(x * y));
+        using var models = new ModelSet(tiny.Dir);
+        var vae = models.OpenVae(encoder: true, decoder: false);
+        var cache = new EncodingCache(dir);
+        var z = cache.VaeLatents(image, vae);
+        Assert.Equal(1, cache.ImagesEncoded);
+        Assert.Equal(vae.Encode(image), z);                                    // (16, H/8, W/8), unpacked
+        Assert.Equal(LatentPacking.Pack(z, 16, 6, 8), cache.PackedLatents(image, vae));
+        Assert.Equal(1, cache.ImageHits);
+
+        // rewrite the entry as caches wrote it before the tensor was named vae_latents
+        string entry = Directory.GetFiles(Path.Combine(dir, "latents")).Single();
+        using (var f = SafetensorsFile.Open(entry)) Assert.Equal([16, 6, 8], f["vae_latents"].Shape);
+        SafetensorsWriter.Write(entry, [new SafetensorsTensor("latents", [16, 6, 8], z)]);
+        var again = new EncodingCache(dir);
+        Assert.Equal(z, again.VaeLatents(image, vae));
+        Assert.Equal((1, 0), (again.ImageHits, again.ImagesEncoded));
         Directory.Delete(dir, true);
     }
 }

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using MetaLoraNative.Cli.Commands;
+using MetaLoraNative.Onnx.Datasets;
 using MetaLoraNative.Onnx.Imaging;
 using MetaLoraNative.Onnx.Models;
 using MetaLoraNative.Onnx.Scoring;
@@ -29,7 +30,7 @@ public class ScoreAndCliTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void HelpDocumentsEveryOption()
+    public void AugmentAndScoreHelpDescribeEveryOptionAndArgument()
     {
         foreach (var command in new[] { AugmentCommand.Create(), ScoreCommand.Create() })
         {
@@ -109,7 +110,11 @@ public class ScoreAndCliTests(ITestOutputHelper output)
             Assert.True(File.Exists(Path.Combine(outDir, "scatter.png")));
             var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "scores.json")));
             Assert.Equal(4, json.RootElement.GetProperty("images").GetInt32());
-            Assert.InRange(json.RootElement.GetProperty("clipT").GetDouble(), -1, 1);
+            // the overall CLIP-T is the mean over every scored image
+            var perImage = json.RootElement.GetProperty("identities").EnumerateArray()
+                .SelectMany(i => i.GetProperty("images").EnumerateArray()).Select(i => i.GetProperty("clipT").GetDouble()).ToList();
+            Assert.Equal(4, perImage.Count);
+            Assert.Equal(perImage.Average(), json.RootElement.GetProperty("clipT").GetDouble(), 12);
             return json.RootElement.GetProperty("rFaceSim").GetDouble();
         }
 

@@ -123,13 +123,17 @@ public class TinyModelTests(TinyFolderFixture tiny) : IClassFixture<TinyFolderFi
     }
 
     [Fact]
-    public void ScorerAndFaceModelsRun()
+    public void ClipTIsTheCosineOfImageAndPromptEmbeddingsAndFaceModelsFeedAugmentation()
     {
         using var set = new ModelSet(tiny.Dir);
         var clip = set.OpenClipScorer();
         using var img = new Image<Rgb24>(300, 200, new Rgb24(10, 200, 30));
         double s = clip.ClipT(img, "a green field");
-        Assert.InRange(s, -1.0, 1.0);
+        float[] a = clip.EmbedImage(img), b = clip.EmbedText("a green field");
+        Assert.Equal(512, a.Length);
+        double dot = a.Zip(b).Sum(p => (double)p.First * p.Second);
+        Assert.Equal(dot / Math.Sqrt(a.Sum(v => (double)v * v) * b.Sum(v => (double)v * v)), s, 6);
+        Assert.NotEqual(s, clip.ClipT(img, "a red car parked on a rainy street"));   // the prompt matters
         var det = set.OpenFaceDetector();
         var face = Assert.Single(det.Detect(img));
         Assert.InRange(face.Center.X, 120, 180);
@@ -137,12 +141,15 @@ public class TinyModelTests(TinyFolderFixture tiny) : IClassFixture<TinyFolderFi
         Assert.Equal(512, emb.Length);
         Assert.Equal(1.0, emb.Sum(v => (double)v * v), 4);
         var crops = FaceAugmenter.Augment(img, det, new AugmentOptions { Resolution = 128 }, "green.png");
-        Assert.NotEmpty(crops);
+        // the detected face drives the plan: one crop per planned size, each resized to its 128² bucket
+        var plan = FaceAugmenter.PlanCrops(img.Width, img.Height, face.Box);
+        Assert.Equal(plan.Select(p => p.Crop), crops.Select(c => c.Crop));
+        Assert.All(crops, c => Assert.Equal(FaceAugmenter.Bucket((double)c.Crop.Width / c.Crop.Height, 128), (c.Image.Width, c.Image.Height)));
         crops.ForEach(c => c.Dispose());
     }
 
     [Fact]
-    public void TinyUnigramTokenizerWorks()
+    public void TinyUnigramTokenizerRoundTripsAndPadsTo512()
     {
         var t = MetaLoraNative.Onnx.Tokenizers.T5Tokenizer.FromModelFile(Path.Combine(tiny.Dir, "spiece.model"));
         var ids = t.Encode("a cat");

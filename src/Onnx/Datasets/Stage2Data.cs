@@ -1,14 +1,13 @@
 // From one photo and a prompt to the engine's cached Stage-2 dataset (Engine.Training.LatentDataset layout):
-// augment (paper §3), VAE-encode every crop to packed latents (GridH*GridW, 64), encode the prompt once
+// augment (paper §3), VAE-encode every crop to packed latents (GridH·GridW, 64), encode the prompt once
 // (T5 (512, 4096) + CLIP pooled (768)); every encoder call goes through the EncodingCache.
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
+using MetaLoraNative.Onnx.Cache;
 using MetaLoraNative.Onnx.Imaging;
 using MetaLoraNative.Onnx.Models;
-using MetaLoraNative.Onnx.Text;
-using MetaLoraNative.Onnx.Vae;
 
-namespace MetaLoraNative.Onnx.Cache;
+namespace MetaLoraNative.Onnx.Datasets;
 
 public static class Stage2Data
 {
@@ -20,17 +19,9 @@ public static class Stage2Data
         var crops = FaceAugmenter.Augment(photo, detector, options, photoPath, log);
         try
         {
-            FluxTextEncoder text = models.OpenTextEncoder();
-            FluxVae vae = models.OpenVae(encoder: true, decoder: false);
-            var embedding = cache.Text(prompt, text);
-            var examples = new List<Example>();
-            foreach (var c in crops)
-            {
-                int gh = c.Image.Height / 16, gw = c.Image.Width / 16;
-                var z = cache.Latents(c.Image, vae);
-                var packed = LatentPacking.Pack(z, FluxVae.LatentChannels, c.Image.Height / FluxVae.Downsample, c.Image.Width / FluxVae.Downsample);
-                examples.Add(new Example(packed, gh, gw, embedding.T5, T5TextEncoder.Length, embedding.Pooled));
-            }
+            var encoder = new ExampleEncoder(models, cache);
+            var caption = encoder.Caption(prompt);
+            var examples = crops.Select(c => encoder.Example(c.Image, caption)).ToList();
             log?.Invoke(cache.Summary());
             return new Identity(Path.GetFileNameWithoutExtension(photoPath), examples);
         }

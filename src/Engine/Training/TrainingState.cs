@@ -1,0 +1,85 @@
+using System.Globalization;
+using System.Text.Json;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine.Lora;
+
+namespace MetaLoraNative.Engine.Training;
+
+/// <summary>
+/// Resumable training state in one safetensors file (a run's "state", never a model checkpoint): every factor, its
+/// AdamW moments ("adam.m.KEY", "adam.v.KEY"), and in metadata the stage, the iteration, the identities and the
+/// per-tensor step counts. Randomness is a function of (seed, iteration), so a resumed run continues exactly where the
+/// interrupted one would have. Written atomically.
+/// </summary>
+public static class TrainingState
+{
+    /// <summary>Metadata key of the stage ("stage1", "stage2"); files written before the rename carry <see cref="OldStageKey"/>.</summary>
+    public const string StageKey = "metalora.state";
+    public const string OldStageKey = "metalora.checkpoint";
+    const string IterationKey = "metalora.iteration", IdentitiesKey = "metalora.identities", StepsKey = "metalora.adam_steps";
+
+    static IEnumerable<(string Key, LoraParameter P)> All(LoraAdapter a)
+    {
+        for (int t = 0; t < a.Down.Length; t++) yield return (a.Down[t].Name, a.Down[t]);
+        for (int i = 0; i < a.Identities.Count; i++)
+            foreach (var p in a.Identities[i].Parameters()) yield return ($"identity.{i}.{p.Name}", p);
+    }
+
+    public static void Save(string path, LoraAdapter a, long iteration, string stage)
+    {
+        var be = a.Backend;
+        var tensors = new List<SafetensorsTensor>();
+        var steps = new Dictionary<string, int>();
+        foreach (var (key, p) in All(a))
+        {
+            tensors.Add(new(key, p.Shape, be.Download(p.Value)));
+            if (p.Moment1 != null && p.Moment2 != null)
+            {
+                tensors.Add(new("adam.m." + key, p.Shape, be.Download(p.Moment1)));
+                tensors.Add(new("adam.v." + key, p.Shape, be.Download(p.Moment2)));
+                steps[key] = p.Step;
+            }
+        }
+        var meta = new Dictionary<string, string>
+        {
+            [StageKey] = stage,
+            [IterationKey] = iteration.ToString(CultureInfo.InvariantCulture),
+            [IdentitiesKey] = string.Join("\n", a.Identities.Select(i => i.Name)),
+            [StepsKey] = JsonSerializer.Serialize(steps, TrainingStateJson.Default.DictionaryStringInt32),
+        };
+        SafetensorsWriter.Write(path, tensors, meta);
+    }
+
+    /// <summary>
+    /// Loads values and optimiser state into an adapter of the same layout; returns the iteration to continue from.
+    /// The file must be the state of <paramref name="stage"/> with this run's identities.
+    /// </summary>
+    public static long Restore(string path, LoraAdapter a, string stage)
+    {
+        using var f = SafetensorsFile.Open(path);
+        if (!f.Metadata.TryGetValue(IterationKey, out var it) || !f.Metadata.TryGetValue(StepsKey, out var stepsJson)
+            || !(f.Metadata.TryGetValue(StageKey, out var saved) || f.Metadata.TryGetValue(OldStageKey, out saved)))
+            throw new InvalidDataException($"{path}: not a metalora training state file (metadata is missing)");
+        if (saved != stage)
+            throw new InvalidDataException($"{path}: holds the state of {saved}, this run is {stage}; pass another --state");
+        var names = f.Metadata.GetValueOrDefault(IdentitiesKey, "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        if (names.Length != a.Identities.Count || !names.SequenceEqual(a.Identities.Select(i => i.Name)))
+            throw new InvalidDataException($"{path}: the state's identities ({names.Length}) differ from this run's ({a.Identities.Count}); resume with the same data");
+        var steps = JsonSerializer.Deserialize(stepsJson, TrainingStateJson.Default.DictionaryStringInt32) ?? [];
+        var be = a.Backend;
+        foreach (var (key, p) in All(a))
+        {
+            if (!f.Contains(key)) throw new InvalidDataException($"{path}: tensor '{key}' is missing");
+            if (!f[key].Shape.AsSpan().SequenceEqual(p.Shape))
+                throw new InvalidDataException($"{path}: '{key}' has shape {Shapes.Format(f[key].Shape)}, this run has {Shapes.Format(p.Shape)}");
+            using (var v = be.Upload(f.ReadFloats(key), p.Shape, Precision.Master)) be.Copy(v, p.Value);
+            if (steps.TryGetValue(key, out int s))
+                p.SetMoments(f.ReadFloats("adam.m." + key), f.ReadFloats("adam.v." + key), s);
+        }
+        return long.Parse(it, CultureInfo.InvariantCulture);
+    }
+}
+
+/// <summary>Source-generated JSON for training-state metadata (the CLI is published trimmed).</summary>
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
+internal sealed partial class TrainingStateJson : System.Text.Json.Serialization.JsonSerializerContext;
