@@ -175,6 +175,4 @@ public sealed record FluxConfig(
     }
 
     public long ParameterCount() => TensorShapes().Sum(t => Shapes.Numel(t.Shape));
-
-    public const int PixelsPerToken = 16; // 8× VAE downsampling × 2×2 patch
 }

@@ -1,5 +1,6 @@
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Distributed;
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Kernels;
 using MetaLoraNative.Kernels.Distributed;
 using MetaLoraNative.Kernels.Native;
@@ -85,7 +86,7 @@ public class NcclTests(ITestOutputHelper output)
         using var comm = NcclCommunicator.Create(gpu, DistributedConfig.Single, new CommunicatorOptions { BucketBytes = 4096 });
         var data = new TestData(3);
         var f32 = data.Normal(3000).Select(v => (float)v).ToArray();
-        var bf16 = data.Normal(700).Select(v => Bf16Bits.Round((float)v)).ToArray();
+        var bf16 = data.Normal(700).Select(v => HalfPrecision.RoundToBFloat16((float)v)).ToArray();
         using var a = gpu.Upload(f32, [3000], Precision.Master);
         using var b = gpu.Upload(bf16, [7, 100], Precision.Compute);
         comm.AllReduce([a, b], ReduceOp.Sum);
