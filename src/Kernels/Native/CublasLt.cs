@@ -10,6 +10,8 @@ public static unsafe partial class CublasLt
     const string Lib = NativeLibraries.CublasLt;
 
     public const int CUBLAS_STATUS_SUCCESS = 0;
+    public const int CUBLAS_STATUS_INVALID_VALUE = 7;
+    public const int CUBLAS_STATUS_NOT_SUPPORTED = 15;
 
     // cudaDataType_t
     public const int CUDA_R_32F = 0;
@@ -36,6 +38,10 @@ public static unsafe partial class CublasLt
 
     // cublasLtMatmulPreferenceAttributes_t
     public const int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;
+    public const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5;   // uint32_t; default 256
+    public const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6;
+    public const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7;
+    public const int CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8;
 
     /// <summary>cublasLtMatmulAlgo_t: 8 opaque 64-bit words.</summary>
     [StructLayout(LayoutKind.Sequential)]

@@ -4,30 +4,40 @@ using static MetaLoraNative.Kernels.Native.CublasLt;
 
 namespace MetaLoraNative.Kernels;
 
-// GEMMs through cuBLASLt. cuBLASLt is column-major; a row-major matrix X (r × c) is, to it, Xᵀ (c × r, ld c).
-// So the row-major product C = op(A)·op(B) is computed as the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our
-// b with our transB, its "B" is our a with our transA, and its output is (N × M, ld N). The bias epilogue adds a
-// vector along cuBLASLt's rows, i.e. along our N = d_out: exactly Linear's bias.
-// Descriptors, layouts and the heuristic's algorithm are cached per problem (shape, types, transposes, epilogue).
+// GEMMs: GemmRouting sends each product to cuBLASLt or to our kernels in kernels/gemm.cu (M or N = 1, K ≤ 16,
+// min(M, N) ≤ 16, or an operand off the 16-byte rule: docs/GPU.md, "Skinny GEMMs"). Our kernels read bf16 and
+// fp32 operands as they are; cuBLASLt gets fp32 operands of a mixed product converted to bf16 (the same values:
+// gemm.cu rounds them as it loads).
+//
+// cuBLASLt is column-major; a row-major matrix X (r × c) is, to it, Xᵀ (c × r, ld c). So the row-major product
+// C = op(A)·op(B) is computed as the column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLASLt's "A" is our b with our transB, its
+// "B" is our a with our transA, and its output is (N × M, ld N). The bias epilogue adds a vector along cuBLASLt's
+// rows, i.e. along our N = d_out: exactly Linear's bias. Descriptors, layouts and up to 8 heuristic candidates are
+// cached per problem (shape, types, transposes, epilogue, pointer alignments); a candidate that answers
+// NOT_SUPPORTED is skipped from then on, and when none runs with the bias epilogue the product runs without it
+// and bias_add follows.
 public sealed partial class CudaBackend
 {
-    const long WorkspaceBytes = 32L << 20;   // what NVIDIA recommends for Hopper
+    const long WorkspaceBytes = 32L << 20;   // what NVIDIA recommends for Hopper; also our split-K scratch
+    const int GemmCandidates = 8;
     readonly ulong workspace;
     readonly Dictionary<GemmKey, GemmPlan> gemmPlans = [];
 
-    readonly record struct GemmKey(int TypeAB, int TypeC, bool TransA, bool TransB, long M, long N, long K, bool Bias);
+    readonly record struct GemmKey(int TypeAB, int TypeC, bool TransA, bool TransB, long M, long N, long K, bool Bias,
+                                   int AlignA, int AlignB, int AlignC);
 
     sealed class GemmPlan
     {
         public IntPtr Desc, LayoutA, LayoutB, LayoutC;
-        public cublasLtMatmulAlgo_t Algo;
-        public bool HasAlgo;
+        public cublasLtMatmulAlgo_t[] Candidates = [];   // the heuristic's answers, best first
+        public int Next;                                 // first candidate not yet seen to answer NOT_SUPPORTED
+        public int HeuristicStatus;
     }
 
     public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
     {
         using var _ = Op("gemm");
-        Matmul(T(a, "a"), transA, T(b, "b"), transB, T(c, "c"), alpha, beta, null);
+        Matmul("gemm", T(a, "a"), transA, T(b, "b"), transB, T(c, "c"), alpha, beta, null);
     }
 
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
@@ -39,13 +49,8 @@ public sealed partial class CudaBackend
         int[] shape = (int[])cx.Shape.Clone();
         shape[^1] = cw.Shape[0];
         var y = Alloc(shape);
-        if (bias != null)
-        {
-            Shapes.Require(bias.Length == cw.Shape[0], $"linear: bias {bias} for d_out {cw.Shape[0]}");
-            using var b16 = Bf16(bias, "bias");   // the epilogue's bias has the output's type
-            Matmul(cx, false, cw, true, y, 1f, 0f, b16.Tensor);
-        }
-        else Matmul(cx, false, cw, true, y, 1f, 0f, null);
+        if (bias != null) Shapes.Require(bias.Length == cw.Shape[0], $"linear: bias {bias} for d_out {cw.Shape[0]}");
+        Matmul("linear", cx, false, cw, true, y, 1f, 0f, bias == null ? null : T(bias, "bias"));
         return y;
     }
 
@@ -58,40 +63,92 @@ public sealed partial class CudaBackend
         int[] shape = (int[])cdy.Shape.Clone();
         shape[^1] = cw.Shape[1];
         var dx = Alloc(shape);
-        Matmul(cdy, false, cw, false, dx, 1f, 0f, null);
+        Matmul("linear_backward", cdy, false, cw, false, dx, 1f, 0f, null);
         return dx;
     }
 
-    unsafe void Matmul(CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c, float alpha, float beta, CudaTensor? bias)
+    /// <summary>c = alpha·op(a)·op(b) + beta·c (+ bias along c's columns, converted to c's precision).</summary>
+    void Matmul(string op, CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c, float alpha, float beta, CudaTensor? bias)
     {
         long m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
         long n = transB ? b.Rows : b.Cols, kb = transB ? b.Cols : b.Rows;
         Shapes.Require(k == kb && c.Rows == m && c.Cols == n,
-            $"gemm: op(a) {m}×{k} · op(b) {kb}×{n} into c {c.Rows}×{c.Cols} (a {a}, b {b}, c {c})");
+            $"{op}: op(a) {m}×{k} · op(b) {kb}×{n} into c {c.Rows}×{c.Cols} (a {a}, b {b}, c {c})");
         if (m == 0 || n == 0) return;
-        if (k == 0)
+        Borrowed<CudaTensor>? biasC = bias == null ? null : c.Precision == Precision.Master ? F32(bias, "bias") : Bf16(bias, "bias");
+        try
         {
-            ScaleOrZero(c, beta);
-            return;
+            ulong biasPtr = biasC?.Ptr ?? 0;
+            if (k == 0)
+            {
+                ScaleOrZero(c, beta);
+                if (biasC is { } bc) AddBias(c, bc.Tensor, m, n);
+                return;
+            }
+            var problem = Describe(a, transA, b, transB, c);
+            var route = GemmRouting.Route(problem).Route;
+            if (route != GemmRoute.CublasLt)
+            {
+                var launch = GemmRouting.Plan(problem, route, a.Ptr, b.Ptr, c.Ptr, biasPtr, alpha, beta, workspace, WorkspaceBytes,
+                                              4 * Device.Multiprocessors);
+                LaunchParams("gemm.cu", launch.Kernel, launch.Grid, launch.Block, launch.Params);
+                if (launch.Finish != null) LaunchParams("gemm.cu", launch.Finish, launch.FinishGrid, (Block, 1, 1), launch.Params);
+                return;
+            }
+            CublasMatmul(op, problem, a, b, c, alpha, beta, biasC?.Tensor);
         }
+        finally
+        {
+            biasC?.Dispose();
+        }
+    }
 
-        // fp32 throughout only when everything is fp32; otherwise bf16 inputs (converted if needed).
-        bool allF32 = a.Precision == Precision.Master && b.Precision == Precision.Master && c.Precision == Precision.Master && bias == null;
-        using var ba = allF32 ? Borrowed<CudaTensor>.Of(a) : Bf16(a);
-        using var bb = allF32 ? Borrowed<CudaTensor>.Of(b) : Bf16(b);
-        int typeAB = allF32 ? CUDA_R_32F : CUDA_R_16BF;
+    /// <summary>The product c = op(a)·op(b) as GemmRouting sees it (shapes already checked).</summary>
+    internal static GemmProblem Describe(CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c) =>
+        new(transA ? a.Cols : a.Rows, transB ? b.Rows : b.Cols, transA ? a.Rows : a.Cols, transA, transB, a.Cols, b.Cols, c.Cols,
+            a.ElementSize, b.ElementSize, c.ElementSize, GemmRouting.Alignment(a.Ptr), GemmRouting.Alignment(b.Ptr), GemmRouting.Alignment(c.Ptr));
+
+    void CublasMatmul(string op, in GemmProblem problem, CudaTensor a, CudaTensor b, CudaTensor c, float alpha, float beta, CudaTensor? bias)
+    {
+        // fp32 throughout only when everything is fp32; otherwise bf16 inputs (cuBLASLt needs A and B of one type).
+        using var ba = problem.AllF32 ? Borrowed<CudaTensor>.Of(a) : Bf16(a);
+        using var bb = problem.AllF32 ? Borrowed<CudaTensor>.Of(b) : Bf16(b);
+        int typeAB = problem.AllF32 ? CUDA_R_32F : CUDA_R_16BF;
         int typeC = c.Precision == Precision.Master ? CUDA_R_32F : CUDA_R_16BF;
-
-        var key = new GemmKey(typeAB, typeC, transA, transB, m, n, k, bias != null);
+        var key = new GemmKey(typeAB, typeC, problem.TransA, problem.TransB, problem.M, problem.N, problem.K, bias != null,
+                              GemmRouting.Alignment(ba.Ptr), GemmRouting.Alignment(bb.Ptr), GemmRouting.Alignment(c.Ptr));
         var plan = Plan(key, b.Cols, b.Rows, a.Cols, a.Rows);
+        if (TryMatmul(op, problem, plan, ba.Ptr, bb.Ptr, c.Ptr, alpha, beta, bias?.Ptr ?? 0)) return;
+        var plain = plan;
         if (bias != null)
         {
-            ulong bp = bias.Ptr;
-            CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(ulong)));
+            plain = Plan(key with { Bias = false }, b.Cols, b.Rows, a.Cols, a.Rows);
+            if (TryMatmul(op, problem, plain, ba.Ptr, bb.Ptr, c.Ptr, alpha, beta, 0))
+            {
+                AddBias(c, bias, problem.M, problem.N);
+                return;
+            }
         }
-        var algo = plan.Algo;
-        CudaCheck.Blas(cublasLtMatmul(blasLt.DangerousGetHandle(), plan.Desc, &alpha, bb.Ptr, plan.LayoutA, ba.Ptr, plan.LayoutB,
-            &beta, c.Ptr, plan.LayoutC, c.Ptr, plan.LayoutC, plan.HasAlgo ? &algo : null, workspace, (nuint)WorkspaceBytes, Stream));
+        int status = plain.HeuristicStatus != CUBLAS_STATUS_SUCCESS ? plain.HeuristicStatus : CUBLAS_STATUS_NOT_SUPPORTED;
+        throw new CudaException("cuBLASLt", status, ErrorString(status),
+            $"{op} ({problem}{(bias != null ? ", bias" : "")}; cuBLASLt types {(problem.AllF32 ? "f32" : "bf16")}→{(typeC == CUDA_R_32F ? "f32" : "bf16")}): " +
+            $"no algorithm ran ({plan.Candidates.Length} heuristic candidates{(bias != null ? $" with the bias epilogue, {plain.Candidates.Length} without" : "")})");
+    }
+
+    /// <summary>Runs the first candidate that does not answer NOT_SUPPORTED; false when none does.</summary>
+    unsafe bool TryMatmul(string op, in GemmProblem problem, GemmPlan plan, ulong a, ulong b, ulong c, float alpha, float beta, ulong bias)
+    {
+        if (bias != 0) CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(ulong)));
+        for (; plan.Next < plan.Candidates.Length; plan.Next++)
+        {
+            var algo = plan.Candidates[plan.Next];
+            int status = cublasLtMatmul(blasLt.DangerousGetHandle(), plan.Desc, &alpha, b, plan.LayoutA, a, plan.LayoutB,
+                                        &beta, c, plan.LayoutC, c, plan.LayoutC, &algo, workspace, (nuint)WorkspaceBytes, Stream);
+            if (status == CUBLAS_STATUS_SUCCESS) return true;
+            if (status != CUBLAS_STATUS_NOT_SUPPORTED)
+                throw new CudaException("cuBLASLt", status, ErrorString(status), $"{op}: cublasLtMatmul({problem}), candidate {plan.Next}");
+        }
+        return false;
     }
 
     /// <param name="bRows">cuBLASLt's A layout = our b's storage seen column-major: (b.Cols × b.Rows).</param>
@@ -118,13 +175,24 @@ public sealed partial class CudaBackend
         {
             ulong ws = WorkspaceBytes;
             CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ulong)));
-            cublasLtMatmulHeuristicResult_t result;
-            CudaCheck.Blas(cublasLtMatmulAlgoGetHeuristic(blasLt.DangerousGetHandle(), plan.Desc, plan.LayoutA, plan.LayoutB,
-                plan.LayoutC, plan.LayoutC, pref, 1, &result, out int found));
-            if (found == 0)
-                throw new CudaException("cuBLASLt", 15, "no algorithm for this problem", $"cublasLtMatmulAlgoGetHeuristic({key})");
-            plan.Algo = result.algo;
-            plan.HasAlgo = true;
+            // The real pointers' alignments (cuBLASLt's A is our b): no candidate may assume more than they have.
+            foreach (var (attr, align) in new[] { (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.AlignB), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.AlignA),
+                                                   (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.AlignC), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.AlignC) })
+            {
+                uint bytes = (uint)align;
+                CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(uint)));
+            }
+            var results = stackalloc cublasLtMatmulHeuristicResult_t[GemmCandidates];
+            int status = cublasLtMatmulAlgoGetHeuristic(blasLt.DangerousGetHandle(), plan.Desc, plan.LayoutA, plan.LayoutB,
+                plan.LayoutC, plan.LayoutC, pref, GemmCandidates, results, out int found);
+            plan.HeuristicStatus = status;
+            if (status == CUBLAS_STATUS_SUCCESS)
+            {
+                plan.Candidates = new cublasLtMatmulAlgo_t[found];
+                for (int i = 0; i < found; i++) plan.Candidates[i] = results[i].algo;
+            }
+            else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
+                CudaCheck.Blas(status, $"cublasLtMatmulAlgoGetHeuristic({key})");
         }
         finally
         {
@@ -133,6 +201,10 @@ public sealed partial class CudaBackend
         gemmPlans[key] = plan;
         return plan;
     }
+
+    /// <summary>c (m, n) += bias along the columns: the bias epilogue done apart.</summary>
+    void AddBias(CudaTensor c, CudaTensor bias, long m, long n) =>
+        Launch1D("gemm.cu", c.Dt == 1 ? "bias_add_f32" : "bias_add_bf16", m * n, c.Ptr, bias.Ptr, m, n);
 
     void ScaleOrZero(CudaTensor c, float beta)
     {

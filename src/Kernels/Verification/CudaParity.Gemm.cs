@@ -2,13 +2,15 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels.Verification;
 
-// Gemm: GEMM in every transpose and precision mix, Linear and its input backward.
+// Gemm: GEMM in every transpose and precision mix, Linear and its input backward, and the skinny-GEMM routes at
+// every LoRA target kind's shape (SkinnyGemmParity).
 public static partial class CudaParity
 {
     static IEnumerable<ParityCheck> GemmChecks() =>
     [
         new("gemm", "GEMM, all transposes, bf16 out and fp32 accumulation, fp32×fp32", Gemm),
         new("linear", "Linear with and without bias, and its input backward", Linear),
+        .. SkinnyGemmParity.Checks,
     ];
 
     static void Gemm(ParityContext p)
