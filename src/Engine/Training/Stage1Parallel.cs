@@ -31,8 +31,8 @@ public sealed class Stage1Parallel(ICommunicator communicator)
     /// <summary>What the latest step's gradient all-reduce moved (bytes and buckets; for the scaling figures).</summary>
     public CollectiveStats LastReduce { get; private set; }
 
-    /// <summary>Milliseconds the latest step spent in the gradient all-reduce.</summary>
-    public double LastReduceMilliseconds { get; private set; }
+    /// <summary>Steps run, their milliseconds in all and the part of those spent in the gradient all-reduce (scaling figures).</summary>
+    public (long Steps, double Milliseconds, double ReduceMilliseconds) Totals { get; private set; }
 
     /// <summary>
     /// Rank <paramref name="rank"/>'s samples of a global batch of <paramref name="batch"/>: B = q·N + e, the first e
@@ -53,6 +53,7 @@ public sealed class Stage1Parallel(ICommunicator communicator)
                                                TrainOptions o, long step, bool recompute)
     {
         var be = model.Backend;
+        var stepClock = System.Diagnostics.Stopwatch.StartNew();
         var parameters = global.TrainableParameters().ToArray();
         foreach (var p in parameters) p.ZeroGrad();
         var (start, count) = Slice(batch.Count, Rank, WorldSize);
@@ -73,12 +74,13 @@ public sealed class Stage1Parallel(ICommunicator communicator)
         }
 
         using var lossSum = be.Upload([(float)loss], [1], Precision.Master);
-        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var reduceClock = System.Diagnostics.Stopwatch.StartNew();
         Communicator.AllReduce([.. parameters.Select(p => p.Grad), lossSum], ReduceOp.Sum);
-        LastReduceMilliseconds = clock.Elapsed.TotalMilliseconds;
+        double reduceMs = reduceClock.Elapsed.TotalMilliseconds;
         LastReduce = Communicator.LastCall;
-        double globalLoss = be.Download(lossSum)[0];
-        return (globalLoss, Trainer.ClipAndUpdate(be, parameters, o));
+        double globalLoss = be.Download(lossSum)[0], norm = Trainer.ClipAndUpdate(be, parameters, o);
+        Totals = (Totals.Steps + 1, Totals.Milliseconds + stepClock.Elapsed.TotalMilliseconds, Totals.ReduceMilliseconds + reduceMs);
+        return (globalLoss, norm);
     }
 
     /// <summary>
