@@ -53,12 +53,15 @@ internal static class Workers
 
     /// <summary>
     /// This process's backend and, in a multi-rank run, its communicator (null when it runs alone): the socket
-    /// communicator on the CPU, NCCL on the GPU <see cref="DistributedConfig.DeviceOrdinal"/> names.
+    /// communicator on the CPU, NCCL on the GPU <see cref="DistributedConfig.DeviceOrdinal"/> names (also for a
+    /// launched single GPU rank).
     /// </summary>
     public static (IBackend Backend, ICommunicator? Communicator) Open(string device)
     {
         var config = DistributedConfig.FromEnvironment();
-        if (config == null || config.WorldSize == 1)
+        // one rank: no communicator on the CPU; on a GPU a launched rank (MASTER_PORT set) still joins NCCL, so
+        // `--gpus 0` on a one-GPU machine exercises the binding and the data-parallel step
+        if (config == null || (config.WorldSize == 1 && (device == "cpu" || config.MasterPort == 0)))
             return (device == "cuda" && config != null ? Cuda(config.DeviceOrdinal) : Common.CreateBackend(device), null);
         if (device == "cpu")
         {
