@@ -35,6 +35,11 @@ internal static class Common
             Console.Error.WriteLine($"error: {e.Message}");
             return 1;
         }
+        catch (RuntimeFailure e)
+        {
+            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
+            return 1;
+        }
     }
 
     public static void Log(string line) => Console.WriteLine(line);

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using MetaLoraNative.Engine.Distributed;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
@@ -51,14 +52,19 @@ internal static class TrainCommand
         var r2 = new Option<int>("--rank2") { Description = "r2, the rank of M and U (paper: 1).", DefaultValueFactory = _ => 1 };
         var include = new Option<string[]>("--include") { Description = "Only targets whose kind (to_q, ff.net.2, norm1.linear...) or name contains one of these.", AllowMultipleArgumentsPerToken = true };
         var exclude = new Option<string[]>("--exclude") { Description = "Drop targets whose kind or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+        var gpus = Workers.Gpus();
+        var ranks = Workers.Ranks();
         var stage1 = new Command("stage1", "Algorithm 1: meta-train the shared Meta-Down D over many identities. Writes D (lora_down per target) to --out.")
         {
-            bs, total, bucket, warm, perBucket, r1, r2, include, exclude,
+            bs, total, bucket, warm, perBucket, r1, r2, include, exclude, gpus, ranks,
         };
         foreach (var o in s1.All) stage1.Options.Add(o);
         stage1.SetAction(r => Common.Guard(() =>
         {
-            using var be = Common.CreateBackend(r.GetValue(s1.Device)!);
+            if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
+            var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
+            using var _be = be;
+            using var _comm = comm;
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
             int q = r.GetValue(bucket);
@@ -69,7 +75,12 @@ internal static class TrainCommand
                 Rank1 = r.GetValue(r1), Rank2 = r.GetValue(r2), StatePath = s1.StatePath(r), StateEvery = r.GetValue(s1.Every),
                 Include = r.GetValue(include), Exclude = r.GetValue(exclude),
             };
-            using var adapter = Stages.Stage1(new FluxModel(weights), people, opts, Common.Log);
+            var parallel = comm != null ? new Stage1Parallel(comm) : null;
+            LoraAdapter adapter;
+            try { adapter = Stages.Stage1(new FluxModel(weights), people, opts, Common.Log, parallel); }
+            catch (DistributedException e) { throw Workers.Failure(comm!.Rank, e); }
+            using var _adapter = adapter;
+            if (parallel is { WritesOutputs: false }) return 0;   // rank 0 writes the result
             LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, new Dictionary<string, string> { ["metalora.stage"] = "1" });
             Console.WriteLine($"wrote Meta-Down ({adapter.Targets.Count} targets, r1 {adapter.Rank1}) to {r.GetValue(s1.Out)}");
             return 0;

@@ -42,10 +42,12 @@ public static class Batches
 
     /// <summary>
     /// The transformer inputs for a flow-matching step: x_t from x0 and seeded noise, and the velocity target.
-    /// Every example must share the image grid and text length (the trainers pick same-shape samples).
+    /// Every example must share the image grid and text length (the trainers pick same-shape samples). The noise of
+    /// example b is drawn as sample <paramref name="firstSample"/> + b of the step, so a rank holding a slice of the
+    /// global batch draws what one rank running the whole batch would.
     /// </summary>
     public static (FluxInputs Inputs, Tensor Target) FlowMatchingBatch(IBackend be, FluxConfig config, IReadOnlyList<Example> batch,
-        float[] timesteps, float guidance, ulong seed, long step)
+        float[] timesteps, float guidance, ulong seed, long step, int firstSample = 0)
     {
         int B = batch.Count, L = batch[0].ImageTokens, C = config.InChannels;
         var img = new float[B * L * C];
@@ -55,7 +57,7 @@ public static class Batches
             if (!batch[b].SameShape(batch[0])) throw new ArgumentException("a batch needs one image size and one text length");
             if (batch[b].PackedLatents.Length != L * C)
                 throw new ArgumentException($"packed latents of {batch[b].PackedLatents.Length} values do not match {L}×{C}");
-            var noise = RandomWeights.Normal($"noise.{step}.{b}", seed, L * C);
+            var noise = RandomWeights.Normal($"noise.{step}.{firstSample + b}", seed, L * C);
             var (xt, v) = FlowMatching.Interpolate(batch[b].PackedLatents, noise, timesteps[b]);
             xt.CopyTo(img, b * L * C);
             v.CopyTo(target, b * L * C);

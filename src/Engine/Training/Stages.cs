@@ -41,8 +41,11 @@ public static class Stages
     /// Stage 1 (Algorithm 1): identities are grouped into buckets; each bucket visit runs q_bucket iterations whose first
     /// q_warmup update only that bucket's M/U, the rest D too. Every identity keeps its M/U and optimiser state across
     /// visits. Resumes from <see cref="Stage1Options.StatePath"/> when it exists. Returns the adapter (D + bank).
+    /// With <paramref name="parallel"/>, this process is one rank of a data-parallel run (<see cref="Stage1Parallel"/>):
+    /// the same result as one rank, only rank 0 writes the state.
     /// </summary>
-    public static LoraAdapter Stage1(FluxModel model, IReadOnlyList<Identity> identities, Stage1Options o, Action<string> log)
+    public static LoraAdapter Stage1(FluxModel model, IReadOnlyList<Identity> identities, Stage1Options o, Action<string> log,
+                                     Stage1Parallel? parallel = null)
     {
         if (identities.Count == 0) throw new ArgumentException("Stage 1 needs at least one identity");
         foreach (var id in identities) id.CheckFits(model.Config);
@@ -51,15 +54,16 @@ public static class Stages
         foreach (var id in identities) adapter.AddIdentity(id.Name, o.Train.Seed);
         var buckets = identities.Select((id, i) => i).Chunk(Math.Max(1, o.IdentitiesPerBucket)).ToArray();
         log($"Stage 1: {targets.Count} targets, r1 {o.Rank1}, r2 {o.Rank2}, {identities.Count} identities in {buckets.Length} buckets, " +
-            $"{o.TotalIterations} iterations ({o.BucketIterations} per bucket, {o.WarmupIterations} warm-up)");
+            $"{o.TotalIterations} iterations ({o.BucketIterations} per bucket, {o.WarmupIterations} warm-up)" +
+            (parallel != null ? $", data parallel over {parallel.WorldSize} ranks (this is rank {parallel.Rank})" : ""));
 
-        Run(model, adapter, identities, 1, o.TotalIterations, o.Train, o.StatePath, o.StateEvery, log, i =>
+        Run(model, adapter, identities, 1, o.TotalIterations, o.Train, o.StatePath, o.StateEvery, log, parallel, i =>
         {
             // position inside the schedule: while i < q_total: for bucket in buckets: for batch while i_cb < q_bucket
             long visit = i / o.BucketIterations;
             bool warmup = i % o.BucketIterations < o.WarmupIterations;
             var (batch, ids) = Batches.Sample(identities, buckets[visit % buckets.Length], o.Train.BatchSize, o.Train.Seed, $"batch.{i}");
-            return (batch, new LoraBinding(adapter, ids, trainDown: !warmup, trainIdentity: true), warmup ? "warm-up" : "meta");
+            return (batch, ids, new LoraBinding(adapter, ids, trainDown: !warmup, trainIdentity: true), warmup ? "warm-up" : "meta");
         });
         return adapter;
     }
@@ -79,10 +83,10 @@ public static class Stages
         adapter.AddIdentity(person.Name, o.Train.Seed);
         log($"Stage 2: '{person.Name}', {person.Examples.Count} images, D frozen (r1 {adapter.Rank1}), fresh M/U (r2 {o.Rank2}), {o.Iterations} iterations");
 
-        Run(model, adapter, [person], 2, o.Iterations, o.Train, o.StatePath, o.StateEvery, log, i =>
+        Run(model, adapter, [person], 2, o.Iterations, o.Train, o.StatePath, o.StateEvery, log, null, i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"stage2.batch.{i}");
-            return (batch, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
+            return (batch, ids, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
         });
         return adapter;
     }
@@ -90,10 +94,12 @@ public static class Stages
     /// <summary>
     /// The loop both stages share: resume from the state file when it exists, decide recomputation once for the
     /// largest batch, then per iteration pick (batch, binding, phase), step, log one line and save the state every
-    /// <paramref name="stateEvery"/> iterations and at the end.
+    /// <paramref name="stateEvery"/> iterations and at the end. With <paramref name="parallel"/> every rank reads the
+    /// state, steps through it, checks that the replicas agree before each save, and only rank 0 saves.
     /// </summary>
     static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, int stage, long total, TrainOptions train,
-                    string? statePath, int stateEvery, Action<string> log, Func<long, (Example[] Batch, LoraBinding Binding, string Phase)> pick)
+                    string? statePath, int stateEvery, Action<string> log, Stage1Parallel? parallel,
+                    Func<long, (Example[] Batch, int[] Ids, LoraBinding Binding, string Phase)> pick)
     {
         string stateName = $"stage{stage}";
         long start = 0;
@@ -105,17 +111,22 @@ public static class Stages
         var examples = identities.SelectMany(id => id.Examples).ToArray();
         bool recompute = train.Recompute.Decide(model, train.BatchSize, examples.Max(e => e.ImageTokens), examples.Max(e => e.T5Length), out var reason);
         log(reason);
+        parallel?.CheckReplicas(adapter, start);
 
         var progress = new Trainer.Progress(total);
         for (long i = start; i < total; i++)
         {
-            var (batch, binding, phase) = pick(i);
+            var (batch, ids, binding, phase) = pick(i);
             var clock = Stopwatch.StartNew();
-            var (loss, norm) = Trainer.Step(model, binding, batch, train, i, recompute);
+            var (loss, norm) = parallel != null ? parallel.Step(model, binding, batch, ids, train, i, recompute)
+                                                : Trainer.Step(model, binding, batch, train, i, recompute);
             log(progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
                                 batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase).ToString());
             if (statePath != null && ((i + 1) % stateEvery == 0 || i + 1 == total))
-                TrainingState.Save(statePath, adapter, i + 1, stateName);
+            {
+                parallel?.CheckReplicas(adapter, i + 1);
+                if (parallel?.WritesOutputs ?? true) TrainingState.Save(statePath, adapter, i + 1, stateName);
+            }
         }
     }
 

@@ -49,21 +49,34 @@ public static class Trainer
     /// </summary>
     public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step, bool recompute)
     {
-        var be = model.Backend;
-        var timesteps = Enumerable.Range(0, batch.Count)
-            .Select(b => FlowMatching.SampleTimestep(o.Sampling, batch[b].ImageTokens, o.Seed, step, b)).ToArray();
-        var (inputs, target) = Batches.FlowMatchingBatch(be, model.Config, batch, timesteps, o.Guidance, o.Seed, step);
+        var (inputs, target) = StepInputs(model, batch, o, step);
         using var _i = inputs;
         using var _t = target;
 
         var parameters = binding.TrainableParameters().ToArray();
         double loss = LossAndGradients(model, inputs, target, binding, recompute, out var prediction);
         prediction.Dispose();
+        return (loss, ClipAndUpdate(model.Backend, parameters, o));
+    }
 
+    /// <summary>
+    /// A training step's inputs and target: per example a timestep and noise drawn from (seed, step, sample index).
+    /// <paramref name="firstSample"/> is the index of batch[0] in the step's global batch (data parallel: a rank's slice).
+    /// </summary>
+    public static (FluxInputs Inputs, Tensor Target) StepInputs(FluxModel model, IReadOnlyList<Example> batch, TrainOptions o, long step, int firstSample = 0)
+    {
+        var timesteps = Enumerable.Range(0, batch.Count)
+            .Select(b => FlowMatching.SampleTimestep(o.Sampling, batch[b].ImageTokens, o.Seed, step, firstSample + b)).ToArray();
+        return Batches.FlowMatchingBatch(model.Backend, model.Config, batch, timesteps, o.Guidance, o.Seed, step, firstSample);
+    }
+
+    /// <summary>Clips the global gradient norm of <paramref name="parameters"/> and applies AdamW; returns the norm before clipping.</summary>
+    public static double ClipAndUpdate(IBackend be, IReadOnlyList<LoraParameter> parameters, TrainOptions o)
+    {
         double norm = Math.Sqrt(be.SumSquares(parameters.Select(p => p.Grad).ToArray()));
         float scale = o.MaxGradNorm > 0 && norm > o.MaxGradNorm ? (float)(o.MaxGradNorm / norm) : 1f;
         foreach (var p in parameters) p.AdamW(o.LearningRate, o.WeightDecay, scale);
-        return (loss, norm);
+        return norm;
     }
 
     /// <summary>
