@@ -51,10 +51,7 @@ internal static class GenerateCommand
             }
             var flux = new FluxModel(weights);
             var c = weights.Config;
-            int t5Length = embedding.T5.Length / c.ContextInDim;
-            if (embedding.T5.Length % c.ContextInDim != 0 || embedding.Pooled.Length != c.VecInDim)
-                throw new InvalidDataException($"the text encoders give T5 {embedding.T5.Length} values and CLIP {embedding.Pooled.Length}, " +
-                                               $"but the {c.Name} model takes context width {c.ContextInDim} and vec {c.VecInDim}");
+            int t5Length = TrainingOutputs.T5Length(embedding, c);
             var packedLatents = FluxSampler.Sample(flux, embedding.T5, t5Length, embedding.Pooled, h / side, w / side,
                                                    r.GetValue(steps), r.GetValue(guidance), r.GetValue(seed), Common.Log);
             using var image = set.OpenVae(encoder: false, decoder: true).DecodePacked(packedLatents, w, h);

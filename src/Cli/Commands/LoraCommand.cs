@@ -67,12 +67,17 @@ internal static class LoraCommand
 
         var infoIn = new Option<string>("--in") { Description = "LoRA file.", Required = true };
         var infoBase = Preset();
-        var info = new Command("info", "Reads a LoRA file, checks every key against the base model's targets and prints what it holds.") { infoIn, infoBase };
+        var info = new Command("info", "Reads a LoRA file, checks every key against the base model's targets and prints what it holds and its metadata (the run's settings).") { infoIn, infoBase };
         info.SetAction(r => Common.Guard(() =>
         {
             using var be = Common.CreateBackend("cpu");
-            using var a = LoraFiles.Load(r.GetValue(infoIn)!, Config(r.GetValue(infoBase)!, be), be);
+            string path = r.GetValue(infoIn)!;
+            using var a = LoraFiles.Load(path, Config(r.GetValue(infoBase)!, be), be);
             Console.WriteLine(LoraFiles.Describe(a));
+            // the run's metadata (metalora.*, kohya ss_*, modelspec.*), one key per line in name order
+            using var file = SafetensorsFile.Open(path);
+            foreach (var (key, value) in file.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+                Console.WriteLine($"  {key} = {value.ReplaceLineEndings(" | ")}");
             return 0;
         }));
 

@@ -9,7 +9,8 @@ namespace MetaLoraNative.Cli.Commands;
 
 internal static class TrainCommand
 {
-    sealed class Shared
+    /// <summary>The options every trainer takes (personalize too, without --data).</summary>
+    internal sealed class Shared
     {
         public Option<string> Model = new("--model") { Description = "The base model: flux1-dev.safetensors (BFL checkpoint), a diffusers transformer folder or index json, or random:PRESET:SEED.", Required = true };
         public Option<string> Data = new("--data") { Description = "Cached dataset folder (see docs/TRAINING.md).", Required = true };
@@ -24,11 +25,15 @@ internal static class TrainCommand
         public Option<string?> State = new("--state") { Description = "Resumable training state (factors, AdamW moments, iteration); the run resumes from it when it exists. Default: OUT with .state.safetensors." };
         public Option<int> Every;
         public Option<string> Recompute = Common.Recompute();
+        public MonitorFlags Monitor = new();
 
         public Shared(int stateEvery) =>
             Every = new("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery };
 
-        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute];
+        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, .. Monitor.All(withModels: true)];
+
+        /// <summary>Everything but --data (personalize makes its data from a photo).</summary>
+        public IEnumerable<Option> WithoutData => All.Where(o => o != Data);
 
         public TrainOptions Train(ParseResult r, int batch) => new()
         {
@@ -50,8 +55,8 @@ internal static class TrainCommand
         var perBucket = new Option<int>("--identities-per-bucket") { Description = "N: identities per bucket.", DefaultValueFactory = _ => 50 };
         var r1 = new Option<int>("--rank1") { Description = "r1, the rank of the shared Meta-Down D (not stated in the paper; 16 is the common FLUX LoRA rank).", DefaultValueFactory = _ => 16 };
         var r2 = new Option<int>("--rank2") { Description = "r2, the rank of M and U (paper: 1).", DefaultValueFactory = _ => 1 };
-        var include = new Option<string[]>("--include") { Description = "Only targets whose kind (to_q, ff.net.2, norm1.linear...) or name contains one of these.", AllowMultipleArgumentsPerToken = true };
-        var exclude = new Option<string[]>("--exclude") { Description = "Drop targets whose kind or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+        var include = Include();
+        var exclude = Exclude();
         var gpus = Workers.Gpus();
         var ranks = Workers.Ranks();
         var stage1 = new Command("stage1", "Algorithm 1: meta-train the shared Meta-Down D over many identities. Writes D (lora_down per target) to --out.")
@@ -76,12 +81,16 @@ internal static class TrainCommand
                 Include = r.GetValue(include), Exclude = r.GetValue(exclude),
             };
             var parallel = comm != null ? new Stage1Parallel(comm) : null;
+            var meta = TrainingOutputs.RunMetadata("1", opts.Train, opts.TotalIterations, r.GetValue(s1.Model)!, null, null, null);
+            // only rank 0 writes outputs: metrics, samples and snapshots included
+            using var monitor = parallel is { WritesOutputs: false } ? null
+                : s1.Monitor.Create(r, r.GetValue(s1.Out)!, weights.Config, people[0].Examples, (a, path) => LoraFiles.SaveMeta(a, null, path, meta));
             LoraAdapter adapter;
-            try { adapter = Stages.Stage1(new FluxModel(weights), people, opts, Common.Log, parallel); }
+            try { adapter = Stages.Stage1(new FluxModel(weights), people, opts with { Monitor = monitor?.Monitor }, Common.Log, parallel); }
             catch (DistributedException e) { throw Workers.Failure(comm!.Rank, e); }
             using var _adapter = adapter;
             if (parallel is { WritesOutputs: false }) return 0;   // rank 0 writes the result
-            LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, new Dictionary<string, string> { ["metalora.stage"] = "1" });
+            LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);
             Console.WriteLine($"wrote Meta-Down ({adapter.Targets.Count} targets, r1 {adapter.Rank1}) to {r.GetValue(s1.Out)}");
             return 0;
         }));
@@ -90,11 +99,12 @@ internal static class TrainCommand
         var down = new Option<string>("--down") { Description = "Stage-1 result (Meta-Down D), kept frozen.", Required = true };
         var iters = new Option<int>("--iterations") { Description = "Stage-2 iterations (paper: 375).", DefaultValueFactory = _ => 375 };
         var rank2 = new Option<int>("--rank2") { Description = "r2, the rank of the personal M and U and of the merged LoRA (paper: 1).", DefaultValueFactory = _ => 1 };
-        var format = new Option<string>("--format") { Description = "Merged LoRA layout: peft (diffusers/ComfyUI/ai-toolkit keys), kohya, or both.", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya", "both");
+        var format = Format();
         var dtype = LoraCommand.DType("Merged LoRA");
+        var trigger2 = Trigger();
         var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (.meta.safetensors).")
         {
-            down, iters, rank2, format, dtype,
+            down, iters, rank2, format, dtype, trigger2,
         };
         foreach (var o in s2.All) stage2.Options.Add(o);
         stage2.SetAction(r => Common.Guard(() =>
@@ -108,17 +118,62 @@ internal static class TrainCommand
                 Train = s2.Train(r, 1), Iterations = r.GetValue(iters), Rank2 = r.GetValue(rank2),
                 StatePath = s2.StatePath(r), StateEvery = r.GetValue(s2.Every),
             };
-            using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts, Common.Log);
-            string outPath = r.GetValue(s2.Out)!;
+            string outPath = r.GetValue(s2.Out)!, fmt = r.GetValue(format)!;
             var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
-            string fmt = r.GetValue(format)!;
-            if (fmt is "peft" or "both") LoraFiles.Export(adapter, 0, outPath, LoraFormat.Peft, dt);
-            if (fmt is "kohya" or "both") LoraFiles.Export(adapter, 0, fmt == "both" ? Path.ChangeExtension(outPath, ".kohya.safetensors") : outPath, LoraFormat.Kohya, dt);
-            LoraFiles.SaveMeta(adapter, 0, Path.ChangeExtension(outPath, ".meta.safetensors"));
+            var meta = TrainingOutputs.RunMetadata("2", opts.Train, opts.Iterations, r.GetValue(s2.Model)!, person, r.GetValue(trigger2), r.GetValue(down));
+            using var monitor = s2.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false));
+            using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts with { Monitor = monitor.Monitor }, Common.Log);
+            TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: true);
             Console.WriteLine($"wrote merged LoRA ({fmt}, rank {adapter.Rank2}) to {outPath}");
             return 0;
         }));
 
-        return new Command("train", "Meta-LoRA training on cached latents and text embeddings.") { stage1, stage2 };
+        var sl = new Shared(new StandardLoraOptions().StateEvery);
+        sl.Lr.DefaultValueFactory = _ => new StandardLoraOptions().Train.LearningRate;
+        sl.Lr.Description = "AdamW learning rate (ai-toolkit's FLUX LoRA default: 1e-4).";
+        var lIters = new Option<int>("--iterations") { Description = "Iterations (the paper's rank-1 LoRA baseline: 625).", DefaultValueFactory = _ => new StandardLoraOptions().Iterations };
+        var lRank = new Option<int>("--rank") { Description = "LoRA rank r (the paper's baseline: 1).", DefaultValueFactory = _ => 1 };
+        var lFormat = Format();
+        var lDtype = LoraCommand.DType("LoRA");
+        var lTrigger = Trigger();
+        var lInclude = Include();
+        var lExclude = Exclude();
+        var lora = new Command("lora", "The paper's baseline: a standard rank-r LoRA (A and B trained) on Meta-LoRA's targets, on one person's cached images " +
+                                       "(prepared with or without augmentation). Writes it to --out in the Stage-2 formats.")
+        {
+            lIters, lRank, lFormat, lDtype, lTrigger, lInclude, lExclude,
+        };
+        foreach (var o in sl.All) lora.Options.Add(o);
+        lora.SetAction(r => Common.Guard(() =>
+        {
+            using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
+            using var weights = FluxLoader.Load(r.GetValue(sl.Model)!, be);
+            var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
+            var opts = new StandardLoraOptions
+            {
+                Train = sl.Train(r, 1), Iterations = r.GetValue(lIters), Rank = r.GetValue(lRank), StatePath = sl.StatePath(r), StateEvery = r.GetValue(sl.Every),
+                Include = r.GetValue(lInclude), Exclude = r.GetValue(lExclude),
+            };
+            string outPath = r.GetValue(sl.Out)!, fmt = r.GetValue(lFormat)!;
+            var dt = LoraCommand.ParseDType(r.GetValue(lDtype)!);
+            var meta = TrainingOutputs.RunMetadata("lora", opts.Train, opts.Iterations, r.GetValue(sl.Model)!, person, r.GetValue(lTrigger), null);
+            using var monitor = sl.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false));
+            using var adapter = Stages.StandardLora(new FluxModel(weights), person, opts with { Monitor = monitor.Monitor }, Common.Log);
+            TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: false);
+            Console.WriteLine($"wrote standard LoRA ({fmt}, rank {adapter.Rank1}) to {outPath}");
+            return 0;
+        }));
+
+        return new Command("train", "Meta-LoRA training on cached latents and text embeddings.") { stage1, stage2, lora };
     }
+
+    /// <summary>--format peft|kohya|both of a written LoRA (read by <see cref="TrainingOutputs.WriteLora"/>).</summary>
+    internal static Option<string> Format() =>
+        new Option<string>("--format") { Description = "Merged LoRA layout: peft (diffusers/ComfyUI/ai-toolkit keys), kohya, or both (OUT and OUT.kohya.safetensors).", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya", "both");
+
+    static Option<string[]> Include() => new("--include") { Description = "Only targets whose kind (to_q, ff.net.2, norm1.linear...) or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+
+    static Option<string[]> Exclude() => new("--exclude") { Description = "Drop targets whose kind or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+
+    static Option<string?> Trigger() => new("--prompt") { Description = "The training caption (its trigger word), recorded in the LoRA's metadata (the cached data holds only its embedding)." };
 }

@@ -22,7 +22,14 @@ public enum LoraFormat
 /// </summary>
 public static class LoraFiles
 {
-    static Dictionary<string, string> Metadata(LoraAdapter a, string format, string source, IReadOnlyDictionary<string, string>? extra)
+    /// <summary>
+    /// Every LoRA file's metadata: metalora.* (layout, ranks, targets), kohya's ss_* fields (sd-scripts' FLUX network
+    /// module is networks.lora_flux) and a Stability ModelSpec block. The modelspec keys are those of the spec
+    /// (github.com/Stability-AI/ModelSpec, v1.0.0): sai_model_spec, architecture ("base-id/lora" for a LoRA),
+    /// implementation (the reference code's address), title (default the file name) and date (ISO 8601). A run adds
+    /// its settings through <paramref name="extra"/>, which wins over the defaults.
+    /// </summary>
+    static Dictionary<string, string> Metadata(LoraAdapter a, string format, string source, IReadOnlyDictionary<string, string>? extra, string path)
     {
         var m = new Dictionary<string, string>
         {
@@ -36,6 +43,12 @@ public static class LoraFiles
             ["ss_base_model_version"] = "flux1",
             ["ss_network_dim"] = a.Rank2.ToString(CultureInfo.InvariantCulture),
             ["ss_network_alpha"] = a.Rank2.ToString(CultureInfo.InvariantCulture),
+            ["ss_network_module"] = "networks.lora_flux",
+            ["modelspec.sai_model_spec"] = "1.0.0",
+            ["modelspec.architecture"] = (a.Config.GuidanceEmbed ? "flux-1-dev" : "flux-1-schnell") + "/lora",
+            ["modelspec.implementation"] = "https://github.com/black-forest-labs/flux",
+            ["modelspec.title"] = System.IO.Path.GetFileNameWithoutExtension(path),
+            ["modelspec.date"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
         };
         foreach (var (k, v) in a.Config.ToMetadata()) m[k] = v;
         if (extra != null) foreach (var (k, v) in extra) m[k] = v;
@@ -103,7 +116,7 @@ public static class LoraFiles
             }
         }
         else throw new ArgumentException("use SaveMeta for the unmerged Meta-LoRA layout");
-        SafetensorsWriter.Write(path, tensors, Metadata(a, format == LoraFormat.Peft ? "peft" : "kohya", source, metadata));
+        SafetensorsWriter.Write(path, tensors, Metadata(a, format == LoraFormat.Peft ? "peft" : "kohya", source, metadata, path));
     }
 
     /// <summary>Writes the unmerged Meta-LoRA (D, M, U) of one identity, or D alone when identity is null (Stage 1's result).</summary>
@@ -121,7 +134,7 @@ public static class LoraFiles
                 tensors.Add(new(f.Up[t].Name, f.Up[t].Shape, be.Download(f.Up[t].Value)));
             }
         }
-        SafetensorsWriter.Write(path, tensors, Metadata(a, a.Mode == LoraMode.Meta ? "meta" : "standard", "metalora", metadata));
+        SafetensorsWriter.Write(path, tensors, Metadata(a, a.Mode == LoraMode.Meta ? "meta" : "standard", "metalora", metadata, path));
     }
 
     /// <summary>

@@ -26,10 +26,12 @@ public static class FluxSampler
     /// <summary>
     /// Packed latents (gridH·gridW, in) for one prompt embedding: T5 (t5Length, ctx) and CLIP pooled (vec), with the
     /// grid in tokens (<see cref="FluxConfig.PixelsPerToken"/> pixels each). A LoRA is baked into the model's weights
-    /// beforehand (<see cref="Lora.LoraFiles.Bake"/>), at any strength.
+    /// beforehand (<see cref="Lora.LoraFiles.Bake"/>), at any strength, or applied unbaked through <paramref name="lora"/>
+    /// (training's samples, where the frozen weights must stay untouched).
     /// </summary>
     public static float[] Sample(FluxModel model, float[] t5, int t5Length, float[] pooled,
-                                 int gridH, int gridW, int steps, float guidance, ulong seed, Action<string>? log = null)
+                                 int gridH, int gridW, int steps, float guidance, ulong seed, Action<string>? log = null,
+                                 Lora.LoraBinding? lora = null)
     {
         var be = model.Backend;
         var c = model.Config;
@@ -43,7 +45,7 @@ public static class FluxSampler
         {
             float t = schedule[i], tNext = schedule[i + 1];
             using var inputs = Batches.MakeInputs(be, c, [example], x, [t], guidance);
-            using var v = model.Predict(inputs, null);
+            using var v = model.Predict(inputs, lora);
             var velocity = be.Download(v);
             for (int k = 0; k < x.Length; k++) x[k] += (tNext - t) * velocity[k];
             log?.Invoke($"sample step {i + 1}/{steps}: t {t:F3} → {tNext:F3}, {clock.Elapsed.TotalSeconds / (i + 1) * 1000:F0} ms/step, " +

@@ -21,6 +21,7 @@ public sealed record Stage1Options
     public int StateEvery { get; init; } = 250;
     public IReadOnlyCollection<string>? Include { get; init; }
     public IReadOnlyCollection<string>? Exclude { get; init; }
+    public TrainingMonitor? Monitor { get; init; }
 }
 
 /// <summary>Algorithm 2's settings: D frozen, one fresh identity, bs 1, 375 iterations.</summary>
@@ -32,10 +33,11 @@ public sealed record Stage2Options
     /// <summary>The resumable training state is written here every <see cref="StateEvery"/> iterations (and at the end).</summary>
     public string? StatePath { get; init; }
     public int StateEvery { get; init; } = 125;
+    public TrainingMonitor? Monitor { get; init; }
 }
 
 /// <summary>The two training stages of Meta-LoRA, on cached latents and text embeddings.</summary>
-public static class Stages
+public static partial class Stages
 {
     /// <summary>
     /// Stage 1 (Algorithm 1): identities are grouped into buckets; each bucket visit runs q_bucket iterations whose first
@@ -57,7 +59,7 @@ public static class Stages
             $"{o.TotalIterations} iterations ({o.BucketIterations} per bucket, {o.WarmupIterations} warm-up)" +
             (parallel != null ? $", data parallel over {parallel.WorldSize} ranks (this is rank {parallel.Rank})" : ""));
 
-        Run(model, adapter, identities, 1, o.TotalIterations, o.Train, o.StatePath, o.StateEvery, log, parallel, i =>
+        Run(model, adapter, identities, "Stage 1", "stage1", o.TotalIterations, o.Train, o.StatePath, o.StateEvery, o.Monitor, log, parallel, i =>
         {
             // position inside the schedule: while i < q_total: for bucket in buckets: for batch while i_cb < q_bucket
             long visit = i / o.BucketIterations;
@@ -83,7 +85,7 @@ public static class Stages
         adapter.AddIdentity(person.Name, o.Train.Seed);
         log($"Stage 2: '{person.Name}', {person.Examples.Count} images, D frozen (r1 {adapter.Rank1}), fresh M/U (r2 {o.Rank2}), {o.Iterations} iterations");
 
-        Run(model, adapter, [person], 2, o.Iterations, o.Train, o.StatePath, o.StateEvery, log, null, i =>
+        Run(model, adapter, [person], "Stage 2", "stage2", o.Iterations, o.Train, o.StatePath, o.StateEvery, o.Monitor, log, null, i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"stage2.batch.{i}");
             return (batch, ids, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
@@ -92,27 +94,28 @@ public static class Stages
     }
 
     /// <summary>
-    /// The loop both stages share: resume from the state file when it exists, decide recomputation once for the
-    /// largest batch, then per iteration pick (batch, binding, phase), step, log one line and save the state every
-    /// <paramref name="stateEvery"/> iterations and at the end. With <paramref name="parallel"/> every rank reads the
-    /// state, steps through it, checks that the replicas agree before each save, and only rank 0 saves.
+    /// The loop all three trainers share (Stage 1, Stage 2, the standard LoRA): resume from the state file when it
+    /// exists, decide recomputation once for the largest batch, then per iteration pick (batch, ids, binding, phase),
+    /// step, report it (the monitor, else one log line) and save the state every <paramref name="stateEvery"/>
+    /// iterations and at the end. With <paramref name="parallel"/> every rank reads the state, steps through it,
+    /// checks that the replicas agree before each save, and only rank 0 saves.
     /// </summary>
-    static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, int stage, long total, TrainOptions train,
-                    string? statePath, int stateEvery, Action<string> log, Stage1Parallel? parallel,
+    static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, string stage, string stateName, long total, TrainOptions train,
+                    string? statePath, int stateEvery, TrainingMonitor? monitor, Action<string> log, Stage1Parallel? parallel,
                     Func<long, (Example[] Batch, int[] Ids, LoraBinding Binding, string Phase)> pick)
     {
-        string stateName = $"stage{stage}";
         long start = 0;
         if (statePath != null && File.Exists(statePath))
         {
             start = TrainingState.Restore(statePath, adapter, stateName);
-            log($"resumed Stage {stage} from {statePath} at iteration {start}");
+            log($"resumed {stage} from {statePath} at iteration {start}");
         }
         var examples = identities.SelectMany(id => id.Examples).ToArray();
         bool recompute = train.Recompute.Decide(model, train.BatchSize, examples.Max(e => e.ImageTokens), examples.Max(e => e.T5Length), out var reason);
         log(reason);
         parallel?.CheckReplicas(adapter, start);
 
+        monitor?.Begin(model, adapter, train, start);
         var progress = new Trainer.Progress(total);
         for (long i = start; i < total; i++)
         {
@@ -120,12 +123,18 @@ public static class Stages
             var clock = Stopwatch.StartNew();
             var (loss, norm) = parallel != null ? parallel.Step(model, binding, batch, ids, train, i, recompute)
                                                 : Trainer.Step(model, binding, batch, train, i, recompute);
-            log(progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
-                                batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase).ToString());
+            var report = progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
+                                         batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase);
+            if (monitor != null) monitor.Step(report);
+            else log(report.ToString());
             if (statePath != null && ((i + 1) % stateEvery == 0 || i + 1 == total))
             {
                 parallel?.CheckReplicas(adapter, i + 1);
-                if (parallel?.WritesOutputs ?? true) TrainingState.Save(statePath, adapter, i + 1, stateName);
+                if (parallel?.WritesOutputs ?? true)
+                {
+                    TrainingState.Save(statePath, adapter, i + 1, stateName);
+                    monitor?.StateSaved(i + 1);
+                }
             }
         }
     }

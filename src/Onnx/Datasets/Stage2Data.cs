@@ -11,18 +11,21 @@ namespace MetaLoraNative.Onnx.Datasets;
 
 public static class Stage2Data
 {
+    /// <summary><paramref name="phaseDone"/> hears "detect/augment" and "encode" as each phase ends (personalize's timings).</summary>
     public static Identity Prepare(string photoPath, string prompt, ModelSet models, EncodingCache cache, AugmentOptions options,
-        Action<string>? log = null)
+        Action<string>? log = null, Action<string>? phaseDone = null)
     {
         using var photo = ImageIO.LoadRgb(photoPath);
         var detector = models.OpenFaceDetector();
         var crops = FaceAugmenter.Augment(photo, detector, options, photoPath, log);
+        phaseDone?.Invoke("detect/augment");
         try
         {
             var encoder = new ExampleEncoder(models, cache);
             var caption = encoder.Caption(prompt);
             var examples = crops.Select(c => encoder.Example(c.Image, caption)).ToList();
             log?.Invoke(cache.Summary());
+            phaseDone?.Invoke("encode");
             return new Identity(Path.GetFileNameWithoutExtension(photoPath), examples);
         }
         finally

@@ -1,0 +1,208 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Security.Cryptography;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Sampling;
+using MetaLoraNative.Engine.Training;
+using MetaLoraNative.Onnx.Imaging;
+using MetaLoraNative.Onnx.Models;
+using MetaLoraNative.Onnx.Text;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace MetaLoraNative.Cli.Commands;
+
+/// <summary>
+/// What the training commands (train stage1|stage2|lora, personalize) write besides the state: the LoRA files with the
+/// run's metadata, and the monitor's outputs next to --out (metrics.jsonl, loss.png, samples/, .stepNNNNNN snapshots).
+/// </summary>
+internal static class TrainingOutputs
+{
+    /// <summary>The merged LoRA of identity 0 in the --format layout(s); with <paramref name="unmerged"/> also the D/M/U file (.meta.safetensors).</summary>
+    public static void WriteLora(LoraAdapter a, string outPath, string format, SafetensorsDType dtype, IReadOnlyDictionary<string, string> metadata, bool unmerged)
+    {
+        if (format is "peft" or "both") LoraFiles.Export(a, 0, outPath, LoraFormat.Peft, dtype, metadata: metadata);
+        if (format is "kohya" or "both")
+            LoraFiles.Export(a, 0, format == "both" ? Path.ChangeExtension(outPath, ".kohya.safetensors") : outPath, LoraFormat.Kohya, dtype, metadata: metadata);
+        if (unmerged) LoraFiles.SaveMeta(a, 0, Path.ChangeExtension(outPath, ".meta.safetensors"), metadata);
+    }
+
+    /// <summary>
+    /// The run's settings as file metadata: metalora.* keys, kohya's ss_learning_rate / ss_max_train_steps / ss_seed,
+    /// and modelspec.resolution (Stability's ModelSpec, github.com/Stability-AI/ModelSpec: "WIDTHxHEIGHT").
+    /// </summary>
+    public static Dictionary<string, string> RunMetadata(string stage, TrainOptions train, long iterations, string baseModel, Identity? person,
+                                                        string? prompt, string? downPath)
+    {
+        string I(long v) => v.ToString(CultureInfo.InvariantCulture);
+        string lr = train.LearningRate.ToString(CultureInfo.InvariantCulture);    // float: "0.0004", not its double expansion
+        var m = new Dictionary<string, string>
+        {
+            ["metalora.stage"] = stage,
+            ["metalora.lr"] = lr,
+            ["metalora.iterations"] = I(iterations),
+            ["metalora.seed"] = train.Seed.ToString(CultureInfo.InvariantCulture),
+            ["metalora.batch_size"] = I(train.BatchSize),
+            ["metalora.model"] = baseModel,
+            ["ss_learning_rate"] = lr,
+            ["ss_max_train_steps"] = I(iterations),
+            ["ss_seed"] = train.Seed.ToString(CultureInfo.InvariantCulture),
+        };
+        if (person is { Examples.Count: > 0 })
+        {
+            // the buckets' area is near resolution² (prepare --resolution): recover it to the nearest 64
+            double area = person.Examples.Average(e => (double)e.ImageTokens) * FluxConfig.PixelsPerToken * FluxConfig.PixelsPerToken;
+            int resolution = (int)Math.Round(Math.Sqrt(area) / 64) * 64;
+            m["metalora.resolution"] = I(resolution);
+            m["modelspec.resolution"] = $"{resolution}x{resolution}";
+            m["metalora.identity"] = person.Name;
+        }
+        if (prompt != null) m["metalora.prompt"] = prompt;
+        if (downPath != null)
+        {
+            using var f = File.OpenRead(downPath);
+            m["metalora.down_sha256"] = Convert.ToHexStringLower(SHA256.HashData(f));
+            m["metalora.down_file"] = Path.GetFileName(downPath);
+        }
+        return m;
+    }
+
+    /// <summary>T5 (L, ctx) and CLIP pooled (vec) of the text encoders must fit the model, else an error names both sides.</summary>
+    public static int T5Length(PromptEmbedding embedding, FluxConfig c)
+    {
+        if (embedding.T5.Length % c.ContextInDim != 0 || embedding.Pooled.Length != c.VecInDim)
+            throw new InvalidDataException($"the text encoders give T5 {embedding.T5.Length} values and CLIP {embedding.Pooled.Length}, " +
+                                           $"but the {c.Name} model takes context width {c.ContextInDim} and vec {c.VecInDim}");
+        return embedding.T5.Length / c.ContextInDim;
+    }
+
+    /// <summary>Writes a PNG atomically (temporary file, then rename).</summary>
+    public static void SavePng(Image<Rgb24> image, string path) => AtomicFile.Write(path, s => image.SaveAsPng(s));
+
+    /// <summary>The loss plot: loss and its EMA per step, the eval loss as dots.</summary>
+    public static void DrawLoss(string path, IReadOnlyList<LossPoint> history)
+    {
+        var series = new List<LineSeries>
+        {
+            new("loss", history.Select(p => ((double)p.Step, p.Loss)).ToList(), new Rgb24(160, 190, 230)),
+            new("ema", history.Select(p => ((double)p.Step, p.Smoothed)).ToList(), new Rgb24(20, 70, 170)),
+        };
+        var evals = history.Where(p => p.EvalLoss != null).Select(p => ((double)p.Step, p.EvalLoss!.Value)).ToList();
+        if (evals.Count > 0) series.Add(new("eval", evals, new Rgb24(210, 60, 30), Dots: true));
+        using var image = LinePlot.Draw(series, "step", "loss (mse)");
+        SavePng(image, path);
+    }
+}
+
+/// <summary>The monitor's options (--eval-every, --sample-every, --sample-prompts, --save-every, --keep ...), one set per command.</summary>
+internal sealed class MonitorFlags
+{
+    public Option<int> EvalEvery = new("--eval-every") { Description = "Steps between evaluations (fixed timesteps and noise over the training images), logged as eval_loss in metrics.jsonl; 0: none.", DefaultValueFactory = _ => 0 };
+    public Option<int> SampleEvery = new("--sample-every") { Description = "Steps between sample images (samples/stepNNNNNN_KK.png and a contact sheet per step, FLUX sampler + VAE of the models folder); 0: none.", DefaultValueFactory = _ => 0 };
+    public Option<string?> SamplePrompts = new("--sample-prompts") { Description = "Text file with one sample prompt per line (prompt K is sampled with seed K)." };
+    public Option<int> SampleSize = new("--sample-size") { Description = $"Sample width and height in pixels (a multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 512 };
+    public Option<int> SampleSteps = new("--sample-steps") { Description = "Euler steps per sample.", DefaultValueFactory = _ => 20 };
+    public Option<int> SaveEvery = new("--save-every") { Description = "Steps between merged LoRA snapshots (OUT.stepNNNNNN.safetensors); 0: none.", DefaultValueFactory = _ => 0 };
+    public Option<int> Keep = new("--keep") { Description = "Keep only the K newest --save-every snapshots; 0 keeps all.", DefaultValueFactory = _ => 0 };
+    public Option<string?> Models;
+
+    /// <summary><paramref name="models"/>: the command's own --models option when it has one, else the monitor adds its own.</summary>
+    public MonitorFlags(Option<string?>? models = null) =>
+        Models = models ?? new Option<string?>("--models") { Description = "Models folder (T5, CLIP-L, VAE decoder) for --sample-every; default $METALORA_MODELS." };
+
+    public IEnumerable<Option> All(bool withModels) =>
+        withModels ? [EvalEvery, SampleEvery, SamplePrompts, SampleSize, SampleSteps, SaveEvery, Keep, Models] : [EvalEvery, SampleEvery, SamplePrompts, SampleSize, SampleSteps, SaveEvery, Keep];
+
+    /// <summary>
+    /// The monitor for a run writing <paramref name="outPath"/>; <paramref name="saveSnapshot"/> writes one snapshot file.
+    /// The returned scope owns the sampling encoders and is disposed after training.
+    /// </summary>
+    public Scope Create(ParseResult r, string outPath, FluxConfig config, IReadOnlyList<Example> evalExamples,
+                        Action<LoraAdapter, string> saveSnapshot, IReadOnlyCollection<long>? snapshotSteps = null)
+    {
+        int Positive(Option<int> o)
+        {
+            int v = r.GetValue(o);
+            if (v < 0) throw new ArgumentException($"{o.Name} must be 0 or more, got {v}");
+            return v;
+        }
+        string folder = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+        string stem = Path.GetFileNameWithoutExtension(outPath);
+        Directory.CreateDirectory(folder);
+        var scope = new Scope();
+        Action<FluxModel, LoraBinding, long>? sample = null;
+        int sampleEvery = Positive(SampleEvery);
+        if (sampleEvery > 0)
+            sample = scope.Sampler(r.GetValue(SamplePrompts), OnnxCommandSupport.ModelsDir(r.GetValue(Models)), config, Path.Combine(folder, "samples"),
+                                   r.GetValue(SampleSize), r.GetValue(SampleSteps));
+        var options = new MonitorOptions
+        {
+            MetricsPath = Path.Combine(folder, "metrics.jsonl"),
+            EvalEvery = Positive(EvalEvery), EvalExamples = evalExamples.Take(8).ToList(),
+            LossPlotPath = Path.Combine(folder, "loss.png"), DrawLossPlot = TrainingOutputs.DrawLoss,
+            SampleEvery = sample is null ? 0 : sampleEvery, Sample = sample,
+            SaveEvery = Positive(SaveEvery), Keep = Positive(Keep), SnapshotSteps = snapshotSteps ?? [],
+            SnapshotPath = step => Path.Combine(folder, $"{stem}.step{step:D6}.safetensors"), SaveSnapshot = saveSnapshot,
+            LiveLine = Console.IsOutputRedirected ? null : line => Console.Write(line == "\n" ? line : "\r" + line + "\u001b[K"),
+        };
+        scope.Monitor = new TrainingMonitor(options, Common.Log);
+        return scope;
+    }
+
+    public sealed class Scope : IDisposable
+    {
+        ModelSet? set;
+        public TrainingMonitor Monitor { get; set; } = null!;
+
+        /// <summary>Encodes every prompt once; each call then samples them all with fixed seeds and writes a contact sheet. Null when there is no models folder.</summary>
+        public Action<FluxModel, LoraBinding, long>? Sampler(string? promptsFile, string? modelsDir, FluxConfig config, string folder, int size, int steps)
+        {
+            if (promptsFile is null) throw new ArgumentException("--sample-every needs --sample-prompts FILE (one prompt per line)");
+            if (!File.Exists(promptsFile)) throw new FileNotFoundException($"--sample-prompts {promptsFile}: no such file");
+            var prompts = File.ReadAllLines(promptsFile).Select(l => l.Trim()).Where(l => l.Length > 0).ToList();
+            if (prompts.Count == 0) throw new ArgumentException($"--sample-prompts {promptsFile}: holds no prompt");
+            const int side = FluxConfig.PixelsPerToken;
+            if (size <= 0 || size % side != 0) throw new ArgumentException($"--sample-size {size} must be a positive multiple of {side}");
+            if (steps < 1) throw new ArgumentException($"--sample-steps {steps} must be at least 1");
+            var problems = modelsDir is null ? ["no models folder (--models DIR or METALORA_MODELS)"]
+                         : ModelsFolder.Check(modelsDir, [ModelsFolder.T5, ModelsFolder.ClipL, ModelsFolder.VaeDecoder]);
+            if (problems.Count > 0)
+            {
+                Console.WriteLine($"warning: no samples during training: {problems[0]}");
+                return null;
+            }
+            set = new ModelSet(modelsDir!);
+            var text = set.OpenTextEncoder();
+            var embeddings = prompts.Select(p => text.Encode(p)).ToList();
+            var lengths = embeddings.Select(e => TrainingOutputs.T5Length(e, config)).ToList();
+            var vae = set.OpenVae(encoder: false, decoder: true);
+            Directory.CreateDirectory(folder);
+            return (model, binding, step) =>
+            {
+                var images = new List<Image<Rgb24>>();
+                try
+                {
+                    for (int k = 0; k < prompts.Count; k++)
+                    {
+                        var packed = FluxSampler.Sample(model, embeddings[k].T5, lengths[k], embeddings[k].Pooled, size / side, size / side,
+                                                        steps, guidance: 3.5f, seed: (ulong)k, lora: binding);
+                        var image = vae.DecodePacked(packed, size, size);
+                        images.Add(image);
+                        TrainingOutputs.SavePng(image, Path.Combine(folder, $"step{step:D6}_{k:D2}.png"));
+                    }
+                    using var sheet = ContactSheet.Build(images);
+                    TrainingOutputs.SavePng(sheet, Path.Combine(folder, $"step{step:D6}_sheet.png"));
+                    Common.Log($"samples at step {step}: {prompts.Count} image(s) and a contact sheet in {folder}");
+                }
+                finally
+                {
+                    images.ForEach(i => i.Dispose());
+                }
+            };
+        }
+
+        public void Dispose() => set?.Dispose();
+    }
+}
