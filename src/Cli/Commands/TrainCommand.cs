@@ -23,18 +23,25 @@ internal static class TrainCommand
         public Option<string?> State = new("--state") { Description = "Resumable training state (factors, AdamW moments, iteration); the run resumes from it when it exists. Default: OUT with .state.safetensors." };
         public Option<int> Every;
         public Option<string> Recompute = Common.Recompute();
+        public Option<string> OnNonFinite = new Option<string>("--on-nonfinite") { Description = "A step with a NaN/Inf loss or gradient norm: stop (nothing final is written, the last good state stays) or skip its update (up to --max-nonfinite-skips).", DefaultValueFactory = _ => "stop" }.AcceptOnlyFromAmong("stop", "skip");
+        public Option<int> MaxSkips = new("--max-nonfinite-skips") { Description = "With --on-nonfinite skip: the most steps a run may skip before it stops.", DefaultValueFactory = _ => 10 };
+        public Option<bool> ForceNew = new("--force-new") { Description = "Start over even when the state exists (it is moved to STATE.old); without it a state of other options is refused." };
 
         public Shared(int stateEvery) =>
             Every = new("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery };
 
-        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute];
+        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, OnNonFinite, MaxSkips, ForceNew];
 
         public TrainOptions Train(ParseResult r, int batch) => new()
         {
             LearningRate = r.GetValue(Lr), WeightDecay = r.GetValue(Wd), MaxGradNorm = r.GetValue(Clip), BatchSize = batch,
             Sampling = Enum.Parse<TimestepSampling>(r.GetValue(Sampling)!, ignoreCase: true), Guidance = r.GetValue(Guidance), Seed = r.GetValue(Seed),
             Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!),
+            OnNonFinite = NonFiniteGuard.Parse(r.GetValue(OnNonFinite)!), MaxNonFiniteSkips = r.GetValue(MaxSkips), ForceNew = r.GetValue(ForceNew),
         };
+
+        /// <summary>The lock on --out, taken before anything is loaded (<see cref="RunLock"/>); <paramref name="written"/> are the other files the run writes.</summary>
+        public RunLock Lock(ParseResult r, params string[] written) => RunLock.Acquire(r.GetValue(Out)!, [StatePath(r), .. written], Common.Log);
 
         public string StatePath(ParseResult r) => r.GetValue(State) ?? Path.ChangeExtension(r.GetValue(Out)!, ".state.safetensors");
     }
@@ -58,6 +65,7 @@ internal static class TrainCommand
         foreach (var o in s1.All) stage1.Options.Add(o);
         stage1.SetAction(r => Common.Guard(() =>
         {
+            using var runLock = s1.Lock(r);
             using var be = Common.CreateBackend(r.GetValue(s1.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
@@ -88,6 +96,8 @@ internal static class TrainCommand
         foreach (var o in s2.All) stage2.Options.Add(o);
         stage2.SetAction(r => Common.Guard(() =>
         {
+            string outFile = r.GetValue(s2.Out)!;
+            using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);

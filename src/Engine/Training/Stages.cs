@@ -53,7 +53,8 @@ public static class Stages
         log($"Stage 1: {targets.Count} targets, r1 {o.Rank1}, r2 {o.Rank2}, {identities.Count} identities in {buckets.Length} buckets, " +
             $"{o.TotalIterations} iterations ({o.BucketIterations} per bucket, {o.WarmupIterations} warm-up)");
 
-        Run(model, adapter, identities, 1, o.TotalIterations, o.Train, o.StatePath, o.StateEvery, log, i =>
+        var run = RunIdentity.Stage1(model, identities, targets, o);
+        Run(model, adapter, identities, 1, o.TotalIterations, o.Train, run, o.StatePath, o.StateEvery, log, i =>
         {
             // position inside the schedule: while i < q_total: for bucket in buckets: for batch while i_cb < q_bucket
             long visit = i / o.BucketIterations;
@@ -79,7 +80,8 @@ public static class Stages
         adapter.AddIdentity(person.Name, o.Train.Seed);
         log($"Stage 2: '{person.Name}', {person.Examples.Count} images, D frozen (r1 {adapter.Rank1}), fresh M/U (r2 {o.Rank2}), {o.Iterations} iterations");
 
-        Run(model, adapter, [person], 2, o.Iterations, o.Train, o.StatePath, o.StateEvery, log, i =>
+        var run = RunIdentity.Stage2(model, person, metaDown, o);
+        Run(model, adapter, [person], 2, o.Iterations, o.Train, run, o.StatePath, o.StateEvery, log, i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"stage2.batch.{i}");
             return (batch, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
@@ -88,20 +90,18 @@ public static class Stages
     }
 
     /// <summary>
-    /// The loop both stages share: resume from the state file when it exists, decide recomputation once for the
-    /// largest batch, then per iteration pick (batch, binding, phase), step, log one line and save the state every
-    /// <paramref name="stateEvery"/> iterations and at the end.
+    /// The loop both stages share: resume from the state file when it exists and belongs to this
+    /// <paramref name="run"/>, decide recomputation once for the largest batch, then per iteration pick (batch,
+    /// binding, phase), step under the numeric guard, log one line and save the state every
+    /// <paramref name="stateEvery"/> iterations and at the end (after checking the factors are finite).
     /// </summary>
-    static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, int stage, long total, TrainOptions train,
+    static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, int stage, long total, TrainOptions train, RunIdentity run,
                     string? statePath, int stateEvery, Action<string> log, Func<long, (Example[] Batch, LoraBinding Binding, string Phase)> pick)
     {
         string stateName = $"stage{stage}";
-        long start = 0;
-        if (statePath != null && File.Exists(statePath))
-        {
-            start = TrainingState.Restore(statePath, adapter, stateName);
-            log($"resumed Stage {stage} from {statePath} at iteration {start}");
-        }
+        var (start, skipped) = run.Open(statePath, adapter, stateName, train.ForceNew, log);
+        if (start > 0) log($"resumed Stage {stage} from {statePath} at iteration {start}");
+        var guard = new NonFiniteGuard(train.OnNonFinite, train.MaxNonFiniteSkips, $"Stage {stage}", statePath, start > 0, skipped);
         var examples = identities.SelectMany(id => id.Examples).ToArray();
         bool recompute = train.Recompute.Decide(model, train.BatchSize, examples.Max(e => e.ImageTokens), examples.Max(e => e.T5Length), out var reason);
         log(reason);
@@ -111,11 +111,14 @@ public static class Stages
         {
             var (batch, binding, phase) = pick(i);
             var clock = Stopwatch.StartNew();
-            var (loss, norm) = Trainer.Step(model, binding, batch, train, i, recompute);
+            var (loss, norm) = Trainer.Step(model, binding, batch, train, i, recompute, guard);
             log(progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
-                                batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase).ToString());
-            if (statePath != null && ((i + 1) % stateEvery == 0 || i + 1 == total))
-                TrainingState.Save(statePath, adapter, i + 1, stateName);
+                                batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase) + (guard.LastSkipped ? " | skipped (non-finite)" : ""));
+            if ((i + 1) % stateEvery != 0 && i + 1 != total) continue;
+            guard.CheckFactors(adapter, i + 1);
+            if (statePath == null) continue;
+            TrainingState.Save(statePath, adapter, i + 1, stateName, run, guard.Skipped);
+            guard.Saved();
         }
     }
 
