@@ -1,7 +1,6 @@
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Demo;
 using MetaLoraNative.Engine.Flux;
-using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Tests.Model;
@@ -18,12 +17,16 @@ public sealed class RunOwnershipTests() : TinyModelTest("owner", 2)
         Iterations = iterations, Rank2 = 2, StatePath = state, StateEvery = 3,
     };
 
+    readonly Identity person = TinyDemo.MakeIdentity(c, "someone", 3, 77);
+    string State => Path.Combine(dir, "me.state.safetensors");
+
+    LoraAdapter Down(ulong seed = 3) => LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, seed);
+
     [Fact]
     public void AResumeWithOtherOptionsIsRefusedListingEveryDifference()
     {
-        using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
-        var person = TinyDemo.MakeIdentity(c, "someone", 3, 77);
-        string state = Path.Combine(dir, "me.state.safetensors");
+        using var down = Down();
+        string state = State;
         using (Stages.Stage2(m, down, person, S2(state), _ => { })) { }
         byte[] before = File.ReadAllBytes(state);
 
@@ -38,16 +41,15 @@ public sealed class RunOwnershipTests() : TinyModelTest("owner", 2)
         // other data and another Meta-Down are other runs too
         var other = TinyDemo.MakeIdentity(c, "someone", 3, 78);
         Assert.Contains("data: state", Assert.Throws<InputException>(() => Stages.Stage2(m, down, other, S2(state), _ => { })).Message);
-        using var down2 = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 4);
+        using var down2 = Down(seed: 4);
         Assert.Contains("down: state", Assert.Throws<InputException>(() => Stages.Stage2(m, down2, person, S2(state), _ => { })).Message);
     }
 
     [Fact]
     public void ForceNewMovesTheOldStateAsideAndTrainsFromTheStart()
     {
-        using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
-        var person = TinyDemo.MakeIdentity(c, "someone", 3, 77);
-        string state = Path.Combine(dir, "me.state.safetensors");
+        using var down = Down();
+        string state = State;
         using (Stages.Stage2(m, down, person, S2(state), _ => { })) { }
         byte[] old = File.ReadAllBytes(state);
 
@@ -63,21 +65,15 @@ public sealed class RunOwnershipTests() : TinyModelTest("owner", 2)
     [Fact]
     public void AStateWithoutARunRecordStillResumesWithAWarning()
     {
-        using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
-        var person = TinyDemo.MakeIdentity(c, "someone", 3, 77);
-        string state = Path.Combine(dir, "me.state.safetensors");
+        using var down = Down();
+        string state = State;
         using var straight = Stages.Stage2(m, down, person, S2(state) with { StatePath = null }, _ => { });
         Interrupted(() => Stages.Stage2(m, down, person, S2(state), InterruptAt(5)));
-        List<SafetensorsTensor> tensors;
-        Dictionary<string, string> meta;
-        using (var f = SafetensorsFile.Open(state))
+        SafetensorsEdit.Rewrite(state, (_, meta) =>
         {
-            tensors = f.Entries.Keys.Select(k => new SafetensorsTensor(k, f[k].Shape, f.ReadFloats(k))).ToList();
-            meta = new Dictionary<string, string>(f.Metadata);
-        }
-        Assert.True(meta.Remove(RunIdentity.MetadataKey));
-        meta.Remove(TrainingState.SkippedKey);
-        SafetensorsWriter.Write(state, tensors, meta);
+            Assert.True(meta.Remove(RunIdentity.MetadataKey));
+            Assert.True(meta.Remove(TrainingState.SkippedKey));
+        });
 
         var lines = new List<string>();
         using var resumed = Stages.Stage2(m, down, person, S2(state), lines.Add);
