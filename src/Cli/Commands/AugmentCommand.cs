@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Onnx.Augment;
 using MetaLoraNative.Onnx.Imaging;
 using SixLabors.ImageSharp;
@@ -57,30 +58,9 @@ public static class AugmentCommand
             var crops = FaceAugmenter.Augment(photo, det, options, src);
             try
             {
-                Directory.CreateDirectory(outDir);
-                var records = new JsonArray();
-                for (int i = 0; i < crops.Count; i++)
-                {
-                    var c = crops[i];
-                    string name = $"crop_{i + 1:00}_{c.Aspect.Name.Replace(':', 'x')}_x{c.Multiplier:0.0}{(c.Flipped ? "_flip" : "")}.png";
-                    c.Image.SaveAsPng(Path.Combine(outDir, name));
-                    records.Add((JsonNode)new JsonObject
-                    {
-                        ["file"] = name, ["aspect"] = c.Aspect.Name, ["multiplier"] = c.Multiplier, ["flipped"] = c.Flipped, ["clamped"] = c.Clamped,
-                        ["source"] = new JsonObject { ["x"] = c.Crop.X, ["y"] = c.Crop.Y, ["width"] = c.Crop.Width, ["height"] = c.Crop.Height },
-                        ["width"] = c.Image.Width, ["height"] = c.Image.Height,
-                    });
-                }
+                // built aside and moved into place: a failure half-way leaves no partial crop set (AtomicFolder)
                 var face = faces.MaxBy(f => f.Area)!;
-                var report = new JsonObject
-                {
-                    ["source"] = Path.GetFullPath(src), ["width"] = photo.Width, ["height"] = photo.Height,
-                    ["face"] = new JsonObject { ["x"] = face.Box.X, ["y"] = face.Box.Y, ["width"] = face.Box.Width, ["height"] = face.Box.Height, ["score"] = face.Score },
-                    ["fLong"] = face.LongSide, ["resolution"] = options.Resolution, ["seed"] = options.Seed, ["crops"] = records,
-                };
-                File.WriteAllText(Path.Combine(outDir, "crops.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-                using var sheet = ContactSheet.Build(crops.Select(c => c.Image).ToList());
-                sheet.SaveAsPng(Path.Combine(outDir, "contact_sheet.png"));
+                AtomicFolder.Write(outDir, folder => WriteCrops(folder, src, photo, face, options, crops));
                 Console.WriteLine($"face {face.Box.Width:0}x{face.Box.Height:0} at ({face.Box.X:0}, {face.Box.Y:0}), f_long {face.LongSide:0}; " +
                                   $"{crops.Count} crops ({crops.Count(c => c.Clamped)} shrunk to fit, {crops.Count(c => c.Flipped)} flipped) -> {outDir}");
             }
@@ -91,5 +71,32 @@ public static class AugmentCommand
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>The crops, crops.json and contact_sheet.png into <paramref name="outDir"/>.</summary>
+    static void WriteCrops(string outDir, string src, Image photo, Onnx.Faces.FaceDetection face, AugmentOptions options, IReadOnlyList<AugmentedCrop> crops)
+    {
+        var records = new JsonArray();
+        for (int i = 0; i < crops.Count; i++)
+        {
+            var c = crops[i];
+            string name = $"crop_{i + 1:00}_{c.Aspect.Name.Replace(':', 'x')}_x{c.Multiplier:0.0}{(c.Flipped ? "_flip" : "")}.png";
+            c.Image.SaveAsPng(Path.Combine(outDir, name));
+            records.Add((JsonNode)new JsonObject
+            {
+                ["file"] = name, ["aspect"] = c.Aspect.Name, ["multiplier"] = c.Multiplier, ["flipped"] = c.Flipped, ["clamped"] = c.Clamped,
+                ["source"] = new JsonObject { ["x"] = c.Crop.X, ["y"] = c.Crop.Y, ["width"] = c.Crop.Width, ["height"] = c.Crop.Height },
+                ["width"] = c.Image.Width, ["height"] = c.Image.Height,
+            });
+        }
+        var report = new JsonObject
+        {
+            ["source"] = Path.GetFullPath(src), ["width"] = photo.Width, ["height"] = photo.Height,
+            ["face"] = new JsonObject { ["x"] = face.Box.X, ["y"] = face.Box.Y, ["width"] = face.Box.Width, ["height"] = face.Box.Height, ["score"] = face.Score },
+            ["fLong"] = face.LongSide, ["resolution"] = options.Resolution, ["seed"] = options.Seed, ["crops"] = records,
+        };
+        File.WriteAllText(Path.Combine(outDir, "crops.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        using var sheet = ContactSheet.Build(crops.Select(c => c.Image).ToList());
+        sheet.SaveAsPng(Path.Combine(outDir, "contact_sheet.png"));
     }
 }

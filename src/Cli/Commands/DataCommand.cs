@@ -1,6 +1,7 @@
 using System.CommandLine;
 using MetaLoraNative.Engine.Demo;
 using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
@@ -21,11 +22,15 @@ internal static class DataCommand
         synth.SetAction(r => Common.Guard(() =>
         {
             var config = FluxConfig.Preset(r.GetValue(preset)!);
-            for (int k = 0; k < r.GetValue(ids); k++)
+            // built aside and moved into place: a failure half-way leaves no partial dataset (AtomicFolder)
+            AtomicFolder.Write(r.GetValue(output)!, folder =>
             {
-                var person = TinyDemo.MakeIdentity(config, $"person{k:D3}", r.GetValue(images), r.GetValue(seed));
-                LatentDataset.SaveIdentity(Path.Combine(r.GetValue(output)!, person.Name), person);
-            }
+                for (int k = 0; k < r.GetValue(ids); k++)
+                {
+                    var person = TinyDemo.MakeIdentity(config, $"person{k:D3}", r.GetValue(images), r.GetValue(seed));
+                    LatentDataset.SaveIdentity(Path.Combine(folder, person.Name), person);
+                }
+            });
             Console.WriteLine($"wrote {r.GetValue(ids)} identities × {r.GetValue(images)} examples to {r.GetValue(output)}");
             return 0;
         }));

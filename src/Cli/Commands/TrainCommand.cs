@@ -26,11 +26,15 @@ internal static class TrainCommand
         public Option<int> Every;
         public Option<string> Recompute = Common.Recompute();
         public MonitorFlags Monitor = new();
+        public Option<string> OnNonFinite = new Option<string>("--on-nonfinite") { Description = "A step with a NaN/Inf loss or gradient norm: stop (nothing final is written, the last good state stays) or skip its update (up to --max-nonfinite-skips).", DefaultValueFactory = _ => "stop" }.AcceptOnlyFromAmong("stop", "skip");
+        public Option<int> MaxSkips = new("--max-nonfinite-skips") { Description = "With --on-nonfinite skip: the most steps a run may skip before it stops.", DefaultValueFactory = _ => 10 };
+        public Option<bool> ForceNew = new("--force-new") { Description = "Start over even when the state exists (it is moved to STATE.old); without it a state of other options is refused." };
 
         public Shared(int stateEvery) =>
             Every = new("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery };
 
-        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, .. Monitor.All(withModels: true)];
+        public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, OnNonFinite, MaxSkips, ForceNew,
+                                           .. Monitor.All(withModels: true)];
 
         /// <summary>Everything but --data (personalize makes its data from a photo).</summary>
         public IEnumerable<Option> WithoutData => All.Where(o => o != Data);
@@ -40,7 +44,11 @@ internal static class TrainCommand
             LearningRate = r.GetValue(Lr), WeightDecay = r.GetValue(Wd), MaxGradNorm = r.GetValue(Clip), BatchSize = batch,
             Sampling = Enum.Parse<TimestepSampling>(r.GetValue(Sampling)!, ignoreCase: true), Guidance = r.GetValue(Guidance), Seed = r.GetValue(Seed),
             Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!),
+            OnNonFinite = NonFiniteGuard.Parse(r.GetValue(OnNonFinite)!), MaxNonFiniteSkips = r.GetValue(MaxSkips), ForceNew = r.GetValue(ForceNew),
         };
+
+        /// <summary>The lock on --out, taken before anything is loaded (<see cref="RunLock"/>); <paramref name="written"/> are the other files the run writes.</summary>
+        public RunLock Lock(ParseResult r, params string[] written) => RunLock.Acquire(r.GetValue(Out)!, [StatePath(r), .. written], Common.Log);
 
         public string StatePath(ParseResult r) => r.GetValue(State) ?? Path.ChangeExtension(r.GetValue(Out)!, ".state.safetensors");
     }
@@ -70,6 +78,7 @@ internal static class TrainCommand
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
             using var _be = be;
             using var _comm = comm;
+            using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
             int q = r.GetValue(bucket);
@@ -109,6 +118,8 @@ internal static class TrainCommand
         foreach (var o in s2.All) stage2.Options.Add(o);
         stage2.SetAction(r => Common.Guard(() =>
         {
+            string outFile = r.GetValue(s2.Out)!;
+            using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
@@ -146,6 +157,8 @@ internal static class TrainCommand
         foreach (var o in sl.All) lora.Options.Add(o);
         lora.SetAction(r => Common.Guard(() =>
         {
+            string outFile = r.GetValue(sl.Out)!;
+            using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(sl.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);

@@ -50,7 +50,7 @@ public sealed class Stage1Parallel(ICommunicator communicator)
     /// batch's loss and the gradient norm before clipping, the same on every rank.
     /// </summary>
     public (double Loss, double GradNorm) Step(FluxModel model, LoraBinding global, IReadOnlyList<Example> batch, int[] ids,
-                                               TrainOptions o, long step, bool recompute)
+                                               TrainOptions o, long step, bool recompute, NonFiniteGuard? guard = null)
     {
         var be = model.Backend;
         var stepClock = System.Diagnostics.Stopwatch.StartNew();
@@ -78,7 +78,8 @@ public sealed class Stage1Parallel(ICommunicator communicator)
         Communicator.AllReduce([.. parameters.Select(p => p.Grad), lossSum], ReduceOp.Sum);
         double reduceMs = reduceClock.Elapsed.TotalMilliseconds;
         LastReduce = Communicator.LastCall;
-        double globalLoss = be.Download(lossSum)[0], norm = Trainer.ClipAndUpdate(be, parameters, o);
+        double globalLoss = be.Download(lossSum)[0];
+        double norm = Trainer.ClipAndUpdate(be, parameters, o, step, globalLoss, guard);
         Totals = (Totals.Steps + 1, Totals.Milliseconds + stepClock.Elapsed.TotalMilliseconds, Totals.ReduceMilliseconds + reduceMs);
         return (globalLoss, norm);
     }

@@ -59,7 +59,8 @@ public static partial class Stages
             $"{o.TotalIterations} iterations ({o.BucketIterations} per bucket, {o.WarmupIterations} warm-up)" +
             (parallel != null ? $", data parallel over {parallel.WorldSize} ranks (this is rank {parallel.Rank})" : ""));
 
-        Run(model, adapter, identities, "Stage 1", "stage1", o.TotalIterations, o.Train, o.StatePath, o.StateEvery, o.Monitor, log, parallel, i =>
+        var run = RunIdentity.Stage1(model, identities, targets, o);
+        Run(model, adapter, identities, "Stage 1", "stage1", o.TotalIterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, parallel, i =>
         {
             // position inside the schedule: while i < q_total: for bucket in buckets: for batch while i_cb < q_bucket
             long visit = i / o.BucketIterations;
@@ -85,7 +86,8 @@ public static partial class Stages
         adapter.AddIdentity(person.Name, o.Train.Seed);
         log($"Stage 2: '{person.Name}', {person.Examples.Count} images, D frozen (r1 {adapter.Rank1}), fresh M/U (r2 {o.Rank2}), {o.Iterations} iterations");
 
-        Run(model, adapter, [person], "Stage 2", "stage2", o.Iterations, o.Train, o.StatePath, o.StateEvery, o.Monitor, log, null, i =>
+        var run = RunIdentity.Stage2(model, person, metaDown, o);
+        Run(model, adapter, [person], "Stage 2", "stage2", o.Iterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, null, i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"stage2.batch.{i}");
             return (batch, ids, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
@@ -95,21 +97,19 @@ public static partial class Stages
 
     /// <summary>
     /// The loop all three trainers share (Stage 1, Stage 2, the standard LoRA): resume from the state file when it
-    /// exists, decide recomputation once for the largest batch, then per iteration pick (batch, ids, binding, phase),
-    /// step, report it (the monitor, else one log line) and save the state every <paramref name="stateEvery"/>
-    /// iterations and at the end. With <paramref name="parallel"/> every rank reads the state, steps through it,
-    /// checks that the replicas agree before each save, and only rank 0 saves.
+    /// exists and belongs to this <paramref name="run"/>, decide recomputation once for the largest batch, then per
+    /// iteration pick (batch, ids, binding, phase), step under the numeric guard, report it (the monitor, else one
+    /// log line) and save the state every <paramref name="stateEvery"/> iterations and at the end (after checking the
+    /// factors are finite). With <paramref name="parallel"/> every rank reads the state, steps through it, checks that
+    /// the replicas agree before each save, and only rank 0 saves.
     /// </summary>
     static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, string stage, string stateName, long total, TrainOptions train,
-                    string? statePath, int stateEvery, TrainingMonitor? monitor, Action<string> log, Stage1Parallel? parallel,
+                    RunIdentity run, string? statePath, int stateEvery, TrainingMonitor? monitor, Action<string> log, Stage1Parallel? parallel,
                     Func<long, (Example[] Batch, int[] Ids, LoraBinding Binding, string Phase)> pick)
     {
-        long start = 0;
-        if (statePath != null && File.Exists(statePath))
-        {
-            start = TrainingState.Restore(statePath, adapter, stateName);
-            log($"resumed {stage} from {statePath} at iteration {start}");
-        }
+        var (start, skipped) = run.Open(statePath, adapter, stateName, train.ForceNew, log);
+        if (start > 0) log($"resumed {stage} from {statePath} at iteration {start}");
+        var guard = new NonFiniteGuard(train.OnNonFinite, train.MaxNonFiniteSkips, stage, statePath, start > 0, skipped);
         var examples = identities.SelectMany(id => id.Examples).ToArray();
         bool recompute = train.Recompute.Decide(model, train.BatchSize, examples.Max(e => e.ImageTokens), examples.Max(e => e.T5Length), out var reason);
         log(reason);
@@ -121,21 +121,19 @@ public static partial class Stages
         {
             var (batch, ids, binding, phase) = pick(i);
             var clock = Stopwatch.StartNew();
-            var (loss, norm) = parallel != null ? parallel.Step(model, binding, batch, ids, train, i, recompute)
-                                                : Trainer.Step(model, binding, batch, train, i, recompute);
+            var (loss, norm) = parallel != null ? parallel.Step(model, binding, batch, ids, train, i, recompute, guard)
+                                                : Trainer.Step(model, binding, batch, train, i, recompute, guard);
             var report = progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
                                          batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase);
-            if (monitor != null) monitor.Step(report);
-            else log(report.ToString());
-            if (statePath != null && ((i + 1) % stateEvery == 0 || i + 1 == total))
-            {
-                parallel?.CheckReplicas(adapter, i + 1);
-                if (parallel?.WritesOutputs ?? true)
-                {
-                    TrainingState.Save(statePath, adapter, i + 1, stateName);
-                    monitor?.StateSaved(i + 1);
-                }
-            }
+            if (monitor != null) monitor.Step(report, guard.LastSkipped);
+            else log(report + (guard.LastSkipped ? " | skipped (non-finite)" : ""));
+            if ((i + 1) % stateEvery != 0 && i + 1 != total) continue;
+            guard.CheckFactors(adapter, i + 1);
+            parallel?.CheckReplicas(adapter, i + 1);
+            if (statePath == null || !(parallel?.WritesOutputs ?? true)) continue;
+            TrainingState.Save(statePath, adapter, i + 1, stateName, run, guard.Skipped);
+            guard.Saved();
+            monitor?.StateSaved(i + 1);
         }
     }
 

@@ -19,6 +19,12 @@ public sealed record TrainOptions
     public ulong Seed { get; init; } = 42;
     /// <summary>Per-block recomputation in the backward; the stages decide it once before the first step.</summary>
     public RecomputePolicy Recompute { get; init; } = RecomputePolicy.Auto;
+    /// <summary>What a step with a non-finite loss or gradient norm does (<see cref="NonFiniteGuard"/>).</summary>
+    public NonFinitePolicy OnNonFinite { get; init; } = NonFinitePolicy.Stop;
+    /// <summary>With <see cref="NonFinitePolicy.Skip"/>: the most steps a run may skip before it stops.</summary>
+    public int MaxNonFiniteSkips { get; init; } = 10;
+    /// <summary>Start over even when the state file exists (it is moved aside to STATE.old).</summary>
+    public bool ForceNew { get; init; }
 }
 
 /// <summary>One line of the training log.</summary>
@@ -46,8 +52,10 @@ public static class Trainer
     /// <summary>
     /// Runs one optimisation step and returns (loss, grad norm before clipping). <paramref name="recompute"/> is the
     /// decision of <see cref="TrainOptions.Recompute"/>, made once per run (<see cref="RecomputePolicy.Decide"/>).
+    /// <paramref name="guard"/>, when given, sees the loss and norm before the update and may drop it or stop the run.
     /// </summary>
-    public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step, bool recompute)
+    public static (double Loss, double GradNorm) Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step, bool recompute,
+                                                      NonFiniteGuard? guard = null)
     {
         var (inputs, target) = StepInputs(model, batch, o, step);
         using var _i = inputs;
@@ -56,7 +64,7 @@ public static class Trainer
         var parameters = binding.TrainableParameters().ToArray();
         double loss = LossAndGradients(model, inputs, target, binding, recompute, out var prediction);
         prediction.Dispose();
-        return (loss, ClipAndUpdate(model.Backend, parameters, o));
+        return (loss, ClipAndUpdate(model.Backend, parameters, o, step, loss, guard));
     }
 
     /// <summary>
@@ -70,10 +78,14 @@ public static class Trainer
         return Batches.FlowMatchingBatch(model.Backend, model.Config, batch, timesteps, o.Guidance, o.Seed, step, firstSample);
     }
 
-    /// <summary>Clips the global gradient norm of <paramref name="parameters"/> and applies AdamW; returns the norm before clipping.</summary>
-    public static double ClipAndUpdate(IBackend be, IReadOnlyList<LoraParameter> parameters, TrainOptions o)
+    /// <summary>
+    /// Clips the global gradient norm of <paramref name="parameters"/> and applies AdamW; returns the norm before clipping.
+    /// <paramref name="guard"/>, when given, sees the loss and norm first and may drop the update or stop the run.
+    /// </summary>
+    public static double ClipAndUpdate(IBackend be, IReadOnlyList<LoraParameter> parameters, TrainOptions o, long step, double loss, NonFiniteGuard? guard)
     {
         double norm = Math.Sqrt(be.SumSquares(parameters.Select(p => p.Grad).ToArray()));
+        if (guard != null && !guard.Accept(step + 1, loss, norm)) return norm;   // the guard dropped the update (or threw)
         float scale = o.MaxGradNorm > 0 && norm > o.MaxGradNorm ? (float)(o.MaxGradNorm / norm) : 1f;
         foreach (var p in parameters) p.AdamW(o.LearningRate, o.WeightDecay, scale);
         return norm;

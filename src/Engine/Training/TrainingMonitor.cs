@@ -81,17 +81,19 @@ public sealed class TrainingMonitor(MonitorOptions options, Action<string> log)
     }
 
     /// <summary>After one step: the progress line, the metrics line (with the eval loss when due), samples and snapshots.</summary>
-    public void Step(StepReport r)
+    /// <param name="skipped">The numeric guard dropped this step's update: its loss is not finite and stays out of the
+    /// smoothed loss and the plot; the metrics line still records it.</param>
+    public void Step(StepReport r, bool skipped = false)
     {
         if (model is null || adapter is null) throw new InvalidOperationException("TrainingMonitor.Begin must run before Step");
-        ema = double.IsNaN(ema) ? r.Loss : (1 - options.EmaAlpha) * ema + options.EmaAlpha * r.Loss;
+        if (!skipped) ema = double.IsNaN(ema) ? r.Loss : (1 - options.EmaAlpha) * ema + options.EmaAlpha * r.Loss;
         double? eval = null;
         if (options.EvalEvery > 0 && options.EvalExamples.Count > 0 && (r.Step % options.EvalEvery == 0 || r.Step == r.Total))
             eval = Trainer.Evaluate(model, Binding(), options.EvalExamples, train);
-        var point = new LossPoint(r.Step, r.Loss, ema, eval);
-        history.Add(point);
+        if (!skipped) history.Add(new LossPoint(r.Step, r.Loss, ema, eval));
 
-        string line = $"{r} | ema {ema:F6} | {r.Milliseconds / 1000:F2} s/it" + (eval is double e ? $" | eval {e:F6}" : "");
+        string line = $"{r} | ema {ema:F6} | {r.Milliseconds / 1000:F2} s/it" + (eval is double e ? $" | eval {e:F6}" : "") +
+                      (skipped ? " | skipped (non-finite)" : "");
         if (options.LiveLine is { } live)
         {
             live(line);

@@ -25,7 +25,11 @@ public static class TrainingState
             foreach (var p in a.Identities[i].Parameters()) yield return ($"identity.{i}.{p.Name}", p);
     }
 
-    public static void Save(string path, LoraAdapter a, long iteration, string stage)
+    /// <summary>Metadata key of the non-finite steps a run skipped so far (<see cref="NonFiniteGuard"/>).</summary>
+    public const string SkippedKey = "metalora.nonfinite_skips";
+
+    /// <summary>Writes the state; <paramref name="run"/> records the options that define the run (<see cref="RunIdentity"/>).</summary>
+    public static void Save(string path, LoraAdapter a, long iteration, string stage, RunIdentity? run = null, int skipped = 0)
     {
         var be = a.Backend;
         var tensors = new List<SafetensorsTensor>();
@@ -47,6 +51,11 @@ public static class TrainingState
             [IdentitiesKey] = string.Join("\n", a.Identities.Select(i => i.Name)),
             [StepsKey] = JsonSerializer.Serialize(steps, TrainingStateJson.Default.DictionaryStringInt32),
         };
+        if (run != null)
+        {
+            meta[RunIdentity.MetadataKey] = run.ToJson();
+            meta[SkippedKey] = skipped.ToString(CultureInfo.InvariantCulture);
+        }
         SafetensorsWriter.Write(path, tensors, meta);
     }
 
@@ -57,11 +66,9 @@ public static class TrainingState
     public static long Restore(string path, LoraAdapter a, string stage)
     {
         using var f = SafetensorsFile.Open(path);
-        if (!f.Metadata.TryGetValue(IterationKey, out var it) || !f.Metadata.TryGetValue(StepsKey, out var stepsJson)
-            || !(f.Metadata.TryGetValue(StageKey, out var saved) || f.Metadata.TryGetValue(OldStageKey, out saved)))
+        if (!f.Metadata.TryGetValue(IterationKey, out var it) || !f.Metadata.TryGetValue(StepsKey, out var stepsJson))
             throw new InvalidDataException($"{path}: not a metalora training state file (metadata is missing)");
-        if (saved != stage)
-            throw new InvalidDataException($"{path}: holds the state of {saved}, this run is {stage}; pass another --state");
+        CheckStage(f, path, stage);
         var names = f.Metadata.GetValueOrDefault(IdentitiesKey, "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
         if (names.Length != a.Identities.Count || !names.SequenceEqual(a.Identities.Select(i => i.Name)))
             throw new InvalidDataException($"{path}: the state's identities ({names.Length}) differ from this run's ({a.Identities.Count}); resume with the same data");
@@ -78,8 +85,28 @@ public static class TrainingState
         }
         return long.Parse(it, CultureInfo.InvariantCulture);
     }
+
+    /// <summary>The run record of a state file and its skipped non-finite steps; (null, 0) for states written before runs were recorded.</summary>
+    public static (IReadOnlyDictionary<string, string>? Run, int Skipped) ReadRun(string path, string stage)
+    {
+        using var f = SafetensorsFile.Open(path);
+        CheckStage(f, path, stage);
+        if (!f.Metadata.TryGetValue(RunIdentity.MetadataKey, out var json)) return (null, 0);
+        int skipped = f.Metadata.TryGetValue(SkippedKey, out var s) && int.TryParse(s, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n
+            : throw new InputException(path, $"metadata '{SkippedKey}' is missing or not a count");
+        return (RunIdentity.ParseJson(json, path), skipped);
+    }
+
+    static void CheckStage(SafetensorsFile f, string path, string stage)
+    {
+        if (!(f.Metadata.TryGetValue(StageKey, out var saved) || f.Metadata.TryGetValue(OldStageKey, out saved)))
+            throw new InvalidDataException($"{path}: not a metalora training state file (metadata is missing)");
+        if (saved != stage)
+            throw new InvalidDataException($"{path}: holds the state of {saved}, this run is {stage}; pass another --state");
+    }
 }
 
 /// <summary>Source-generated JSON for training-state metadata (the CLI is published trimmed).</summary>
 [System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, int>))]
+[System.Text.Json.Serialization.JsonSerializable(typeof(Dictionary<string, string>))]
 internal sealed partial class TrainingStateJson : System.Text.Json.Serialization.JsonSerializerContext;

@@ -20,6 +20,14 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
         StatePath = state, StateEvery = 5,
     };
 
+    /// <summary>A log that kills the run when step <paramref name="step"/> reports (before that step's state save).</summary>
+    internal static Action<string> InterruptAt(int step) => line =>
+    {
+        if (line.StartsWith($"step {step,6}/", StringComparison.Ordinal)) throw new OperationCanceledException($"interrupted at step {step}");
+    };
+
+    internal static void Interrupted(Func<IDisposable> run) => Assert.Throws<OperationCanceledException>(() => run().Dispose());
+
     [Fact]
     public void Stage1ResumedFromItsStateEndsExactlyWhereAnUninterruptedRunEnds()
     {
@@ -27,11 +35,11 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
 
         using var straight = Stages.Stage1(m, people, S1(20, null), _ => { });
         string state = Path.Combine(dir, "s1.state.safetensors");
-        using (Stages.Stage1(m, people, S1(12, state), _ => { })) { }      // "interrupted" after 12
+        Interrupted(() => Stages.Stage1(m, people, S1(20, state), InterruptAt(12)));    // killed in step 12, state of 10 on disk
         var lines = new List<string>();
         using var resumed = Stages.Stage1(m, people, S1(20, state), lines.Add);
-        Assert.Contains(lines, l => l.Contains("resumed Stage 1") && l.Contains("iteration 12"));
-        Assert.Equal(8, lines.Count(l => l.StartsWith("step ")));
+        Assert.Contains(lines, l => l.Contains("resumed Stage 1") && l.Contains("iteration 10"));
+        Assert.Equal(10, lines.Count(l => l.StartsWith("step ")));
         for (int t = 0; t < straight.Targets.Count; t++)
             Assert.Equal(be.Download(straight.Down[t].Value), be.Download(resumed.Down[t].Value));
         Assert.Equal(be.Download(straight.Identities[3].Up[0].Value), be.Download(resumed.Identities[3].Up[0].Value));
@@ -106,7 +114,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
         var people = People(2);
         using var straight = Stages.Stage1(m, people, S1(9, null), _ => { });
         string state = Path.Combine(dir, "old.state.safetensors");
-        using (Stages.Stage1(m, people, S1(6, state), _ => { })) { }
+        Interrupted(() => Stages.Stage1(m, people, S1(9, state), InterruptAt(6)));       // state of 5 on disk
         // rewrite it as the engine wrote states before the rename: the stage under "metalora.checkpoint"
         List<SafetensorsTensor> tensors;
         Dictionary<string, string> meta;
@@ -122,7 +130,7 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
 
         var lines = new List<string>();
         using var resumed = Stages.Stage1(m, people, S1(9, state), lines.Add);
-        Assert.Contains(lines, l => l.Contains("resumed Stage 1") && l.Contains("iteration 6"));
+        Assert.Contains(lines, l => l.Contains("resumed Stage 1") && l.Contains("iteration 5"));
         for (int t = 0; t < straight.Targets.Count; t++)
             Assert.Equal(be.Download(straight.Down[t].Value), be.Download(resumed.Down[t].Value));
     }
