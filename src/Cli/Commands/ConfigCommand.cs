@@ -17,25 +17,17 @@ internal static class ConfigCommand
         var init = new Command("init", "Writes a commented YAML template of a command's options with their defaults (the paper's settings), " +
                                        "to edit and pass back with --config.") { names, output };
         CommandConfig.DoNotRecord(init);
-        init.SetAction(r =>
+        init.SetAction(r => CommandConfig.Reported(() =>
         {
-            try
+            string text = ConfigTemplate.Write(ConfigTemplate.Find(root, r.GetValue(names)!));
+            if (r.GetValue(output) is not { } path) Console.Write(text);
+            else
             {
-                string text = ConfigTemplate.Write(ConfigTemplate.Find(root, r.GetValue(names)!));
-                if (r.GetValue(output) is not { } path) Console.Write(text);
-                else
-                {
-                    File.WriteAllText(path, text);
-                    Console.WriteLine($"wrote {path}");
-                }
-                return 0;
+                File.WriteAllText(path, text);
+                Console.WriteLine($"wrote {path}");
             }
-            catch (Engine.InputException e)
-            {
-                Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-                return 2;
-            }
-        });
+            return 0;
+        }));
         return new Command("config", "Config files: every flag of a command is also a key of a YAML file passed with --config.") { init };
     }
 }

@@ -60,18 +60,5 @@ internal static class ModelsCommand
         return models;
     }
 
-    static int Run(Func<int> body) => Common.Guard(() =>
-    {
-        try { return body(); }
-        catch (Engine.InputException e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 2;
-        }
-        catch (Engine.RuntimeFailure e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 1;
-        }
-    });
+    static int Run(Func<int> body) => Common.Guard(() => CommandConfig.Reported(body));
 }

@@ -67,13 +67,9 @@ public static class CommandConfig
     /// <summary>Parses, applies the config file, prints and records the resolved config, and runs the command.</summary>
     public static int Invoke(RootCommand root, string[] args)
     {
-        ResolvedConfig resolved;
-        try { resolved = Resolve(root, args); }
-        catch (InputException e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 2;
-        }
+        ResolvedConfig? resolved = null;
+        int failed = Reported(() => { resolved = Resolve(root, args); return 0; });
+        if (resolved is null) return failed;
         if (resolved.Parse.Errors.Count == 0 && resolved.Parse.Action is not HelpAction && resolved.Command.Action is not null)
         {
             string? record = RecordPath(resolved);
@@ -86,6 +82,25 @@ public static class CommandConfig
             }
         }
         return resolved.Parse.Invoke();
+    }
+
+    /// <summary>
+    /// Runs <paramref name="body"/>, reporting the project's two exception kinds in one line each:
+    /// <see cref="InputException"/> (exit 2) and <see cref="RuntimeFailure"/> (exit 1).
+    /// </summary>
+    public static int Reported(Func<int> body)
+    {
+        try { return body(); }
+        catch (InputException e)
+        {
+            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
+            return 2;
+        }
+        catch (RuntimeFailure e)
+        {
+            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
+            return 1;
+        }
     }
 
     /// <summary>The parse of <paramref name="args"/> with the --config file's keys filled in where no flag gave them.</summary>
