@@ -11,11 +11,12 @@ public static class Backends
     public const string Auto = "auto";
 
     /// <summary>
-    /// The fp32 CPU engine's training throughput used for the time estimate, in FLOP/s: a Stage-2 step of the tiny
-    /// preset (`metalora bench --device cpu --preset tiny --resolution 512 --txt 64`) on a 2-core x86-64 build machine
-    /// measured about 1.5 GFLOP/s; larger GEMMs run somewhat faster per core, so this errs on the slow side.
+    /// The fp32 CPU engine's training throughput used for the time estimate, in FLOP/s, as measured: a Stage-2 step of
+    /// the tiny preset (`metalora bench --device cpu --preset tiny --resolution 512 --txt 64`, 1,024 + 64 tokens,
+    /// 5.10 GFLOP by StepBenchmark.Flop) took 8.93 s on the 2-core x86-64 build machine under load, 0.57 GFLOP/s.
+    /// Wider GEMMs and more cores run faster, so the estimate is an upper bound on the time, not a promise.
     /// </summary>
-    public const double CpuFlopsPerSecond = 1.5e9;
+    public const double CpuFlopsPerSecond = 0.57e9;
 
     public static IBackend Create(string device, bool fp64 = false, Action<string>? log = null) => device switch
     {
@@ -64,7 +65,7 @@ public static class Backends
         double seconds = CpuSecondsPerStep(config, imageTokens, textTokens, batch);
         return $"warning: a {config.Name}-sized model on the CPU engine: about {Duration(seconds)} per step (batch {batch}, " +
                $"{imageTokens} image + {textTokens} text tokens: {StepBenchmark.Flop(config, imageTokens, textTokens).Train * batch / 1e12:0} TFLOP " +
-               $"at about {CpuFlopsPerSecond / 1e9:0.0} GFLOP/s); use a GPU (--device cuda) for real runs";
+               $"at about {CpuFlopsPerSecond / 1e9:0.00} GFLOP/s); use a GPU (--device cuda) for real runs";
     }
 
     /// <summary>Prints <see cref="SlowCpuWarning"/> for the first training example's shape to stderr, when there is one.</summary>
