@@ -1,11 +1,15 @@
 using System.CommandLine;
 using MetaLoraNative.Cli.Commands;
+using MetaLoraNative.Cli.Config;
 
 namespace MetaLoraNative.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args)
+    public static int Main(string[] args) => CommandConfig.Invoke(CreateRoot(), args);
+
+    /// <summary>Every command, with the recursive --config option attached.</summary>
+    public static RootCommand CreateRoot()
     {
         var root = new RootCommand(
             "metalora: one-image face personalisation of FLUX.1-dev with Meta-LoRA (Stage 1 meta-training of a shared " +
@@ -15,9 +19,10 @@ public static class Program
                  {
                      DemoCommand.Create(), AugmentCommand.Create(), PrepareCommand.Create(), TrainCommand.Create(), PersonalizeCommand.Create(), GenerateCommand.Create(), ScoreCommand.Create(),
                      LoraCommand.Create(), DataCommand.Create(), DebugCommand.Create(), BenchCommand.Create(), ProfileCommand.Create(),
-                     KernelsCommand.Create(), CheckCommand.Create(), DoctorCommand.Create(),
+                     KernelsCommand.Create(), CheckCommand.Create(), DoctorCommand.Create(), ModelsCommand.Create(), ConfigCommand.Create(root),
                  })
             root.Subcommands.Add(command);
-        return root.Parse(args).Invoke();
+        CommandConfig.Attach(root);
+        return root;
     }
 }

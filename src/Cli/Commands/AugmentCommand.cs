@@ -61,6 +61,7 @@ public static class AugmentCommand
                 // built aside and moved into place: a failure half-way leaves no partial crop set (AtomicFolder)
                 var face = faces.MaxBy(f => f.Area)!;
                 AtomicFolder.Write(outDir, folder => WriteCrops(folder, src, photo, face, options, crops));
+                if (SmallFaceWarning(crops, face.LongSide) is { } warning) Console.Error.WriteLine(warning);
                 Console.WriteLine($"face {face.Box.Width:0}x{face.Box.Height:0} at ({face.Box.X:0}, {face.Box.Y:0}), f_long {face.LongSide:0}; " +
                                   $"{crops.Count} crops ({crops.Count(c => c.Clamped)} shrunk to fit, {crops.Count(c => c.Flipped)} flipped) -> {outDir}");
             }
@@ -98,5 +99,20 @@ public static class AugmentCommand
         File.WriteAllText(Path.Combine(outDir, "crops.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         using var sheet = ContactSheet.Build(crops.Select(c => c.Image).ToList());
         sheet.SaveAsPng(Path.Combine(outDir, "contact_sheet.png"));
+    }
+
+    /// <summary>Above this, a crop resized up to the training bucket is mostly interpolation: the face is too small.</summary>
+    public const double MaxUpscale = 4;
+
+    /// <summary>How much a crop was enlarged: output pixels per source pixel along the width.</summary>
+    public static double Upscale(AugmentedCrop c) => (double)c.Image.Width / c.Crop.Width;
+
+    /// <summary>A warning when the tightest crops are upscaled more than <see cref="MaxUpscale"/>×; null otherwise.</summary>
+    public static string? SmallFaceWarning(IReadOnlyList<AugmentedCrop> crops, double fLong)
+    {
+        var over = crops.Where(c => Upscale(c) > MaxUpscale).ToList();
+        if (over.Count == 0) return null;
+        return $"warning: the face is small (f_long {fLong:0} px): {over.Count} of {crops.Count} crops are upscaled more than {MaxUpscale:0}x " +
+               $"(up to {over.Max(Upscale):0.0}x), so they will look soft; a photo with a larger face trains better";
     }
 }

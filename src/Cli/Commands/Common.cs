@@ -9,9 +9,10 @@ internal static class Common
 {
     public static Option<string> Device() => new Option<string>("--device")
     {
-        Description = "Where the transformer runs: 'cpu' (the C# reference engine, fp32) or 'cuda' (the GPU engine, bf16 with fp32 masters).",
-        DefaultValueFactory = _ => "cpu",
-    }.AcceptOnlyFromAmong("cpu", "cuda");
+        Description = "Where the transformer runs: 'auto' (CUDA when a usable GPU is found, else the CPU; the choice is logged), " +
+                      "'cpu' (the C# reference engine, fp32) or 'cuda' (the GPU engine, bf16 with fp32 masters).",
+        DefaultValueFactory = _ => Backends.Auto,
+    }.AcceptOnlyFromAmong(Backends.Auto, "cpu", "cuda");
 
     /// <summary>--recompute auto|on|off (train stage1|stage2, bench); read it with <see cref="RecomputePolicy.Parse"/>.</summary>
     public static Option<string> Recompute() => new Option<string>("--recompute")

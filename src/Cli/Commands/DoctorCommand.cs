@@ -16,11 +16,7 @@ internal static class DoctorCommand
         cmd.SetAction(r =>
         {
             foreach (var line in Report()) Console.WriteLine(line);
-            if (r.GetValue(models) is not { } dir) return 0;
-            var problems = Onnx.Models.ModelsFolder.Check(dir);
-            Console.WriteLine(problems.Count == 0 ? $"models      {dir}: every component present and valid" : $"models      {dir}: {problems.Count} problem(s)");
-            foreach (var p in problems) Console.WriteLine($"  - {p}");
-            return problems.Count == 0 ? 0 : 1;
+            return r.GetValue(models) is { } dir ? ModelsCommand.PrintCheck(dir) : 0;
         });
         return cmd;
     }
@@ -31,6 +27,7 @@ internal static class DoctorCommand
         yield return $"CPU         {Environment.ProcessorCount} logical cores, {RuntimeInformation.ProcessArchitecture}, " +
                      $"{GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / (1L << 30)} GiB available to .NET";
         foreach (var line in Kernels.CudaProbe.Report()) yield return line;
+        yield return Kernels.NcclProbe.Report();
         foreach (var line in OnnxRuntimeLines()) yield return line;
     }
 

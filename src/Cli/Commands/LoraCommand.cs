@@ -32,11 +32,32 @@ internal static class LoraCommand
         if (a.Identities.Count == 0) throw new InvalidDataException($"{path}: holds only Meta-Down factors; personalise with 'train stage2' first");
     }
 
-    static Option<string> Preset() => new("--base")
+    static Option<string?> Preset() => new("--base")
     {
-        Description = "Base model the LoRA targets: a preset (flux-dev, flux-schnell, tiny, micro) or a model checkpoint to detect it from.",
-        DefaultValueFactory = _ => "flux-dev",
+        Description = "Base model the LoRA targets: a preset (flux-dev, flux-schnell, tiny, micro) or a model checkpoint to detect it from. " +
+                      "Default: the base model named in the file's metadata (metalora.base_model), else flux-dev.",
     };
+
+    /// <summary>The base model's config: --base when given, else the file's metadata, else flux-dev; and where it came from.</summary>
+    static (FluxConfig Config, string From) BaseOf(string? baseModel, string loraPath, Engine.IBackend be)
+    {
+        if (baseModel is not null) return (Config(baseModel, be), "--base");
+        using var file = SafetensorsFile.Open(loraPath);
+        if (file.Metadata.TryGetValue("metalora.base_model", out var named) && FluxConfig.Presets.Any(p => p.Name == named))
+            return (FluxConfig.Preset(named), "the file's metadata");
+        return (FluxConfig.FluxDev, "default: the file names no base model");
+    }
+
+    /// <summary>The file's key layout: kohya (lora_unet_*), Meta (lora_down/lora_mid/lora_up) or PEFT (lora_A/lora_B).</summary>
+    public static string Layout(string loraPath)
+    {
+        using var file = SafetensorsFile.Open(loraPath);
+        var names = file.Entries.Keys;
+        return names.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)) ? "kohya"
+            : names.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal)) ? "Meta (D/M/U)"
+            : names.Any(n => n.EndsWith(".lora_A.weight", StringComparison.Ordinal)) ? "PEFT"
+            : "unknown";
+    }
 
     static FluxConfig Config(string baseModel, Engine.IBackend be)
     {
@@ -44,6 +65,9 @@ internal static class LoraCommand
         using var w = FluxLoader.Load(baseModel, be);
         return w.Config;
     }
+
+    static void PrintSource(string path, FluxConfig config, string from) =>
+        Console.WriteLine($"{path}: {Layout(path)} layout, base {config.Name} ({from})");
 
     public static Command Create()
     {
@@ -56,7 +80,8 @@ internal static class LoraCommand
         convert.SetAction(r => Common.Guard(() =>
         {
             using var be = Common.CreateBackend("cpu");
-            var config = Config(r.GetValue(baseModel)!, be);
+            var (config, from) = BaseOf(r.GetValue(baseModel), r.GetValue(input)!, be);
+            PrintSource(r.GetValue(input)!, config, from);
             using var a = LoraFiles.Load(r.GetValue(input)!, config, be);
             RequireIdentity(a, r.GetValue(input)!);
             var fmt = r.GetValue(format) == "kohya" ? LoraFormat.Kohya : LoraFormat.Peft;
@@ -72,7 +97,9 @@ internal static class LoraCommand
         {
             using var be = Common.CreateBackend("cpu");
             string path = r.GetValue(infoIn)!;
-            using var a = LoraFiles.Load(path, Config(r.GetValue(infoBase)!, be), be);
+            var (config, from) = BaseOf(r.GetValue(infoBase), path, be);
+            PrintSource(path, config, from);
+            using var a = LoraFiles.Load(path, config, be);
             Console.WriteLine(LoraFiles.Describe(a));
             // the run's metadata (metalora.*, kohya ss_*, modelspec.*), one key per line in name order
             using var file = SafetensorsFile.Open(path);

@@ -81,6 +81,7 @@ internal static class TrainCommand
             using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
+            Backends.WarnIfSlow(be, weights.Config, people[0].Examples[0], r.GetValue(bs));
             int q = r.GetValue(bucket);
             var opts = new Stage1Options
             {
@@ -123,6 +124,7 @@ internal static class TrainCommand
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
+            Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
             using var metaDown = LoraFiles.Load(r.GetValue(down)!, weights.Config, be);
             var opts = new Stage2Options
             {

@@ -204,22 +204,48 @@ public static class LoraFiles
             float scale = alpha / rank;
             var down = file.ReadFloats(m + ".lora_down.weight");
             var up = file.ReadFloats(m + ".lora_up.weight");
-            // Each slice target gets the whole down (rank k·r) and its rows of up: up_slice·down = that slice's B·A.
-            foreach (var t in byModule[m])
-            {
+            var slices = byModule[m].OrderBy(t => t.RowStart).ToList();
+            foreach (var t in slices)
                 if (upEntry.Shape[0] < t.RowStart + t.Rows || upEntry.Shape[1] != rank || downEntry.Shape[1] != t.InFeatures)
                     throw new InvalidDataException($"{file.Path}: '{m}' has down {Shapes.Format(downEntry.Shape)} / up {Shapes.Format(upEntry.Shape)}, which do not fit {t.BflModule}");
-                var slice = new float[t.Rows * rank];
-                for (int i = 0; i < slice.Length; i++) slice[i] = up[t.RowStart * rank + i] * scale;
+            // A block-diagonal up (slice i's rows use only columns [i·r, (i+1)·r), as fused q/k/v and q/k/v/proj_mlp
+            // are written) splits back to rank r per slice, as diffusers' converter does: A = down rows of block i,
+            // B = that block of up. Otherwise each slice gets the whole down (rank k·r) and its rows of up.
+            int r = BlockDiagonalRank(slices, up, rank);
+            for (int s = 0; s < slices.Count; s++)
+            {
+                var t = slices[s];
+                int c0 = r == rank ? 0 : s * r;
+                var a = new float[r * t.InFeatures];
+                Array.Copy(down, c0 * t.InFeatures, a, 0, a.Length);
+                var b = new float[t.Rows * r];
+                for (int row = 0; row < t.Rows; row++)
+                    for (int j = 0; j < r; j++) b[row * r + j] = up[(t.RowStart + row) * rank + c0 + j] * scale;
                 targets.Add(t);
-                downs.Add(new LoraParameter(t.Name + ".lora_A.weight", backend.Upload(down, [rank, t.InFeatures], Precision.Master)));
-                ups.Add(new LoraParameter(t.Name + ".lora_B.weight", backend.Upload(slice, [t.Rows, rank], Precision.Master)));
+                downs.Add(new LoraParameter(t.Name + ".lora_A.weight", backend.Upload(a, [r, t.InFeatures], Precision.Master)));
+                ups.Add(new LoraParameter(t.Name + ".lora_B.weight", backend.Upload(b, [t.Rows, r], Precision.Master)));
             }
         }
         if (targets.Count == 0) throw new InvalidDataException($"{file.Path}: no kohya LoRA modules found");
         var adapter = new LoraAdapter(backend, config, targets, LoraMode.Standard, downs[0].Shape[0], downs[0].Shape[0], [.. downs]);
         adapter.AddIdentity(new IdentityFactors(System.IO.Path.GetFileNameWithoutExtension(file.Path), new LoraParameter?[targets.Count], [.. ups]));
         return adapter;
+    }
+
+    /// <summary>
+    /// rank / k when the k slices' rows of <paramref name="up"/> (d_out × rank) are zero outside their own column block
+    /// of width rank / k; else <paramref name="rank"/> (one slice, or a fused LoRA that is not block-diagonal).
+    /// </summary>
+    static int BlockDiagonalRank(IReadOnlyList<LoraTarget> slices, float[] up, int rank)
+    {
+        int k = slices.Count;
+        if (k < 2 || rank % k != 0) return rank;
+        int r = rank / k;
+        for (int s = 0; s < k; s++)
+            for (int row = slices[s].RowStart; row < slices[s].RowStart + slices[s].Rows; row++)
+                for (int j = 0; j < rank; j++)
+                    if (j / r != s && up[row * rank + j] != 0f) return rank;
+        return r;
     }
 
     /// <summary>W0[rows of each target] += strength · B·A (B·A = U·M·D for a Meta adapter): bakes an identity into the frozen weights.</summary>

@@ -153,6 +153,18 @@ public static class ModelsFolder
         }
     }
 
+    /// <summary>One line per known component: the files models.json names for it (and their sizes), or that it is absent.</summary>
+    public static IReadOnlyList<string> Listing(string dir)
+    {
+        var manifest = ReadManifest(dir);
+        int width = Components.Max(c => c.Name.Length);
+        string Size(string file) => File.Exists(Path.Combine(dir, file)) ? $"{new FileInfo(Path.Combine(dir, file)).Length / 1e6:0.0} MB" : "missing";
+        return [.. Components.Select(c => manifest.Components.TryGetValue(c.Name, out var e) && !string.IsNullOrWhiteSpace(e.Model)
+            ? $"{c.Name.PadRight(width)}  {e.Model} ({Size(e.Model)})" + (e.Tokenizer is { Length: > 0 } t ? $", tokenizer {t} ({Size(t)})" : "") +
+              (e.Kind is { } k ? $", kind {k}" : "")
+            : $"{c.Name.PadRight(width)}  -  (not listed: {c.Purpose})")];
+    }
+
     public static string PathOf(string dir, ModelsManifest manifest, string component, bool tokenizer = false)
     {
         if (!manifest.Components.TryGetValue(component, out var entry))
