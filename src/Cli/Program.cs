@@ -18,6 +18,7 @@ public static class Program
                      KernelsCommand.Create(), CheckCommand.Create(), DoctorCommand.Create(),
                  })
             root.Subcommands.Add(command);
-        return root.Parse(args).Invoke();
+        root.Options.Add(Errors.Verbose);
+        return Errors.Invoke(root, args);
     }
 }
