@@ -6,9 +6,9 @@ namespace MetaLoraNative.Cli;
 
 public static class Program
 {
-    public static int Main(string[] args) => CommandConfig.Invoke(CreateRoot(), args);
+    public static int Main(string[] args) => Errors.Invoke(CreateRoot(), args);
 
-    /// <summary>Every command, with the recursive --config option attached.</summary>
+    /// <summary>Every command, with the recursive --verbose and --config options attached.</summary>
     public static RootCommand CreateRoot()
     {
         var root = new RootCommand(
@@ -22,6 +22,7 @@ public static class Program
                      KernelsCommand.Create(), CheckCommand.Create(), DoctorCommand.Create(), ModelsCommand.Create(), ConfigCommand.Create(root),
                  })
             root.Subcommands.Add(command);
+        root.Options.Add(Errors.Verbose);
         CommandConfig.Attach(root);
         return root;
     }

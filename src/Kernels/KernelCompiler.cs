@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.Diagnostics;
 using System.Reflection;
 using System.Security.Cryptography;
@@ -125,7 +126,7 @@ public sealed class KernelCompiler
         if (a.StartsWith("sm", StringComparison.Ordinal) && !a.StartsWith("sm_", StringComparison.Ordinal)) a = "sm_" + a[2..];
         bool ok = (a.StartsWith("sm_", StringComparison.Ordinal) || a.StartsWith("compute_", StringComparison.Ordinal))
                   && a[(a.IndexOf('_') + 1)..].TrimEnd('a').All(char.IsAsciiDigit) && a.Length > a.IndexOf('_') + 2;
-        if (!ok) throw new ArgumentException($"architecture '{arch}' is not of the form sm_80, sm_90a or compute_90");
+        if (!ok) throw new InputException("--arch", $"architecture '{arch}' is not of the form sm_80, sm_90a or compute_90");
         return a;
     }
 

@@ -25,7 +25,7 @@ public static class AugmentCommand
             DefaultValueFactory = _ => 512,
         }.AcceptOnlyFromAmong("512", "768", "1024");
         var seed = new Option<int>("--seed") { Description = "Seed of the random horizontal flips.", DefaultValueFactory = _ => 0 };
-        var max = new Option<int>("--max") { Description = "Most crops to keep (the paper's plan yields at most 25).", DefaultValueFactory = _ => 25 };
+        var max = new Option<int>("--max") { Description = "Most crops to keep (the paper's plan yields at most 25).", DefaultValueFactory = _ => 25 }.AtLeast(1);
         var noFlip = new Option<bool>("--no-flip") { Description = "Turn off the random horizontal flips." };
         var detector = new Option<string?>("--detector")
         {
@@ -43,7 +43,7 @@ public static class AugmentCommand
         command.Arguments.Add(image);
         foreach (var o in new Option[] { output, resolution, seed, max, noFlip, detector, models }) command.Options.Add(o);
 
-        command.SetAction(parse => Common.Guard(() =>
+        command.SetAction(parse =>
         {
             string src = parse.GetValue(image)!, outDir = parse.GetValue(output)!;
             int maxImages = parse.GetValue(max);
@@ -70,7 +70,7 @@ public static class AugmentCommand
                 crops.ForEach(c => c.Dispose());
             }
             return 0;
-        }));
+        });
         return command;
     }
 

@@ -13,8 +13,8 @@ internal static class BenchCommand
         public Option<int> Resolution = new Option<int>("--resolution") { Description = "Image side in pixels: 512 (1,024 image tokens) or 1024 (4,096).", DefaultValueFactory = _ => 1024 }.AcceptOnlyFromAmong("512", "768", "1024");
         public Option<string> Recompute = Common.Recompute();
         public Option<string> Device = new Option<string>("--device") { Description = "cuda (default) or cpu (only sensible with --preset tiny).", DefaultValueFactory = _ => "cuda" }.AcceptOnlyFromAmong("cpu", "cuda");
-        public Option<string> Preset = new("--preset") { Description = "Model shape: flux-dev (default), flux-schnell, tiny, micro.", DefaultValueFactory = _ => "flux-dev" };
-        public Option<int> Text = new("--txt") { Description = "Text tokens (T5 sequence length).", DefaultValueFactory = _ => 512 };
+        public Option<string> Preset = new Option<string>("--preset") { Description = "Model shape: flux-dev (default), flux-schnell, tiny, micro.", DefaultValueFactory = _ => "flux-dev" }.PresetName();
+        public Option<int> Text = new Option<int>("--txt") { Description = "Text tokens (T5 sequence length).", DefaultValueFactory = _ => 512 }.AtLeast(1);
 
         public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Text];
 
@@ -28,8 +28,8 @@ internal static class BenchCommand
     public static Command Create()
     {
         var shared = new Shared();
-        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported).", DefaultValueFactory = _ => 10 };
-        var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 };
+        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported).", DefaultValueFactory = _ => 10 }.AtLeast(1);
+        var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 }.AtLeast(0);
         var json = new Option<string?>("--json") { Description = "Also write the figures as JSON to this file." };
         var cmd = new Command("bench",
             "Times a Stage-2 training step at the full model shape with random weights (batch 1, 512 text tokens, all 494 " +
@@ -39,7 +39,7 @@ internal static class BenchCommand
             steps, warmup, json,
         };
         foreach (var o in shared.All) cmd.Options.Add(o);
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
             var res = StepBenchmark.Run(be, shared.Options(r, r.GetValue(steps), r.GetValue(warmup)), Common.Log);
@@ -57,7 +57,7 @@ internal static class BenchCommand
                     $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}}}\n"));
             }
             return 0;
-        }));
+        });
         return cmd;
     }
 }

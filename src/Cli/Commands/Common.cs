@@ -1,5 +1,6 @@
 using System.CommandLine;
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
@@ -24,24 +25,56 @@ internal static class Common
 
     public static IBackend CreateBackend(string device, bool fp64 = false) => Backends.Create(device, fp64);
 
-    /// <summary>Runs a command body; a bad input prints one clear line and exits 1 instead of a stack trace.</summary>
-    public static int Guard(Func<int> body)
+    // Flag checks, run by the parser before any work: a failing value is one `error: --flag: ...` line and exit 2.
+    // Each returns its option so a declaration reads `new Option<int>("--rank1") {...}.AtLeast(1)`.
+
+    /// <summary>Adds a check to an option: <paramref name="ok"/> must hold for its value (given or default).</summary>
+    public static Option<T> Require<T>(this Option<T> option, Func<T, bool> ok, string rule)
     {
-        try { return body(); }
-        catch (Exception e) when (e is InvalidDataException or FileNotFoundException or DirectoryNotFoundException
-                                  or ArgumentException or IOException or KeyNotFoundException or NotSupportedException
-                                  or InvalidOperationException or UnauthorizedAccessException
-                                  or Onnx.Runtime.ModelLoadException or Onnx.Imaging.ImageLoadException or Onnx.Faces.NoFaceException)
+        option.Validators.Add(result =>
         {
-            Console.Error.WriteLine($"error: {e.Message}");
-            return 1;
-        }
-        catch (RuntimeFailure e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 1;
-        }
+            T value;
+            try { value = result.GetValueOrDefault<T>(); }
+            catch (InvalidOperationException) { return; }          // not a T at all: the parser reports that itself
+            if (!ok(value)) result.AddError($"{option.Name}: must be {rule}, got {Format(value)}");
+        });
+        return option;
     }
+
+    public static Option<int> AtLeast(this Option<int> o, int min) => o.Require(v => v >= min, $"at least {min}");
+    public static Option<int?> AtLeast(this Option<int?> o, int min) => o.Require(v => v is null || v >= min, $"at least {min}");
+    public static Option<int> PositiveMultipleOf(this Option<int> o, int m) => o.Require(v => v >= m && v % m == 0, $"a positive multiple of {m}");
+    public static Option<float> Finite(this Option<float> o) => o.Require(float.IsFinite, "a finite number");
+    public static Option<float> FinitePositive(this Option<float> o) => o.Require(v => float.IsFinite(v) && v > 0, "a finite number > 0");
+    public static Option<float> FiniteNonNegative(this Option<float> o) => o.Require(v => float.IsFinite(v) && v >= 0, "a finite number ≥ 0");
+
+    /// <summary>A model preset name (flux-dev, flux-schnell, tiny, micro).</summary>
+    public static Option<string> PresetName(this Option<string> o) =>
+        o.Require(v => FluxConfig.Presets.Any(p => p.Name == v), $"a preset ({string.Join(", ", FluxConfig.Presets.Select(p => p.Name))})");
+
+    /// <summary>
+    /// --include/--exclude: each filter must match some LoRA target (by kind or name) of the largest model, flux-dev,
+    /// so a typo is an error naming the filter and some valid kinds instead of a run that trains nothing.
+    /// </summary>
+    public static Option<string[]> TargetFilter(this Option<string[]> option)
+    {
+        option.Validators.Add(result =>
+        {
+            var targets = FluxNames.LoraTargets(FluxConfig.Preset("flux-dev"));
+            foreach (var filter in result.GetValueOrDefault<string[]>() ?? [])
+                if (targets.All(t => t.Kind != filter && !t.Name.Contains(filter, StringComparison.Ordinal)))
+                    result.AddError($"{option.Name}: '{filter}' matches no LoRA target; kinds are " +
+                                    $"{string.Join(", ", targets.Select(t => t.Kind).Distinct().Take(8))}, ... or a part of a target name");
+        });
+        return option;
+    }
+
+    static string Format<T>(T value) => value switch
+    {
+        null => "nothing",
+        IFormattable f => f.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+        _ => value.ToString() ?? "",
+    };
 
     public static void Log(string line) => Console.WriteLine(line);
 }

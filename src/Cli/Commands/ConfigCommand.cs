@@ -17,7 +17,7 @@ internal static class ConfigCommand
         var init = new Command("init", "Writes a commented YAML template of a command's options with their defaults (the paper's settings), " +
                                        "to edit and pass back with --config.") { names, output };
         CommandConfig.DoNotRecord(init);
-        init.SetAction(r => CommandConfig.Reported(() =>
+        init.SetAction(r =>
         {
             string text = ConfigTemplate.Write(ConfigTemplate.Find(root, r.GetValue(names)!));
             if (r.GetValue(output) is not { } path) Console.Write(text);
@@ -27,7 +27,7 @@ internal static class ConfigCommand
                 Console.WriteLine($"wrote {path}");
             }
             return 0;
-        }));
+        });
         return new Command("config", "Config files: every flag of a command is also a key of a YAML file passed with --config.") { init };
     }
 }

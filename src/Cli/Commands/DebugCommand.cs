@@ -18,13 +18,13 @@ internal static class DebugCommand
         {
             model, inputs, lora, output, device, fp64,
         };
-        step.SetAction(r => Common.Guard(() =>
+        step.SetAction(r =>
         {
             using var be = Common.CreateBackend(r.GetValue(device)!, r.GetValue(fp64));
             var result = ReferenceStep.Run(r.GetValue(model)!, r.GetValue(inputs)!, r.GetValue(lora)!, r.GetValue(output)!, be);
             Console.WriteLine($"loss {result.Loss:R}; {result.Factors} factor gradients; {result.Elapsed.TotalMilliseconds:F0} ms on {be.Name} → {r.GetValue(output)}");
             return 0;
-        }));
+        });
         return new Command("debug", "Tools for checking the engine against other implementations.") { step };
     }
 }

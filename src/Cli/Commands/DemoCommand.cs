@@ -9,8 +9,8 @@ internal static class DemoCommand
     {
         var device = Common.Device();
         var output = new Option<string>("--out") { Description = "Folder for the demo's LoRA files and training state.", DefaultValueFactory = _ => "metalora-demo" };
-        var stage1 = new Option<int>("--stage1-iterations") { Description = "Stage-1 (meta-training) iterations.", DefaultValueFactory = _ => 400 };
-        var stage2 = new Option<int>("--stage2-iterations") { Description = "Stage-2 (personalisation) iterations.", DefaultValueFactory = _ => 150 };
+        var stage1 = new Option<int>("--stage1-iterations") { Description = "Stage-1 (meta-training) iterations.", DefaultValueFactory = _ => 400 }.AtLeast(1);
+        var stage2 = new Option<int>("--stage2-iterations") { Description = "Stage-2 (personalisation) iterations.", DefaultValueFactory = _ => 150 }.AtLeast(1);
         var verbose = new Option<bool>("--verbose") { Description = "Print every training step instead of every 20th." };
         var cmd = new Command("demo",
             "Runs the whole Meta-LoRA pipeline on the embedded default: a tiny FLUX-architecture model with deterministic " +
@@ -19,7 +19,7 @@ internal static class DemoCommand
         {
             device, output, stage1, stage2, verbose,
         };
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             using var be = Common.CreateBackend(r.GetValue(device)!);
             var result = TinyDemo.Run(be, new TinyDemo.Options
@@ -36,7 +36,7 @@ internal static class DemoCommand
             Console.WriteLine($"Meta-Down (Stage 1):          {Path.GetFullPath(result.DownPath)}");
             Console.WriteLine($"done in {result.Elapsed.TotalSeconds:F1} s");
             return 0;
-        }));
+        });
         return cmd;
     }
 }

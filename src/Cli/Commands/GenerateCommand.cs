@@ -14,21 +14,21 @@ internal static class GenerateCommand
     {
         var model = new Option<string>("--model") { Description = "The base model (BFL or diffusers checkpoint, or random:PRESET:SEED).", Required = true };
         var lora = new Option<string?>("--lora") { Description = "LoRA to apply (PEFT, kohya or Meta D/M/U); baked into the weights in memory at --strength." };
-        var strength = new Option<float>("--strength") { Description = "LoRA strength (paper: 1.0).", DefaultValueFactory = _ => 1f };
+        var strength = new Option<float>("--strength") { Description = "LoRA strength (paper: 1.0).", DefaultValueFactory = _ => 1f }.Finite();
         var models = new Option<string?>("--models") { Description = "Models folder (T5-XXL, CLIP-L, VAE decoder); default $METALORA_MODELS." };
         var prompt = new Option<string>("--prompt") { Description = "The prompt.", Required = true };
         var output = new Option<string>("--out") { Description = "PNG file to write.", Required = true };
-        var width = new Option<int>("--width") { Description = $"Width in pixels (multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 1024 };
-        var height = new Option<int>("--height") { Description = $"Height in pixels (multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 1024 };
-        var steps = new Option<int>("--steps") { Description = "Euler steps (paper: 30).", DefaultValueFactory = _ => 30 };
-        var guidance = new Option<float>("--guidance") { Description = "Distilled guidance value fed to the guidance embedding (paper: 3.5).", DefaultValueFactory = _ => 3.5f };
+        var width = new Option<int>("--width") { Description = $"Width in pixels (multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 1024 }.PositiveMultipleOf(FluxConfig.PixelsPerToken);
+        var height = new Option<int>("--height") { Description = $"Height in pixels (multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 1024 }.PositiveMultipleOf(FluxConfig.PixelsPerToken);
+        var steps = new Option<int>("--steps") { Description = "Euler steps (paper: 30).", DefaultValueFactory = _ => 30 }.AtLeast(1);
+        var guidance = new Option<float>("--guidance") { Description = "Distilled guidance value fed to the guidance embedding (paper: 3.5).", DefaultValueFactory = _ => 3.5f }.Finite();
         var seed = new Option<ulong>("--seed") { Description = "Noise seed.", DefaultValueFactory = _ => 0UL };
         var device = Common.Device();
         var cmd = new Command("generate", "Generates an image with FLUX (30 Euler steps, guidance 3.5 and LoRA strength 1.0 by default, as the paper evaluates).")
         {
             model, lora, strength, models, prompt, output, width, height, steps, guidance, seed, device,
         };
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             int w = r.GetValue(width), h = r.GetValue(height);
             const int side = FluxConfig.PixelsPerToken;
@@ -61,7 +61,7 @@ internal static class GenerateCommand
             File.Move(tmp, outPath, overwrite: true);
             Console.WriteLine($"wrote {outPath} ({w}×{h})");
             return 0;
-        }));
+        });
         return cmd;
     }
 }

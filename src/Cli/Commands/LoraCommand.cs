@@ -77,7 +77,7 @@ internal static class LoraCommand
         var dtype = DType("Written LoRA");
         var baseModel = Preset();
         var convert = new Command("convert", "Merges a Meta-LoRA (A = M·D, B = U) or converts between PEFT and kohya layouts.") { input, output, format, dtype, baseModel };
-        convert.SetAction(r => Common.Guard(() =>
+        convert.SetAction(r =>
         {
             using var be = Common.CreateBackend("cpu");
             var (config, from) = BaseOf(r.GetValue(baseModel), r.GetValue(input)!, be);
@@ -88,12 +88,12 @@ internal static class LoraCommand
             LoraFiles.Export(a, 0, r.GetValue(output)!, fmt, ParseDType(r.GetValue(dtype)!), r.GetValue(input)!);
             Console.WriteLine($"{LoraFiles.Describe(a)} → {r.GetValue(output)} ({fmt})");
             return 0;
-        }));
+        });
 
         var infoIn = new Option<string>("--in") { Description = "LoRA file.", Required = true };
         var infoBase = Preset();
         var info = new Command("info", "Reads a LoRA file, checks every key against the base model's targets and prints what it holds and its metadata (the run's settings).") { infoIn, infoBase };
-        info.SetAction(r => Common.Guard(() =>
+        info.SetAction(r =>
         {
             using var be = Common.CreateBackend("cpu");
             string path = r.GetValue(infoIn)!;
@@ -106,18 +106,18 @@ internal static class LoraCommand
             foreach (var (key, value) in file.Metadata.OrderBy(kv => kv.Key, StringComparer.Ordinal))
                 Console.WriteLine($"  {key} = {value.ReplaceLineEndings(" | ")}");
             return 0;
-        }));
+        });
 
         var bModel = new Option<string>("--model") { Description = "Base model to bake into (BFL/diffusers checkpoint or random:PRESET:SEED).", Required = true };
         var bLora = new Option<string>("--lora") { Description = "LoRA file (PEFT, kohya or Meta D/M/U).", Required = true };
         var bOut = new Option<string>("--out") { Description = "Baked model checkpoint to write (BFL layout).", Required = true };
-        var strength = new Option<float>("--strength") { Description = "LoRA strength.", DefaultValueFactory = _ => 1f };
+        var strength = new Option<float>("--strength") { Description = "LoRA strength.", DefaultValueFactory = _ => 1f }.Finite();
         var bDtype = DType("Written checkpoint");
         var bake = new Command("bake", "Bakes a LoRA into the base model's weights: W0 += strength·B·A for every target; writes a new model checkpoint.")
         {
             bModel, bLora, bOut, strength, bDtype,
         };
-        bake.SetAction(r => Common.Guard(() =>
+        bake.SetAction(r =>
         {
             using var be = Common.CreateBackend("cpu");
             using var w = FluxLoader.Load(r.GetValue(bModel)!, be);
@@ -127,7 +127,7 @@ internal static class LoraCommand
             FluxLoader.Save(w, r.GetValue(bOut)!, ParseDType(r.GetValue(bDtype)!));
             Console.WriteLine($"baked {LoraFiles.Describe(a)} into {r.GetValue(bOut)}");
             return 0;
-        }));
+        });
         return new Command("lora", "Convert (merge M·D), inspect and bake LoRA files.") { convert, info, bake };
     }
 }

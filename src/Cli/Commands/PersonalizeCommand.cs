@@ -44,7 +44,7 @@ internal static class PersonalizeCommand
         };
         cmd.Arguments.Add(photo);
         foreach (var o in s.WithoutData) cmd.Options.Add(o);
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             bool baseline = r.GetValue(standard);
             string? downPath = r.GetValue(down);
@@ -93,7 +93,7 @@ internal static class PersonalizeCommand
             Console.WriteLine($"wrote {(baseline ? "standard" : "merged")} LoRA ({fmt}, rank {adapter.Rank2}) of '{person.Name}' to {outPath}");
             phases.PrintTable();
             return 0;
-        }));
+        });
         return cmd;
     }
 

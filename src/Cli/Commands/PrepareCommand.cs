@@ -20,7 +20,7 @@ internal static class PrepareCommand
         var output = new Option<string>("--out") { Description = "Dataset folder to write (the --data of 'train stage2').", Required = true };
         var resolution = new Option<int>("--resolution") { Description = "Training resolution (bucket area near resolution²).", DefaultValueFactory = _ => 512 }.AcceptOnlyFromAmong("256", "512", "768", "1024");
         var seed = new Option<int>("--seed") { Description = "Seed of the random flips.", DefaultValueFactory = _ => 0 };
-        var max = new Option<int>("--max") { Description = "Most crops (paper: 25).", DefaultValueFactory = _ => 25 };
+        var max = new Option<int>("--max") { Description = "Most crops (paper: 25).", DefaultValueFactory = _ => 25 }.AtLeast(1);
         var cache = new Option<string?>("--cache") { Description = "Encoding cache folder (T5/CLIP outputs and VAE latents by content hash). Default: <models>/cache." };
         var cmd = new Command("prepare",
             "Turns one photo into a Stage-2 training set: detect the face, make the paper's augmented crops, VAE-encode each to " +
@@ -29,7 +29,7 @@ internal static class PrepareCommand
             models, prompt, output, resolution, seed, max, cache, identities, cls,
         };
         cmd.Arguments.Add(photo);
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(models))
                          ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
@@ -50,7 +50,7 @@ internal static class PrepareCommand
             LatentDataset.SaveIdentity(r.GetValue(output)!, person);
             Console.WriteLine($"wrote {person.Examples.Count} cached examples of '{person.Name}' to {r.GetValue(output)}");
             return 0;
-        }));
+        });
         return cmd;
     }
 }

@@ -22,10 +22,10 @@ internal static class ProfileCommand
     public static Command Create()
     {
         var shared = new BenchCommand.Shared();
-        var steps = new Option<int>("--steps") { Description = "Profiled steps after the warm-up.", DefaultValueFactory = _ => 2 };
+        var steps = new Option<int>("--steps") { Description = "Profiled steps after the warm-up.", DefaultValueFactory = _ => 2 }.AtLeast(1);
         var cmd = new Command("profile", Guide) { steps };
         foreach (var o in shared.All) cmd.Options.Add(o);
-        cmd.SetAction(r => Common.Guard(() =>
+        cmd.SetAction(r =>
         {
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
             var options = shared.Options(r, 0, 1);
@@ -37,7 +37,7 @@ internal static class ProfileCommand
                 Console.WriteLine($"profiled {r.GetValue(steps)} steps: {res.TrainMs:F1} ms median; peak {res.PeakBytes / (double)(1L << 30):F1} GiB");
             }
             return 0;
-        }));
+        });
         return cmd;
     }
 }

@@ -51,7 +51,7 @@ public static class ScoreCommand
             "and prompt, then mean). Tables show x100.");
         foreach (var o in new Option[] { identities, generated, models, prompts, subject, output, label, noClip, listPrompts }) command.Options.Add(o);
 
-        command.SetAction(parse => Common.Guard(() =>
+        command.SetAction(parse =>
         {
             var cls = PersonFolders.ParseClass(parse.GetValue(subject)!, "--class");
             string promptSet = parse.GetValue(prompts)!;
@@ -84,7 +84,7 @@ public static class ScoreCommand
             static string P(double? v) => v is { } x ? (100 * x).ToString("0.00") : "n/a";
             Console.WriteLine($"{report.Images} images: CLIP-T {P(report.ClipT)}  FaceSim {P(report.FaceSim)}  R-FaceSim {P(report.RFaceSim)} -> {outDir}");
             return 0;
-        }));
+        });
         return command;
     }
 }

@@ -15,11 +15,11 @@ internal static class TrainCommand
         public Option<string> Model = new("--model") { Description = "The base model: flux1-dev.safetensors (BFL checkpoint), a diffusers transformer folder or index json, or random:PRESET:SEED.", Required = true };
         public Option<string> Data = new("--data") { Description = "Cached dataset folder (see docs/TRAINING.md).", Required = true };
         public Option<string> Out = new("--out") { Description = "Result file (.safetensors).", Required = true };
-        public Option<float> Lr = new("--lr") { Description = "AdamW learning rate (paper: 4e-4).", DefaultValueFactory = _ => 4e-4f };
-        public Option<float> Wd = new("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 1e-4f };
-        public Option<float> Clip = new("--max-grad-norm") { Description = "Clip the global gradient norm of the trained factors to this; 0 turns clipping off.", DefaultValueFactory = _ => 1f };
+        public Option<float> Lr = new Option<float>("--lr") { Description = "AdamW learning rate (paper: 4e-4).", DefaultValueFactory = _ => 4e-4f }.FinitePositive();
+        public Option<float> Wd = new Option<float>("--weight-decay") { Description = "AdamW decoupled weight decay.", DefaultValueFactory = _ => 1e-4f }.FiniteNonNegative();
+        public Option<float> Clip = new Option<float>("--max-grad-norm") { Description = "Clip the global gradient norm of the trained factors to this; 0 turns clipping off.", DefaultValueFactory = _ => 1f }.FiniteNonNegative();
         public Option<string> Sampling = new Option<string>("--timesteps") { Description = "Timestep sampling: sigmoid (logit-normal, ai-toolkit's), shift (FLUX's resolution shift) or uniform.", DefaultValueFactory = _ => "sigmoid" }.AcceptOnlyFromAmong("sigmoid", "shift", "uniform");
-        public Option<float> Guidance = new("--guidance") { Description = "Guidance-embedding value during training.", DefaultValueFactory = _ => 1f };
+        public Option<float> Guidance = new Option<float>("--guidance") { Description = "Guidance-embedding value during training.", DefaultValueFactory = _ => 1f }.Finite();
         public Option<ulong> Seed = new("--seed") { Description = "Seed for initialisation, sampling and noise (a resumed run repeats exactly).", DefaultValueFactory = _ => 42UL };
         public Option<string> Device = Common.Device();
         public Option<string?> State = new("--state") { Description = "Resumable training state (factors, AdamW moments, iteration); the run resumes from it when it exists. Default: OUT with .state.safetensors." };
@@ -27,11 +27,11 @@ internal static class TrainCommand
         public Option<string> Recompute = Common.Recompute();
         public MonitorFlags Monitor = new();
         public Option<string> OnNonFinite = new Option<string>("--on-nonfinite") { Description = "A step with a NaN/Inf loss or gradient norm: stop (nothing final is written, the last good state stays) or skip its update (up to --max-nonfinite-skips).", DefaultValueFactory = _ => "stop" }.AcceptOnlyFromAmong("stop", "skip");
-        public Option<int> MaxSkips = new("--max-nonfinite-skips") { Description = "With --on-nonfinite skip: the most steps a run may skip before it stops.", DefaultValueFactory = _ => 10 };
+        public Option<int> MaxSkips = new Option<int>("--max-nonfinite-skips") { Description = "With --on-nonfinite skip: the most steps a run may skip before it stops.", DefaultValueFactory = _ => 10 }.AtLeast(0);
         public Option<bool> ForceNew = new("--force-new") { Description = "Start over even when the state exists (it is moved to STATE.old); without it a state of other options is refused." };
 
         public Shared(int stateEvery) =>
-            Every = new("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery };
+            Every = new Option<int>("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery }.AtLeast(1);
 
         public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, OnNonFinite, MaxSkips, ForceNew,
                                            .. Monitor.All(withModels: true)];
@@ -56,13 +56,13 @@ internal static class TrainCommand
     public static Command Create()
     {
         var s1 = new Shared(new Stage1Options().StateEvery);
-        var bs = new Option<int>("--batch-size") { Description = "Batch size (paper: 4).", DefaultValueFactory = _ => 4 };
-        var total = new Option<int>("--iterations") { Description = "q_total: all Stage-1 iterations (paper: 50,000).", DefaultValueFactory = _ => 50_000 };
-        var bucket = new Option<int>("--bucket-iterations") { Description = "q_bucket: iterations per bucket visit (paper: 2,500).", DefaultValueFactory = _ => 2_500 };
-        var warm = new Option<int?>("--warmup-iterations") { Description = "q_warmup: leading iterations of each visit that train only the bucket's M/U. Default 0.4 × q_bucket." };
-        var perBucket = new Option<int>("--identities-per-bucket") { Description = "N: identities per bucket.", DefaultValueFactory = _ => 50 };
-        var r1 = new Option<int>("--rank1") { Description = "r1, the rank of the shared Meta-Down D (not stated in the paper; 16 is the common FLUX LoRA rank).", DefaultValueFactory = _ => 16 };
-        var r2 = new Option<int>("--rank2") { Description = "r2, the rank of M and U (paper: 1).", DefaultValueFactory = _ => 1 };
+        var bs = new Option<int>("--batch-size") { Description = "Batch size (paper: 4).", DefaultValueFactory = _ => 4 }.AtLeast(1);
+        var total = new Option<int>("--iterations") { Description = "q_total: all Stage-1 iterations (paper: 50,000).", DefaultValueFactory = _ => 50_000 }.AtLeast(1);
+        var bucket = new Option<int>("--bucket-iterations") { Description = "q_bucket: iterations per bucket visit (paper: 2,500).", DefaultValueFactory = _ => 2_500 }.AtLeast(1);
+        var warm = new Option<int?>("--warmup-iterations") { Description = "q_warmup: leading iterations of each visit that train only the bucket's M/U. Default 0.4 × q_bucket." }.AtLeast(0);
+        var perBucket = new Option<int>("--identities-per-bucket") { Description = "N: identities per bucket.", DefaultValueFactory = _ => 50 }.AtLeast(1);
+        var r1 = new Option<int>("--rank1") { Description = "r1, the rank of the shared Meta-Down D (not stated in the paper; 16 is the common FLUX LoRA rank).", DefaultValueFactory = _ => 16 }.AtLeast(1);
+        var r2 = new Option<int>("--rank2") { Description = "r2, the rank of M and U (paper: 1).", DefaultValueFactory = _ => 1 }.AtLeast(1);
         var include = Include();
         var exclude = Exclude();
         var gpus = Workers.Gpus();
@@ -72,7 +72,7 @@ internal static class TrainCommand
             bs, total, bucket, warm, perBucket, r1, r2, include, exclude, gpus, ranks,
         };
         foreach (var o in s1.All) stage1.Options.Add(o);
-        stage1.SetAction(r => Common.Guard(() =>
+        stage1.SetAction(r =>
         {
             if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
@@ -103,12 +103,12 @@ internal static class TrainCommand
             LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);
             Console.WriteLine($"wrote Meta-Down ({adapter.Targets.Count} targets, r1 {adapter.Rank1}) to {r.GetValue(s1.Out)}");
             return 0;
-        }));
+        });
 
         var s2 = new Shared(new Stage2Options().StateEvery);
         var down = new Option<string>("--down") { Description = "Stage-1 result (Meta-Down D), kept frozen.", Required = true };
-        var iters = new Option<int>("--iterations") { Description = "Stage-2 iterations (paper: 375).", DefaultValueFactory = _ => 375 };
-        var rank2 = new Option<int>("--rank2") { Description = "r2, the rank of the personal M and U and of the merged LoRA (paper: 1).", DefaultValueFactory = _ => 1 };
+        var iters = new Option<int>("--iterations") { Description = "Stage-2 iterations (paper: 375).", DefaultValueFactory = _ => 375 }.AtLeast(1);
+        var rank2 = new Option<int>("--rank2") { Description = "r2, the rank of the personal M and U and of the merged LoRA (paper: 1).", DefaultValueFactory = _ => 1 }.AtLeast(1);
         var format = Format();
         var dtype = LoraCommand.DType("Merged LoRA");
         var trigger2 = Trigger();
@@ -117,7 +117,7 @@ internal static class TrainCommand
             down, iters, rank2, format, dtype, trigger2,
         };
         foreach (var o in s2.All) stage2.Options.Add(o);
-        stage2.SetAction(r => Common.Guard(() =>
+        stage2.SetAction(r =>
         {
             string outFile = r.GetValue(s2.Out)!;
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
@@ -126,6 +126,8 @@ internal static class TrainCommand
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
             Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
             using var metaDown = LoraFiles.Load(r.GetValue(down)!, weights.Config, be);
+            if (metaDown.Mode != LoraMode.Meta)
+                throw new Engine.InputException(r.GetValue(down)!, "is a merged LoRA; --down needs the Meta-Down (lora_down) file Stage 1 wrote");
             var opts = new Stage2Options
             {
                 Train = s2.Train(r, 1), Iterations = r.GetValue(iters), Rank2 = r.GetValue(rank2),
@@ -139,13 +141,13 @@ internal static class TrainCommand
             TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: true);
             Console.WriteLine($"wrote merged LoRA ({fmt}, rank {adapter.Rank2}) to {outPath}");
             return 0;
-        }));
+        });
 
         var sl = new Shared(new StandardLoraOptions().StateEvery);
         sl.Lr.DefaultValueFactory = _ => new StandardLoraOptions().Train.LearningRate;
         sl.Lr.Description = "AdamW learning rate (ai-toolkit's FLUX LoRA default: 1e-4).";
-        var lIters = new Option<int>("--iterations") { Description = "Iterations (the paper's rank-1 LoRA baseline: 625).", DefaultValueFactory = _ => new StandardLoraOptions().Iterations };
-        var lRank = new Option<int>("--rank") { Description = "LoRA rank r (the paper's baseline: 1).", DefaultValueFactory = _ => 1 };
+        var lIters = new Option<int>("--iterations") { Description = "Iterations (the paper's rank-1 LoRA baseline: 625).", DefaultValueFactory = _ => new StandardLoraOptions().Iterations }.AtLeast(1);
+        var lRank = new Option<int>("--rank") { Description = "LoRA rank r (the paper's baseline: 1).", DefaultValueFactory = _ => 1 }.AtLeast(1);
         var lFormat = Format();
         var lDtype = LoraCommand.DType("LoRA");
         var lTrigger = Trigger();
@@ -157,7 +159,7 @@ internal static class TrainCommand
             lIters, lRank, lFormat, lDtype, lTrigger, lInclude, lExclude,
         };
         foreach (var o in sl.All) lora.Options.Add(o);
-        lora.SetAction(r => Common.Guard(() =>
+        lora.SetAction(r =>
         {
             string outFile = r.GetValue(sl.Out)!;
             using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"));
@@ -177,7 +179,7 @@ internal static class TrainCommand
             TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: false);
             Console.WriteLine($"wrote standard LoRA ({fmt}, rank {adapter.Rank1}) to {outPath}");
             return 0;
-        }));
+        });
 
         return new Command("train", "Meta-LoRA training on cached latents and text embeddings.") { stage1, stage2, lora };
     }
@@ -186,9 +188,9 @@ internal static class TrainCommand
     internal static Option<string> Format() =>
         new Option<string>("--format") { Description = "Merged LoRA layout: peft (diffusers/ComfyUI/ai-toolkit keys), kohya, or both (OUT and OUT.kohya.safetensors).", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya", "both");
 
-    static Option<string[]> Include() => new("--include") { Description = "Only targets whose kind (to_q, ff.net.2, norm1.linear...) or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+    static Option<string[]> Include() => new Option<string[]>("--include") { Description = "Only targets whose kind (to_q, ff.net.2, norm1.linear...) or name contains one of these.", AllowMultipleArgumentsPerToken = true }.TargetFilter();
 
-    static Option<string[]> Exclude() => new("--exclude") { Description = "Drop targets whose kind or name contains one of these.", AllowMultipleArgumentsPerToken = true };
+    static Option<string[]> Exclude() => new Option<string[]>("--exclude") { Description = "Drop targets whose kind or name contains one of these.", AllowMultipleArgumentsPerToken = true }.TargetFilter();
 
     static Option<string?> Trigger() => new("--prompt") { Description = "The training caption (its trigger word), recorded in the LoRA's metadata (the cached data holds only its embedding)." };
 }

@@ -64,43 +64,16 @@ public static class CommandConfig
         return option;
     }
 
-    /// <summary>Parses, applies the config file, prints and records the resolved config, and runs the command.</summary>
-    public static int Invoke(RootCommand root, string[] args)
+    /// <summary>Prints the resolved config (when a file was given or outputs are written) and saves it beside the outputs.</summary>
+    public static void Record(ResolvedConfig resolved)
     {
-        ResolvedConfig? resolved = null;
-        int failed = Reported(() => { resolved = Resolve(root, args); return 0; });
-        if (resolved is null) return failed;
-        if (resolved.Parse.Errors.Count == 0 && resolved.Parse.Action is not HelpAction && resolved.Command.Action is not null)
-        {
-            string? record = RecordPath(resolved);
-            if (record is not null || resolved.File is not null) Console.Write(resolved.ToYaml());
-            if (record is not null)
-            {
-                Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(record))!);
-                File.WriteAllText(record, resolved.ToYaml());
-                Console.WriteLine($"# saved to {record}");
-            }
-        }
-        return resolved.Parse.Invoke();
-    }
-
-    /// <summary>
-    /// Runs <paramref name="body"/>, reporting the project's two exception kinds in one line each:
-    /// <see cref="InputException"/> (exit 2) and <see cref="RuntimeFailure"/> (exit 1).
-    /// </summary>
-    public static int Reported(Func<int> body)
-    {
-        try { return body(); }
-        catch (InputException e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 2;
-        }
-        catch (RuntimeFailure e)
-        {
-            Console.Error.WriteLine($"error: {e.Subject}: {e.Message}");
-            return 1;
-        }
+        if (resolved.Parse.Errors.Count > 0 || resolved.Parse.Action is HelpAction || resolved.Command.Action is null) return;
+        string? record = RecordPath(resolved);
+        if (record is not null || resolved.File is not null) Console.Write(resolved.ToYaml());
+        if (record is null) return;
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(record))!);
+        File.WriteAllText(record, resolved.ToYaml());
+        Console.WriteLine($"# saved to {record}");
     }
 
     /// <summary>The parse of <paramref name="args"/> with the --config file's keys filled in where no flag gave them.</summary>

@@ -45,7 +45,7 @@ public static class StepBenchmark
     {
         var c = o.Config;
         if (o.Resolution % FluxConfig.PixelsPerToken != 0)
-            throw new ArgumentException($"resolution {o.Resolution} is not a multiple of {FluxConfig.PixelsPerToken}");
+            throw new InputException("--resolution", $"resolution {o.Resolution} is not a multiple of {FluxConfig.PixelsPerToken}");
         int grid = o.Resolution / FluxConfig.PixelsPerToken, imageTokens = grid * grid;
         var load = Stopwatch.StartNew();
         log($"building {c.Name} ({c.ParameterCount() / 1e9:F2} B parameters) with random weights on {be.Name}...");

@@ -44,16 +44,16 @@ public static class WorkerLauncher
     /// <summary>"0,1,2,3" → [0, 1, 2, 3]; an ArgumentException naming <paramref name="flag"/> for an empty, negative, non-numeric or repeated id.</summary>
     public static IReadOnlyList<int> ParseGpuIds(string text, string flag = "--gpus")
     {
-        if (string.IsNullOrWhiteSpace(text)) throw new ArgumentException($"{flag} is empty; give GPU ids such as 0,1,2,3");
+        if (string.IsNullOrWhiteSpace(text)) throw new InputException(flag, $"{flag} is empty; give GPU ids such as 0,1,2,3");
         var ids = new List<int>();
         string[] items = text.Split(',');
         for (int i = 0; i < items.Length; i++)
         {
             string item = items[i].Trim();
-            if (item.Length == 0) throw new ArgumentException($"{flag} '{text}': item {i + 1} is empty");
+            if (item.Length == 0) throw new InputException(flag, $"{flag} '{text}': item {i + 1} is empty");
             if (!int.TryParse(item, NumberStyles.None, CultureInfo.InvariantCulture, out int id))
-                throw new ArgumentException($"{flag} '{text}': '{item}' is not a GPU id (a number ≥ 0)");
-            if (ids.Contains(id)) throw new ArgumentException($"{flag} '{text}': GPU {id} is listed twice");
+                throw new InputException(flag, $"{flag} '{text}': '{item}' is not a GPU id (a number ≥ 0)");
+            if (ids.Contains(id)) throw new InputException(flag, $"{flag} '{text}': GPU {id} is listed twice");
             ids.Add(id);
         }
         return ids;

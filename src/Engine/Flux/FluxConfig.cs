@@ -52,7 +52,7 @@ public sealed record FluxConfig(
 
     public static FluxConfig Preset(string name) =>
         Presets.FirstOrDefault(p => p.Name == name)
-        ?? throw new ArgumentException($"unknown model preset '{name}'; known: {string.Join(", ", Presets.Select(p => p.Name))}");
+        ?? throw new InputException("preset", $"unknown model preset '{name}'; known: {string.Join(", ", Presets.Select(p => p.Name))}");
 
     /// <summary>Checks internal consistency; throws with the broken rule.</summary>
     public FluxConfig Validate()
@@ -79,8 +79,13 @@ public sealed record FluxConfig(
     /// </summary>
     public static FluxConfig Detect(IReadOnlyDictionary<string, int[]> shapes, IReadOnlyDictionary<string, string>? metadata, string source)
     {
-        int[] Need(string key) => shapes.TryGetValue(key, out var s) ? s
-            : throw new InvalidDataException($"{source}: not a FLUX transformer checkpoint: tensor '{key}' is missing");
+        // A probe tensor must exist with its rank (2 for a linear's weight, 1 for a norm scale) and no empty dimension.
+        int[] Need(string key) => !shapes.TryGetValue(key, out var s)
+            ? throw new InvalidDataException($"{source}: not a FLUX transformer checkpoint: tensor '{key}' is missing")
+            : s.Length != (key.EndsWith(".scale", StringComparison.Ordinal) ? 1 : 2) || s.Any(d => d < 1)
+                ? throw new InvalidDataException($"{source}: tensor '{key}' has shape {Shapes.Format(s)}, expected " +
+                                                 $"{(key.EndsWith(".scale", StringComparison.Ordinal) ? "one" : "two")} non-empty dimensions")
+                : s;
 
         int CountBlocks(string prefix)
         {
@@ -109,10 +114,21 @@ public sealed record FluxConfig(
 
         int[] axes = headDim == FluxAxesDim.Sum() ? [.. FluxAxesDim] : [];
         float theta = FluxTheta;
+        // Metadata is parsed strictly: positive even axes summing to the head dim, a finite theta > 1.
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
         if (metadata != null && metadata.TryGetValue("flux.axes_dim", out var axesText))
-            axes = axesText.Split(',').Select(s => int.Parse(s, System.Globalization.CultureInfo.InvariantCulture)).ToArray();
-        if (metadata != null && metadata.TryGetValue("flux.theta", out var thetaText))
-            theta = float.Parse(thetaText, System.Globalization.CultureInfo.InvariantCulture);
+        {
+            var parts = axesText.Split(',');
+            axes = new int[parts.Length];
+            for (int i = 0; i < parts.Length; i++)
+                if (!int.TryParse(parts[i], System.Globalization.NumberStyles.None, inv, out axes[i]) || axes[i] <= 0 || axes[i] % 2 != 0)
+                    throw new InvalidDataException($"{source}: metadata 'flux.axes_dim' is '{axesText}': expected positive even integers like 16,56,56");
+            if (axes.Sum(a => (long)a) != headDim)
+                throw new InvalidDataException($"{source}: metadata 'flux.axes_dim' is '{axesText}', which does not sum to the head dim {headDim}");
+        }
+        if (metadata != null && metadata.TryGetValue("flux.theta", out var thetaText)
+            && !(float.TryParse(thetaText, System.Globalization.NumberStyles.Float, inv, out theta) && float.IsFinite(theta) && theta > 1))
+            throw new InvalidDataException($"{source}: metadata 'flux.theta' is '{thetaText}': expected a finite number > 1 (FLUX: 10000)");
         if (axes.Length == 0)
             throw new InvalidDataException($"{source}: head dim {headDim} is not FLUX's {FluxAxesDim.Sum()} and the file has no 'flux.axes_dim' metadata");
 

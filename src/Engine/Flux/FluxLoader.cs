@@ -18,7 +18,7 @@ public static class FluxLoader
         {
             var parts = source.Split(':');
             if (parts.Length != 3 || !ulong.TryParse(parts[2], out var seed))
-                throw new ArgumentException($"'{source}': expected random:PRESET:SEED, e.g. random:tiny:1");
+                throw new InputException(source, $"expected random:PRESET:SEED, e.g. random:tiny:1");
             return FluxWeights.Random(FluxConfig.Preset(parts[1]), backend, seed);
         }
 

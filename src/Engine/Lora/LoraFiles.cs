@@ -140,43 +140,71 @@ public static class LoraFiles
     /// <summary>
     /// Reads a LoRA file of any supported layout for a model config. Meta files give a Meta adapter (with one identity
     /// when M/U are present); PEFT and kohya files give a standard adapter with one identity whose B carries the
-    /// kohya alpha/rank scale. Keys that match no target of the model are an error, never silently ignored.
+    /// kohya alpha/rank scale. Everything is checked before use, each fault an <see cref="InputFileException"/> naming
+    /// the file and the tensor: every key is a factor of a target of the model (or a kohya alpha), never silently
+    /// ignored; every factor is 2-D with rank ≥ 1, one rank per file (kohya: per module), and d_in/d_out of its target;
+    /// a target's factors come complete (no lora_B without its lora_A); every value is finite.
     /// </summary>
     public static LoraAdapter Load(string path, FluxConfig config, IBackend backend)
     {
         using var file = SafetensorsFile.Open(path);
         var names = file.Entries.Keys.ToHashSet();
         var all = FluxNames.LoraTargets(config);
+        if (names.Count == 0) throw Fault(path, "holds no tensors (expected lora_A/lora_B, lora_down/lora_mid/lora_up or kohya lora_unet_* keys)");
         if (names.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)))
             return LoadKohya(file, config, backend, all);
 
         bool meta = names.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal));
         var mode = meta ? LoraMode.Meta : LoraMode.Standard;
-        var known = all.Select(t => LoraAdapter.DownKey(t, mode)).ToHashSet();
-        var unknown = names.Where(n => (n.EndsWith(".lora_down.weight") || n.EndsWith(".lora_A.weight")) && !known.Contains(n)).ToList();
+        // Every key a file of this layout may hold, and the target it belongs to.
+        var owner = new Dictionary<string, LoraTarget>();
+        foreach (var t in all)
+        {
+            owner[LoraAdapter.DownKey(t, mode)] = t;
+            owner[LoraAdapter.UpKey(t, mode)] = t;
+            if (meta) owner[LoraAdapter.MidKey(t)] = t;
+        }
+        var unknown = names.Where(n => !owner.ContainsKey(n)).Order(StringComparer.Ordinal).ToList();
         if (unknown.Count > 0)
-            throw new InvalidDataException($"{path}: {unknown.Count} LoRA keys match no target of the {config.Name} model, e.g. '{unknown[0]}'");
+            throw Fault(path, $"{unknown.Count} key{(unknown.Count == 1 ? "" : "s")} match no LoRA factor of a target of the {config.Name} model " +
+                              $"({(meta ? "lora_down/lora_mid/lora_up" : "lora_A/lora_B")} layout), e.g. {SafetensorsHeader.Quote(unknown[0])}");
         var targets = all.Where(t => names.Contains(LoraAdapter.DownKey(t, mode))).ToList();
-        if (targets.Count == 0) throw new InvalidDataException($"{path}: no LoRA tensors found (expected lora_A/lora_B, lora_down/lora_mid/lora_up or kohya lora_unet_* keys)");
+        var orphan = names.FirstOrDefault(n => !names.Contains(LoraAdapter.DownKey(owner[n], mode)));
+        if (orphan != null) throw Fault(path, $"{SafetensorsHeader.Quote(orphan)} has no {SafetensorsHeader.Quote(LoraAdapter.DownKey(owner[orphan], mode))} beside it");
+        bool hasIdentity = targets.Any(t => names.Contains(LoraAdapter.UpKey(t, mode)));
+        if (hasIdentity)
+            foreach (var t in targets)
+                foreach (var key in meta ? new[] { LoraAdapter.MidKey(t), LoraAdapter.UpKey(t, mode) } : [LoraAdapter.UpKey(t, mode)])
+                    if (!names.Contains(key))
+                        throw Fault(path, $"{SafetensorsHeader.Quote(key)} is missing: other targets carry their {(meta ? "lora_mid/lora_up" : "lora_B")}, so every target must");
 
-        LoraParameter Param(string key, int[] expect)
+        // rows/cols: -1 any rank (≥ 1), else the exact size; the first factor of a kind fixes the file's rank.
+        LoraParameter Param(string key, int rows, int cols)
         {
             var e = file[key];
-            if (e.Shape.Length != 2 || (expect[0] >= 0 && e.Shape[0] != expect[0]) || (expect[1] >= 0 && e.Shape[1] != expect[1]))
-                throw new InvalidDataException($"{path}: '{key}' has shape {Shapes.Format(e.Shape)}, expected {Shapes.Format(expect)} (-1: any)");
-            return new LoraParameter(key, backend.Upload(file.ReadFloats(key), e.Shape, Precision.Master));
+            if (e.Shape.Length != 2 || e.Shape[0] < 1 || e.Shape[1] < 1 || (rows >= 0 && e.Shape[0] != rows) || (cols >= 0 && e.Shape[1] != cols))
+                throw Fault(path, $"{SafetensorsHeader.Quote(key)} has shape {Shapes.Format(e.Shape)}, expected " +
+                                  $"({(rows >= 0 ? rows : "rank ≥ 1")}, {(cols >= 0 ? cols : "rank ≥ 1")})");
+            return new LoraParameter(key, backend.Upload(FiniteFloats(file, key), e.Shape, Precision.Master));
         }
 
-        var down = targets.Select(t => Param(LoraAdapter.DownKey(t, mode), [-1, t.InFeatures])).ToArray();
+        var down = new LoraParameter[targets.Count];
+        for (int i = 0; i < targets.Count; i++)
+            down[i] = Param(LoraAdapter.DownKey(targets[i], mode), i == 0 ? -1 : down[0].Shape[0], targets[i].InFeatures);   // (r1, d_in)
         int r1 = down[0].Shape[0];
-        bool hasIdentity = targets.All(t => names.Contains(LoraAdapter.UpKey(t, mode)));
         int r2 = r1;
         LoraParameter?[]? mids = null;
         LoraParameter[]? ups = null;
         if (hasIdentity)
         {
-            mids = targets.Select((t, i) => meta ? Param(LoraAdapter.MidKey(t), [-1, down[i].Shape[0]]) : null).ToArray();
-            ups = targets.Select((t, i) => Param(LoraAdapter.UpKey(t, mode), [t.Rows, mids[i]?.Shape[0] ?? down[i].Shape[0]])).ToArray();
+            mids = new LoraParameter?[targets.Count];
+            ups = new LoraParameter[targets.Count];
+            for (int i = 0; i < targets.Count; i++)
+            {
+                var t = targets[i];
+                if (meta) mids[i] = Param(LoraAdapter.MidKey(t), i == 0 ? -1 : mids[0]!.Shape[0], r1);                 // (r2, r1)
+                ups[i] = Param(LoraAdapter.UpKey(t, mode), t.Rows, mids[i]?.Shape[0] ?? r1);                           // (d_out, r2)
+            }
             r2 = ups[0].Shape[1];
         }
         var adapter = new LoraAdapter(backend, config, targets, mode, r1, r2, down);
@@ -184,30 +212,58 @@ public static class LoraFiles
         return adapter;
     }
 
+    static InputFileException Fault(string path, string fault) => new(path, fault);
+
+    /// <summary>A factor's values, refused when one is NaN or infinite (it would poison every weight it is baked into).</summary>
+    static float[] FiniteFloats(SafetensorsFile file, string key)
+    {
+        var values = file.ReadFloats(key);
+        int bad = Array.FindIndex(values, v => !float.IsFinite(v));
+        if (bad >= 0) throw Fault(file.Path, $"{SafetensorsHeader.Quote(key)} holds a non-finite value ({values[bad]} at element {bad})");
+        return values;
+    }
+
     static LoraAdapter LoadKohya(SafetensorsFile file, FluxConfig config, IBackend backend, IReadOnlyList<LoraTarget> all)
     {
+        const string Down = ".lora_down.weight", Up = ".lora_up.weight", Alpha = ".alpha";
         var byModule = all.GroupBy(t => t.BflModule).ToDictionary(g => FluxNames.KohyaName(g.Key), g => g.ToList());
-        var modules = file.Entries.Keys.Where(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal))
-                                       .Select(n => n[..^".lora_down.weight".Length]).ToList();
-        var unknown = modules.Where(m => !byModule.ContainsKey(m)).ToList();
+        // The module a key belongs to (its name less a kohya suffix), or null when it is no key of a known module.
+        string? ModuleOf(string key) =>
+            new[] { Down, Up, Alpha }.Where(x => key.EndsWith(x, StringComparison.Ordinal)).Select(x => key[..^x.Length]).FirstOrDefault(byModule.ContainsKey);
+        var unknown = file.Entries.Keys.Where(n => ModuleOf(n) == null).Order(StringComparer.Ordinal).ToList();
         if (unknown.Count > 0)
-            throw new InvalidDataException($"{file.Path}: {unknown.Count} kohya modules match no LoRA target of the {config.Name} model, e.g. '{unknown[0]}'");
+            throw Fault(file.Path, $"{unknown.Count} key{(unknown.Count == 1 ? "" : "s")} match no kohya module (lora_down/lora_up/alpha) of a LoRA " +
+                                   $"target of the {config.Name} model, e.g. {SafetensorsHeader.Quote(unknown[0])}");
+        var modules = file.Entries.Keys.Select(n => ModuleOf(n)!).Distinct().Order(StringComparer.Ordinal).ToList();
         var targets = new List<LoraTarget>();
         var downs = new List<LoraParameter>();
         var ups = new List<LoraParameter>();
         foreach (var m in modules)
         {
-            var downEntry = file[m + ".lora_down.weight"];
-            var upEntry = file[m + ".lora_up.weight"];
+            foreach (var key in new[] { m + Down, m + Up })
+                if (!file.Contains(key)) throw Fault(file.Path, $"{SafetensorsHeader.Quote(key)} is missing: module '{m}' needs lora_down and lora_up");
+            var downEntry = file[m + Down];
+            var upEntry = file[m + Up];
+            int dIn = byModule[m][0].InFeatures, dOut = FluxNames.LinearShape(config, byModule[m][0].BflModule).Out;
+            if (downEntry.Shape.Length != 2 || downEntry.Shape[0] < 1 || downEntry.Shape[1] != dIn)
+                throw Fault(file.Path, $"{SafetensorsHeader.Quote(m + Down)} has shape {Shapes.Format(downEntry.Shape)}, expected (rank ≥ 1, {dIn})");
             int rank = downEntry.Shape[0];
-            float alpha = file.Contains(m + ".alpha") ? file.ReadFloats(m + ".alpha")[0] : rank;
+            if (upEntry.Shape.Length != 2 || upEntry.Shape[0] != dOut || upEntry.Shape[1] != rank)
+                throw Fault(file.Path, $"{SafetensorsHeader.Quote(m + Up)} has shape {Shapes.Format(upEntry.Shape)}, expected ({dOut}, {rank})");
+            float alpha = rank;
+            if (file.Contains(m + Alpha))
+            {
+                var a = file[m + Alpha];
+                if (a.Shape.Aggregate(1L, (p, d) => p * d) != 1) throw Fault(file.Path, $"{SafetensorsHeader.Quote(m + Alpha)} has shape {Shapes.Format(a.Shape)}, expected one value");
+                alpha = FiniteFloats(file, m + Alpha)[0];
+            }
             float scale = alpha / rank;
-            var down = file.ReadFloats(m + ".lora_down.weight");
-            var up = file.ReadFloats(m + ".lora_up.weight");
+            var down = FiniteFloats(file, m + Down);
+            var up = FiniteFloats(file, m + Up);
             var slices = byModule[m].OrderBy(t => t.RowStart).ToList();
             foreach (var t in slices)
                 if (upEntry.Shape[0] < t.RowStart + t.Rows || upEntry.Shape[1] != rank || downEntry.Shape[1] != t.InFeatures)
-                    throw new InvalidDataException($"{file.Path}: '{m}' has down {Shapes.Format(downEntry.Shape)} / up {Shapes.Format(upEntry.Shape)}, which do not fit {t.BflModule}");
+                    throw Fault(file.Path, $"'{m}' has down {Shapes.Format(downEntry.Shape)} / up {Shapes.Format(upEntry.Shape)}, which do not fit {t.BflModule}");
             // A block-diagonal up (slice i's rows use only columns [i·r, (i+1)·r), as fused q/k/v and q/k/v/proj_mlp
             // are written) splits back to rank r per slice, as diffusers' converter does: A = down rows of block i,
             // B = that block of up. Otherwise each slice gets the whole down (rank k·r) and its rows of up.
@@ -226,7 +282,7 @@ public static class LoraFiles
                 ups.Add(new LoraParameter(t.Name + ".lora_B.weight", backend.Upload(b, [t.Rows, r], Precision.Master)));
             }
         }
-        if (targets.Count == 0) throw new InvalidDataException($"{file.Path}: no kohya LoRA modules found");
+        if (targets.Count == 0) throw Fault(file.Path, "no kohya LoRA modules found");
         var adapter = new LoraAdapter(backend, config, targets, LoraMode.Standard, downs[0].Shape[0], downs[0].Shape[0], [.. downs]);
         adapter.AddIdentity(new IdentityFactors(System.IO.Path.GetFileNameWithoutExtension(file.Path), new LoraParameter?[targets.Count], [.. ups]));
         return adapter;

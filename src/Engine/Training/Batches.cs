@@ -54,7 +54,7 @@ public static class Batches
         var target = new float[B * L * C];
         for (int b = 0; b < B; b++)
         {
-            if (!batch[b].SameShape(batch[0])) throw new ArgumentException("a batch needs one image size and one text length");
+            if (!batch[b].SameShape(batch[0])) throw new InputException("--data", "a batch needs one image size and one text length (use --batch-size 1, or a dataset of one bucket)");
             if (batch[b].PackedLatents.Length != L * C)
                 throw new ArgumentException($"packed latents of {batch[b].PackedLatents.Length} values do not match {L}×{C}");
             var noise = RandomWeights.Normal($"noise.{step}.{firstSample + b}", seed, L * C);

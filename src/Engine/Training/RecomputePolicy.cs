@@ -25,7 +25,7 @@ public sealed class RecomputePolicy
 
     public static RecomputePolicy Parse(string name) =>
         All.FirstOrDefault(p => p.Name == name)
-        ?? throw new ArgumentException($"unknown recompute policy '{name}' ({string.Join(", ", All)})");
+        ?? throw new InputException("--recompute", $"unknown recompute policy '{name}' ({string.Join(", ", All)})");
 
     /// <summary>
     /// Whether to recompute a step of <paramref name="batch"/> samples of these token counts on the model's backend, and

@@ -49,7 +49,7 @@ public static partial class Stages
     public static LoraAdapter Stage1(FluxModel model, IReadOnlyList<Identity> identities, Stage1Options o, Action<string> log,
                                      Stage1Parallel? parallel = null)
     {
-        if (identities.Count == 0) throw new ArgumentException("Stage 1 needs at least one identity");
+        if (identities.Count == 0) throw new InputException("--data", "Stage 1 needs at least one identity");
         foreach (var id in identities) id.CheckFits(model.Config);
         var targets = FluxNames.LoraTargets(model.Config, o.Include, o.Exclude);
         var adapter = LoraAdapter.Create(model.Backend, model.Config, targets, LoraMode.Meta, o.Rank1, o.Rank2, o.Train.Seed);
@@ -80,7 +80,7 @@ public static partial class Stages
     {
         var be = model.Backend;
         person.CheckFits(model.Config);
-        if (metaDown.Mode != LoraMode.Meta) throw new ArgumentException("Stage 2 needs a Meta-Down (lora_down) file from Stage 1, not a merged LoRA");
+        if (metaDown.Mode != LoraMode.Meta) throw new InputException("--down", "Stage 2 needs a Meta-Down (lora_down) file from Stage 1, not a merged LoRA");
         var adapter = new LoraAdapter(be, model.Config, metaDown.Targets, LoraMode.Meta, metaDown.Rank1, o.Rank2,
             metaDown.Down.Select(d => new LoraParameter(d.Name, Clone(be, d.Value))).ToArray());
         adapter.AddIdentity(person.Name, o.Train.Seed);

@@ -72,7 +72,14 @@ public static class TrainingState
         var names = f.Metadata.GetValueOrDefault(IdentitiesKey, "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
         if (names.Length != a.Identities.Count || !names.SequenceEqual(a.Identities.Select(i => i.Name)))
             throw new InvalidDataException($"{path}: the state's identities ({names.Length}) differ from this run's ({a.Identities.Count}); resume with the same data");
-        var steps = JsonSerializer.Deserialize(stepsJson, TrainingStateJson.Default.DictionaryStringInt32) ?? [];
+        // Metadata is checked for type and range before anything is restored.
+        if (!long.TryParse(it, NumberStyles.None, CultureInfo.InvariantCulture, out long iteration))
+            throw new InvalidDataException($"{path}: metadata '{IterationKey}' is '{it}', expected a whole number ≥ 0");
+        Dictionary<string, int> steps;
+        try { steps = JsonSerializer.Deserialize(stepsJson, TrainingStateJson.Default.DictionaryStringInt32) ?? []; }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: metadata '{StepsKey}' is not a JSON object of step counts ({e.Message})"); }
+        if (steps.FirstOrDefault(kv => kv.Value < 0) is { Key: not null } negative)
+            throw new InvalidDataException($"{path}: metadata '{StepsKey}' gives '{negative.Key}' {negative.Value} steps, expected ≥ 0");
         var be = a.Backend;
         foreach (var (key, p) in All(a))
         {
@@ -81,9 +88,15 @@ public static class TrainingState
                 throw new InvalidDataException($"{path}: '{key}' has shape {Shapes.Format(f[key].Shape)}, this run has {Shapes.Format(p.Shape)}");
             using (var v = be.Upload(f.ReadFloats(key), p.Shape, Precision.Master)) be.Copy(v, p.Value);
             if (steps.TryGetValue(key, out int s))
+            {
+                foreach (var moment in new[] { "adam.m." + key, "adam.v." + key })
+                    if (!f.Contains(moment) || !f[moment].Shape.AsSpan().SequenceEqual(p.Shape))
+                        throw new InvalidDataException($"{path}: '{moment}' is {(f.Contains(moment) ? $"of shape {Shapes.Format(f[moment].Shape)}" : "missing")}, " +
+                                                       $"expected {Shapes.Format(p.Shape)} as '{key}' has AdamW steps");
                 p.SetMoments(f.ReadFloats("adam.m." + key), f.ReadFloats("adam.v." + key), s);
+            }
         }
-        return long.Parse(it, CultureInfo.InvariantCulture);
+        return iteration;
     }
 
     /// <summary>The run record of a state file and its skipped non-finite steps; (null, 0) for states written before runs were recorded.</summary>

@@ -75,7 +75,7 @@ public static partial class CudaParity
 
     /// <summary>A check of <see cref="All"/> or <see cref="Dev"/> by name.</summary>
     public static ParityCheck Find(string name) =>
-        All.Concat(Dev).FirstOrDefault(c => c.Name == name) ?? throw new ArgumentException($"no CUDA parity check named '{name}'");
+        All.Concat(Dev).FirstOrDefault(c => c.Name == name) ?? throw new InputException(name, $"no CUDA parity check named '{name}'");
 
     static IEnumerable<ParityCheck> In(string group, IEnumerable<ParityCheck> checks) => checks.Select(c => c with { Group = group });
 

@@ -37,7 +37,7 @@ public static partial class KernelBenches
 
     /// <summary>A bench of <see cref="All"/> or <see cref="Dev"/> by name.</summary>
     public static KernelBench Find(string name) =>
-        All.Concat(Dev).FirstOrDefault(b => b.Name == name) ?? throw new ArgumentException($"no kernel bench named '{name}'");
+        All.Concat(Dev).FirstOrDefault(b => b.Name == name) ?? throw new InputException(name, $"no kernel bench named '{name}'");
 
     /// <summary>
     /// y = x·Wᵀ + b with x = w = 0.01 and b = 0.5 filled in bf16: every output is 3072·bf16(0.01)² + 0.5 = 0.80780,

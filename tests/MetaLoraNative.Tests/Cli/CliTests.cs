@@ -84,7 +84,7 @@ public sealed class CliTests() : TempFolderTest("cli")
                 largest = Math.Max(largest, Math.Abs(delta));
             }
         Assert.True(largest > 1e-3, $"the LoRA's B·A must be visible for this test to mean anything ({largest})");
-        Assert.Equal(1, Run("lora", "merge", "--model", "random:tiny:1", "--lora", lora, "--out", baked).Code);   // merge means M·D: convert
+        Assert.Equal(2, Run("lora", "merge", "--model", "random:tiny:1", "--lora", lora, "--out", baked).Code);   // merge means M·D: convert
     }
 
     [Fact]
@@ -101,7 +101,7 @@ public sealed class CliTests() : TempFolderTest("cli")
         var score = Run("score", "--identities", ids, "--generated", Path.Combine(dir, "gen"), "--models", models, "--no-clip", "--out", Path.Combine(dir, "scores"));
         foreach (var (code, _, err) in new[] { prep, score })
         {
-            Assert.Equal(1, code);
+            Assert.Equal(2, code);
             Assert.Contains(classFile, err);
             Assert.Contains("unknown class 'dog'", err);
         }
@@ -112,7 +112,7 @@ public sealed class CliTests() : TempFolderTest("cli")
     {
         string missing = Path.Combine(dir, "nope.safetensors");
         var (code, _, err) = Run("debug", "step", "--model", "random:micro:1", "--inputs", missing, "--lora", missing, "--out", Path.Combine(dir, "o.safetensors"));
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.StartsWith("error: ", err);
         Assert.Contains("nope.safetensors", err);
     }
@@ -123,7 +123,7 @@ public sealed class CliTests() : TempFolderTest("cli")
         string bad = Path.Combine(dir, "bad.safetensors");
         File.WriteAllBytes(bad, [1, 2, 3]);
         var (code, _, err) = Run("lora", "info", "--in", bad, "--base", "tiny");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains(bad, err);
     }
 
@@ -160,7 +160,7 @@ public sealed class CliDataErrorTests() : TempFolderTest("cli-data")
         string data = Path.Combine(dir, "ids");
         Assert.Equal(0, Run("data", "synth", "--out", data, "--identities", "1", "--images", "1", "--preset", "tiny").Code);
         var (code, _, err) = Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1");
-        Assert.Equal(1, code);
+        Assert.Equal(2, code);
         Assert.Contains("0000.safetensors", err);
         Assert.Contains("4096", err);
     }

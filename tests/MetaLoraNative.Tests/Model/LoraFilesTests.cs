@@ -174,7 +174,7 @@ public sealed class LoraFilesTests() : TinyModelTest("lora", 1)
             new("transformer.transformer_blocks.7.attn.to_q.lora_A.weight", [1, 64], new float[64]),
             new("transformer.transformer_blocks.7.attn.to_q.lora_B.weight", [64, 1], new float[64]),
         ]);
-        var e = Assert.Throws<InvalidDataException>(() => LoraFiles.Load(path, FluxConfig.Tiny, be));
+        var e = Assert.Throws<InputFileException>(() => LoraFiles.Load(path, FluxConfig.Tiny, be));
         Assert.Contains("transformer_blocks.7", e.Message);
         Assert.Contains(path, e.Message);
     }
