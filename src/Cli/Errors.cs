@@ -53,8 +53,10 @@ public static class Errors
         }
         try
         {
-            Config.CommandConfig.Record(resolved);
-            return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            string? record = Config.CommandConfig.Print(resolved);
+            int code = parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+            if (code == 0 && record is not null) Config.CommandConfig.Save(resolved, record);
+            return code;
         }
         catch (Exception e) { return Report(e, verbose); }
     }

@@ -64,16 +64,25 @@ public static class CommandConfig
         return option;
     }
 
-    /// <summary>Prints the resolved config (when a file was given or outputs are written) and saves it beside the outputs.</summary>
-    public static void Record(ResolvedConfig resolved)
+    /// <summary>
+    /// Prints the resolved config at the start of a command that writes outputs or was given a file. Returns where it
+    /// will be saved once the command has succeeded (<see cref="Save"/>), or null: saving it only then keeps a failed
+    /// run from leaving a folder behind and keeps folder outputs atomic.
+    /// </summary>
+    public static string? Print(ResolvedConfig resolved)
     {
-        if (resolved.Parse.Errors.Count > 0 || resolved.Parse.Action is HelpAction || resolved.Command.Action is null) return;
+        if (resolved.Parse.Errors.Count > 0 || resolved.Parse.Action is HelpAction || resolved.Command.Action is null) return null;
         string? record = RecordPath(resolved);
         if (record is not null || resolved.File is not null) Console.Write(resolved.ToYaml());
-        if (record is null) return;
+        return record;
+    }
+
+    /// <summary>Saves the resolved config beside the outputs (at <paramref name="record"/>, from <see cref="Print"/>).</summary>
+    public static void Save(ResolvedConfig resolved, string record)
+    {
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(record))!);
         File.WriteAllText(record, resolved.ToYaml());
-        Console.WriteLine($"# saved to {record}");
+        Console.WriteLine($"# config saved to {record}");
     }
 
     /// <summary>The parse of <paramref name="args"/> with the --config file's keys filled in where no flag gave them.</summary>

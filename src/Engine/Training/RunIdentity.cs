@@ -96,11 +96,19 @@ public sealed class RunIdentity
         return d;
     }
 
-    /// <summary>"name: state X, now Y" for every option that differs from a saved record.</summary>
+    /// <summary>
+    /// "name: state X, now Y" for every option that differs from a saved record. More iterations than the state's
+    /// run is not a difference: it extends the same run (the learning rate is constant, so the steps already taken are
+    /// exactly those of the longer run). Fewer is, since the state may already be past the new end.
+    /// </summary>
     public IReadOnlyList<string> Differences(IReadOnlyDictionary<string, string> saved) =>
         [.. options.Keys.Union(saved.Keys).Order(StringComparer.Ordinal)
-            .Where(k => saved.GetValueOrDefault(k) != options.GetValueOrDefault(k))
+            .Where(k => saved.GetValueOrDefault(k) != options.GetValueOrDefault(k) && !Extends(k, saved.GetValueOrDefault(k), options.GetValueOrDefault(k)))
             .Select(k => $"{k}: state {saved.GetValueOrDefault(k) ?? "(none)"}, now {options.GetValueOrDefault(k) ?? "(none)"}")];
+
+    static bool Extends(string key, string? saved, string? now) =>
+        key == "iterations" && long.TryParse(saved, CultureInfo.InvariantCulture, out long before)
+                            && long.TryParse(now, CultureInfo.InvariantCulture, out long after) && after > before;
 
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, string>(options), TrainingStateJson.Default.DictionaryStringString);
 

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.Diagnostics;
 using MetaLoraNative.Engine.Distributed;
 using Xunit.Abstractions;
@@ -94,7 +95,7 @@ public class WorkerLauncherTests(ITestOutputHelper output)
     [InlineData("1,0,1", "GPU 1 is listed twice")]
     public void GpuListErrorsNameTheFlag(string text, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => WorkerLauncher.ParseGpuIds(text));
+        var e = Assert.Throws<InputException>(() => WorkerLauncher.ParseGpuIds(text));
         Assert.Contains(message, e.Message);
         Assert.Contains("--gpus", e.Message);
     }

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using MetaLoraNative.Kernels;
 using MetaLoraNative.Kernels.Native;
 using Xunit.Abstractions;
@@ -153,7 +154,7 @@ public class KernelCompileTests(ITestOutputHelper output)
         Assert.Equal("sm_80", KernelCompiler.NormalizeArch("80"));
         Assert.Equal("sm_90a", KernelCompiler.NormalizeArch("SM90a"));
         Assert.Equal("compute_90", KernelCompiler.NormalizeArch("compute_90"));
-        Assert.Throws<ArgumentException>(() => KernelCompiler.NormalizeArch("hopper"));
+        Assert.Throws<InputException>(() => KernelCompiler.NormalizeArch("hopper"));
         Assert.Equal("sm_90a", KernelCompiler.ArchFor(9, 0, 12));
         Assert.Equal("sm_90", KernelCompiler.ArchFor(9, 0, 11));
         Assert.Equal("sm_86", KernelCompiler.ArchFor(8, 6, 13));

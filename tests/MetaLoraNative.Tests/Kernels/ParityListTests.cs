@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using MetaLoraNative.Kernels.Verification;
 
 namespace MetaLoraNative.Tests.Kernels;
@@ -18,7 +19,7 @@ public class ParityListTests
         Assert.All(names, n => Assert.Same(n, CudaParity.Find(n).Name));
         Assert.Equal(Groups, CudaParity.All.Select(c => c.Group).Distinct());   // every group, in IBackend's order
         Assert.All(CudaParity.Dev, c => Assert.Contains(c.Group, Groups));
-        Assert.Throws<ArgumentException>(() => CudaParity.Find("no such check"));
+        Assert.Throws<InputException>(() => CudaParity.Find("no such check"));
     }
 
     [Fact]

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Training;
@@ -44,7 +45,7 @@ public class RecomputePolicyTests
         Assert.Same(RecomputePolicy.Auto, RecomputePolicy.Parse("auto"));
         Assert.Same(RecomputePolicy.On, RecomputePolicy.Parse("on"));
         Assert.Same(RecomputePolicy.Off, RecomputePolicy.Parse("off"));
-        var e = Assert.Throws<ArgumentException>(() => RecomputePolicy.Parse("sometimes"));
+        var e = Assert.Throws<InputException>(() => RecomputePolicy.Parse("sometimes"));
         Assert.Contains("sometimes", e.Message);
         Assert.Contains("auto, on, off", e.Message);
     }
