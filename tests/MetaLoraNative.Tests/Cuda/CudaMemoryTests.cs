@@ -9,6 +9,7 @@ namespace MetaLoraNative.Tests.Cuda;
 /// The Memory group on the GPU (Ops/CudaBackend.Memory.cs, kernels/memory.cu) against the fp64 oracle, and the
 /// device pool. Skips without a GPU.
 /// </summary>
+[Collection(CudaCollection.Name)]
 public class CudaMemoryTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Memory");
