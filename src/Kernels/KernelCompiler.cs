@@ -68,8 +68,8 @@ public sealed class KernelCompiler
         .ToDictionary(n => n[ResourcePrefix.Length..].Replace('\\', '/'), n => n);
 
     /// <summary>Every embedded header as (the name kernels include it by, its text): "common.cuh", "mma.cuh", ...</summary>
-    static IReadOnlyList<(string Name, string Text)> Headers() => headers ??= BuildHeaders();
-    static IReadOnlyList<(string Name, string Text)>? headers;
+    static IReadOnlyList<(string Name, string Text)> Headers() => LazyHeaders.Value;
+    static readonly Lazy<IReadOnlyList<(string Name, string Text)>> LazyHeaders = new(BuildHeaders);
 
     static List<(string Name, string Text)> BuildHeaders()
     {
@@ -195,15 +195,14 @@ public sealed class KernelCompiler
     /// </summary>
     public static IReadOnlyList<KernelBuildResult> BuildAll(Func<string, string> archOf, string? outDir, KernelCompiler compiler, bool dev = false)
     {
-        var results = new List<KernelBuildResult>();
         if (outDir != null) Directory.CreateDirectory(outDir);
-        foreach (string file in dev ? [.. KernelFiles(), .. DevKernelFiles()] : KernelFiles())
-        {
-            var r = compiler.Compile(file, archOf(file));
-            results.Add(r);
+        string[] files = dev ? [.. KernelFiles(), .. DevKernelFiles()] : [.. KernelFiles()];
+        var results = new KernelBuildResult[files.Length];
+        // One NVRTC program per file, compiled side by side (NVRTC programs are independent); results in file order.
+        Parallel.For(0, files.Length, i => results[i] = compiler.Compile(files[i], archOf(files[i])));
+        foreach (var r in results)
             if (r.Image != null && outDir != null)
-                File.WriteAllBytes(Path.Combine(outDir, $"{Stem(file)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
-        }
+                File.WriteAllBytes(Path.Combine(outDir, $"{Stem(r.File)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
         return results;
     }
 

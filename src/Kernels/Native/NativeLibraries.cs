@@ -123,7 +123,7 @@ public static class NativeLibraries
                 string path = Path.Combine(dir, file);
                 if (!File.Exists(path)) continue;
                 string real = RealPath(path);
-                if (!seen.Add(real)) continue;
+                if (!seen.Add(Identity(real))) continue;   // /lib and /usr/lib are often one folder
                 var (major, minor) = FoundLibrary.ParseVersion(real);
                 if (major < 0) (major, minor) = FoundLibrary.ParseVersion(file);
                 found.Add(new FoundLibrary(path, major, minor));
@@ -135,6 +135,13 @@ public static class NativeLibraries
             found.Add(new FoundLibrary(file, major, minor, FromLoader: true));
         }
         return found;
+    }
+
+    /// <summary>The same file seen through two folder links has the same name, size and time.</summary>
+    static string Identity(string path)
+    {
+        var f = new FileInfo(path);
+        return f.Exists ? $"{f.Name}|{f.Length}|{f.LastWriteTimeUtc.Ticks}" : path;
     }
 
     static string RealPath(string path)
