@@ -6,7 +6,7 @@ namespace MetaLoraNative.Kernels.Native;
 
 /// <summary>
 /// The one place that finds NVIDIA's shared libraries. Binding classes import logical names ("cuda", "nvrtc",
-/// "cublasLt", "nvToolsExt"). Each is looked for as a file in $METALORA_CUDA_LIBS, $CUDA_PATH/$CUDA_HOME,
+/// "cublasLt", "nvToolsExt", "nccl"). Each is looked for as a file in $METALORA_CUDA_LIBS, $CUDA_PATH/$CUDA_HOME,
 /// LD_LIBRARY_PATH, the folders of /etc/ld.so.conf, the CUDA toolkit and distribution folders, the Python wheels
 /// (nvidia/cuda_nvrtc, nvidia/cublas, nvidia/nvtx, nvidia/cu13 under site- or dist-packages) and, for NVTX, the
 /// Nsight folders; its sonames are then left to the loader as a last resort. NVRTC and cuBLASLt are matched to the
@@ -19,6 +19,7 @@ public static class NativeLibraries
     public const string Nvrtc = "nvrtc";
     public const string CublasLt = "cublasLt";
     public const string NvToolsExt = "nvToolsExt";
+    public const string Nccl = "nccl";
 
     /// <summary>Sonames per logical library, newest first (the loader's names; files on disk are matched by them too).</summary>
     static readonly Dictionary<string, string[]> Sonames = new()
@@ -29,12 +30,13 @@ public static class NativeLibraries
         [CublasLt] = ["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", "libcublasLt.so",
                       "cublasLt64_13.dll", "cublasLt64_12.dll", "cublasLt64_11.dll"],
         [NvToolsExt] = ["libnvToolsExt.so.1", "libnvToolsExt.so", "nvToolsExt64_1.dll"],
+        [Nccl] = ["libnccl.so.2", "libnccl.so"],
     };
 
     /// <summary>The names doctor and the messages use.</summary>
     public static string DisplayName(string name) => name switch
     {
-        Cuda => "CUDA driver", Nvrtc => "NVRTC", CublasLt => "cuBLASLt", NvToolsExt => "NVTX (libnvToolsExt)", _ => name,
+        Cuda => "CUDA driver", Nvrtc => "NVRTC", CublasLt => "cuBLASLt", NvToolsExt => "NVTX (libnvToolsExt)", Nccl => "NCCL", _ => name,
     };
 
     static readonly ConcurrentDictionary<string, Lazy<(IntPtr Handle, string Report, string? Path)>> Loaded = new();
@@ -173,7 +175,7 @@ public static class NativeLibraries
             dirs.AddRange([Path.Combine(toolkit, "lib64"), Path.Combine(toolkit, "targets", "x86_64-linux", "lib")]);
         dirs.AddRange(["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib/wsl/lib", "/usr/local/nvidia/lib64", "/usr/lib/aarch64-linux-gnu"]);
         // Pip wheels (nvidia-*-cu12, and CUDA 13's nvidia/cu13): a Python-managed GPU server may have nothing else.
-        string[] wheelFolders = ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib", "nvidia/nvtx/lib", "nvidia/cu12/lib"];
+        string[] wheelFolders = ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib", "nvidia/nvtx/lib", "nvidia/nccl/lib", "nvidia/cu12/lib"];
         foreach (string site in PythonSitePackages())
             foreach (string sub in wheelFolders)
                 dirs.Add(Path.Combine(site, sub));
