@@ -3,8 +3,8 @@ using MetaLoraNative.Kernels.Native;
 
 namespace MetaLoraNative.Kernels;
 
-// The kernel cache (one module per kernel file, compiled by NVRTC on first use) and the launch helpers every
-// launcher in Ops/ and Dev/ goes through.
+// The kernel cache (one module per kernel file, compiled by NVRTC on first use for the device's arch, PTX as the
+// fallback) and the launch helpers every launcher in Ops/ and Dev/ goes through.
 public sealed partial class CudaBackend
 {
     const int Block = 256;      // the block size of every 1-D and one-warp-per-row launch
@@ -22,7 +22,7 @@ public sealed partial class CudaBackend
             if (functions.TryGetValue((file, kernel), out IntPtr f)) return f;
             if (!modules.TryGetValue(file, out var module))
             {
-                module = new CudaModuleHandle(LoadModule(compiler.GetImage(file, Arch)));
+                module = new CudaModuleHandle(LoadModule(file));
                 modules[file] = module;
             }
             CudaCheck.Cu(CuDriver.cuModuleGetFunction(out f, module.DangerousGetHandle(), kernel));
@@ -31,11 +31,33 @@ public sealed partial class CudaBackend
         }
     }
 
-    static unsafe IntPtr LoadModule(byte[] image)
+    static int ptxFallbackLogged;
+
+    /// <summary>
+    /// The file's cubin for <see cref="ArchOf"/>; when the driver refuses it (a cubin from an NVRTC newer than the
+    /// driver, an arch it does not know), the file's PTX for compute_XY instead, which the driver JIT-compiles.
+    /// The first fallback of the process is logged.
+    /// </summary>
+    IntPtr LoadModule(string file)
     {
-        IntPtr m;
-        fixed (byte* p = image) CudaCheck.Cu(CuDriver.cuModuleLoadData(out m, p));
+        string arch = ArchOf(file);
+        int rc = TryLoadModule(compiler.GetImage(file, arch), out IntPtr m);
+        if (rc == CuDriver.CUDA_SUCCESS) return m;
+        string ptxArch = KernelCompiler.PtxArch(Device.Major, Device.Minor);
+        if (Interlocked.Exchange(ref ptxFallbackLogged, 1) == 0)
+            Log($"note: the driver did not load the {arch} cubin of {file} ({CuDriver.ErrorString(rc)}); loading {ptxArch} PTX instead " +
+                "(JIT-compiled by the driver), for this and any other file whose cubin fails");
+        int ptxRc = TryLoadModule(compiler.GetImage(file, ptxArch), out m);
+        if (ptxRc != CuDriver.CUDA_SUCCESS)
+            throw new CudaException("CUDA driver", ptxRc, CuDriver.ErrorString(ptxRc),
+                $"cuModuleLoadData of {file} as {ptxArch} PTX, after its {arch} cubin failed with {CuDriver.ErrorString(rc)}");
         return m;
+    }
+
+    /// <summary>cuModuleLoadData's result; PTX images carry their terminating NUL (nvrtcGetPTX writes it).</summary>
+    static unsafe int TryLoadModule(byte[] image, out IntPtr module)
+    {
+        fixed (byte* p = image) return CuDriver.cuModuleLoadData(out module, p);
     }
 
     void DisposeModules()
@@ -93,7 +115,8 @@ public sealed partial class CudaBackend
             slots[i] = args[i].Bits;
             ptrs[i] = &slots[i];
         }
-        CudaCheck.Cu(CuDriver.cuLaunchKernel(f, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, Stream, ptrs, null));
+        AfterLaunch(CuDriver.cuLaunchKernel(f, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, sharedBytes, Stream, ptrs, null),
+            new LaunchRecord(file, kernel, grid, block, sharedBytes));
     }
 
     internal void Launch1D(string file, string kernel, long n, params ReadOnlySpan<KArg> args)
@@ -110,6 +133,7 @@ public sealed partial class CudaBackend
         T copy = p;
         void** ptrs = stackalloc void*[1];
         ptrs[0] = &copy;
-        CudaCheck.Cu(CuDriver.cuLaunchKernel(f, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, 0, Stream, ptrs, null));
+        AfterLaunch(CuDriver.cuLaunchKernel(f, grid.X, grid.Y, grid.Z, block.X, block.Y, block.Z, 0, Stream, ptrs, null),
+            new LaunchRecord(file, kernel, grid, block, 0));
     }
 }

@@ -17,8 +17,11 @@ namespace MetaLoraNative.Kernels;
 /// - Gemm: fp32·fp32 into fp32 runs in fp32; any other mix converts fp32 inputs to bf16 and runs bf16·bf16 with
 ///   fp32 accumulation into c's precision (cuBLASLt needs A and B of one type).
 ///
-/// Everything runs on one stream; Download synchronises it. Launchers follow one shape: NVTX range (the op's name),
-/// fixed block size, size checks, ceil-div grid, launch, check.
+/// Everything runs on one non-blocking stream (no implicit synchronisation with the legacy default stream that other
+/// libraries may use); Download synchronises it. Launchers follow one shape: NVTX range (the op's name), fixed block
+/// size, size checks, ceil-div grid, launch, check. With METALORA_SYNC_CHECK=1 (or <see cref="SyncCheck"/>) every
+/// launch and every op ends with a stream synchronisation, so the first failing kernel or GEMM is named with its
+/// op and input shapes instead of surfacing at a later download.
 ///
 /// Files: this one holds the handles, bring-up and lifetime; CudaBackend.Device.cs the context, stream and timing
 /// services; CudaBackend.Launch.cs the kernel cache and launches; Ops/CudaBackend.&lt;Group&gt;.cs one op group each
@@ -30,6 +33,7 @@ public sealed partial class CudaBackend : IBackend
     readonly CudaStreamHandle streamHandle;
     readonly CublasLtHandle blasLt;
     readonly KernelCompiler compiler;
+    readonly int nvrtcMajor;
     bool disposed;
 
     CudaBackend(int ordinal, string? kernelCache)
@@ -41,14 +45,15 @@ public sealed partial class CudaBackend : IBackend
         CudaCheck.Cu(CuDriver.cuDevicePrimaryCtxRetain(out IntPtr ctx, dev));
         context = new CudaContextHandle(ctx, dev);
         MakeCurrent();
-        CudaCheck.Cu(CuDriver.cuStreamCreate(out IntPtr s, 0));
+        CudaCheck.Cu(CuDriver.cuStreamCreate(out IntPtr s, CuDriver.CU_STREAM_NON_BLOCKING));
         streamHandle = new CudaStreamHandle(s);
-        Pool = new DevicePool(s);
+        Pool = new DevicePool(s, context);
         CudaCheck.Blas(CublasLt.cublasLtCreate(out IntPtr lt));
         blasLt = new CublasLtHandle(lt);
         workspace = Pool.Rent(WorkspaceBytes, out _);
         compiler = new KernelCompiler(kernelCache);
-        Arch = KernelCompiler.ArchFor(Device.Major, Device.Minor, KernelCompiler.NvrtcVersion().Major);
+        nvrtcMajor = KernelCompiler.NvrtcVersion().Major;
+        Arch = KernelCompiler.ArchFor(Device.Major, Device.Minor, nvrtcMajor);
     }
 
     /// <summary>
@@ -81,8 +86,11 @@ public sealed partial class CudaBackend : IBackend
 
     public string Name => "cuda";
     public DeviceInfo Device { get; }
-    /// <summary>The arch the kernels are compiled for (sm_90a on an H100 with NVRTC 12+).</summary>
+    /// <summary>The device's arch (sm_90 on an H100); a file marked arch-specific gets sm_90a there (<see cref="ArchOf"/>).</summary>
     public string Arch { get; }
+
+    /// <summary>The arch <paramref name="file"/> is compiled and loaded for on this device (KernelCompiler.DeviceArch).</summary>
+    public string ArchOf(string file) => KernelCompiler.DeviceArch(file, Device.Major, Device.Minor, nvrtcMajor);
     public DevicePool Pool { get; }
     /// <summary>Peak bytes of tensors alive at once (pool size classes) since creation.</summary>
     public long PeakBytes => Pool.PeakBytes;
@@ -99,6 +107,5 @@ public sealed partial class CudaBackend : IBackend
         Pool.Dispose();
         streamHandle.Dispose();
         context.Dispose();
-        currentOwner = 0;
     }
 }

@@ -7,7 +7,8 @@ namespace MetaLoraNative.Kernels;
 /// 2 MiB steps above); a returned block goes on its class's free list and the next request of that class
 /// reuses it. Every kernel runs on the one stream, so a block returned after its last use is enqueued can be
 /// handed out at once: stream order guarantees the old work finishes first. When cuMemAlloc runs out of memory,
-/// the cached blocks are freed and the allocation is tried once more.
+/// the cached blocks are freed and the allocation is tried once more. Every driver call makes the backend's
+/// context current first: a tensor may be freed, and the pool trimmed, from any thread.
 /// </summary>
 public sealed class DevicePool : IDisposable
 {
@@ -18,9 +19,14 @@ public sealed class DevicePool : IDisposable
     readonly HashSet<ulong> all = [];
     readonly object gate = new();
     readonly IntPtr stream;
+    readonly CudaContextHandle context;
     bool disposed;
 
-    public DevicePool(IntPtr stream) => this.stream = stream;
+    public DevicePool(IntPtr stream, CudaContextHandle context)
+    {
+        this.stream = stream;
+        this.context = context;
+    }
 
     /// <summary>Bytes handed out and not yet returned (by size class).</summary>
     public long InUseBytes { get; private set; }
@@ -47,6 +53,7 @@ public sealed class DevicePool : IDisposable
             if (free.TryGetValue(classBytes, out var list) && list.Count > 0) ptr = list.Pop();
             else
             {
+                context.MakeCurrent();
                 int rc = CuDriver.cuMemAlloc_v2(out ptr, (nuint)classBytes);
                 if (rc == CUDA_ERROR_OUT_OF_MEMORY)
                 {
@@ -81,6 +88,7 @@ public sealed class DevicePool : IDisposable
     {
         lock (gate)
         {
+            context.MakeCurrent();
             CudaCheck.Cu(CuDriver.cuStreamSynchronize(stream));
             foreach (var (size, list) in free)
             {
@@ -101,6 +109,8 @@ public sealed class DevicePool : IDisposable
         {
             if (disposed) return;
             disposed = true;
+            try { context.MakeCurrent(); }
+            catch (CudaException) { /* a sticky error: free what we can */ }
             CuDriver.cuStreamSynchronize(stream);
             foreach (ulong p in all) CuDriver.cuMemFree_v2(p);   // outstanding tensors die with the backend
             all.Clear();

@@ -69,8 +69,8 @@ public sealed class KernelCompiler
         .ToDictionary(n => n[ResourcePrefix.Length..].Replace('\\', '/'), n => n);
 
     /// <summary>Every embedded header as (the name kernels include it by, its text): "common.cuh", "mma.cuh", ...</summary>
-    static IReadOnlyList<(string Name, string Text)> Headers() => headers ??= BuildHeaders();
-    static IReadOnlyList<(string Name, string Text)>? headers;
+    static IReadOnlyList<(string Name, string Text)> Headers() => LazyHeaders.Value;
+    static readonly Lazy<IReadOnlyList<(string Name, string Text)>> LazyHeaders = new(BuildHeaders);
 
     static List<(string Name, string Text)> BuildHeaders()
     {
@@ -112,11 +112,29 @@ public sealed class KernelCompiler
     }
 
     /// <summary>
-    /// The arch to compile for on a device: sm_XX from its compute capability, with Hopper's "a" suffix
-    /// (sm_90a) when this NVRTC knows it (12.0 and later).
+    /// The line by which a kernel file declares that it uses instructions only Hopper's arch-specific target has
+    /// (wgmma, setmaxnreg): it is then compiled for sm_90a on a 9.0 device, which NVRTC 12+ knows.
     /// </summary>
-    public static string ArchFor(int major, int minor, int nvrtcMajor) =>
-        major == 9 && minor == 0 && nvrtcMajor >= 12 ? "sm_90a" : $"sm_{major}{minor}";
+    public const string ArchSpecificMarker = "// metalora: arch-specific";
+
+    /// <summary>
+    /// The arch to compile for on a device: sm_XY from its compute capability, or Hopper's sm_90a when the file
+    /// needs arch-specific instructions, the device is 9.0 and this NVRTC knows sm_90a (12.0 and later). A plain
+    /// sm_90 image runs on every 9.x device and is what a file without those instructions gets.
+    /// </summary>
+    public static string ArchFor(int major, int minor, int nvrtcMajor, bool needsArchSpecific = false) =>
+        needsArchSpecific && major == 9 && minor == 0 && nvrtcMajor >= 12 ? "sm_90a" : $"sm_{major}{minor}";
+
+    /// <summary>True when a line of the file itself starts with <see cref="ArchSpecificMarker"/>.</summary>
+    public static bool NeedsArchSpecific(string file) =>
+        ReadSource(file).Split('\n').Any(l => l.TrimEnd().StartsWith(ArchSpecificMarker, StringComparison.Ordinal));
+
+    /// <summary>The arch the CUDA backend compiles and loads <paramref name="file"/> for on a device of compute capability major.minor.</summary>
+    public static string DeviceArch(string file, int major, int minor, int nvrtcMajor) =>
+        ArchFor(major, minor, nvrtcMajor, NeedsArchSpecific(file));
+
+    /// <summary>The PTX target a device falls back to when its cubin does not load: compute_XY, JIT-compiled by the driver.</summary>
+    public static string PtxArch(int major, int minor) => $"compute_{major}{minor}";
 
     /// <summary>Normalises "80", "sm80", "sm_80", "compute_80" and checks the form.</summary>
     public static string NormalizeArch(string arch)
@@ -168,19 +186,24 @@ public sealed class KernelCompiler
     /// image to outDir (stem.arch.cubin / .ptx, e.g. attention.sm_90.cubin, dev.attention.02_mma_forward.sm_90.cubin)
     /// when given. Failures are returned, not thrown, so a caller can print every log.
     /// </summary>
-    public static IReadOnlyList<KernelBuildResult> BuildAll(string arch, string? outDir, string? cacheDirectory = null, bool dev = false)
-    {
+    public static IReadOnlyList<KernelBuildResult> BuildAll(string arch, string? outDir, string? cacheDirectory = null, bool dev = false) =>
         // An explicit build compiles for real: the cache is only consulted when a directory is named.
-        var compiler = new KernelCompiler(cacheDirectory ?? "");
-        var results = new List<KernelBuildResult>();
+        BuildAll(_ => arch, outDir, new KernelCompiler(cacheDirectory ?? ""), dev);
+
+    /// <summary>
+    /// The same with each file's arch chosen by <paramref name="archOf"/> (a device's <see cref="DeviceArch"/>), through
+    /// the given compiler and its cache: with the default cache this builds exactly the images the backend then loads.
+    /// </summary>
+    public static IReadOnlyList<KernelBuildResult> BuildAll(Func<string, string> archOf, string? outDir, KernelCompiler compiler, bool dev = false)
+    {
         if (outDir != null) Directory.CreateDirectory(outDir);
-        foreach (string file in dev ? [.. KernelFiles(), .. DevKernelFiles()] : KernelFiles())
-        {
-            var r = compiler.Compile(file, arch);
-            results.Add(r);
+        string[] files = dev ? [.. KernelFiles(), .. DevKernelFiles()] : [.. KernelFiles()];
+        var results = new KernelBuildResult[files.Length];
+        // One NVRTC program per file, compiled side by side (NVRTC programs are independent); results in file order.
+        Parallel.For(0, files.Length, i => results[i] = compiler.Compile(files[i], archOf(files[i])));
+        foreach (var r in results)
             if (r.Image != null && outDir != null)
-                File.WriteAllBytes(Path.Combine(outDir, $"{Stem(file)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
-        }
+                File.WriteAllBytes(Path.Combine(outDir, $"{Stem(r.File)}.{r.Arch}{(r.IsPtx ? ".ptx" : ".cubin")}"), r.Image);
         return results;
     }
 

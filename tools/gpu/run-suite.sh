@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU verification suite: run from the repository root on the GPU machine, with publish/linux-x64 (from
+# The GPU verification suite, stage by stage in groups (tools/gpu/first-contact.sh is the one-command version that
+# fits a single short loan). Run from the repository root on the GPU machine, with publish/linux-x64 (from
 # tools/gpu/publish.sh) carried there. Needs no .NET SDK; python3 with PyTorch 2.x (CUDA) for the reference and
 # the PyTorch benchmark. Every stage prints a header, runs under a time limit, and a failing stage does not stop
 # the next ones; a summary closes the log. Everything goes to "$OUT/gpu-suite.log" (OUT defaults to ./gpu-out).
@@ -69,8 +70,8 @@ if [[ ! -x "$METALORA" ]]; then echo "error: $METALORA is missing; publish with 
 
 # 1. the machine, the kernels, the parity checks (--dev: the kernel playground's versions too, kernels/dev/README.md)
 stage doctor 120 "$METALORA" doctor
-stage kernels 120 "$METALORA" kernels build --arch sm_90 --dev
-stage check-cuda 420 "$METALORA" check cuda --dev --json "$OUT/check-cuda.json"
+stage kernels 120 "$METALORA" kernels build --arch device --dev
+stage check-cuda 420 env METALORA_SYNC_CHECK=1 "$METALORA" check cuda --dev --json "$OUT/check-cuda.json"
 
 # 2. the engine against the independent PyTorch reference at the FLUX.1-dev shape, 512² (1,024 image + 512 text
 #    tokens), docs/REFERENCE_CHECK.md: the engine's bf16 result vs the fp32 reference, tolerance per tensor

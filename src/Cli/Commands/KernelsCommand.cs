@@ -1,13 +1,15 @@
 using System.CommandLine;
 using System.Globalization;
 using MetaLoraNative.Kernels;
+using MetaLoraNative.Kernels.Native;
 using MetaLoraNative.Kernels.Verification;
 
 namespace MetaLoraNative.Cli.Commands;
 
 /// <summary>
-/// `metalora kernels build --arch sm_80|sm_90 [--dev] [--out DIR]`: compiles every embedded kernel with NVRTC (with
-/// --dev the playground's kernels/dev too). Needs only libnvrtc (no GPU, no driver), so CI can check the kernels.
+/// `metalora kernels build --arch sm_80|sm_90|device [--dev] [--out DIR]`: compiles every embedded kernel with NVRTC
+/// (with --dev the playground's kernels/dev too). Needs only libnvrtc (no GPU, no driver), so CI can check the kernels;
+/// `--arch device` compiles each file for the arch the CUDA backend loads on GPU 0, into the backend's kernel cache.
 /// Exit code 1 when any file fails. `metalora kernels bench [--dev]` times the kernels at FLUX.1-dev's sizes on the
 /// GPU, each bench checking its own outputs (exit 1 when one is wrong, 2 without a GPU).
 /// </summary>
@@ -17,7 +19,9 @@ public static class KernelsCommand
     {
         var arch = new Option<string>("--arch")
         {
-            Description = "Target: sm_80, sm_90, sm_90a (CUBIN) or compute_80, compute_90 (PTX)",
+            Description = "Target: sm_80, sm_90, sm_90a (CUBIN), compute_80, compute_90 (PTX), or 'device': per file the arch the " +
+                          "CUDA backend loads on GPU 0 (sm_90 on an H100; sm_90a for files marked arch-specific), compiled into the " +
+                          "backend's kernel cache so the next run loads exactly these images",
             DefaultValueFactory = _ => "sm_90",
         };
         var outDir = new Option<string?>("--out")
@@ -52,36 +56,63 @@ public static class KernelsCommand
 
     static int Build(string arch, string? outDir, bool dev)
     {
+        bool forDevice = arch.Trim().Equals("device", StringComparison.OrdinalIgnoreCase);
         string target;
         (int Major, int Minor) version;
+        DeviceInfo? device = null;
         try
         {
-            target = KernelCompiler.NormalizeArch(arch);
+            target = forDevice ? "device" : KernelCompiler.NormalizeArch(arch);
             version = KernelCompiler.NvrtcVersion();
+            if (forDevice && !TryQueryDevice(out device, out string why))
+            {
+                Console.Error.WriteLine($"--arch device: {why}; name an arch instead (--arch sm_80, sm_90)");
+                return 1;
+            }
         }
         catch (Exception e) when (e is ArgumentException or DllNotFoundException)
         {
             Console.Error.WriteLine(e.Message);
             return 1;
         }
-        Console.WriteLine($"NVRTC {version.Major}.{version.Minor}, target {target}{(dev ? ", with kernels/dev" : "")}{(outDir != null ? $", output {outDir}" : "")}");
+        var nvrtc = NativeLibraries.Selection(NativeLibraries.Nvrtc);
+        Console.WriteLine($"NVRTC {version.Major}.{version.Minor} ({NativeLibraries.LoadedPath(NativeLibraries.Nvrtc)}; {nvrtc.Message}), " +
+                          $"target {(device != null ? $"{device.Name} ({device.Arch}), per file" : target)}" +
+                          $"{(dev ? ", with kernels/dev" : "")}{(outDir != null ? $", output {outDir}" : "")}");
+        var results = device != null
+            ? KernelCompiler.BuildAll(f => KernelCompiler.DeviceArch(f, device.Major, device.Minor, version.Major), outDir, new KernelCompiler(), dev)
+            : KernelCompiler.BuildAll(target, outDir, dev: dev);
         int failed = 0;
-        foreach (var r in KernelCompiler.BuildAll(target, outDir, dev: dev))
+        foreach (var r in results)
         {
+            string arch1 = device != null ? $" {r.Arch,-7}" : "";
             if (r.Success)
             {
-                Console.WriteLine($"  {r.File,-34} {r.Image!.Length,9:N0} bytes {r.CompileTime.TotalMilliseconds,8:F0} ms");
+                Console.WriteLine($"  {r.File,-34}{arch1} {r.Image!.Length,9:N0} bytes {r.CompileTime.TotalMilliseconds,8:F0} ms{(r.FromCache ? " (cached)" : "")}");
                 if (r.Log.Length > 0) Console.WriteLine(Indent(r.Log));
             }
             else
             {
                 failed++;
-                Console.WriteLine($"  {r.File,-34}    FAILED {r.CompileTime.TotalMilliseconds,8:F0} ms");
+                Console.WriteLine($"  {r.File,-34}{arch1}    FAILED {r.CompileTime.TotalMilliseconds,8:F0} ms");
                 Console.Error.WriteLine(Indent(r.Log));
             }
         }
         Console.WriteLine(failed == 0 ? "all kernels compiled" : $"{failed} kernel file(s) failed");
         return failed == 0 ? 0 : 1;
+    }
+
+    /// <summary>GPU 0 through the driver alone (no backend: that would compile the kernels itself).</summary>
+    static bool TryQueryDevice(out DeviceInfo? device, out string why)
+    {
+        device = null;
+        if (NativeLibraries.TryLoad(NativeLibraries.Cuda, out string report) == IntPtr.Zero) { why = $"no CUDA driver ({report})"; return false; }
+        int rc = CuDriver.cuInit(0);
+        if (rc != CuDriver.CUDA_SUCCESS) { why = $"cuInit failed: {CuDriver.ErrorString(rc)}"; return false; }
+        if (CuDriver.cuDeviceGetCount(out int count) != CuDriver.CUDA_SUCCESS || count == 0) { why = "no GPU visible"; return false; }
+        device = DeviceInfo.Query(0);
+        why = "";
+        return true;
     }
 
     static int Bench(bool dev, string[] only, bool listOnly)

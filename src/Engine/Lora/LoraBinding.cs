@@ -8,8 +8,8 @@ namespace MetaLoraNative.Engine.Lora;
 /// Per target, for the rows x (n, d_in) of one group, with y's column slice [s, s+rows):
 ///   forward   down = x·Dᵀ (n, r1)   mid = down·Mᵀ (n, r2)   y[:, s:s+rows] += mid·Uᵀ
 ///   backward  dU += dyₛᵀ·mid   dmid = dyₛ·U   dM += dmidᵀ·down   ddown = dmid·M   dD += ddownᵀ·x   dx += ddown·D
-/// The targets of one module share x, so their Downs are stacked: one GEMM makes every down projection, one makes
-/// every dD and one every dx (three per fused qkv instead of nine).
+/// The targets of one module share x, so their Downs are stacked: one GEMM makes every down projection and one every
+/// dx; dD is one GEMM per target, straight into its fp32 gradient.
 /// down and mid are recomputed in the backward from x (which the layer keeps anyway): at rank 16 that costs
 /// about r1/d_out of the frozen GEMM and saves storing two activations per target.
 /// </summary>
@@ -123,24 +123,16 @@ public sealed class LoraBinding
                 }
                 else dDowns[j] = dmid;
             }
-            // one GEMM each for dD and dx over the stacked Downs, as for the forward
+            // dD straight into each target's fp32 gradient (beta = 1): the GEMM accumulates in fp32 and writes fp32, so
+            // no bf16 tensor sits between the products and the gradient. (A stacked GEMM followed by a Narrow would
+            // return the slice as a Compute tensor, i.e. bf16 on the GPU: a 2^-9 relative rounding on every D
+            // gradient, larger than the fp32 accumulation it feeds.) The FLOPs are those of one stacked GEMM.
+            if (TrainDown)
+                for (int j = 0; j < targets.Length; j++)
+                    be.Gemm(dDowns[j], true, xg.T, false, Adapter.Down[targets[j]].Grad, 1f, 1f);   // dD += ddownᵀ·x
+            // one GEMM for dx over the stacked Downs, as for the forward
             using var dDownAll = targets.Length == 1 ? dDowns[0] : be.Concat(-1, dDowns);   // (n, Σ r1)
             if (targets.Length > 1) foreach (var d in dDowns) d.Dispose();
-            if (TrainDown)
-            {
-                if (targets.Length == 1) be.Gemm(dDownAll, true, xg.T, false, Adapter.Down[targets[0]].Grad, 1f, 1f);  // dD += ddownᵀ·x
-                else
-                {
-                    using var dStackGrad = be.Zeros([dStack.T.Dim(0), dStack.T.Dim(1)], Precision.Master);
-                    be.Gemm(dDownAll, true, xg.T, false, dStackGrad);                          // (Σ r1, d_in)
-                    for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
-                    {
-                        var D = Adapter.Down[targets[j]];
-                        using var part = be.Narrow(dStackGrad, 0, offset, D.Shape[0]);
-                        be.AddInPlace(D.Grad, part);
-                    }
-                }
-            }
             if (dx != null)
             {
                 using var dxg = be.LinearBackward(dDownAll, dStack.T);                           // (n, d_in)

@@ -23,8 +23,57 @@ public static partial class CudaParity
         (2, 2, 65, 128, AttentionKernel.TensorCore, AttentionKernel.TensorCore),
     ];
 
+    /// <summary>
+    /// (B, H, L, D) at FLUX.1-dev's attention sizes: 24 heads of 128 over 1,536 tokens (512² with 512 text tokens) and
+    /// 4,608 (1024²). Too large for the fp64 oracle, so version 2 is held against version 1 on the same GPU.
+    /// </summary>
+    public static readonly (int B, int H, int L, int D)[] AttentionAtScaleCases = [(1, 24, 1536, 128), (1, 24, 4608, 128)];
+
     static IEnumerable<ParityCheck> AttentionMmaChecks() =>
-        AttentionMmaCases.Select(c => AttentionCheck((c.B, c.H, c.L, c.D), c.Forward, c.Backward));
+    [
+        .. AttentionMmaCases.Select(c => AttentionCheck((c.B, c.H, c.L, c.D), c.Forward, c.Backward)),
+        .. AttentionAtScaleCases.Select(c => new ParityCheck($"attention tc vs scalar {c.B}x{c.H}x{c.L}x{c.D}",
+            $"attention version 2 (tensor cores) against version 1 on the GPU at FLUX.1-dev's size, B {c.B}, H {c.H}, L {c.L}, D {c.D}: " +
+            "output, lse, and dq, dk, dv from the same saved forward",
+            p => AttentionAgainstScalar(p, c)) { Slow = true }),
+    ];
+
+    /// <summary>
+    /// Version 2 against version 1 on identical inputs. The forward is compared as is; both backwards are fed version
+    /// 1's output and lse, so each comparison isolates one kernel. Tolerances: <see cref="ParityContext.Bf16AgainstKernel"/>
+    /// for the bf16 results, the fp32 rule (1e-5) for lse.
+    /// </summary>
+    static void AttentionAgainstScalar(ParityContext p, (int B, int H, int L, int D) c)
+    {
+        var gpu = p.Gpu;
+        var (previous, previousBackward) = (gpu.AttentionForwardKernel, gpu.AttentionBackwardKernel);
+        int n = c.B * c.H * c.L * c.D;
+        try
+        {
+            using var q = gpu.Upload(Rand(n, 1, 2f), c.B, c.H, c.L, c.D);
+            using var k = gpu.Upload(Rand(n, 2, 2f), c.B, c.H, c.L, c.D);
+            using var v = gpu.Upload(Rand(n, 3), c.B, c.H, c.L, c.D);
+            using var dOut = gpu.Upload(Rand(n, 4), c.B, c.L, c.H * c.D);
+            gpu.AttentionForwardKernel = AttentionKernel.Scalar;
+            using var so = gpu.Attention(q, k, v, out var slse);
+            using var _slse = slse;
+            gpu.AttentionForwardKernel = AttentionKernel.TensorCore;
+            using var to = gpu.Attention(q, k, v, out var tlse);
+            using var _tlse = tlse;
+            p.Bf16AgainstKernel("attention output (tc vs scalar)", to, so);
+            p.F32("attention lse (tc vs scalar)", tlse, slse, 1e-5);
+
+            gpu.AttentionBackwardKernel = AttentionKernel.Scalar;
+            var (sdq, sdk, sdv) = gpu.AttentionBackward(dOut, q, k, v, so, slse);
+            gpu.AttentionBackwardKernel = AttentionKernel.TensorCore;
+            var (tdq, tdk, tdv) = gpu.AttentionBackward(dOut, q, k, v, so, slse);
+            p.Bf16AgainstKernel("attention dq (tc vs scalar)", tdq, sdq);
+            p.Bf16AgainstKernel("attention dk (tc vs scalar)", tdk, sdk);
+            p.Bf16AgainstKernel("attention dv (tc vs scalar)", tdv, sdv);
+            foreach (var t in new[] { sdq, sdk, sdv, tdq, tdk, tdv }) t.Dispose();
+        }
+        finally { (gpu.AttentionForwardKernel, gpu.AttentionBackwardKernel) = (previous, previousBackward); }
+    }
 }
 
 // The bench of attention version 2, in KernelBenches.Dev: `metalora kernels bench --dev` puts it beside version 1.

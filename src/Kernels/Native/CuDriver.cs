@@ -21,6 +21,8 @@ public static unsafe partial class CuDriver
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 
     public const uint CU_EVENT_DEFAULT = 0;
+    /// <summary>cuStreamCreate flag: no implicit synchronisation with the legacy default stream (stream 0).</summary>
+    public const uint CU_STREAM_NON_BLOCKING = 1;
 
     [LibraryImport(Lib)] public static partial int cuInit(uint flags);
     [LibraryImport(Lib)] public static partial int cuDriverGetVersion(out int driverVersion);
@@ -36,6 +38,7 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuDevicePrimaryCtxRetain(out IntPtr pctx, int dev);
     [LibraryImport(Lib)] public static partial int cuDevicePrimaryCtxRelease_v2(int dev);
     [LibraryImport(Lib)] public static partial int cuCtxSetCurrent(IntPtr ctx);
+    [LibraryImport(Lib)] public static partial int cuCtxGetCurrent(out IntPtr pctx);
 
     [LibraryImport(Lib)] public static partial int cuMemGetInfo_v2(out nuint free, out nuint total);
     [LibraryImport(Lib)] public static partial int cuMemAlloc_v2(out ulong dptr, nuint bytesize);
@@ -58,6 +61,10 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuModuleUnload(IntPtr hmod);
     [LibraryImport(Lib, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int cuModuleGetFunction(out IntPtr hfunc, IntPtr hmod, string name);
+
+    // The capture range of `nsys profile --capture-range=cudaProfilerApi` and `ncu --profile-from-start off`.
+    [LibraryImport(Lib)] public static partial int cuProfilerStart();
+    [LibraryImport(Lib)] public static partial int cuProfilerStop();
 
     [LibraryImport(Lib)]
     public static partial int cuLaunchKernel(IntPtr f, uint gridDimX, uint gridDimY, uint gridDimZ,

@@ -17,6 +17,18 @@ public sealed class CudaContextHandle : SafeHandle
     public int Device { get; }
     public override bool IsInvalid => handle == IntPtr.Zero;
 
+    /// <summary>
+    /// Makes this context current on the calling thread unless it already is. The current context is per thread and
+    /// any library in the process may change it (another backend, ONNX Runtime's CUDA provider), so every driver call
+    /// path asks the driver rather than trusting a cached flag; cuCtxGetCurrent is a thread-local read.
+    /// </summary>
+    public void MakeCurrent()
+    {
+        ObjectDisposedException.ThrowIf(IsClosed, this);
+        CudaCheck.Cu(CuDriver.cuCtxGetCurrent(out IntPtr current));
+        if (current != handle) CudaCheck.Cu(CuDriver.cuCtxSetCurrent(handle));
+    }
+
     protected override bool ReleaseHandle()
     {
         try { return CuDriver.cuDevicePrimaryCtxRelease_v2(Device) == CuDriver.CUDA_SUCCESS; }

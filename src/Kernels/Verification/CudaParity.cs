@@ -4,11 +4,17 @@ using MetaLoraNative.Engine.Backends.Cpu;
 
 namespace MetaLoraNative.Kernels.Verification;
 
-/// <summary>A named CUDA-vs-oracle check of one op group (IBackend's sections, or "Model" for the whole-model checks).</summary>
+/// <summary>A named CUDA-vs-oracle check of one op group (IBackend's sections, "Lora" for the LoRA binding, "Model" for the whole model).</summary>
 public sealed record ParityCheck(string Name, string Description, Action<ParityContext> Body)
 {
-    /// <summary>The op group the check belongs to: Memory, Gemm, ..., Objective, or Model.</summary>
+    /// <summary>The op group the check belongs to: Memory, Gemm, ..., Objective, Lora, or Model.</summary>
     public string Group { get; init; } = "";
+
+    /// <summary>
+    /// A check that takes tens of seconds (the flux-width model: its fp64 oracle; the playground's attention at
+    /// FLUX.1-dev's lengths): `check cuda --quick` leaves these out.
+    /// </summary>
+    public bool Slow { get; init; }
 
     /// <summary>Runs the check on the given backends (the caller owns and disposes them). Never throws.</summary>
     public ParityResult Run(CudaBackend gpu, IBackend oracle)
@@ -60,11 +66,13 @@ public static partial class CudaParity
         .. In("Attention", AttentionChecks()),
         .. In("Conditioning", ConditioningChecks()),
         .. In("Objective", ObjectiveChecks()),
+        .. In("Lora", LoraChecks()),
         .. In("Model",
         [
             new("model forward", "tiny FLUX with a random Meta LoRA: output and loss vs fp64, baseline the bf16-emulating CPU engine", ModelForward),
             new("model lora grads", "tiny FLUX with a random Meta LoRA: every D, M, U gradient vs fp64, baseline the bf16-emulating CPU engine", ModelGradients),
             new("stage2 curve", $"{Stage2Iterations} Stage 2 iterations on the tiny model: loss curve and trained U vs fp64, baseline the bf16-emulating CPU engine", Stage2Curve),
+            .. FluxWidthChecks(),
         ]),
     ];
     static ParityCheck[]? all;

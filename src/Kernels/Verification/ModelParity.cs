@@ -31,21 +31,37 @@ public static partial class CudaParity
     internal sealed record ModelRun(double[] Output, double Loss, (string Name, double[] Grad)[] Grads);
 
     /// <summary>
-    /// One forward and backward of the tiny model: batch 2 (two identities), a 3×5 latent grid (15 image tokens) and
-    /// 7 text tokens, all inputs bf16-exact, fixed timesteps 0.25 and 0.75.
+    /// One forward-and-backward case: the model shape, the batch (sample b uses identity b), the latent grid (image
+    /// tokens gh·gw), the text tokens and the Meta LoRA's ranks. Timesteps 0.25, 0.75, ... across the batch.
     /// </summary>
-    internal static ModelRun RunTinyModel(IBackend be)
+    public sealed record ModelCase(FluxConfig Config, int Batch, int GridH, int GridW, int TextTokens, int Rank1, int Rank2)
     {
-        var c = FluxConfig.Tiny;
-        const int B = 2, gh = 3, gw = 5, lt = 7;
+        public int ImageTokens => GridH * GridW;
+    }
+
+    /// <summary>FluxConfig.Tiny, batch 2 (two identities), a 3×5 latent grid (15 image tokens), 7 text tokens, r1 4, r2 2.</summary>
+    public static readonly ModelCase TinyCase = new(FluxConfig.Tiny, 2, 3, 5, 7, 4, 2);
+
+    /// <summary>One forward and backward of the tiny model (<see cref="TinyCase"/>), all inputs bf16-exact.</summary>
+    internal static ModelRun RunTinyModel(IBackend be) => RunModel(be, TinyCase);
+
+    /// <summary>
+    /// One forward and backward of a case, Stage-1 style (D, M and U all train) with a random Meta LoRA on every
+    /// target whose U is nonzero: output, loss and every factor gradient. All weights and inputs are bf16-exact.
+    /// </summary>
+    internal static ModelRun RunModel(IBackend be, ModelCase mc)
+    {
+        var c = mc.Config;
+        int B = mc.Batch, gh = mc.GridH, gw = mc.GridW, lt = mc.TextTokens;
         using var weights = Bf16RandomWeights(c, be, WeightSeed);
         var model = new FluxModel(weights);
-        using var adapter = LoraAdapter.Random(be, c, LoraMode.Meta, 4, 2, 2, AdapterSeed);
-        var binding = new LoraBinding(adapter, [0, 1], trainDown: true, trainIdentity: true);
+        using var adapter = LoraAdapter.Random(be, c, LoraMode.Meta, mc.Rank1, mc.Rank2, B, AdapterSeed);
+        var binding = new LoraBinding(adapter, [.. Enumerable.Range(0, B)], trainDown: true, trainIdentity: true);
         float[] R(string name, int n) => ParityContext.RoundBf16(RandomWeights.Normal(name, InputSeed, n));
         var examples = Enumerable.Range(0, B).Select(b => new Example(
             R($"x0.{b}", gh * gw * c.InChannels), gh, gw, R($"txt.{b}", lt * c.ContextInDim), lt, R($"y.{b}", c.VecInDim))).ToList();
-        using var inputs = Batches.MakeInputs(be, c, examples, R("img", B * gh * gw * c.InChannels), [0.25f, 0.75f], 3.5f);
+        float[] timesteps = [.. Enumerable.Range(0, B).Select(b => 0.25f + 0.5f * (b % 2))];
+        using var inputs = Batches.MakeInputs(be, c, examples, R("img", B * gh * gw * c.InChannels), timesteps, 3.5f);
         using var target = be.Upload(R("target", B * gh * gw * c.OutChannels), [B, gh * gw, c.OutChannels]);
 
         var parameters = binding.TrainableParameters().ToArray();
@@ -55,24 +71,34 @@ public static partial class CudaParity
         return new ModelRun(be.DownloadDouble(y), loss, grads);
     }
 
-    static (ModelRun Gpu, ModelRun Ref, ModelRun Emu) RunTinyModelEverywhere(ParityContext p)
+    static (ModelRun Gpu, ModelRun Ref, ModelRun Emu) RunModelEverywhere(ParityContext p, ModelCase mc)
     {
-        var gpu = RunTinyModel(p.Gpu);
-        var reference = RunTinyModel(p.Cpu);
+        var gpu = RunModel(p.Gpu, mc);
+        var reference = RunModel(p.Cpu, mc);
         using var emulation = new Bf16EmulationBackend();
-        return (gpu, reference, RunTinyModel(emulation));
+        return (gpu, reference, RunModel(emulation, mc));
     }
 
     static void ModelForward(ParityContext p)
     {
-        var (g, r, e) = RunTinyModelEverywhere(p);
-        p.Bf16("tiny model output", g.Output, r.Output, e.Output);
-        p.Bf16("tiny model loss", [g.Loss], [r.Loss], [e.Loss]);
+        var (g, r, e) = RunModelEverywhere(p, TinyCase);
+        CompareOutputs(p, "tiny model", g, r, e);
     }
 
     static void ModelGradients(ParityContext p)
     {
-        var (g, r, e) = RunTinyModelEverywhere(p);
+        var (g, r, e) = RunModelEverywhere(p, TinyCase);
+        CompareGradients(p, g, r, e);
+    }
+
+    static void CompareOutputs(ParityContext p, string what, ModelRun g, ModelRun r, ModelRun e)
+    {
+        p.Bf16($"{what} output", g.Output, r.Output, e.Output);
+        p.Bf16($"{what} loss", [g.Loss], [r.Loss], [e.Loss]);
+    }
+
+    static void CompareGradients(ParityContext p, ModelRun g, ModelRun r, ModelRun e)
+    {
         ParityContext.Require(g.Grads.Length == r.Grads.Length && g.Grads.Length > 0, $"{g.Grads.Length} GPU gradients, {r.Grads.Length} reference gradients");
         for (int i = 0; i < g.Grads.Length; i++)
         {

@@ -88,10 +88,36 @@ public sealed class ParityContext(CudaBackend gpu, IBackend oracle)
         return Bf16(what, ours, r, RoundBf16(r));
     }
 
-    /// <summary>fp32 results: max|ours − ref| ≤ rel · max|ref| + 1e-12.</summary>
-    public ParityMeasure F32(string what, Tensor ours, Tensor reference, double rel = 1e-5)
+    /// <summary>
+    /// The bf16 rule where the reference is another bf16 kernel S on the same GPU (the fp64 oracle being too slow at the
+    /// size), for a result X of a new kernel. With T the exact result, the rule against an oracle would allow
+    /// |X − T| ≤ 2·max|round(T) − T| + 2^-10·max|T|, and |X − S| ≤ |X − T| + |S − T|. S's own error is its output
+    /// rounding (its fp32 accumulation is far smaller), at most h = max over elements of half a bf16 ulp, which bounds
+    /// max|round(T) − T| too. So a correct X satisfies max|X − S| ≤ 3·h + 2^-10·max|S|; a wrong formula moves results
+    /// by far more than a few roundings. The measure's baseline is h.
+    /// </summary>
+    public ParityMeasure Bf16AgainstKernel(string what, Tensor ours, Tensor reference)
     {
         double[] o = ours.Backend.DownloadDouble(ours), r = reference.Backend.DownloadDouble(reference);
+        Require(o.Length == r.Length, $"{what}: {o.Length} values, the reference kernel gave {r.Length}");
+        double err = 0, maxRef = 0, halfUlp = 0;
+        for (int i = 0; i < o.Length; i++)
+        {
+            if (double.IsNaN(o[i]) || double.IsNaN(r[i])) { err = double.NaN; break; }
+            err = Math.Max(err, Math.Abs(o[i] - r[i]));
+            maxRef = Math.Max(maxRef, Math.Abs(r[i]));
+            if (r[i] != 0) halfUlp = Math.Max(halfUlp, Math.Pow(2, Math.Floor(Math.Log2(Math.Abs(r[i]))) - 8));   // bf16: 8 significant bits
+        }
+        return Add(new ParityMeasure(what, err, 3 * halfUlp + maxRef * FloorFraction + 1e-30, halfUlp, maxRef));
+    }
+
+    /// <summary>fp32 results: max|ours − ref| ≤ rel · max|ref| + 1e-12.</summary>
+    public ParityMeasure F32(string what, Tensor ours, Tensor reference, double rel = 1e-5) =>
+        F32(what, ours.Backend.DownloadDouble(ours), reference.Backend.DownloadDouble(reference), rel);
+
+    /// <summary>The fp32 rule on downloaded values.</summary>
+    public ParityMeasure F32(string what, double[] o, double[] r, double rel)
+    {
         Require(o.Length == r.Length, $"{what}: {o.Length} values, the reference has {r.Length}");
         double maxRef = 0, err = 0;
         for (int i = 0; i < o.Length; i++)

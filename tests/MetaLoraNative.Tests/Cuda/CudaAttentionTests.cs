@@ -7,6 +7,7 @@ namespace MetaLoraNative.Tests.Cuda;
 /// playground's version 2 (kernels/dev/attention) under the same checks; and both versions timed at FLUX.1-dev's
 /// size with their outputs checked. Skips without a GPU.
 /// </summary>
+[Collection(CudaCollection.Name)]
 public class CudaAttentionTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Attention");

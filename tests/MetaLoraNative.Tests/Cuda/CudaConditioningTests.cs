@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 namespace MetaLoraNative.Tests.Cuda;
 
 /// <summary>The Conditioning group on the GPU (Ops/CudaBackend.Conditioning.cs, kernels/conditioning.cu) against the fp64 oracle. Skips without a GPU.</summary>
+[Collection(CudaCollection.Name)]
 public class CudaConditioningTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Conditioning");

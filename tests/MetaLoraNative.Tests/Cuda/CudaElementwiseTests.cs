@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 namespace MetaLoraNative.Tests.Cuda;
 
 /// <summary>The Elementwise group on the GPU (Ops/CudaBackend.Elementwise.cs, kernels/elementwise.cu) against the fp64 oracle. Skips without a GPU.</summary>
+[Collection(CudaCollection.Name)]
 public class CudaElementwiseTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Elementwise");

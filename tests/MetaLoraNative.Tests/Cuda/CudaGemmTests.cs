@@ -6,6 +6,7 @@ namespace MetaLoraNative.Tests.Cuda;
 /// The Gemm group on the GPU (Ops/CudaBackend.Gemm.cs, cuBLASLt) against the fp64 oracle, its argument checks, and
 /// the Linear bench at FLUX.1-dev's size (its outputs checked). Skips without a GPU.
 /// </summary>
+[Collection(CudaCollection.Name)]
 public class CudaGemmTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Gemm");

@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 namespace MetaLoraNative.Tests.Cuda;
 
 /// <summary>The Layout group on the GPU (Ops/CudaBackend.Layout.cs, kernels/layout.cu) against the fp64 oracle. Skips without a GPU.</summary>
+[Collection(CudaCollection.Name)]
 public class CudaLayoutTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Layout");

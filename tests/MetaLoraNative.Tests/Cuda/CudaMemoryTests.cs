@@ -1,6 +1,7 @@
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Kernels;
+using MetaLoraNative.Kernels.Verification;
 using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Cuda;
@@ -9,6 +10,7 @@ namespace MetaLoraNative.Tests.Cuda;
 /// The Memory group on the GPU (Ops/CudaBackend.Memory.cs, kernels/memory.cu) against the fp64 oracle, and the
 /// device pool. Skips without a GPU.
 /// </summary>
+[Collection(CudaCollection.Name)]
 public class CudaMemoryTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Memory");
@@ -33,5 +35,22 @@ public class CudaMemoryTests(ITestOutputHelper output)
         t2.Dispose();
         Assert.Equal(new float[12], gpu.Download(r));   // storage lives while a view does
         r.Dispose();
+    }
+
+    /// <summary>With METALORA_SYNC_CHECK's synchronisation after every launch and op, ops and checks run as usual.</summary>
+    [SkippableFact]
+    public void SyncCheckedOpsRunAsUsual()
+    {
+        using var gpu = Gpu.OpenOrSkip(output);
+        gpu.SyncCheck = true;
+        using var oracle = Oracle.Cpu();
+        foreach (string name in new[] { "memory", "linear", "layernorm", "attention scalar/scalar 2x3x77x64" })
+        {
+            var r = CudaParity.Find(name).Run(gpu, oracle);
+            output.WriteLine($"{name}: {(r.Pass ? "pass" : r.Failure ?? r.Worst)} in {r.Elapsed.TotalSeconds:F1} s");
+            Assert.True(r.Pass, $"{name} with SyncCheck: {r.Failure ?? r.Worst}");
+        }
+        // every file the backend loads is compiled for the device's own arch (no kernel is marked arch-specific)
+        Assert.All(KernelCompiler.KernelFiles(), f => Assert.Equal(gpu.Arch, gpu.ArchOf(f)));
     }
 }

@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 namespace MetaLoraNative.Tests.Cuda;
 
 /// <summary>The whole tiny model and a short Stage 2 run on the GPU (ModelParity.cs) against the fp64 oracle, baseline the bf16 emulation. Skips without a GPU.</summary>
+[Collection(CudaCollection.Name)]
 public class CudaModelTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Model");

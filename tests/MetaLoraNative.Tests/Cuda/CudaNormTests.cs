@@ -3,6 +3,7 @@ using Xunit.Abstractions;
 namespace MetaLoraNative.Tests.Cuda;
 
 /// <summary>The Norm group on the GPU (Ops/CudaBackend.Norm.cs, kernels/norm.cu) against the fp64 oracle. Skips without a GPU.</summary>
+[Collection(CudaCollection.Name)]
 public class CudaNormTests(ITestOutputHelper output)
 {
     public static TheoryData<string> Checks() => Parity.Checks("Norm");

@@ -5,6 +5,17 @@ using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Cuda;
 
+/// <summary>
+/// Every CUDA test class is in this collection, which xunit runs alone and in sequence: the classes share one GPU,
+/// its primary context and the kernel cache, and a fault one test leaves on the context must not be blamed on
+/// another running at the same time.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class CudaCollection
+{
+    public const string Name = "CUDA (one GPU, sequential)";
+}
+
 /// <summary>The reference backend the CUDA parity tests compare against (the fp64 CPU backend).</summary>
 public static class Oracle
 {

@@ -155,9 +155,19 @@ public class KernelCompileTests(ITestOutputHelper output)
         Assert.Equal("sm_90a", KernelCompiler.NormalizeArch("SM90a"));
         Assert.Equal("compute_90", KernelCompiler.NormalizeArch("compute_90"));
         Assert.Throws<InputException>(() => KernelCompiler.NormalizeArch("hopper"));
-        Assert.Equal("sm_90a", KernelCompiler.ArchFor(9, 0, 12));
-        Assert.Equal("sm_90", KernelCompiler.ArchFor(9, 0, 11));
-        Assert.Equal("sm_86", KernelCompiler.ArchFor(8, 6, 13));
+        // sm_90a only where a file needs arch-specific instructions, the device is 9.0 and NVRTC is 12 or newer
+        Assert.Equal("sm_90a", KernelCompiler.ArchFor(9, 0, 12, needsArchSpecific: true));
+        Assert.Equal("sm_90", KernelCompiler.ArchFor(9, 0, 12));
+        Assert.Equal("sm_90", KernelCompiler.ArchFor(9, 0, 11, needsArchSpecific: true));
+        Assert.Equal("sm_86", KernelCompiler.ArchFor(8, 6, 13, needsArchSpecific: true));
+        Assert.Equal("sm_100", KernelCompiler.ArchFor(10, 0, 13, needsArchSpecific: true));
+        Assert.Equal("compute_90", KernelCompiler.PtxArch(9, 0));
+        // no kernel of today's needs sm_90a: every file loads as plain sm_90 on an H100
+        foreach (string f in KernelCompiler.KernelFiles().Concat(KernelCompiler.DevKernelFiles()))
+        {
+            Assert.False(KernelCompiler.NeedsArchSpecific(f), f);
+            Assert.Equal("sm_90", KernelCompiler.DeviceArch(f, 9, 0, 13));
+        }
     }
 
     /// <summary>The C# mirrors of the kernels' parameter structs have the sizes the .cu files static_assert.</summary>

@@ -9,7 +9,7 @@ namespace MetaLoraNative.Tests.Kernels;
 /// </summary>
 public class ParityListTests
 {
-    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Model"];
+    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Lora", "Model"];
 
     [Fact]
     public void EveryCheckHasAUniqueNameAndAGroup()
@@ -26,10 +26,38 @@ public class ParityListTests
     public void EveryAttentionCaseIsACheck()
     {
         Assert.Equal(CudaParity.AttentionCases.Length, CudaParity.All.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        Assert.Equal(CudaParity.AttentionMmaCases.Length, CudaParity.Dev.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
+        Assert.Equal(CudaParity.AttentionMmaCases.Length + CudaParity.AttentionAtScaleCases.Length,
+                     CudaParity.Dev.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
         // The engine's list runs version 1 only; every playground check runs version 2 in at least one direction.
         Assert.All(CudaParity.All, c => Assert.DoesNotContain("tc", c.Name.Split(' ', '/')));
         Assert.All(CudaParity.Dev, c => Assert.Contains("tc", c.Name.Split(' ', '/')));
+    }
+
+    /// <summary>The real shapes: every LoRA kind at flux-dev's widths, the flux-width model at 256² and 512², attention at 1,536 and 4,608.</summary>
+    [Fact]
+    public void TheRealShapesAreChecked()
+    {
+        var kinds = LoraKind.Of(MetaLoraNative.Engine.Flux.FluxConfig.FluxDev);
+        // eight (d_in, d_out, slices) kinds cover all 494 targets
+        Assert.Equal(8, kinds.Count);
+        Assert.Equal(494, MetaLoraNative.Engine.Flux.FluxNames.LoraTargets(MetaLoraNative.Engine.Flux.FluxConfig.FluxDev).Count);
+        Assert.Contains(kinds, k => k.Shape == "3072->3x3072");
+        Assert.Contains(kinds, k => k.Shape == "3072->3072+3072+3072+12288");
+        Assert.Contains(kinds, k => k.Shape == "15360->3072");
+        foreach (var k in kinds) Assert.Contains(CudaParity.All, c => c.Group == "Lora" && c.Name == $"lora {k.Module} {k.Shape}");
+        // the D-gradient accumulation check on both stacked modules (qkv, linear1) and a single-target one
+        Assert.Equal(3, CudaParity.All.Count(c => c.Name.StartsWith("lora dD fp32 ", StringComparison.Ordinal)));
+        Assert.All(CudaParity.All.Where(c => c.Group == "Lora"), c => Assert.False(c.Slow));
+
+        Assert.Equal([256, 1024], CudaParity.FluxWidthCases.Select(c => c.Case.ImageTokens));
+        var width = CudaParity.FluxDevOneAndOne;
+        Assert.Equal((3072, 24, 128, 12288, 1, 1), (width.HiddenSize, width.NumHeads, width.HeadDim, width.MlpHiddenDim, width.Depth, width.DepthSingleBlocks));
+        Assert.Equal([16, 56, 56], width.AxesDim);
+        Assert.All(CudaParity.FluxWidthCases, c => Assert.Contains(CudaParity.All, x => x.Name == $"model flux-dev width {c.Side}x{c.Side}" && x.Slow));
+
+        Assert.Equal([1536, 4608], CudaParity.AttentionAtScaleCases.Select(c => c.L));
+        Assert.All(CudaParity.AttentionAtScaleCases, c => Assert.Equal((24, 128), (c.H, c.D)));
+        Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention tc vs scalar ", StringComparison.Ordinal) && c.Slow));
     }
 
     [Fact]
