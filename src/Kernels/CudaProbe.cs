@@ -11,6 +11,17 @@ namespace MetaLoraNative.Kernels;
 /// </summary>
 public static class CudaProbe
 {
+    /// <summary>
+    /// Whether the driver loads and sees at least one GPU, without creating a context (cheap, and it touches no
+    /// device: a data-parallel worker must not make a context on GPU 0 just to decide).
+    /// </summary>
+    public static bool GpuPresent()
+    {
+        if (NativeLibraries.TryLoad(NativeLibraries.Cuda, out _) == IntPtr.Zero) return false;
+        try { return CuDriver.cuInit(0) == 0 && CuDriver.cuDeviceGetCount(out int n) == 0 && n > 0; }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return false; }
+    }
+
     public static IReadOnlyList<string> Report()
     {
         var lines = new List<string>();

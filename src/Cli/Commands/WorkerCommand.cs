@@ -34,8 +34,8 @@ internal static class Workers
         if (DistributedConfig.FromEnvironment() != null) return null;
         string? g = r.GetValue(gpus);
         int? n = r.GetValue(ranks);
-        if (g != null && n != null) throw new ArgumentException("--ranks: give either --gpus or --ranks, not both");
-        if (n is < 1 or > 1024) throw new ArgumentException($"--ranks {n}: give 1 to 1024 ranks");
+        if (g != null && n != null) throw new InputException("--ranks", "give either --gpus or --ranks, not both");
+        if (n is < 1 or > 1024) throw new InputException("--ranks", $"{n}: give 1 to 1024 ranks");
         if (g != null) return WorkerLauncher.ParseGpuIds(g);
         return n is > 1 ? Enumerable.Range(0, n.Value).ToArray() : null;
     }
@@ -58,6 +58,8 @@ internal static class Workers
     /// </summary>
     public static (IBackend Backend, ICommunicator? Communicator) Open(string device)
     {
+        // --device auto picks per worker: CUDA where a GPU is present, else CPU ranks over loopback
+        if (device == Backends.Auto) device = Kernels.CudaProbe.GpuPresent() ? "cuda" : "cpu";
         var config = DistributedConfig.FromEnvironment();
         // one rank: no communicator on the CPU; on a GPU a launched rank (MASTER_PORT set) still joins NCCL, so
         // `--gpus 0` on a one-GPU machine exercises the binding and the data-parallel step

@@ -21,6 +21,10 @@ public static unsafe partial class CuDriver
     public const int CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76;
 
     public const uint CU_EVENT_DEFAULT = 0;
+    /// <summary>An event used only for ordering and completion queries (cheaper than a timing event).</summary>
+    public const uint CU_EVENT_DISABLE_TIMING = 2;
+    /// <summary>cuEventQuery's answer while the work before the event is still running.</summary>
+    public const int CUDA_ERROR_NOT_READY = 600;
     /// <summary>cuStreamCreate flag: no implicit synchronisation with the legacy default stream (stream 0).</summary>
     public const uint CU_STREAM_NON_BLOCKING = 1;
 
@@ -44,6 +48,7 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuMemAlloc_v2(out ulong dptr, nuint bytesize);
     [LibraryImport(Lib)] public static partial int cuMemFree_v2(ulong dptr);
     [LibraryImport(Lib)] public static partial int cuMemcpyHtoDAsync_v2(ulong dstDevice, void* srcHost, nuint byteCount, IntPtr hStream);
+    [LibraryImport(Lib)] public static partial int cuMemcpyDtoDAsync_v2(ulong dstDevice, ulong srcDevice, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemcpyDtoHAsync_v2(void* dstHost, ulong srcDevice, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemsetD8Async(ulong dstDevice, byte uc, nuint n, IntPtr hStream);
 
@@ -55,6 +60,7 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuEventDestroy_v2(IntPtr hEvent);
     [LibraryImport(Lib)] public static partial int cuEventRecord(IntPtr hEvent, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuEventSynchronize(IntPtr hEvent);
+    [LibraryImport(Lib)] public static partial int cuEventQuery(IntPtr hEvent);
     [LibraryImport(Lib)] public static partial int cuEventElapsedTime(out float pMilliseconds, IntPtr hStart, IntPtr hEnd);
 
     [LibraryImport(Lib)] public static partial int cuModuleLoadData(out IntPtr module, void* image);
