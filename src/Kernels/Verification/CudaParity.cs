@@ -60,6 +60,7 @@ public static partial class CudaParity
         .. In("Attention", AttentionChecks()),
         .. In("Conditioning", ConditioningChecks()),
         .. In("Objective", ObjectiveChecks()),
+        .. In("Quant", QuantChecks()),
         .. In("Model",
         [
             new("model forward", "tiny FLUX with a random Meta LoRA: output and loss vs fp64, baseline the bf16-emulating CPU engine", ModelForward),

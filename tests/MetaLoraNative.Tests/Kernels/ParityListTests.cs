@@ -8,7 +8,7 @@ namespace MetaLoraNative.Tests.Kernels;
 /// </summary>
 public class ParityListTests
 {
-    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Model"];
+    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Quant", "Model"];
 
     [Fact]
     public void EveryCheckHasAUniqueNameAndAGroup()
