@@ -86,14 +86,12 @@ public static class StepBenchmark
         int grid = o.Resolution / 16, imageTokens = ImageTokens(o);
         var plan = Plan(be, o);
         foreach (var line in plan.Lines()) log(line);
-        if (o.PlanOnly || !plan.Fits)
-        {
-            if (!plan.Fits)
-                throw new InvalidOperationException($"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
-                                                    (plan.Swap is { } s ? $"block swap of {s.Blocks} blocks would be needed, and block swap is not built yet"
-                                                                        : "not even with every block swapped to host memory"));
+        if (o.PlanOnly)
             return new Result(imageTokens, o.TextTokens, 0, plan.Chosen.Recompute, plan.Chosen.Label, double.NaN, double.NaN, 0, 0, be.PeakBytes, 0, plan, 0);
-        }
+        if (!plan.Fits)
+            throw new InvalidOperationException($"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
+                                                (plan.Swap is { } s ? $"block swap of {s.Blocks} blocks would be needed, and block swap is not built yet"
+                                                                    : "not even with every block swapped to host memory"));
         var chosen = plan.Chosen;
         if (o.VramBytes is long cap) be.CapMemory(cap);
 

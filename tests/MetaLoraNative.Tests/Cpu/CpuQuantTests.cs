@@ -19,12 +19,7 @@ public sealed class CpuQuantTests(ITestOutputHelper output) : CpuOpTests(output)
     static double[] Dequantized(Fp8Rows q)
     {
         var w = new double[q.Codes.Length];
-        for (int i = 0; i < w.Length; i++)
-        {
-            int c = q.Codes[i], e = (c >> 3) & 15, m = c & 7;
-            double v = e == 0 ? Math.ScaleB(m / 8.0, -6) : Math.ScaleB(1 + m / 8.0, e - 7);
-            w[i] = (c >> 7 == 1 ? -v : v) * q.Scale[i / q.Cols];
-        }
+        for (int i = 0; i < w.Length; i++) w[i] = IO.HalfPrecisionTests.OcpE4M3(q.Codes[i]) * q.Scale[i / q.Cols];
         return w;
     }
 

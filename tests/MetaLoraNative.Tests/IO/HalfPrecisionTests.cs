@@ -118,7 +118,7 @@ public class HalfPrecisionTests
     /// The OCP FP8 E4M3 definition written out independently of the engine's table: sign, 4 exponent bits with
     /// bias 7, 3 mantissa bits; exponent 0 is subnormal (m/8 · 2^-6); S.1111.111 is NaN; no infinities.
     /// </summary>
-    static double OcpE4M3(int code)
+    internal static double OcpE4M3(int code)
     {
         int sign = code >> 7, e = (code >> 3) & 15, m = code & 7;
         if (e == 15 && m == 7) return double.NaN;

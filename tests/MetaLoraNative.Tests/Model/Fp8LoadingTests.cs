@@ -19,7 +19,7 @@ public sealed class Fp8LoadingTests(ITestOutputHelper output) : IDisposable
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
     /// <summary>Block linears in a FLUX config: five per stream of a double block, three per single block.</summary>
-    static int BlockLinears(FluxConfig c) => 10 * c.Depth + 3 * c.DepthSingleBlocks;
+    internal static int BlockLinears(FluxConfig c) => 10 * c.Depth + 3 * c.DepthSingleBlocks;
 
     static bool IsBlockLinearWeight(string name) => name.Split('.') is [var kind, _, .., "weight"] && kind is "double_blocks" or "single_blocks";
 
@@ -33,12 +33,7 @@ public sealed class Fp8LoadingTests(ITestOutputHelper output) : IDisposable
     }
 
     /// <summary>s · e4m3(code) in fp64 from the OCP definition (not the engine's table).</summary>
-    static double Decode(byte code, double scale)
-    {
-        int e = (code >> 3) & 15, m = code & 7;
-        double v = e == 0 ? Math.ScaleB(m / 8.0, -6) : Math.ScaleB(1 + m / 8.0, e - 7);
-        return (code >> 7 == 1 ? -v : v) * scale;
-    }
+    static double Decode(byte code, double scale) => IO.HalfPrecisionTests.OcpE4M3(code) * scale;
 
     [Fact]
     public void ABf16CheckpointLoadsWithItsBlockLinearsQuantizedAndEverythingElseAsStored()
