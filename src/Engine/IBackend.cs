@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.Quantization;
+
 namespace MetaLoraNative.Engine;
 
 /// <summary>
@@ -141,6 +143,20 @@ public interface IBackend : IDisposable
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step);
 
+    // ---------------------------------------------------------------- Quant (fp8 base weights, W8A16)
+
+    /// <summary>
+    /// A frozen weight (rows = d_out, cols = d_in) from OCP E4M3 codes (rows·cols, row-major) and one fp32 scale per
+    /// row: W[j, k] = scale[j] · e4m3(codes[j·cols + k]). The backend keeps the codes as they are (one byte each).
+    /// </summary>
+    QuantizedWeight UploadQuantized(ReadOnlySpan<byte> codes, ReadOnlySpan<float> scale, int rows, int cols);
+    /// <summary>The weight the products use, as a Compute tensor (d_out, d_in): exact on the CPU, rounded to bf16 on CUDA.</summary>
+    Tensor Dequantize(QuantizedWeight w);
+    /// <summary>y = x·Wᵀ + b, W dequantised inside the product. x (.., d_in), bias (d_out) or null → (.., d_out).</summary>
+    Tensor LinearQuantized(Tensor x, QuantizedWeight w, Tensor? bias);
+    /// <summary>dx = dy·W. dy (.., d_out) → (.., d_in). The weight is frozen.</summary>
+    Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w);
+
     // ---------------------------------------------------------------- device services (defaults fit the CPU)
 
     /// <summary>A named profiling range around model stages (NVTX on CUDA): <c>using var _ = be.Range("double_blocks.3");</c></summary>
@@ -151,6 +167,14 @@ public interface IBackend : IDisposable
     (long Free, long Total)? MemoryInfo => null;
     /// <summary>Peak bytes of tensors alive at once on the device (0 when not tracked).</summary>
     long PeakBytes => 0;
+    /// <summary>Bytes of tensors (and quantised weights) alive now (0 when not tracked).</summary>
+    long LiveBytes => 0;
+    /// <summary>
+    /// A hard cap on the bytes alive at once (<c>--vram</c>): an allocation past it throws
+    /// <see cref="Planning.MemoryCapExceededException"/> naming the cap and the request, so a capped run on a large
+    /// device behaves as a smaller one would. 0 removes the cap. Backends that do not count their memory refuse.
+    /// </summary>
+    void CapMemory(long bytes) => throw new NotSupportedException($"{Name} does not count its memory, so it cannot be capped");
 }
 
 /// <summary>The range of a backend that does not profile.</summary>

@@ -94,6 +94,8 @@ public sealed partial class CudaBackend : IBackend
     public DevicePool Pool { get; }
     /// <summary>Peak bytes of tensors alive at once (pool size classes) since creation.</summary>
     public long PeakBytes => Pool.PeakBytes;
+    public long LiveBytes => Pool.InUseBytes;
+    public void CapMemory(long bytes) => Pool.CapBytes = bytes >= 0 ? bytes : throw new ArgumentOutOfRangeException(nameof(bytes));
 
     public void Dispose()
     {

@@ -34,6 +34,8 @@ public sealed class DevicePool : IDisposable
     public long PeakBytes { get; private set; }
     /// <summary>Bytes held from the driver (in use plus cached).</summary>
     public long ReservedBytes { get; private set; }
+    /// <summary>A hard cap on <see cref="InUseBytes"/> (--vram; 0: none): a request past it throws MemoryCapExceededException.</summary>
+    public long CapBytes { get; set; }
 
     public static long SizeClass(long bytes)
     {
@@ -49,6 +51,8 @@ public sealed class DevicePool : IDisposable
         lock (gate)
         {
             ObjectDisposedException.ThrowIf(disposed, this);
+            if (CapBytes > 0 && InUseBytes + classBytes > CapBytes)
+                throw new Engine.Planning.MemoryCapExceededException("cuda", CapBytes, classBytes, InUseBytes);
             ulong ptr;
             if (free.TryGetValue(classBytes, out var list) && list.Count > 0) ptr = list.Pop();
             else

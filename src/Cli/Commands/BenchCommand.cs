@@ -1,27 +1,53 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using System.Globalization;
 using MetaLoraNative.Engine.Benchmarks;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Training;
+using MetaLoraNative.Engine.Planning;
+using MetaLoraNative.Engine.Quantization;
+using MetaLoraNative.Kernels;
 
 namespace MetaLoraNative.Cli.Commands;
 
 internal static class BenchCommand
 {
+    /// <summary>
+    /// --base-dtype, the one definition every command that loads the transformer takes (its value goes through
+    /// <see cref="BaseDTypes.Parse"/>: "auto" is null, for the memory planner to decide).
+    /// </summary>
+    public static Option<string> BaseDTypeOption() => new Option<string>("--base-dtype")
+    {
+        Description = "How the frozen transformer is held: bf16, or fp8 (the block linears in E4M3 with one fp32 scale per output " +
+                      "channel, about half the memory; embedders and final layer stay bf16); auto lets the memory planner choose.",
+        DefaultValueFactory = _ => "auto",
+    }.AcceptOnlyFromAmong([.. BaseDTypes.Choices]);
+
     internal sealed class Shared
     {
         public Option<int> Resolution = new Option<int>("--resolution") { Description = "Image side in pixels: 512 (1,024 image tokens) or 1024 (4,096).", DefaultValueFactory = _ => 1024 }.AcceptOnlyFromAmong("512", "768", "1024");
         public Option<string> Recompute = Common.Recompute();
         public Option<string> Device = new Option<string>("--device") { Description = "cuda (default) or cpu (only sensible with --preset tiny).", DefaultValueFactory = _ => "cuda" }.AcceptOnlyFromAmong("cpu", "cuda");
         public Option<string> Preset = new Option<string>("--preset") { Description = "Model shape: flux-dev (default), flux-schnell, tiny, micro.", DefaultValueFactory = _ => "flux-dev" }.PresetName();
+        public Option<string?> Weights = new("--weights") { Description = "A checkpoint to bench (BFL, ComfyUI fp8, diffusers) instead of random weights of --preset." };
         public Option<int> Text = new Option<int>("--txt") { Description = "Text tokens (T5 sequence length).", DefaultValueFactory = _ => 512 }.AtLeast(1);
+        public Option<string> BaseDType = BaseDTypeOption();
+        public Option<double?> Vram = new("--vram") { Description = "Memory budget in GiB for the planner, and a hard cap on the allocator, so a large GPU behaves as a card of this size (default: the device's free memory, no cap)." };
 
-        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Text];
+        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Weights, Text, BaseDType, Vram];
 
         public StepBenchmark.Options Options(ParseResult r, int steps, int warmup) => new()
         {
-            Config = FluxConfig.Preset(r.GetValue(Preset)!), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
-            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), Steps = steps, Warmup = warmup,
+            Config = FluxConfig.Preset(r.GetValue(Preset)!), Weights = r.GetValue(Weights), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
+            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), BaseDType = BaseDTypes.Parse(r.GetValue(BaseDType)!), VramBytes = VramBytes(r.GetValue(Vram)),
+            Memory = r.GetValue(Device) == "cuda" ? MemoryModel.Cuda(DevicePool.SizeClass) : null, Steps = steps, Warmup = warmup,
+        };
+
+        static long? VramBytes(double? gib) => gib switch
+        {
+            null => null,
+            > 0 and < 1 << 20 => (long)(gib.Value * (1L << 30)),
+            _ => throw new InputException("--vram", $"{gib} GiB is not a memory size (give GiB, e.g. 24)"),
         };
     }
 
@@ -31,30 +57,42 @@ internal static class BenchCommand
         var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported).", DefaultValueFactory = _ => 10 }.AtLeast(1);
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 }.AtLeast(0);
         var json = new Option<string?>("--json") { Description = "Also write the figures as JSON to this file." };
+        var planOnly = new Option<bool>("--plan-only") { Description = "Print the memory plan and stop (needs no GPU: with --device cuda it plans for the CUDA engine's storage)." };
         var cmd = new Command("bench",
             "Times a Stage-2 training step at the full model shape with random weights (batch 1, 512 text tokens, all 494 " +
-            "targets, r1 16, r2 1) and an inference forward; prints ms/step (median), achieved TFLOP/s and peak GPU memory. " +
-            "Run tools/bench/torch_reference.py with the same flags in the same session to get PyTorch's figures on the same GPU.")
+            "targets, r1 16, r2 1) and an inference forward; prints the memory plan, ms/step (median), achieved TFLOP/s and peak " +
+            "GPU memory beside the planner's prediction. Run tools/bench/torch_reference.py with the same flags in the same " +
+            "session to get PyTorch's figures on the same GPU.")
         {
-            steps, warmup, json,
+            steps, warmup, json, planOnly,
         };
         foreach (var o in shared.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            var options = shared.Options(r, r.GetValue(steps), r.GetValue(warmup)) with { PlanOnly = r.GetValue(planOnly) };
+            if (options.PlanOnly && options.Memory != null)
+            {
+                // Planning for the GPU engine needs its storage rules, not a GPU.
+                using var host = Common.CreateBackend("cpu");
+                foreach (var line in StepBenchmark.Plan(host, options).Lines()) Console.WriteLine(line);
+                return 0;
+            }
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
-            var res = StepBenchmark.Run(be, shared.Options(r, r.GetValue(steps), r.GetValue(warmup)), Common.Log);
+            var res = StepBenchmark.Run(be, options, Common.Log);
+            if (options.PlanOnly) return 0;
             Console.WriteLine();
             Console.WriteLine($"device      {be.Name}; {res.ImageTokens} image + {res.TextTokens} text tokens; {res.RecomputeReason}");
             Console.WriteLine($"train step  {res.TrainMs,9:F1} ms median of {r.GetValue(steps)}   {res.TrainTflops,7:F1} TFLOP/s ({res.TrainTflop:F1} TFLOP/step)");
             Console.WriteLine($"inference   {res.InferMs,9:F1} ms median of {r.GetValue(steps)}   {res.InferTflops,7:F1} TFLOP/s");
-            Console.WriteLine($"peak memory {res.PeakBytes / (double)(1L << 30),9:F1} GiB (tensors alive at once); setup {res.LoadSeconds:F1} s");
+            Console.WriteLine($"peak memory {res.PeakBytes / (double)(1L << 30),9:F2} GiB (tensors alive at once), predicted {res.Plan.Chosen.Peak / (double)(1L << 30):F2} GiB; setup {res.LoadSeconds:F1} s");
             if (r.GetValue(json) is { } path)
             {
                 var inv = CultureInfo.InvariantCulture;
                 File.WriteAllText(path, string.Create(inv,
                     $"{{\"engine\": \"metalora\", \"device\": \"{be.Name}\", \"image_tokens\": {res.ImageTokens}, \"text_tokens\": {res.TextTokens}, " +
                     $"\"recompute\": {(res.Recompute ? "true" : "false")}, \"train_ms_median\": {res.TrainMs:F2}, \"train_tflops\": {res.TrainTflops:F1}, " +
-                    $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}}}\n"));
+                    $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}, " +
+                    $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\"}}\n"));
             }
             return 0;
         });

@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Planning;
+using MetaLoraNative.Engine.Quantization;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Engine.Benchmarks;
@@ -11,24 +13,39 @@ namespace MetaLoraNative.Engine.Benchmarks;
 /// plus an inference forward. FLOPs are counted as the PyTorch script counts them:
 ///   F_lin = 2·N·L·(4C² + 2C·m) (all block linears), F_att = 4·N·L²·C (QKᵀ and PV), N = blocks, L = tokens;
 ///   train step = 2·F_lin + 3.5·F_att (input gradients only: W0 is frozen), inference = F_lin + F_att.
+/// Before building anything the memory planner predicts the step's peak for the budget (--vram, else the device's
+/// free memory) and picks the base dtype and recomputation left on auto; after the first step the measured peak is
+/// logged beside the prediction. A --vram budget is also a hard cap on the backend's allocator.
 /// </summary>
 public static class StepBenchmark
 {
     public sealed record Options
     {
         public FluxConfig Config { get; init; } = FluxConfig.FluxDev;
+        /// <summary>A checkpoint to bench instead of random weights of <see cref="Config"/>.</summary>
+        public string? Weights { get; init; }
         public int Resolution { get; init; } = 1024;
         public int TextTokens { get; init; } = 512;
         public int Rank1 { get; init; } = 16;
         public int Rank2 { get; init; } = 1;
         public RecomputePolicy Recompute { get; init; } = RecomputePolicy.Off;
+        /// <summary>The frozen base's dtype; null lets the planner choose.</summary>
+        public BaseDType? BaseDType { get; init; } = Quantization.BaseDType.Bf16;
+        /// <summary>The memory budget and hard cap in bytes; null: the device's free memory (host memory on the CPU), no cap.</summary>
+        public long? VramBytes { get; init; }
+        /// <summary>How the backend stores what the planner counts; null: the CPU backend's own model.</summary>
+        public MemoryModel? Memory { get; init; }
+        /// <summary>Print the plan and stop before building the model.</summary>
+        public bool PlanOnly { get; init; }
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
     }
 
+    /// <param name="FirstStepPeakBytes">the backend's peak after the first training step, beside <see cref="MemoryPlan.Chosen"/>'s prediction</param>
     public sealed record Result(int ImageTokens, int TextTokens, int Targets, bool Recompute, string RecomputeReason,
-                                double TrainMs, double InferMs, double TrainTflop, double InferTflop, long PeakBytes, double LoadSeconds)
+                                double TrainMs, double InferMs, double TrainTflop, double InferTflop, long PeakBytes, double LoadSeconds,
+                                MemoryPlan Plan, long FirstStepPeakBytes)
     {
         public double TrainTflops => TrainTflop / (TrainMs / 1000);
         public double InferTflops => InferTflop / (InferMs / 1000);
@@ -41,15 +58,53 @@ public static class StepBenchmark
         return (2 * lin + 3.5 * att, lin + att);
     }
 
-    public static Result Run(IBackend be, Options o, Action<string> log)
+    /// <summary>The plan for the options' step on this backend (no allocation).</summary>
+    public static MemoryPlan Plan(IBackend be, Options o)
     {
-        var c = o.Config;
+        var c = o.Weights != null ? FluxLoader.Inspect(o.Weights) : o.Config;
+        var memory = o.Memory ?? MemoryModel.For(be)
+            ?? throw new ArgumentException($"the memory planner needs the memory model of {be.Name} (MemoryModel.Cuda for the GPU)");
+        bool? recompute = o.Recompute == RecomputePolicy.On ? true : o.Recompute == RecomputePolicy.Off ? false : null;   // auto: the planner decides
+        long budget = o.VramBytes ?? (be.MemoryInfo is { } mem ? mem.Free + be.LiveBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+        return MemoryPlanner.Choose(TrainingShape.Stage2(c, ImageTokens(o), o.TextTokens, o.Rank1, o.Rank2), memory, budget, o.BaseDType, recompute);
+    }
+
+    static int ImageTokens(Options o)
+    {
         if (o.Resolution % FluxConfig.PixelsPerToken != 0)
             throw new InputException("--resolution", $"resolution {o.Resolution} is not a multiple of {FluxConfig.PixelsPerToken}");
-        int grid = o.Resolution / FluxConfig.PixelsPerToken, imageTokens = grid * grid;
+        int grid = o.Resolution / FluxConfig.PixelsPerToken;
+        return grid * grid;
+    }
+
+    public static Result Run(IBackend be, Options o, Action<string> log)
+    {
+        int grid = o.Resolution / FluxConfig.PixelsPerToken, imageTokens = ImageTokens(o);
+        var plan = Plan(be, o);
+        foreach (var line in plan.Lines()) log(line);
+        if (o.PlanOnly)
+            return new Result(imageTokens, o.TextTokens, 0, plan.Chosen.Recompute, plan.Chosen.Label, double.NaN, double.NaN, 0, 0, be.PeakBytes, 0, plan, 0);
+        if (!plan.Fits)
+            throw new InvalidOperationException($"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
+                                                (plan.Swap is { } s ? $"block swap of {s.Blocks} blocks would be needed, and block swap is not built yet"
+                                                                    : "not even with every block swapped to host memory"));
+        var chosen = plan.Chosen;
+        if (o.VramBytes is long cap) be.CapMemory(cap);
+
         var load = Stopwatch.StartNew();
-        log($"building {c.Name} ({c.ParameterCount() / 1e9:F2} B parameters) with random weights on {be.Name}...");
-        using var weights = FluxWeights.Random(c, be, o.Seed);
+        FluxWeights weights;
+        if (o.Weights != null)
+        {
+            weights = FluxLoader.Load(o.Weights, be, null, chosen.BaseDType, out var report);
+            log(report.ToString());
+        }
+        else
+        {
+            log($"building {o.Config.Name} ({o.Config.ParameterCount() / 1e9:F2} B parameters) with random weights on {be.Name}, {BaseDTypes.Name(chosen.BaseDType)} base...");
+            weights = FluxWeights.Random(o.Config, be, o.Seed, chosen.BaseDType);
+        }
+        using var _w = weights;
+        var c = weights.Config;
         var model = new FluxModel(weights);
         var targets = FluxNames.LoraTargets(c);
         using var adapter = LoraAdapter.Create(be, c, targets, LoraMode.Meta, o.Rank1, o.Rank2, o.Seed);
@@ -57,15 +112,17 @@ public static class StepBenchmark
         be.Synchronize();
         double loadSeconds = load.Elapsed.TotalSeconds;
 
-        bool recompute = o.Recompute.Decide(model, 1, imageTokens, o.TextTokens, out var reason);
+        bool recompute = chosen.Recompute;
+        string reason = $"{chosen.Label} (memory plan)";
         log($"{imageTokens} image + {o.TextTokens} text tokens, {targets.Count} targets, r1 {o.Rank1}, r2 {o.Rank2}; {reason}");
         var example = new Example(RandomWeights.Normal("bench.latents", o.Seed, imageTokens * c.InChannels), grid, grid,
                                   RandomWeights.Normal("bench.t5", o.Seed, o.TextTokens * c.ContextInDim), o.TextTokens,
                                   RandomWeights.Normal("bench.pooled", o.Seed, c.VecInDim));
-        var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = o.Recompute };
+        var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = recompute ? RecomputePolicy.On : RecomputePolicy.Off };
         var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
 
         var trainMs = new List<double>();
+        long firstPeak = 0;
         for (int i = 0; i < o.Warmup + o.Steps; i++)
         {
             be.Synchronize();
@@ -74,6 +131,13 @@ public static class StepBenchmark
             be.Synchronize();
             if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
             log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms, loss {loss:F4}");
+            if (i == 0)
+            {
+                firstPeak = be.PeakBytes;
+                log($"peak after the first step: measured {MemoryCapExceededException.FormatBytes(firstPeak)}, predicted " +
+                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak - chosen.OptimiserState)} (AdamW's moments come after it; " +
+                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} from the second step on)");
+            }
         }
 
         var inferMs = new List<double>();
@@ -90,8 +154,8 @@ public static class StepBenchmark
             }
         }
         var (fTrain, fInfer) = Flop(c, imageTokens, o.TextTokens);
-        return new Result(imageTokens, o.TextTokens, targets.Count, recompute, reason, Median(trainMs), Median(inferMs),
-                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds);
+        return new Result(imageTokens, o.TextTokens, targets.Count, chosen.Recompute, reason, Median(trainMs), Median(inferMs),
+                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak);
     }
 
     static double Median(List<double> xs)

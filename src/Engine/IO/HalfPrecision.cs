@@ -38,8 +38,47 @@ public static class HalfPrecision
     /// <summary>IEEE half bits → fp32; exact.</summary>
     public static float HalfBitsToFloat(ushort h) => (float)BitConverter.UInt16BitsToHalf(h);
 
+    /// <summary>The largest finite E4M3FN magnitude, 1.75 · 2^8 (0x7E).</summary>
+    public const float Float8E4M3Max = 448f;
+
     /// <summary>OCP E4M3FN byte → fp32; exact. 0x38 = 1, 0x7E = 448 (the largest), 0x01 = 2^-9 (the smallest subnormal).</summary>
     public static float Float8E4M3ToFloat(byte b) => E4M3Table[b];
+
+    /// <summary>
+    /// fp32 → OCP E4M3FN byte: round to nearest, ties to even, saturating (the OCP spec's conversion with
+    /// saturation): finite values beyond ±448 and ±infinity become ±448, NaN becomes S.1111.111 with its sign, and
+    /// magnitudes up to half the smallest subnormal (2^-10) become ±0. The fp32 input is the only rounding step.
+    /// </summary>
+    public static byte FloatToFloat8E4M3(float f)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(f);
+        uint sign = (bits >> 24) & 0x80u, abs = bits & 0x7FFF_FFFFu;
+        if (abs > 0x7F80_0000u) return (byte)(sign | 0x7Fu);               // NaN
+        if (abs >= 0x43E0_0000u) return (byte)(sign | 0x7Eu);              // ≥ 448 or infinite: saturate
+        int exponent = (int)(abs >> 23) - 127;                              // fp32's unbiased exponent
+        if (exponent < -6)
+        {
+            // E4M3's subnormal range (and zero): the value in units of 2^-9, rounded to an integer 0..8. Scaling
+            // by 2^9 is exact in fp32, and 8 units is the smallest normal, 0x08, so the carry needs no special case.
+            float units = BitConverter.UInt32BitsToSingle(abs) * 512f;
+            return (byte)(sign | (uint)MathF.Round(units, MidpointRounding.ToEven));
+        }
+        // Normal: keep the top 3 of fp32's 23 mantissa bits and round the other 20 to nearest, ties to even. A carry
+        // out of the mantissa moves into the exponent, which the addition does by itself. The largest code reachable
+        // below 448 is 0x7E (447.99 rounds to 448), so the NaN pattern 0x7F never comes out of here.
+        uint mantissa = abs & 0x7F_FFFFu, kept = mantissa >> 20, rest = mantissa & 0xF_FFFFu;
+        uint code = ((uint)(exponent + 7) << 3) | kept;
+        if (rest > 0x8_0000u || (rest == 0x8_0000u && (kept & 1u) != 0)) code++;
+        return (byte)(sign | code);
+    }
+
+    /// <summary>Converts a span of fp32 to E4M3FN bytes (<see cref="FloatToFloat8E4M3"/>: nearest-even, saturating).</summary>
+    public static void FloatsToFloat8E4M3(ReadOnlySpan<float> source, Span<byte> destination)
+    {
+        if (destination.Length != source.Length)
+            throw new ArgumentException($"destination holds {destination.Length} elements, source {source.Length}", nameof(destination));
+        for (int i = 0; i < source.Length; i++) destination[i] = FloatToFloat8E4M3(source[i]);
+    }
 
     // 256 entries is cheaper than branching per element when decoding whole tensors.
     private static readonly float[] E4M3Table = BuildE4M3Table();

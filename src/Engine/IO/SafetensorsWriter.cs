@@ -7,8 +7,25 @@ using System.Text.Json;
 
 namespace MetaLoraNative.Engine.IO;
 
-/// <summary>A tensor to write: fp32 values in row-major order, stored in the file as <paramref name="DType"/>.</summary>
-public sealed record SafetensorsTensor(string Name, int[] Shape, float[] Data, SafetensorsDType DType = SafetensorsDType.F32);
+/// <summary>
+/// A tensor to write: fp32 values in row-major order, stored in the file as <paramref name="DType"/>; or, made by
+/// <see cref="Float8E4M3"/>, E4M3 codes the caller has already encoded with its own scale policy.
+/// </summary>
+public sealed record SafetensorsTensor(string Name, int[] Shape, float[] Data, SafetensorsDType DType = SafetensorsDType.F32)
+{
+    /// <summary>Already-encoded F8_E4M3 codes, one byte per element, written as they are (Data is then empty).</summary>
+    public byte[]? Codes { get; init; }
+
+    /// <summary>
+    /// An F8_E4M3 tensor from its codes (<see cref="HalfPrecision.FloatToFloat8E4M3"/>): the scale that maps them
+    /// back to the weights is the caller's to store, e.g. as a "&lt;name&gt;.scale_weight" tensor beside them.
+    /// </summary>
+    public static SafetensorsTensor Float8E4M3(string name, int[] shape, byte[] codes) =>
+        new(name, shape, [], SafetensorsDType.F8_E4M3) { Codes = codes };
+
+    /// <summary>Elements held: the codes' count for an encoded tensor, else the values'.</summary>
+    internal long Count => Codes?.Length ?? Data.Length;
+}
 
 /// <summary>
 /// Writes safetensors files atomically: everything goes to "PATH.tmp-XXXXXXXXXXXX" in the same folder, is flushed
@@ -17,7 +34,8 @@ public sealed record SafetensorsTensor(string Name, int[] Shape, float[] Data, S
 ///
 /// Output is deterministic: "__metadata__" first (keys sorted), then tensors sorted by name (ordinal) in both
 /// header and data section, packed without gaps; the header is padded with spaces to a multiple of 8 bytes so the
-/// data section stays 8-byte aligned; scalars are written with shape []. Writable dtypes: F32, F16, BF16, F64.
+/// data section stays 8-byte aligned; scalars are written with shape []. Writable dtypes: F32, F16, BF16, F64 from
+/// fp32 values, and F8_E4M3 from codes (<see cref="SafetensorsTensor.Float8E4M3"/>).
 /// </summary>
 public static class SafetensorsWriter
 {
@@ -66,19 +84,21 @@ public static class SafetensorsWriter
                 throw new ArgumentException($"{what}: the name is reserved for metadata", nameof(tensors));
             if (!names.Add(t.Name)) throw new ArgumentException($"{what} appears twice", nameof(tensors));
             if (t.Shape is null || t.Data is null) throw new ArgumentException($"{what} has no shape or no data", nameof(tensors));
-            if (t.DType is not (SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F64))
+            if (t.Codes != null ? t.DType != SafetensorsDType.F8_E4M3
+                                : t.DType is not (SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16 or SafetensorsDType.F64))
                 throw new NotSupportedException(
-                    $"{what}: writing {t.DType} is not supported; write F32, F16, BF16 or F64 " +
-                    "(F8_E4M3 would need a scale policy, and integer types would silently round the float data)");
+                    $"{what}: writing {t.DType} from {(t.Codes != null ? "codes" : "float values")} is not supported; write F32, F16, BF16 " +
+                    "or F64 values, or F8_E4M3 codes (SafetensorsTensor.Float8E4M3: F8_E4M3 needs a scale policy, and integer types " +
+                    "would silently round the float data)");
             if (t.Shape.Any(d => d < 0))
                 throw new ArgumentException($"{what} has a negative dimension in shape {SafetensorsHeader.FormatShape(t.Shape)}", nameof(tensors));
             // The product is only compared with Data.Length, so saturating on overflow is enough.
             long numel = 1;
             if (Array.IndexOf(t.Shape, 0) >= 0) numel = 0;
             else foreach (int d in t.Shape) numel = numel > long.MaxValue / Math.Max(d, 1) ? long.MaxValue : numel * d;
-            if (numel != t.Data.Length)
+            if (numel != t.Count)
                 throw new ArgumentException(
-                    $"{what} has shape {SafetensorsHeader.FormatShape(t.Shape)} but {t.Data.Length} values", nameof(tensors));
+                    $"{what} has shape {SafetensorsHeader.FormatShape(t.Shape)} but {t.Count} values", nameof(tensors));
             list.Add(t);
         }
         list.Sort((a, b) => string.CompareOrdinal(a.Name, b.Name));
@@ -106,7 +126,7 @@ public static class SafetensorsWriter
             long offset = 0;
             foreach (var t in tensors)
             {
-                long bytes = (long)t.Data.Length * SafetensorsDTypes.Size(t.DType);
+                long bytes = t.Count * SafetensorsDTypes.Size(t.DType);
                 json.WriteStartObject(t.Name);
                 json.WriteString("dtype", SafetensorsDTypes.Name(t.DType));
                 json.WriteStartArray("shape");
@@ -130,6 +150,11 @@ public static class SafetensorsWriter
 
     private static void WriteData(FileStream stream, SafetensorsTensor t)
     {
+        if (t.Codes != null)
+        {
+            stream.Write(t.Codes);
+            return;
+        }
         if (t.DType == SafetensorsDType.F32 && BitConverter.IsLittleEndian)
         {
             stream.Write(MemoryMarshal.AsBytes(t.Data.AsSpan()));

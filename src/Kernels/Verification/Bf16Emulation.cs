@@ -1,6 +1,7 @@
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine.Quantization;
 
 namespace MetaLoraNative.Kernels.Verification;
 
@@ -288,6 +289,39 @@ public sealed class Bf16EmulationBackend : IBackend
 
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step) =>
         inner.AdamW(I(param), I(grad), I(m), I(v), step);
+
+    // ---------------------------------------------------------------- Quant (decoded to bf16, then the bf16 GEMM)
+
+    sealed class EmuQuantized(Bf16EmulationBackend owner, QuantizedWeight inner) : QuantizedWeight(inner.Rows, inner.Cols)
+    {
+        public QuantizedWeight Inner { get; } = inner;
+        public override IBackend Backend => owner;
+        public override void Dispose()
+        {
+            Inner.Dispose();
+            base.Dispose();
+        }
+    }
+
+    static QuantizedWeight Q(QuantizedWeight w) => (w as EmuQuantized ?? throw new ArgumentException($"{w} does not belong to the bf16 emulation backend")).Inner;
+
+    public QuantizedWeight UploadQuantized(ReadOnlySpan<byte> codes, ReadOnlySpan<float> scale, int rows, int cols) =>
+        new EmuQuantized(this, inner.UploadQuantized(codes, scale, rows, cols));
+
+    /// <summary>The GPU's scratch: scale · e4m3 in fp32, rounded to bf16.</summary>
+    public Tensor Dequantize(QuantizedWeight w) => Out(inner.Dequantize(Q(w)));
+
+    public Tensor LinearQuantized(Tensor x, QuantizedWeight w, Tensor? bias)
+    {
+        using var weight = Dequantize(w);
+        return Linear(x, weight, bias);
+    }
+
+    public Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w)
+    {
+        using var weight = Dequantize(w);
+        return LinearBackward(dy, weight);
+    }
 
     public void Dispose() => inner.Dispose();
 }

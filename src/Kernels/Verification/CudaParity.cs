@@ -67,6 +67,7 @@ public static partial class CudaParity
         .. In("Conditioning", ConditioningChecks()),
         .. In("Objective", ObjectiveChecks()),
         .. In("Lora", LoraChecks()),
+        .. In("Quant", QuantChecks()),
         .. In("Model",
         [
             new("model forward", "tiny FLUX with a random Meta LoRA: output and loss vs fp64, baseline the bf16-emulating CPU engine", ModelForward),

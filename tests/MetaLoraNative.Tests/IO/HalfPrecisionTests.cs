@@ -111,4 +111,93 @@ public class HalfPrecisionTests
         Assert.Equal((ushort)0x7C00, HalfPrecision.FloatToHalfBits(70000f)); // above 65504: +inf
         Assert.Equal(65504f, HalfPrecision.HalfBitsToFloat(0x7BFF));
     }
+
+    // ---------------------------------------------------------------- E4M3FN encoder (saturating, nearest-even)
+
+    /// <summary>
+    /// The OCP FP8 E4M3 definition written out independently of the engine's table: sign, 4 exponent bits with
+    /// bias 7, 3 mantissa bits; exponent 0 is subnormal (m/8 · 2^-6); S.1111.111 is NaN; no infinities.
+    /// </summary>
+    internal static double OcpE4M3(int code)
+    {
+        int sign = code >> 7, e = (code >> 3) & 15, m = code & 7;
+        if (e == 15 && m == 7) return double.NaN;
+        double magnitude = e == 0 ? Math.ScaleB(m / 8.0, -6) : Math.ScaleB(1 + m / 8.0, e - 7);
+        return sign == 1 ? -magnitude : magnitude;
+    }
+
+    /// <summary>
+    /// The specified conversion by brute force: the nearest finite code, ties to the even mantissa (code & 1 == 0),
+    /// |x| beyond 448 saturating to ±448, NaN to S.1111.111; ±0 keeps the sign of x.
+    /// </summary>
+    static byte Nearest(float x)
+    {
+        int sign = float.IsNegative(x) ? 0x80 : 0;
+        if (float.IsNaN(x)) return (byte)(sign | 0x7F);
+        double a = Math.Abs((double)x);
+        if (a >= 448) return (byte)(sign | 0x7E);
+        int best = 0;
+        double bestErr = double.PositiveInfinity;
+        for (int c = 0; c <= 0x7E; c++)
+        {
+            double err = Math.Abs(OcpE4M3(c) - a);
+            if (err < bestErr || (err == bestErr && (c & 1) == 0)) { best = c; bestErr = err; }
+        }
+        return (byte)(sign | best);
+    }
+
+    [Fact]
+    public void Float8E4M3DecodesEveryCodeAsTheOcpDefinition()
+    {
+        for (int c = 0; c < 256; c++)
+        {
+            double expected = OcpE4M3(c);
+            float actual = HalfPrecision.Float8E4M3ToFloat((byte)c);
+            if (double.IsNaN(expected)) Assert.True(float.IsNaN(actual), $"0x{c:X2}");
+            else Assert.True(BitConverter.SingleToUInt32Bits((float)expected) == BitConverter.SingleToUInt32Bits(actual), $"0x{c:X2}: {actual} vs {expected}");
+        }
+    }
+
+    [Fact]
+    public void Float8E4M3EncodesEveryCodeAndEveryTieAsTheOcpDefinition()
+    {
+        var probes = new List<float>();
+        for (int c = 0; c <= 0x7E; c++)
+        {
+            float v = (float)OcpE4M3(c);
+            probes.AddRange([v, MathF.BitIncrement(v), MathF.BitDecrement(v)]);
+            if (c < 0x7E)
+            {
+                // The midpoint to the next code is exact in fp32: it decides ties to even, and one ulp either side decides direction.
+                float mid = (float)((OcpE4M3(c) + OcpE4M3(c + 1)) / 2);
+                probes.AddRange([mid, MathF.BitIncrement(mid), MathF.BitDecrement(mid)]);
+            }
+        }
+        probes.AddRange([0f, 464f, 479.9f, 480f, 1e30f, float.MaxValue, float.PositiveInfinity, float.Epsilon, 0.0009765625f /* 2^-10: a tie to 0 */]);
+        var rng = new Random(7);
+        for (int i = 0; i < 20_000; i++) probes.Add((float)Math.ScaleB(rng.NextDouble(), rng.Next(-14, 10)));
+        foreach (float p in probes)
+            foreach (float x in new[] { p, -p })
+                Assert.True(Nearest(x) == HalfPrecision.FloatToFloat8E4M3(x),
+                    $"{x:R} (0x{BitConverter.SingleToUInt32Bits(x):X8}): expected 0x{Nearest(x):X2}, got 0x{HalfPrecision.FloatToFloat8E4M3(x):X2}");
+    }
+
+    [Fact]
+    public void Float8E4M3SaturatesAndKeepsNaNAndSignedZero()
+    {
+        Assert.Equal(0x7E, HalfPrecision.FloatToFloat8E4M3(float.PositiveInfinity));
+        Assert.Equal(0xFE, HalfPrecision.FloatToFloat8E4M3(float.NegativeInfinity));
+        Assert.Equal(0xFE, HalfPrecision.FloatToFloat8E4M3(-1000f));
+        Assert.Equal(0x7F, HalfPrecision.FloatToFloat8E4M3(BitConverter.UInt32BitsToSingle(0x7FC0_0000)));   // NaN keeps its sign
+        Assert.Equal(0xFF, HalfPrecision.FloatToFloat8E4M3(BitConverter.UInt32BitsToSingle(0xFFC0_0001)));
+        Assert.Equal(0x80, HalfPrecision.FloatToFloat8E4M3(-0f));
+        Assert.Equal(0x80, HalfPrecision.FloatToFloat8E4M3(-1e-4f));   // below 2^-10: a signed zero
+        // Every finite code survives a round trip (0x80 too: -0).
+        for (int c = 0; c < 256; c++)
+            if ((c & 0x7F) != 0x7F) Assert.Equal(c, HalfPrecision.FloatToFloat8E4M3(HalfPrecision.Float8E4M3ToFloat((byte)c)));
+        var bytes = new byte[3];
+        HalfPrecision.FloatsToFloat8E4M3([1f, 448f, 500f], bytes);
+        Assert.Equal(new byte[] { 0x38, 0x7E, 0x7E }, bytes);
+        Assert.Throws<ArgumentException>(() => HalfPrecision.FloatsToFloat8E4M3([1f], new byte[2]));
+    }
 }

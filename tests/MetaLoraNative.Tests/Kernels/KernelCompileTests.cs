@@ -22,7 +22,7 @@ public class KernelCompileTests(ITestOutputHelper output)
     public static TheoryData<string> Files() => [.. KernelCompiler.KernelFiles(), .. KernelCompiler.DevKernelFiles()];
 
     /// <summary>The op groups' kernel files (docs/ARCHITECTURE.md's table); gemm.cu joins them when it exists.</summary>
-    static readonly string[] GroupFiles = ["memory.cu", "elementwise.cu", "layout.cu", "norm.cu", "attention.cu", "conditioning.cu", "objective.cu"];
+    static readonly string[] GroupFiles = ["memory.cu", "elementwise.cu", "layout.cu", "norm.cu", "attention.cu", "conditioning.cu", "objective.cu", "quant.cu"];
 
     [Fact]
     public void EveryKernelFileIsEmbeddedUnderItsGroupsName()

@@ -9,8 +9,8 @@ namespace MetaLoraNative.Tests.Model;
 /// <summary>BFL and diffusers checkpoints load to the same weights; bad checkpoints fail with the tensor's name.</summary>
 public sealed class CheckpointLayoutTests() : TempFolderTest("ckpt")
 {
-    /// <summary>Writes tiny random weights as a 2-shard diffusers transformer (split per the name table).</summary>
-    string WriteDiffusers(FluxConfig c, ulong seed)
+    /// <summary>Writes tiny random weights as a 2-shard diffusers transformer (split per the name table) under dir.</summary>
+    internal static string WriteDiffusers(string dir, FluxConfig c, ulong seed)
     {
         var bfl = c.TensorShapes().ToDictionary(t => t.Name, t => (t.Shape, Data: RandomWeights.Tensor(t.Name, t.Shape, seed)));
         var parts = new List<SafetensorsTensor>();
@@ -61,7 +61,7 @@ public sealed class CheckpointLayoutTests() : TempFolderTest("ckpt")
     {
         using var be = CpuBackend.F32();
         var c = FluxConfig.Tiny;
-        string folder = WriteDiffusers(c, 8);
+        string folder = WriteDiffusers(dir, c, 8);
         using var fromDiffusers = FluxLoader.Load(folder, be);
         using var random = FluxWeights.Random(c, be, 8);
         string bflPath = Path.Combine(dir, "flux-bfl.safetensors");

@@ -3,13 +3,16 @@ using System.Runtime.InteropServices;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Gemm: the matrix products Gemm, Linear and LinearBackward.
+// Gemm: the matrix products Gemm, Linear and LinearBackward, and the tile loop the Quant group's products share.
 //
-// Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as
-// A (M, K) and op(b) as Bt (N, K), transposing into a scratch copy only when the operand is not already in that
-// layout (a transposed, b not transposed). The (M, N) output is cut into tiles of TI rows × TJ columns; one tile
-// touches TI rows of A and TJ rows of Bt (≈ 64·K elements, cache-resident for K up to a few thousand), and the
-// inner kernel computes four dot products at once so each load of A's row is reused four times.
+// Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as A (M, K),
+// transposing into a scratch copy only when a is transposed, and op(b) as Bt (N, K), read through a row source: in
+// place when b already has that layout (b transposed, Linear's weight), else one block of TJ rows at a time written
+// into the working thread's scratch (b not transposed, e.g. LinearBackward's weight; the fp8 weights, dequantised
+// there). So no product copies a whole B operand. The (M, N) output is cut into tiles of TI rows × TJ columns; one
+// tile touches TI rows of A and TJ rows of Bt (≈ 64·K elements, cache-resident for K up to a few thousand), and the
+// inner kernel computes four dot products at once so each load of A's row is reused four times. Consecutive tiles
+// of a thread walk down M with the same Bt block, so a block is made once per thread and column block.
 // Sums are fp64 for both element types (float × float is exact in fp64).
 public sealed partial class CpuBackend<T>
 {
@@ -32,58 +35,48 @@ public sealed partial class CpuBackend<T>
                 $"{op}: op(a) is ({M} × {K}) from a {S(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {S(b)}" +
                 $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Cols}) from {S(c)}; need inner dims equal and c (M × N)");
 
-        // A (M, K) row-major and Bt (N, K) row-major.
-        T[] ad = A.Data, bd = B.Data;
-        int ao = A.Offset, bo = B.Offset;
+        // A (M, K) row-major; Bt (N, K) through its row source.
+        T[] ad = A.Data;
+        int ao = A.Offset;
         if (transA) { ad = Transpose(A.Data, A.Offset, K, M); ao = 0; }
-        if (!transB) { bd = Transpose(B.Data, B.Offset, K, N); bo = 0; }
-        T[] cd = Cm.Data;
-        int co = Cm.Offset;
-        double al = alpha, be = beta;
-
-        int mT = (M + TI - 1) / TI, nT = (N + TJ - 1) / TJ;
-        ForChunks(mT * nT, (long)TI * TJ * Math.Max(K, 1), (t0, t1) =>
-        {
-            Span<double> s = stackalloc double[4];
-            for (int t = t0; t < t1; t++)
-            {
-                // Consecutive tiles walk down M with the same Bt column block, so the block stays in cache.
-                int i0 = t % mT * TI, j0 = t / mT * TJ;
-                int i1 = Math.Min(i0 + TI, M), j1 = Math.Min(j0 + TJ, N);
-                for (int i = i0; i < i1; i++)
-                {
-                    var arow = new ReadOnlySpan<T>(ad, ao + i * K, K);
-                    var crow = new Span<T>(cd, co + i * N, N);
-                    int j = j0;
-                    for (; j + 4 <= j1; j += 4)
-                    {
-                        Dot4(arow, new ReadOnlySpan<T>(bd, bo + j * K, 4 * K), K, s);
-                        for (int u = 0; u < 4; u++)
-                            crow[j + u] = Store(al * s[u] + (be == 0 ? 0 : be * Wide(crow[j + u])));
-                    }
-                    for (; j < j1; j++)
-                    {
-                        double d = Dot(arow, new ReadOnlySpan<T>(bd, bo + j * K, K));
-                        crow[j] = Store(al * d + (be == 0 ? 0 : be * Wide(crow[j])));
-                    }
-                }
-            }
-        });
+        if (transB) Tiles(ad, ao, M, K, N, new InPlaceRows(B.Data, B.Offset), Cm.Data, Cm.Offset, alpha, beta);
+        else Tiles(ad, ao, M, K, N, new TransposedRows(B.Data, B.Offset, N), Cm.Data, Cm.Offset, alpha, beta);
     }
 
     /// <summary>y = x·Wᵀ + b. x (.., d_in), w (d_out, d_in), bias (d_out) or null → (.., d_out).</summary>
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
     {
         const string op = "Linear";
-        Cpu(x, op, "x");
-        Cpu(w, op, "w");
-        if (w.Rank != 2 || x.Rank < 1 || x.Cols != w.Cols)
+        var W = Cpu(w, op, "w");
+        if (w.Rank != 2)
             throw new ArgumentException($"{op}: x {S(x)} needs last dim d_in, w {S(w)} must be (d_out, d_in)");
-        int dOut = w.Dim(0);
+        return Product(op, x, w.Dim(0), w.Dim(1), S(w), new InPlaceRows(W.Data, W.Offset), bias);
+    }
+
+    /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in).</summary>
+    public Tensor LinearBackward(Tensor dy, Tensor w)
+    {
+        const string op = "LinearBackward";
+        var W = Cpu(w, op, "w");
+        if (w.Rank != 2)
+            throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {S(w)} must be (d_out, d_in)");
+        return InputGradient(op, dy, w.Dim(0), w.Dim(1), S(w), new TransposedRows(W.Data, W.Offset, w.Dim(1)));
+    }
+
+    /// <summary>
+    /// y = x·Wᵀ + bias for a weight W (d_out, d_in) read as Bt through <paramref name="weightRows"/>: Linear's and
+    /// LinearQuantized's body. <paramref name="weightShape"/> names the weight in messages.
+    /// </summary>
+    private CpuTensor<T> Product<TRows>(string op, Tensor x, int dOut, int dIn, string weightShape, TRows weightRows, Tensor? bias)
+        where TRows : struct, IRowSource
+    {
+        var X = Cpu(x, op, "x");
+        if (x.Rank < 1 || x.Cols != dIn)
+            throw new ArgumentException($"{op}: x {S(x)} needs last dim d_in, w {weightShape} must be (d_out, d_in)");
         if (bias is not null && bias.Length != dOut)
-            throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {dOut} elements (w {S(w)})");
+            throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {dOut} elements (w {weightShape})");
         var y = New(WithLast(x.Shape, dOut));
-        Gemm(x, false, w, true, y);
+        Tiles(X.Data, X.Offset, checked((int)x.Rows), dIn, dOut, weightRows, y.Data, 0, 1f, 0f);
         if (bias is not null)
         {
             var bs = Cpu(bias, op, "bias");
@@ -99,17 +92,97 @@ public sealed partial class CpuBackend<T>
         return y;
     }
 
-    /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in).</summary>
-    public Tensor LinearBackward(Tensor dy, Tensor w)
+    /// <summary>dx = dy·W for a weight W (d_out, d_in) whose transpose (d_in, d_out) <paramref name="transposedRows"/> reads.</summary>
+    private CpuTensor<T> InputGradient<TRows>(string op, Tensor dy, int dOut, int dIn, string weightShape, TRows transposedRows)
+        where TRows : struct, IRowSource
     {
-        const string op = "LinearBackward";
-        Cpu(dy, op, "dy");
-        Cpu(w, op, "w");
-        if (w.Rank != 2 || dy.Rank < 1 || dy.Cols != w.Dim(0))
-            throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {S(w)} must be (d_out, d_in)");
-        var dx = New(WithLast(dy.Shape, w.Dim(1)));
-        Gemm(dy, false, w, false, dx);
+        var G = Cpu(dy, op, "dy");
+        if (dy.Rank < 1 || dy.Cols != dOut)
+            throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {weightShape} must be (d_out, d_in)");
+        var dx = New(WithLast(dy.Shape, dIn));
+        Tiles(G.Data, G.Offset, checked((int)dy.Rows), dOut, dIn, transposedRows, dx.Data, 0, 1f, 0f);
         return dx;
+    }
+
+    /// <summary>
+    /// c (M, N) at cd[co..] = alpha · A·Btᵀ + beta · c, A (M, K) at ad[ao..], Bt (N, K) through <paramref name="bt"/>.
+    /// </summary>
+    private static void Tiles<TRows>(T[] ad, int ao, int M, int K, int N, TRows bt, T[] cd, int co, float alpha, float beta)
+        where TRows : struct, IRowSource
+    {
+        double al = alpha, be = beta;
+        int mT = (M + TI - 1) / TI, nT = (N + TJ - 1) / TJ;
+        ForChunks(mT * nT, (long)TI * TJ * Math.Max(K, 1), (t0, t1) =>
+        {
+            Span<double> s = stackalloc double[4];
+            T[]? scratch = null;
+            ReadOnlySpan<T> block = default;
+            int blockStart = -1;
+            for (int t = t0; t < t1; t++)
+            {
+                // Consecutive tiles walk down M with the same Bt column block, so the block stays made (and in cache).
+                int i0 = t % mT * TI, j0 = t / mT * TJ;
+                int i1 = Math.Min(i0 + TI, M), j1 = Math.Min(j0 + TJ, N);
+                if (j0 != blockStart)
+                {
+                    block = bt.Rows(j0, j1, K, ref scratch);
+                    blockStart = j0;
+                }
+                for (int i = i0; i < i1; i++)
+                {
+                    var arow = new ReadOnlySpan<T>(ad, ao + i * K, K);
+                    var crow = new Span<T>(cd, co + i * N, N);
+                    int j = j0;
+                    for (; j + 4 <= j1; j += 4)
+                    {
+                        Dot4(arow, block.Slice((j - j0) * K, 4 * K), K, s);
+                        for (int u = 0; u < 4; u++)
+                            crow[j + u] = Store(al * s[u] + (be == 0 ? 0 : be * Wide(crow[j + u])));
+                    }
+                    for (; j < j1; j++)
+                    {
+                        double d = Dot(arow, block.Slice((j - j0) * K, K));
+                        crow[j] = Store(al * d + (be == 0 ? 0 : be * Wide(crow[j])));
+                    }
+                }
+            }
+        });
+    }
+
+    /// <summary>Where the tile loop reads Bt (N, K) from, one block of rows at a time.</summary>
+    private interface IRowSource
+    {
+        /// <summary>Rows [j0, j1) of Bt, each K long, contiguous: a slice of the source or rows written into scratch.</summary>
+        ReadOnlySpan<T> Rows(int j0, int j1, int K, scoped ref T[]? scratch);
+    }
+
+    /// <summary>Bt stored as it is read, (N, K) row-major from offset: b transposed, or Linear's weight (d_out, d_in).</summary>
+    private readonly struct InPlaceRows(T[] data, int offset) : IRowSource
+    {
+        public ReadOnlySpan<T> Rows(int j0, int j1, int K, scoped ref T[]? scratch) => new(data, offset + j0 * K, (j1 - j0) * K);
+    }
+
+    /// <summary>b (K, N) row-major from offset: Bt's rows [j0, j1) are b's columns, transposed into scratch.</summary>
+    private readonly struct TransposedRows(T[] data, int offset, int N) : IRowSource
+    {
+        public ReadOnlySpan<T> Rows(int j0, int j1, int K, scoped ref T[]? scratch)
+        {
+            int n = j1 - j0;
+            var dst = Scratch(ref scratch, n * K);
+            for (int k = 0; k < K; k++)
+            {
+                var src = new ReadOnlySpan<T>(data, offset + k * N + j0, n);
+                for (int r = 0; r < n; r++) dst[r * K + k] = src[r];
+            }
+            return dst;
+        }
+    }
+
+    /// <summary>The first n elements of a thread's scratch array, grown when too small.</summary>
+    private static Span<T> Scratch(scoped ref T[]? scratch, int n)
+    {
+        if (scratch == null || scratch.Length < n) scratch = new T[n];
+        return scratch.AsSpan(0, n);
     }
 
     /// <summary>src viewed as (R, C) starting at off → a fresh (C, R) row-major array. Blocked for cache.</summary>

@@ -25,7 +25,11 @@ public static class CpuBackend
 /// - Outputs never alias inputs; in-place ops (AddInPlace, AddNarrow, Gemm's c, AdamW) say so in their names or docs.
 /// The op bodies live in the partial files next to this one, one op group of IBackend (forward and backward ops
 /// side by side) per file, named by the group: CpuBackend.Memory, .Gemm, .Elementwise, .Layout, .Norm, .Attention,
-/// .Conditioning, .Objective.
+/// .Conditioning, .Objective, .Quant.
+/// - Memory is counted as the CUDA pool counts it: every tensor's array (and every quantised weight) from its
+///   allocation until its last view is disposed (<see cref="PeakBytes"/>, <see cref="LiveBytes"/>, a cap from
+///   <see cref="CapMemory"/>). Scratch that an op allocates and drops inside itself (Gemm's transposed operand
+///   blocks, attention's row accumulators) is host workspace outside that count.
 /// </summary>
 public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloatingPointIeee754<T>
 {
@@ -37,6 +41,7 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
         if (typeof(T) != typeof(float) && typeof(T) != typeof(double))
             throw new NotSupportedException($"CpuBackend<{typeof(T).Name}>: only float and double storage are supported");
         Name = typeof(T) == typeof(float) ? "cpu-f32" : "cpu-f64";
+        _ledger = new MemoryLedger(Name);
     }
 
     public string Name { get; }
@@ -73,8 +78,13 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
             ?? throw new ArgumentException($"{op}: {arg} is a {t} tensor, but this backend is {Name}");
     }
 
-    private CpuTensor<T> New(params int[] shape) =>
-        new(this, new T[Shapes.Numel(shape)], 0, (int[])shape.Clone());
+    /// <summary>A fresh zero tensor, counted in the ledger (and refused there when it would pass the cap).</summary>
+    private CpuTensor<T> New(params int[] shape)
+    {
+        long n = Shapes.Numel(shape);
+        var storage = new CpuStorage(_ledger, n * Unsafe.SizeOf<T>());
+        return new(this, storage, new T[n], 0, (int[])shape.Clone());
+    }
 
     private static int[] WithLast(int[] shape, int last)
     {

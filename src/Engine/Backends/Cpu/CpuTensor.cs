@@ -4,17 +4,21 @@ namespace MetaLoraNative.Engine.Backends.Cpu;
 
 /// <summary>
 /// A CPU tensor: a window [Offset, Offset + Length) of a managed array. <see cref="Reshape"/> shares the array, so a
-/// reshaped view and its source see each other's writes. Dispose is a no-op (the GC owns the array).
+/// reshaped view and its source see each other's writes. The array is counted in its backend's memory ledger until
+/// the last tensor over it is disposed, as a device block goes back to its pool (the GC owns the array itself).
 /// </summary>
 public sealed class CpuTensor<T> : Tensor where T : unmanaged, IFloatingPointIeee754<T>
 {
     private readonly CpuBackend<T> _backend;
+    private readonly CpuStorage _storage;
+    private bool _disposed;
 
-    internal CpuTensor(CpuBackend<T> backend, T[] data, int offset, int[] shape) : base(shape)
+    internal CpuTensor(CpuBackend<T> backend, CpuStorage storage, T[] data, int offset, int[] shape) : base(shape)
     {
         if (offset < 0 || offset + Length > data.Length)
             throw new ArgumentException($"tensor window [{offset}, {offset + Length}) lies outside its storage of {data.Length}");
         _backend = backend;
+        _storage = storage;
         Data = data;
         Offset = offset;
     }
@@ -30,6 +34,20 @@ public sealed class CpuTensor<T> : Tensor where T : unmanaged, IFloatingPointIee
 
     public override IBackend Backend => _backend;
 
-    public override Tensor Reshape(params int[] shape) =>
-        new CpuTensor<T>(_backend, Data, Offset, (int[])Shapes.Resolve(shape, Length).Clone());
+    public override Tensor Reshape(params int[] shape)
+    {
+        var view = new CpuTensor<T>(_backend, _storage, Data, Offset, (int[])Shapes.Resolve(shape, Length).Clone());
+        _storage.AddRef();
+        return view;
+    }
+
+    public override void Dispose()
+    {
+        if (!_disposed)
+        {
+            _disposed = true;
+            _storage.Release();
+        }
+        base.Dispose();
+    }
 }

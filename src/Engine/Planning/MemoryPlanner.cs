@@ -1,0 +1,149 @@
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
+
+namespace MetaLoraNative.Engine.Planning;
+
+/// <summary>One training step's shape, as the planner needs it.</summary>
+/// <param name="IdentitiesInBatch">runs of samples sharing an identity in one batch (LoraBinding's groups): 1 in Stage 2</param>
+/// <param name="IdentitiesHeld">identities in the adapter's bank, each with its M and U (Stage 1 holds many)</param>
+public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens, int TextTokens, IReadOnlyList<LoraTarget> Targets,
+                                   LoraMode Mode, int Rank1, int Rank2, bool TrainDown, bool TrainIdentity,
+                                   int IdentitiesInBatch = 1, int IdentitiesHeld = 1)
+{
+    /// <summary>Stage 2 as StepBenchmark runs it: batch 1, every target, D frozen, one identity's M and U trained.</summary>
+    public static TrainingShape Stage2(FluxConfig config, int imageTokens, int textTokens, int rank1, int rank2) =>
+        new(config, 1, imageTokens, textTokens, FluxNames.LoraTargets(config), LoraMode.Meta, rank1, rank2, false, true);
+}
+
+/// <summary>
+/// The predicted peak of one training step, by part. Persistent: weights, LoRA factors, their gradients, AdamW's
+/// moments and the workspaces; per step: the activations kept between the forward and the backward (the batch, the
+/// model state: every block's inputs and, without recomputation, its activations) and the working set on top of
+/// them at the step's busiest moment (a recomputed block, gradients in flight, LoRA temporaries).
+/// </summary>
+public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long Weights, long LoraFactors, long Gradients,
+                                    long OptimiserState, long Activations, long WorkingSet, long AttentionWorkspace,
+                                    long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights)
+{
+    public long Peak => Weights + LoraFactors + Gradients + OptimiserState + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
+
+    public string Label => $"{BaseDTypes.Name(BaseDType)} base, recompute {(Recompute ? "on" : "off")}";
+}
+
+/// <summary>Block swap (not built yet): how many blocks' weights would have to wait in host memory to fit a budget.</summary>
+/// <param name="StagingBytes">device slots for the swapped blocks: two of the largest (one computing, one arriving)</param>
+public sealed record SwapPlan(long Budget, int DoubleBlocks, int SingleBlocks, long StagingBytes, long Peak)
+{
+    public int Blocks => DoubleBlocks + SingleBlocks;
+}
+
+/// <summary>The planner's choice for a budget, with every candidate it weighed.</summary>
+public sealed record MemoryPlan(long Budget, MemoryEstimate Chosen, bool Fits, IReadOnlyList<MemoryEstimate> Candidates, SwapPlan? Swap)
+{
+    /// <summary>The plan as the bench prints it: one row per candidate, the choice, and the swap needed when nothing fits.</summary>
+    public IEnumerable<string> Lines()
+    {
+        bool gib = Budget >= 1L << 30;
+        double unit = gib ? 1L << 30 : 1L << 20;
+        string G(long b) => $"{b / unit,6:F2}";
+        yield return $"memory plan, budget {MemoryCapExceededException.FormatBytes(Budget)} ({(gib ? "GiB" : "MiB")} below):";
+        yield return "  base  recompute  weights  lora+grads+adam  activations  working  workspace    peak";
+        foreach (var e in Candidates)
+            yield return $"  {BaseDTypes.Name(e.BaseDType),-4}  {(e.Recompute ? "on" : "off"),-9}  {G(e.Weights)}  {G(e.LoraFactors + e.Gradients + e.OptimiserState),15}  " +
+                         $"{G(e.Activations),11}  {G(e.WorkingSet),7}  {G(e.AttentionWorkspace + e.GemmWorkspace),9}  {G(e.Peak)}{(e.Peak <= Budget ? "" : "  over")}";
+        yield return Fits
+            ? $"  chosen: {Chosen.Label}, predicted peak {MemoryCapExceededException.FormatBytes(Chosen.Peak)}"
+            : $"  nothing fits: the smallest is {Chosen.Label} at {MemoryCapExceededException.FormatBytes(Chosen.Peak)}";
+        if (!Fits)
+            yield return Swap is { } s
+                ? $"  block swap (not built yet) would need {s.Blocks} blocks in host memory ({s.DoubleBlocks} double, {s.SingleBlocks} single; " +
+                  $"{MemoryCapExceededException.FormatBytes(s.StagingBytes)} of device staging) for a peak of {MemoryCapExceededException.FormatBytes(s.Peak)}"
+                : "  even with every block's weights in host memory the step does not fit";
+    }
+}
+
+/// <summary>
+/// Predicts the peak device memory of a training step before it runs, and picks the base dtype and recomputation
+/// for a budget (later also block swap). Persistent parts are counted tensor by tensor from the config and the
+/// adapter's shapes; the step is replayed allocation by allocation (<see cref="StepWalk"/>, which mirrors
+/// FluxModel, DoubleBlock, SingleBlock, QkvAttention, Linear and LoraBinding), every size through the backend's
+/// <see cref="MemoryModel"/>. On the CPU the prediction is checked against the backend's measured peak.
+/// </summary>
+public static class MemoryPlanner
+{
+    public static MemoryEstimate Estimate(TrainingShape s, MemoryModel m, BaseDType baseDType, bool recompute)
+    {
+        var c = s.Config;
+        long largestQuantized = 0;
+        var bytesOf = new Dictionary<string, long>();
+        foreach (var (name, shape) in c.TensorShapes())
+        {
+            long numel = Shapes.Numel(shape);
+            if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
+            {
+                bytesOf[name] = m.Raw(numel) + m.Raw(4L * shape[0]);          // codes, fp32 row scales
+                largestQuantized = Math.Max(largestQuantized, numel);
+            }
+            else bytesOf[name] = m.Compute(numel);
+        }
+        long weights = bytesOf.Values.Sum();
+        long Block(string prefix) => bytesOf.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal)).Sum(kv => kv.Value);
+        var doubles = Enumerable.Range(0, c.Depth).Select(i => Block($"double_blocks.{i}.")).ToArray();
+        var singles = Enumerable.Range(0, c.DepthSingleBlocks).Select(i => Block($"single_blocks.{i}.")).ToArray();
+
+        // LoRA: a value and a gradient per factor (LoraParameter allocates both), moments for what AdamW updates.
+        int r2 = s.Mode == LoraMode.Meta ? s.Rank2 : s.Rank1;
+        long down = s.Targets.Sum(t => m.Master((long)s.Rank1 * t.InFeatures));
+        long identity = s.Targets.Sum(t => (s.Mode == LoraMode.Meta ? m.Master((long)r2 * s.Rank1) : 0) + m.Master((long)t.Rows * r2));
+        long factors = down + s.IdentitiesHeld * identity;
+        long moments = 2 * ((s.TrainDown ? down : 0) + (s.TrainIdentity ? s.IdentitiesHeld * identity : 0));
+
+        var (peak, kept) = new StepWalk(m, s).Run(recompute);
+        int L = s.ImageTokens + s.TextTokens;
+        long attention = m.AttentionRowSums ? m.Stats((long)s.Batch * c.NumHeads * L) : 0;
+        long gemm = m.GemmWorkspaceBytes + (baseDType == BaseDType.Fp8 && m.DequantizeScratch ? m.Compute(largestQuantized) : 0);
+        return new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles);
+    }
+
+    /// <summary>
+    /// The first candidate that fits the budget, in the order that costs least: bf16 without recomputation (exact and
+    /// fastest), bf16 with it (one more block forward per block), fp8 without, fp8 with (E4M3 rounding of the base).
+    /// A given base dtype or recomputation setting narrows the candidates. When none fits, the smallest is chosen and
+    /// the plan says how many blocks block swap would have to keep in host memory.
+    /// </summary>
+    public static MemoryPlan Choose(TrainingShape s, MemoryModel m, long budget, BaseDType? baseDType = null, bool? recompute = null)
+    {
+        var candidates = new List<MemoryEstimate>();
+        foreach (var d in new[] { BaseDType.Bf16, BaseDType.Fp8 })
+            foreach (bool r in new[] { false, true })
+                if ((baseDType == null || baseDType == d) && (recompute == null || recompute == r))
+                    candidates.Add(Estimate(s, m, d, r));
+        var fit = candidates.FirstOrDefault(e => e.Peak <= budget);
+        var chosen = fit ?? candidates.MinBy(e => e.Peak)!;
+        return new MemoryPlan(budget, chosen, fit != null, candidates, fit == null ? Swap(chosen, budget) : null);
+    }
+
+    /// <summary>
+    /// Block swap for an estimate that does not fit: the fewest blocks whose weights must live in host memory, taking
+    /// the largest first (double blocks), with two device slots of the largest swapped block for the transfers.
+    /// Null when even swapping every block leaves the step over the budget.
+    /// </summary>
+    public static SwapPlan? Swap(MemoryEstimate e, long budget)
+    {
+        var blocks = e.DoubleBlockWeights.Select(b => (Bytes: b, Double: true))
+                      .Concat(e.SingleBlockWeights.Select(b => (Bytes: b, Double: false)))
+                      .OrderByDescending(b => b.Bytes).ToArray();
+        long moved = 0, staging = 0;
+        int doubles = 0, singles = 0;
+        foreach (var b in blocks)
+        {
+            moved += b.Bytes;
+            staging = Math.Max(staging, 2 * b.Bytes);
+            if (b.Double) doubles++; else singles++;
+            long peak = e.Peak - moved + staging;
+            if (peak <= budget) return new SwapPlan(budget, doubles, singles, staging, peak);
+        }
+        return null;
+    }
+}

@@ -1,0 +1,77 @@
+using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Backends.Cpu;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
+using MetaLoraNative.Engine.Training;
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Model;
+
+/// <summary>The whole path on an fp8 base: one Stage-2 step on the tiny model against the same step on its bf16 base.</summary>
+public sealed class Fp8TrainingTests(ITestOutputHelper output) : IDisposable
+{
+    readonly string dir = Directory.CreateTempSubdirectory("metalora-fp8-step-").FullName;
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    /// <summary>
+    /// The tolerance, from E4M3's 3-bit mantissa. Rounding to nearest leaves each weight a relative error δ with
+    /// |δ| ≤ u = 2^-4 (half an ulp of a 4-bit significand), uniform within its ulp, so E[δ²] ≤ u²/3. For a linear with
+    /// independent errors, ‖ΔW·x‖ / ‖W·x‖ has RMS ≤ u/√3 (≈ 3.6%). The loss and the LoRA gradients are, to first
+    /// order, sums of one such contribution per quantised linear on the forward path and one on the backward path
+    /// (dx = dy·W), each at most the size of the quantity itself in a residual network whose branches add to the
+    /// stream; independent contributions add in quadrature. So for N quantised linears:
+    ///   relative difference ≤ √(2N) · u/√3.
+    /// The tiny model has N = 2·10 + 2·3 = 26 block linears: √52 · 2^-4/√3 ≈ 0.26.
+    /// </summary>
+    static double Tolerance(int quantizedLinears) => Math.Sqrt(2.0 * quantizedLinears) * Math.ScaleB(1, -4) / Math.Sqrt(3);
+
+    [Fact]
+    public void AStage2StepOnAnFp8BaseMatchesTheBf16BaseWithinE4M3Precision()
+    {
+        var c = FluxConfig.Tiny;
+        string path = Path.Combine(dir, "tiny-bf16.safetensors");
+        using (var host = CpuBackend.F32())
+        using (var w = FluxWeights.Random(c, host, 6))
+            FluxLoader.Save(w, path, SafetensorsDType.BF16);
+
+        var (loss16, grads16, _) = Step(path, BaseDType.Bf16);
+        var (loss8, grads8, quantized) = Step(path, BaseDType.Fp8);
+        Assert.Equal(Fp8LoadingTests.BlockLinears(c), quantized);
+
+        double lossDiff = Math.Abs(loss8 - loss16) / Math.Abs(loss16);
+        double num = 0, den = 0;
+        for (int i = 0; i < grads16.Length; i++)
+        {
+            num += (grads8[i] - grads16[i]) * (grads8[i] - grads16[i]);
+            den += grads16[i] * grads16[i];
+        }
+        double gradDiff = Math.Sqrt(num / den);
+        double tolerance = Tolerance(quantized);
+        output.WriteLine($"loss bf16 {loss16:G9}, fp8 {loss8:G9}: relative difference {lossDiff:E3}");
+        output.WriteLine($"LoRA gradients ({grads16.Length} values): ‖g_fp8 − g_bf16‖ / ‖g_bf16‖ = {gradDiff:E3}; tolerance {tolerance:F3}");
+        Assert.True(den > 0, "the step produced no gradient");
+        Assert.True(lossDiff > 0 && gradDiff > 0, "the fp8 base changed nothing: its weights were not used");
+        Assert.True(lossDiff <= tolerance, $"loss differs by {lossDiff:E3} > {tolerance:F3}");
+        Assert.True(gradDiff <= tolerance, $"gradients differ by {gradDiff:E3} > {tolerance:F3}");
+    }
+
+    /// <summary>Loss and every trained factor's gradient (M and U, D frozen) of one step on the fp64 engine.</summary>
+    static (double Loss, double[] Grads, int Quantized) Step(string checkpoint, BaseDType dtype)
+    {
+        using var be = CpuBackend.F64();
+        using var weights = FluxLoader.Load(checkpoint, be, null, dtype);
+        var c = weights.Config;
+        var model = new FluxModel(weights);
+        using var adapter = LoraAdapter.Random(be, c, LoraMode.Meta, 4, 2, 1, 9);
+        var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
+        var (inputs, target) = ModelFixture.Batch(be, c, 1, 4, 6, 5, 11);
+        using var _i = inputs;
+        using var _t = target;
+        double loss = Trainer.LossAndGradients(model, inputs, target, binding, recompute: false, out var prediction);
+        prediction.Dispose();
+        var grads = binding.TrainableParameters().SelectMany(p => be.DownloadDouble(p.Grad)).ToArray();
+        return (loss, grads, weights.QuantizedCount);
+    }
+}
