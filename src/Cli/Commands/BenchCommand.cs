@@ -54,7 +54,7 @@ internal static class BenchCommand
     public static Command Create()
     {
         var shared = new Shared();
-        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported).", DefaultValueFactory = _ => 10 }.AtLeast(1);
+        var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported); 0 loads the model and plans only, timing nothing.", DefaultValueFactory = _ => 10 }.AtLeast(0);
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 }.AtLeast(0);
         var json = new Option<string?>("--json") { Description = "Also write the figures as JSON to this file." };
         var planOnly = new Option<bool>("--plan-only") { Description = "Print the memory plan and stop (needs no GPU: with --device cuda it plans for the CUDA engine's storage)." };

@@ -85,7 +85,7 @@ public static class StepBenchmark
         if (o.PlanOnly)
             return new Result(imageTokens, o.TextTokens, 0, plan.Chosen.Recompute, plan.Chosen.Label, double.NaN, double.NaN, 0, 0, be.PeakBytes, 0, plan, 0);
         if (!plan.Fits)
-            throw new InvalidOperationException($"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
+            throw new RuntimeFailure("--vram", $"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
                                                 (plan.Swap is { } s ? $"block swap of {s.Blocks} blocks would be needed, and block swap is not built yet"
                                                                     : "not even with every block swapped to host memory"));
         var chosen = plan.Chosen;

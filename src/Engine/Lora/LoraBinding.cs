@@ -46,18 +46,18 @@ public sealed class LoraBinding
     /// The Downs of a module's targets stacked along the rows, (Σ r1, d_in), so one GEMM makes every target's down
     /// projection (q, k, v of a fused qkv share their input): borrowed when the module has a single target.
     /// </summary>
-    Borrowed StackedDown(ReadOnlySpan<int> targets)
+    Borrowed<Tensor> StackedDown(ReadOnlySpan<int> targets)
     {
-        if (targets.Length == 1) return new Borrowed(Adapter.Down[targets[0]].Value, false);
+        if (targets.Length == 1) return Borrowed<Tensor>.Of(Adapter.Down[targets[0]].Value);
         var downs = new Tensor[targets.Length];
         for (int j = 0; j < targets.Length; j++) downs[j] = Adapter.Down[targets[j]].Value;
-        return new Borrowed(Adapter.Backend.Concat(0, downs), true);
+        return Borrowed<Tensor>.Owned(Adapter.Backend.Concat(0, downs));
     }
 
     /// <summary>Target j's columns of the stacked down projection (n, Σ r1).</summary>
-    Borrowed DownOf(Tensor downAll, ReadOnlySpan<int> targets, int j, int offset) =>
-        targets.Length == 1 ? new Borrowed(downAll, false)
-            : new Borrowed(downAll.Backend.Narrow(downAll, -1, offset, Adapter.Down[targets[j]].Shape[0]), true);
+    Borrowed<Tensor> DownOf(Tensor downAll, ReadOnlySpan<int> targets, int j, int offset) =>
+        targets.Length == 1 ? Borrowed<Tensor>.Of(downAll)
+            : Borrowed<Tensor>.Owned(downAll.Backend.Narrow(downAll, -1, offset, Adapter.Down[targets[j]].Shape[0]));
 
     /// <summary>y (B, .., d_out) += the LoRA deltas of every target living in this module.</summary>
     public void AddDelta(string module, Tensor x, Tensor y)
@@ -72,13 +72,13 @@ public sealed class LoraBinding
             var (id, start, count) = groups[g];
             var factors = Adapter.Identities[id];
             using var xg = Rows(x, start, count);
-            using var downAll = be.Linear(xg.T, dStack.T, null);                                // (n, Σ r1): one GEMM for the module
+            using var downAll = be.Linear(xg.Tensor, dStack.Tensor, null);                                // (n, Σ r1): one GEMM for the module
             for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
             {
                 int t = targets[j];
                 using var down = DownOf(downAll, targets, j, offset);                         // (n, r1)
-                using var mid = factors.Mid[t] is { } m ? be.Linear(down.T, m.Value, null) : null; // (n, r2)
-                parts[j, g] = be.Linear(mid ?? down.T, factors.Up[t].Value, null);          // (n, rows)
+                using var mid = factors.Mid[t] is { } m ? be.Linear(down.Tensor, m.Value, null) : null; // (n, r2)
+                parts[j, g] = be.Linear(mid ?? down.Tensor, factors.Up[t].Value, null);          // (n, rows)
             }
         }
         for (int j = 0; j < targets.Length; j++)
@@ -102,7 +102,7 @@ public sealed class LoraBinding
             var factors = Adapter.Identities[id];
             using var xg = Rows(x, start, count);
             using var dyg = Rows(dy, start, count);
-            using var downAll = be.Linear(xg.T, dStack.T, null);                                // recomputed (n, Σ r1)
+            using var downAll = be.Linear(xg.Tensor, dStack.Tensor, null);                                // recomputed (n, Σ r1)
             var dDowns = new Tensor[targets.Length];
             for (int j = 0, offset = 0; j < targets.Length; offset += Adapter.Down[targets[j]].Shape[0], j++)
             {
@@ -110,14 +110,14 @@ public sealed class LoraBinding
                 var target = Adapter.Targets[t];
                 var M = factors.Mid[t];
                 var U = factors.Up[t];
-                using var dyS = be.Narrow(dyg.T, -1, target.RowStart, target.Rows);         // (n, rows)
+                using var dyS = be.Narrow(dyg.Tensor, -1, target.RowStart, target.Rows);         // (n, rows)
                 using var down = DownOf(downAll, targets, j, offset);                         // (n, r1)
-                using var mid = M != null ? be.Linear(down.T, M.Value, null) : null;          // recomputed (n, r2)
-                if (TrainIdentity) be.Gemm(dyS, true, mid ?? down.T, false, U.Grad, 1f, 1f); // dU += dyₛᵀ·mid
+                using var mid = M != null ? be.Linear(down.Tensor, M.Value, null) : null;          // recomputed (n, r2)
+                if (TrainIdentity) be.Gemm(dyS, true, mid ?? down.Tensor, false, U.Grad, 1f, 1f); // dU += dyₛᵀ·mid
                 var dmid = be.LinearBackward(dyS, U.Value);                                 // (n, r2)
                 if (M != null)
                 {
-                    if (TrainIdentity) be.Gemm(dmid, true, down.T, false, M.Grad, 1f, 1f);   // dM += dmidᵀ·down
+                    if (TrainIdentity) be.Gemm(dmid, true, down.Tensor, false, M.Grad, 1f, 1f);   // dM += dmidᵀ·down
                     dDowns[j] = be.LinearBackward(dmid, M.Value);                           // (n, r1)
                     dmid.Dispose();
                 }
@@ -129,13 +129,13 @@ public sealed class LoraBinding
             // gradient, larger than the fp32 accumulation it feeds.) The FLOPs are those of one stacked GEMM.
             if (TrainDown)
                 for (int j = 0; j < targets.Length; j++)
-                    be.Gemm(dDowns[j], true, xg.T, false, Adapter.Down[targets[j]].Grad, 1f, 1f);   // dD += ddownᵀ·x
+                    be.Gemm(dDowns[j], true, xg.Tensor, false, Adapter.Down[targets[j]].Grad, 1f, 1f);   // dD += ddownᵀ·x
             // one GEMM for dx over the stacked Downs, as for the forward
             using var dDownAll = targets.Length == 1 ? dDowns[0] : be.Concat(-1, dDowns);   // (n, Σ r1)
             if (targets.Length > 1) foreach (var d in dDowns) d.Dispose();
             if (dx != null)
             {
-                using var dxg = be.LinearBackward(dDownAll, dStack.T);                           // (n, d_in)
+                using var dxg = be.LinearBackward(dDownAll, dStack.Tensor);                           // (n, d_in)
                 if (count == batch) be.AddInPlace(dx, dxg);
                 else be.AddNarrow(dx, dxg, 0, start);
             }
@@ -143,16 +143,9 @@ public sealed class LoraBinding
     }
 
     /// <summary>The samples [start, start+count) of a batch-major tensor: the tensor itself (borrowed) when that is all of it.</summary>
-    Borrowed Rows(Tensor x, int start, int count) =>
-        count == batch ? new Borrowed(x, false) : new Borrowed(x.Backend.Narrow(x, 0, start, count), true);
+    Borrowed<Tensor> Rows(Tensor x, int start, int count) =>
+        count == batch ? Borrowed<Tensor>.Of(x) : Borrowed<Tensor>.Owned(x.Backend.Narrow(x, 0, start, count));
 
-    readonly record struct Borrowed(Tensor T, bool Owned) : IDisposable
-    {
-        public void Dispose()
-        {
-            if (Owned) T.Dispose();
-        }
-    }
 
     /// <summary>Every factor that receives a gradient in this binding.</summary>
     public IEnumerable<LoraParameter> TrainableParameters()

@@ -29,6 +29,7 @@ public sealed partial class RunLock : IDisposable
     public static RunLock Acquire(string output, IEnumerable<string> written, Action<string> log)
     {
         string path = System.IO.Path.GetFullPath(output) + ".lock";
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(path)!);   // the outputs' folder, as the writers would make it
         var held = TryCreate(path);
         if (held == null)
         {

@@ -9,7 +9,7 @@ namespace MetaLoraNative.Tests.Kernels;
 /// </summary>
 public class ParityListTests
 {
-    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Quant", "Lora", "Model"];
+    static readonly string[] Groups = ["Memory", "Gemm", "Elementwise", "Layout", "Norm", "Attention", "Conditioning", "Objective", "Lora", "Quant", "Model"];
 
     [Fact]
     public void EveryCheckHasAUniqueNameAndAGroup()

@@ -1,12 +1,10 @@
-using MetaLoraNative.Engine;
-
-namespace MetaLoraNative.Kernels;
+namespace MetaLoraNative.Engine;
 
 /// <summary>
 /// A tensor an op reads: either the caller's own (borrowed: left alone) or a temporary made for the op (owned:
 /// freed with this), e.g. the bf16 copy of an fp32 input. <c>using var bx = Bf16(x);</c> then <c>bx.Ptr</c>.
 /// </summary>
-internal readonly struct Borrowed<T>(T tensor, bool owned) : IDisposable where T : Tensor
+public readonly struct Borrowed<T>(T tensor, bool owned) : IDisposable where T : Tensor
 {
     public T Tensor { get; } = tensor;
 
@@ -19,14 +17,5 @@ internal readonly struct Borrowed<T>(T tensor, bool owned) : IDisposable where T
     public void Dispose()
     {
         if (owned) Tensor.Dispose();
-    }
-}
-
-internal static class BorrowedDevice
-{
-    extension(Borrowed<CudaTensor> b)
-    {
-        /// <summary>Device address of the tensor's element 0.</summary>
-        public ulong Ptr => b.Tensor.Ptr;
     }
 }
