@@ -29,7 +29,7 @@ public static class Backends
     static IBackend CreateCuda() =>
         Kernels.CudaBackend.TryCreate(out var backend, out var reason)
             ? backend!
-            : throw new NotSupportedException($"the CUDA engine is unavailable: {reason} (run 'metalora doctor'; --device cpu works everywhere)");
+            : throw new RuntimeFailure("--device cuda", $"the CUDA engine is unavailable: {reason} (run 'metalora doctor'; --device cpu works everywhere)");
 
     /// <summary>CUDA when a usable GPU is found, else the fp32 CPU engine (always the CPU for fp64); one log line says which and why.</summary>
     static IBackend CreateAuto(bool fp64, Action<string> log)

@@ -53,6 +53,23 @@ public static class Shapes
 
     public static string Format(ReadOnlySpan<int> shape) => "(" + string.Join(", ", shape.ToArray()) + ")";
 
+    /// <summary>A layout op's axis (negative counts from the end) as an index below <paramref name="rank"/>.</summary>
+    public static int Axis(int axis, int rank, string op)
+    {
+        int a = axis < 0 ? axis + rank : axis;
+        if (a < 0 || a >= rank) throw new ArgumentException($"{op}: axis {axis} is out of range for rank {rank}");
+        return a;
+    }
+
+    /// <summary>A row-major shape seen as (outer, dim, inner) around <paramref name="axis"/>: how every layout op walks it.</summary>
+    public static (long Outer, int Dim, long Inner) AroundAxis(int[] shape, int axis)
+    {
+        long outer = 1, inner = 1;
+        for (int i = 0; i < axis; i++) outer *= shape[i];
+        for (int i = axis + 1; i < shape.Length; i++) inner *= shape[i];
+        return (outer, shape[axis], inner);
+    }
+
     /// <summary>Resolves one -1 in a reshape request against a known element count.</summary>
     public static int[] Resolve(int[] shape, long numel)
     {

@@ -5,25 +5,9 @@ namespace MetaLoraNative.Kernels;
 // Layout (layout.cu): narrow, add-narrow and concat through one strided slice copy; FLUX's qkv split and merge.
 public sealed partial class CudaBackend
 {
-    /// <summary>(outer, dim, inner) view around axis.</summary>
-    static (long Outer, int Dim, long Inner) AroundAxis(int[] shape, int axis)
-    {
-        long outer = 1, inner = 1;
-        for (int i = 0; i < axis; i++) outer *= shape[i];
-        for (int i = axis + 1; i < shape.Length; i++) inner *= shape[i];
-        return (outer, shape[axis], inner);
-    }
-
-    static int NormalizeAxis(int axis, int rank)
-    {
-        int a = axis < 0 ? axis + rank : axis;
-        if (a < 0 || a >= rank) throw new ArgumentException($"axis {axis} out of range for rank {rank}");
-        return a;
-    }
-
     void SliceCopy(CudaTensor dst, int dstStart, CudaTensor src, int srcStart, int axis, int len, bool accumulate)
     {
-        var (outer, srcDim, inner) = AroundAxis(src.Shape, axis);
+        var (outer, srcDim, inner) = Shapes.AroundAxis(src.Shape, axis);
         int dstDim = dst.Shape[axis];
         long n = outer * len * inner;
         Launch1D("layout.cu", "slice_copy", n, dst.Ptr, dst.Dt, src.Ptr, src.Dt, outer, inner,
@@ -34,7 +18,7 @@ public sealed partial class CudaBackend
     {
         using var _ = Op("narrow");
         var cx = T(x, "x");
-        axis = NormalizeAxis(axis, cx.Rank);
+        axis = Shapes.Axis(axis, cx.Rank, "narrow");
         Shapes.Require(start >= 0 && length >= 0 && start + length <= cx.Shape[axis],
             $"narrow: [{start}, {start + length}) of axis {axis} in {cx}");
         int[] shape = (int[])cx.Shape.Clone();
@@ -49,7 +33,7 @@ public sealed partial class CudaBackend
         using var _ = Op("add_narrow");
         var d = T(dst, "dst");
         var s = T(src, "src");
-        axis = NormalizeAxis(axis, d.Rank);
+        axis = Shapes.Axis(axis, d.Rank, "add narrow");
         Shapes.Require(s.Rank == d.Rank && start >= 0 && start + s.Shape[axis] <= d.Shape[axis],
             $"add_narrow: {s} at {start} of axis {axis} in {d}");
         for (int i = 0; i < d.Rank; i++)
@@ -62,7 +46,7 @@ public sealed partial class CudaBackend
         using var _ = Op("concat");
         Shapes.Require(parts.Length > 0, "concat: no parts");
         var cs = parts.Select(p => T(p, "part")).ToArray();
-        axis = NormalizeAxis(axis, cs[0].Rank);
+        axis = Shapes.Axis(axis, cs[0].Rank, "concat");
         int[] shape = (int[])cs[0].Shape.Clone();
         shape[axis] = 0;
         foreach (var p in cs)

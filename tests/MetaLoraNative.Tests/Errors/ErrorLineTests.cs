@@ -36,7 +36,7 @@ public sealed class ErrorLineTests() : TempFolderTest("errors")
         { ["train", "stage2", "--guidance", "-Infinity"] }, { ["train", "stage1", "--include", "nosuchtarget"] }, { ["train", "stage1", "--exclude", "to_qq"] },
         { ["train", "stage1", "--rank1", "abc"] },
         { ["lora", "bake", "--strength", "NaN"] }, { ["generate", "--steps", "0"] }, { ["generate", "--width", "1000"] }, { ["generate", "--height", "0"] },
-        { ["generate", "--guidance", "Infinity"] }, { ["generate", "--strength", "NaN"] }, { ["bench", "--steps", "0"] }, { ["bench", "--warmup", "-1"] },
+        { ["generate", "--guidance", "Infinity"] }, { ["generate", "--strength", "NaN"] }, { ["bench", "--steps", "-1"] }, { ["bench", "--warmup", "-1"] },
         { ["bench", "--txt", "0"] }, { ["bench", "--preset", "nosuchpreset"] }, { ["profile", "--steps", "0"] }, { ["demo", "--stage1-iterations", "0"] },
         { ["demo", "--stage2-iterations", "-3"] }, { ["data", "synth", "--identities", "0"] }, { ["data", "synth", "--images", "-1"] },
         { ["augment", "--max", "0"] }, { ["prepare", "--max", "0"] },

@@ -10,13 +10,13 @@ public sealed partial class CpuBackend<T>
     {
         const string op = "Narrow";
         var a = Cpu(x, op, "x");
-        int ax = NormAxis(axis, x.Rank, op);
+        int ax = Shapes.Axis(axis, x.Rank, op);
         if (start < 0 || length < 0 || start + length > x.Shape[ax])
             throw new ArgumentException($"{op}: [{start}, {start + length}) is outside axis {axis} of x {S(x)}");
         var shape = (int[])x.Shape.Clone();
         shape[ax] = length;
         var y = New(shape);
-        var (outer, dim, inner) = Split(x.Shape, ax);
+        var (outer, dim, inner) = Shapes.AroundAxis(x.Shape, ax);
         long run = (long)length * inner;
         for (long o = 0; o < outer; o++)
             Array.Copy(a.Data, a.Offset + (o * dim + start) * inner, y.Data, o * run, run);
@@ -29,12 +29,12 @@ public sealed partial class CpuBackend<T>
         const string op = "AddNarrow";
         var d = Cpu(dst, op, "dst");
         var s = Cpu(src, op, "src");
-        int ax = NormAxis(axis, dst.Rank, op);
+        int ax = Shapes.Axis(axis, dst.Rank, op);
         bool ok = src.Rank == dst.Rank && start >= 0 && start + src.Shape[ax] <= dst.Shape[ax];
         for (int i = 0; ok && i < dst.Rank; i++) ok = i == ax || src.Shape[i] == dst.Shape[i];
         if (!ok)
             throw new ArgumentException($"{op}: src {S(src)} does not fit dst {S(dst)} at offset {start} along axis {axis}");
-        var (outer, dim, inner) = Split(dst.Shape, ax);
+        var (outer, dim, inner) = Shapes.AroundAxis(dst.Shape, ax);
         long run = (long)src.Shape[ax] * inner;
         T[] dd = d.Data, sd = s.Data;
         int dOff = d.Offset, sOff = s.Offset;
@@ -54,7 +54,7 @@ public sealed partial class CpuBackend<T>
         const string op = "Concat";
         if (parts.Length == 0) throw new ArgumentException($"{op}: no parts");
         var first = parts[0];
-        int ax = NormAxis(axis, first.Rank, op);
+        int ax = Shapes.Axis(axis, first.Rank, op);
         int total = 0;
         foreach (var p in parts)
         {
@@ -69,7 +69,7 @@ public sealed partial class CpuBackend<T>
         var shape = (int[])first.Shape.Clone();
         shape[ax] = total;
         var y = New(shape);
-        var (outer, _, inner) = Split(shape, ax);
+        var (outer, _, inner) = Shapes.AroundAxis(shape, ax);
         long pos = 0;
         foreach (var p in parts)
         {
@@ -127,13 +127,5 @@ public sealed partial class CpuBackend<T>
             }
         });
         return y;
-    }
-
-    private static (long Outer, int Dim, long Inner) Split(int[] shape, int axis)
-    {
-        long outer = 1, inner = 1;
-        for (int i = 0; i < axis; i++) outer *= shape[i];
-        for (int i = axis + 1; i < shape.Length; i++) inner *= shape[i];
-        return (outer, shape[axis], inner);
     }
 }

@@ -93,13 +93,6 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
         return s;
     }
 
-    private static int NormAxis(int axis, int rank, string op)
-    {
-        int a = axis < 0 ? axis + rank : axis;
-        if (a < 0 || a >= rank) throw new ArgumentException($"{op}: axis {axis} is out of range for rank {rank}");
-        return a;
-    }
-
     private static string S(Tensor t) => Shapes.Format(t.Shape);
 
     /// <summary>
