@@ -60,8 +60,10 @@ internal static class Common
     {
         option.Validators.Add(result =>
         {
+            var filters = result.GetValueOrDefault<string[]>() ?? [];
+            if (filters.Length == 0) return;                 // nothing to check: no need to build the target list
             var targets = FluxNames.LoraTargets(FluxConfig.Preset("flux-dev"));
-            foreach (var filter in result.GetValueOrDefault<string[]>() ?? [])
+            foreach (var filter in filters)
                 if (targets.All(t => t.Kind != filter && !t.Name.Contains(filter, StringComparison.Ordinal)))
                     result.AddError($"{option.Name}: '{filter}' matches no LoRA target; kinds are " +
                                     $"{string.Join(", ", targets.Select(t => t.Kind).Distinct().Take(8))}, ... or a part of a target name");

@@ -48,15 +48,17 @@ internal static class LoraCommand
         return (FluxConfig.FluxDev, "default: the file names no base model");
     }
 
-    /// <summary>The file's key layout: kohya (lora_unet_*), Meta (lora_down/lora_mid/lora_up) or PEFT (lora_A/lora_B).</summary>
+    /// <summary>The file's key layout in words (<see cref="LoraFiles.Layout"/>).</summary>
     public static string Layout(string loraPath)
     {
         using var file = SafetensorsFile.Open(loraPath);
-        var names = file.Entries.Keys;
-        return names.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)) ? "kohya"
-            : names.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal)) ? "Meta (D/M/U)"
-            : names.Any(n => n.EndsWith(".lora_A.weight", StringComparison.Ordinal)) ? "PEFT"
-            : "unknown";
+        return LoraFiles.Layout(file.Entries.Keys) switch
+        {
+            LoraFormat.Kohya => "kohya",
+            LoraFormat.Meta => "Meta (D/M/U)",
+            LoraFormat.Peft => "PEFT",
+            _ => "unknown",
+        };
     }
 
     static FluxConfig Config(string baseModel, Engine.IBackend be)

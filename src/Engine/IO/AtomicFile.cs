@@ -9,14 +9,18 @@ namespace MetaLoraNative.Engine.IO;
 /// </summary>
 public static class AtomicFile
 {
-    public static void Write(string path, Action<Stream> write)
+    /// <summary>
+    /// The temporary file is created before <paramref name="write"/> runs, so an unwritable folder fails before a
+    /// caller's (possibly expensive, lazily computed) content is produced.
+    /// </summary>
+    public static void Write(string path, Action<Stream> write, int bufferSize = 4096)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         string fullPath = Path.GetFullPath(path);
         string tempPath = $"{fullPath}.tmp-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}";
         try
         {
-            using (var stream = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None))
+            using (var stream = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize))
             {
                 write(stream);
                 stream.Flush(flushToDisk: true);

@@ -1,7 +1,6 @@
 using System.Buffers;
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
-using System.Security.Cryptography;
 using System.Text.Encodings.Web;
 using System.Text.Json;
 
@@ -28,9 +27,8 @@ public sealed record SafetensorsTensor(string Name, int[] Shape, float[] Data, S
 }
 
 /// <summary>
-/// Writes safetensors files atomically: everything goes to "PATH.tmp-XXXXXXXXXXXX" in the same folder, is flushed
-/// to disk, and then renamed over PATH, so a reader (or a crash) sees either the old file or the complete new one.
-/// On any failure the temporary file is deleted and PATH is untouched.
+/// Writes safetensors files atomically through <see cref="AtomicFile"/>: a reader (or a crash) sees either the old file
+/// or the complete new one, and on any failure PATH is untouched.
 ///
 /// Output is deterministic: "__metadata__" first (keys sorted), then tensors sorted by name (ordinal) in both
 /// header and data section, packed without gaps; the header is padded with spaces to a multiple of 8 bytes so the
@@ -44,31 +42,17 @@ public static class SafetensorsWriter
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentNullException.ThrowIfNull(tensors);
 
-        string fullPath = System.IO.Path.GetFullPath(path);
-        string tempPath = $"{fullPath}.tmp-{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}";
-        try
+        AtomicFile.Write(path, stream =>
         {
-            // The temporary file is created before the tensors are enumerated, so an unwritable folder fails before
-            // a caller's (possibly expensive, lazily computed) tensors are produced.
-            using (var stream = new FileStream(tempPath, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                var sorted = Validate(path, tensors);
-                byte[] header = BuildHeader(sorted, metadata, path);
+            var sorted = Validate(path, tensors);
+            byte[] header = BuildHeader(sorted, metadata, path);
 
-                Span<byte> lengthField = stackalloc byte[8];
-                BinaryPrimitives.WriteUInt64LittleEndian(lengthField, (ulong)header.Length);
-                stream.Write(lengthField);
-                stream.Write(header);
-                foreach (var t in sorted) WriteData(stream, t);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(tempPath, fullPath, overwrite: true);
-        }
-        catch
-        {
-            TryDelete(tempPath);
-            throw;
-        }
+            Span<byte> lengthField = stackalloc byte[8];
+            BinaryPrimitives.WriteUInt64LittleEndian(lengthField, (ulong)header.Length);
+            stream.Write(lengthField);
+            stream.Write(header);
+            foreach (var t in sorted) WriteData(stream, t);
+        }, bufferSize: 1 << 20);
     }
 
     private static List<SafetensorsTensor> Validate(string path, IEnumerable<SafetensorsTensor> tensors)
@@ -148,7 +132,7 @@ public static class SafetensorsWriter
         return header;
     }
 
-    private static void WriteData(FileStream stream, SafetensorsTensor t)
+    private static void WriteData(Stream stream, SafetensorsTensor t)
     {
         if (t.Codes != null)
         {
@@ -188,12 +172,5 @@ public static class SafetensorsWriter
         {
             ArrayPool<byte>.Shared.Return(chunk);
         }
-    }
-
-    private static void TryDelete(string file)
-    {
-        try { File.Delete(file); }
-        catch (IOException) { }                    // best effort: the original exception is what matters
-        catch (UnauthorizedAccessException) { }
     }
 }

@@ -145,16 +145,29 @@ public static class LoraFiles
     /// ignored; every factor is 2-D with rank ≥ 1, one rank per file (kohya: per module), and d_in/d_out of its target;
     /// a target's factors come complete (no lora_B without its lora_A); every value is finite.
     /// </summary>
+    /// <summary>
+    /// A file's key layout from its tensor names: kohya (lora_unet_*), Meta (lora_down/lora_mid/lora_up) or PEFT
+    /// (lora_A/lora_B); null when none of them.
+    /// </summary>
+    public static LoraFormat? Layout(IEnumerable<string> names)
+    {
+        var list = names as IReadOnlyCollection<string> ?? [.. names];
+        return list.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)) ? LoraFormat.Kohya
+            : list.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal)) ? LoraFormat.Meta
+            : list.Any(n => n.EndsWith(".lora_A.weight", StringComparison.Ordinal)) ? LoraFormat.Peft
+            : null;
+    }
+
     public static LoraAdapter Load(string path, FluxConfig config, IBackend backend)
     {
         using var file = SafetensorsFile.Open(path);
         var names = file.Entries.Keys.ToHashSet();
         var all = FluxNames.LoraTargets(config);
         if (names.Count == 0) throw Fault(path, "holds no tensors (expected lora_A/lora_B, lora_down/lora_mid/lora_up or kohya lora_unet_* keys)");
-        if (names.Any(n => n.StartsWith("lora_unet_", StringComparison.Ordinal)))
-            return LoadKohya(file, config, backend, all);
+        var layout = Layout(names);
+        if (layout == LoraFormat.Kohya) return LoadKohya(file, config, backend, all);
 
-        bool meta = names.Any(n => n.EndsWith(".lora_down.weight", StringComparison.Ordinal));
+        bool meta = layout == LoraFormat.Meta;
         var mode = meta ? LoraMode.Meta : LoraMode.Standard;
         // Every key a file of this layout may hold, and the target it belongs to.
         var owner = new Dictionary<string, LoraTarget>();
