@@ -5,6 +5,7 @@ using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Tests.Testing;
+using MetaLoraNative.Tests.Cli;
 using static MetaLoraNative.Tests.Cli.CliRunner;
 
 namespace MetaLoraNative.Tests.Errors;
@@ -72,14 +73,15 @@ public sealed class ErrorLineTests() : TempFolderTest("errors")
         string logs = Path.Combine(dir, "logs");
         Environment.SetEnvironmentVariable("METALORA_LOG_DIR", logs);
         var err = new StringWriter();
-        var old = Console.Error;
-        Console.SetError(err);
         int code;
         Exception thrown;
         try { throw new InvalidCastException("a cast that cannot fail failed"); }
         catch (InvalidCastException e) { thrown = e; }
-        try { code = CliErrors.Report(thrown, verbose: false); }
-        finally { Console.SetError(old); Environment.SetEnvironmentVariable("METALORA_LOG_DIR", null); }
+        try
+        {
+            using (ConsoleCapture.Begin(TextWriter.Null, err)) code = CliErrors.Report(thrown, verbose: false);
+        }
+        finally { Environment.SetEnvironmentVariable("METALORA_LOG_DIR", null); }
         Assert.Equal(CliErrors.Internal, code);
         var line = Assert.Single(err.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries));
         Assert.StartsWith("error: internal error: InvalidCastException: a cast that cannot fail failed — please report, log: ", line);
@@ -102,10 +104,7 @@ public sealed class ErrorLineTests() : TempFolderTest("errors")
                  })
         {
             var err = new StringWriter();
-            var old = Console.Error;
-            Console.SetError(err);
-            try { Assert.Equal(code, CliErrors.Report(e, verbose: false)); }
-            finally { Console.SetError(old); }
+            using (ConsoleCapture.Begin(TextWriter.Null, err)) Assert.Equal(code, CliErrors.Report(e, verbose: false));
             var line = Assert.Single(err.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries));
             Assert.StartsWith($"error: {subject}: ", line);
             Assert.Equal(1, CountOf(line, subject));       // named once, not repeated by the message
