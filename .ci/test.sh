@@ -16,7 +16,7 @@ echo "== build"
 dotnet build MetaLoraNative.sln -c Release -warnaserror
 echo "== compile every kernel, the playground's (kernels/dev) too, with NVRTC (fails, not skips, when NVRTC is missing)"
 for arch in sm_80 sm_90; do
-  dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --dev --out "$(mktemp -d)"
+  dotnet src/Cli/bin/Release/net10.0/metalora.dll kernels build --arch "$arch" --dev --resources --out "$(mktemp -d)"
 done
 echo "== trimmed self-contained publish (what GPU servers run) starts and runs the demo"
 bash tools/gpu/publish.sh

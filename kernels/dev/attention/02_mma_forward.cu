@@ -25,18 +25,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnPara
     const int rowA = blockIdx.x * MMA_BR + warp * 16 + g, rowB = rowA + 8;
 
     unsigned qa[MAXD / 16][4];
-#pragma unroll
-    for (int k = 0; k < MAXD / 16; k++)
-    {
-        if (k < KS)
-        {
-            int c = k * 16 + 2 * t;
-            qa[k][0] = ld_pair(p.q, base, rowA, c, L, D);
-            qa[k][1] = ld_pair(p.q, base, rowB, c, L, D);
-            qa[k][2] = ld_pair(p.q, base, rowA, c + 8, L, D);
-            qa[k][3] = ld_pair(p.q, base, rowB, c + 8, L, D);
-        }
-    }
+    load_q_fragments(qa, p, base, rowA, rowB, t);
 
     float o[MAXD / 8][4];
 #pragma unroll
@@ -70,52 +59,13 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnPara
             }
         }
 
-        float mxA = -INFINITY, mxB = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < MMA_BC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-            {
-                bool ok = j0 + n * 8 + 2 * t + e < L;
-                s[n][e] = ok ? s[n][e] * p.scale : -INFINITY;
-                s[n][2 + e] = ok ? s[n][2 + e] * p.scale : -INFINITY;
-                mxA = fmaxf(mxA, s[n][e]);
-                mxB = fmaxf(mxB, s[n][2 + e]);
-            }
-        mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, 1));
-        mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, 2));
-        mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, 1));
-        mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, 2));
-        float mnA = fmaxf(mA, mxA), mnB = fmaxf(mB, mxB);   // finite: key j0 is valid
-        float alA = expf(mA - mnA), alB = expf(mB - mnB);
-        lA *= alA;
-        lB *= alB;
-#pragma unroll
-        for (int n = 0; n < MAXD / 8; n++)
-        {
-            o[n][0] *= alA; o[n][1] *= alA;
-            o[n][2] *= alB; o[n][3] *= alB;
-        }
-#pragma unroll
-        for (int n = 0; n < MMA_BC / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-            {
-                s[n][e] = expf(s[n][e] - mnA);
-                s[n][2 + e] = expf(s[n][2 + e] - mnB);
-                lA += s[n][e];
-                lB += s[n][2 + e];
-            }
-        mA = mnA;
-        mB = mnB;
+        online_softmax_tile<MMA_BC / 8, false>(s, o, mA, mB, lA, lB, j0, L, t, p.scale);
 
 #pragma unroll
         for (int kk = 0; kk < MMA_BC / 16; kk++)
         {
-            unsigned a0 = pack_bf16(f2bf(s[2 * kk][0]), f2bf(s[2 * kk][1]));
-            unsigned a1 = pack_bf16(f2bf(s[2 * kk][2]), f2bf(s[2 * kk][3]));
-            unsigned a2 = pack_bf16(f2bf(s[2 * kk + 1][0]), f2bf(s[2 * kk + 1][1]));
-            unsigned a3 = pack_bf16(f2bf(s[2 * kk + 1][2]), f2bf(s[2 * kk + 1][3]));
+            unsigned a0, a1, a2, a3;
+            p_fragment(s, kk, a0, a1, a2, a3);
             const bf16* vr = vs + (kk * 16 + 2 * t) * SROW + g;
 #pragma unroll
             for (int n = 0; n < MAXD / 8; n++)
@@ -129,25 +79,6 @@ extern "C" __global__ void __launch_bounds__(128) attention_forward_mma(AttnPara
         }
     }
 
-    lA += __shfl_xor_sync(0xffffffffu, lA, 1);
-    lA += __shfl_xor_sync(0xffffffffu, lA, 2);
-    lB += __shfl_xor_sync(0xffffffffu, lB, 1);
-    lB += __shfl_xor_sync(0xffffffffu, lB, 2);
-    float invA = 1.0f / lA, invB = 1.0f / lB;
-#pragma unroll
-    for (int n = 0; n < MAXD / 8; n++)
-    {
-        if (n < NTO)
-        {
-            int d = n * 8 + 2 * t;
-            if (rowA < L) *(unsigned*)(p.out + bl_hd(p, b, h, rowA, d)) = pack_bf16(f2bf(o[n][0] * invA), f2bf(o[n][1] * invA));
-            if (rowB < L) *(unsigned*)(p.out + bl_hd(p, b, h, rowB, d)) = pack_bf16(f2bf(o[n][2] * invB), f2bf(o[n][3] * invB));
-        }
-    }
-    if (t == 0)
-    {
-        if (rowA < L) p.lse[(i64)bh * L + rowA] = mA + logf(lA);
-        if (rowB < L) p.lse[(i64)bh * L + rowB] = mB + logf(lB);
-    }
+    store_output_rows<false>(p, o, b, h, rowA, rowB, t, mA, mB, lA, lB);
 #endif
 }

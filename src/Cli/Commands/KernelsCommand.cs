@@ -29,8 +29,13 @@ public static class KernelsCommand
             Description = "Folder for the compiled images (stem.arch.cubin / .ptx); omitted: compile only",
         };
         var dev = new Option<bool>("--dev") { Description = "Also the kernel playground's files (kernels/dev)" };
-        var build = new Command("build", "Compile every kernel file with NVRTC and report sizes and times") { arch, outDir, dev };
-        build.SetAction(r => Build(r.GetValue(arch)!, r.GetValue(outDir), r.GetValue(dev)));
+        var resources = new Option<bool>("--resources")
+        {
+            Description = "Also print every kernel's registers per thread, static shared memory, stack and spill (local) bytes, " +
+                          "read from the cubin (what ptxas -v reports); needs a CUBIN arch (sm_*), not PTX",
+        };
+        var build = new Command("build", "Compile every kernel file with NVRTC and report sizes and times") { arch, outDir, dev, resources };
+        build.SetAction(r => Build(r.GetValue(arch)!, r.GetValue(outDir), r.GetValue(dev), r.GetValue(resources)));
 
         var listDev = new Option<bool>("--dev") { Description = "Also the kernel playground's files (kernels/dev)" };
         var list = new Command("list", "List the embedded kernel files") { listDev };
@@ -54,7 +59,7 @@ public static class KernelsCommand
         return new Command("kernels", "CUDA kernel tools (NVRTC, timings)") { build, list, bench };
     }
 
-    static int Build(string arch, string? outDir, bool dev)
+    static int Build(string arch, string? outDir, bool dev, bool resources)
     {
         bool forDevice = arch.Trim().Equals("device", StringComparison.OrdinalIgnoreCase);
         string target;
@@ -90,6 +95,8 @@ public static class KernelsCommand
             {
                 Console.WriteLine($"  {r.File,-34}{arch1} {r.Image!.Length,9:N0} bytes {r.CompileTime.TotalMilliseconds,8:F0} ms{(r.FromCache ? " (cached)" : "")}");
                 if (r.Log.Length > 0) Console.WriteLine(Indent(r.Log));
+                if (resources && r.Arch.StartsWith("sm_", StringComparison.Ordinal))
+                    foreach (var k in CubinResources.Read(r.Image, r.File)) Console.WriteLine($"      {k}");
             }
             else
             {

@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Kernels.Verification;
 
-// The parity checks of attention version 2 (kernels/dev/attention), in CudaParity.Dev: `metalora check cuda --dev`.
+// The parity checks of attention versions 2 and 3 (kernels/dev/attention), in CudaParity.Dev: `metalora check cuda --dev`.
 public static partial class CudaParity
 {
     /// <summary>
@@ -21,6 +21,15 @@ public static partial class CudaParity
         (1, 2, 300, 128, AttentionKernel.TensorCore, AttentionKernel.TensorCore),
         (1, 1, 1, 128, AttentionKernel.TensorCore, AttentionKernel.TensorCore),
         (2, 2, 65, 128, AttentionKernel.TensorCore, AttentionKernel.TensorCore),
+        // Version 3's forward (its backward is version 2's): lengths off the 128-query block and the 32-key tile,
+        // a single key, one full tile plus one key (33), D 32 and 64 below the 128 the tiles are sized for.
+        (2, 3, 77, 64, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (1, 2, 130, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (1, 1, 5, 32, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (1, 2, 300, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (1, 1, 1, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (1, 2, 33, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
+        (2, 2, 65, 128, AttentionKernel.Pipelined, AttentionKernel.Pipelined),
     ];
 
     /// <summary>
@@ -32,18 +41,20 @@ public static partial class CudaParity
     static IEnumerable<ParityCheck> AttentionMmaChecks() =>
     [
         .. AttentionMmaCases.Select(c => AttentionCheck((c.B, c.H, c.L, c.D), c.Forward, c.Backward)),
-        .. AttentionAtScaleCases.Select(c => new ParityCheck($"attention tc vs scalar {c.B}x{c.H}x{c.L}x{c.D}",
-            $"attention version 2 (tensor cores) against version 1 on the GPU at FLUX.1-dev's size, B {c.B}, H {c.H}, L {c.L}, D {c.D}: " +
-            "output, lse, and dq, dk, dv from the same saved forward",
-            p => AttentionAgainstScalar(p, c)) { Slow = true }),
+        .. from kernel in new[] { AttentionKernel.TensorCore, AttentionKernel.Pipelined }
+           from c in AttentionAtScaleCases
+           select new ParityCheck($"attention {kernel.Tag()} vs scalar {c.B}x{c.H}x{c.L}x{c.D}",
+               $"attention {kernel} (kernels/dev) against version 1 on the GPU at FLUX.1-dev's size, B {c.B}, H {c.H}, L {c.L}, D {c.D}: " +
+               "output, lse, and dq, dk, dv from the same saved forward",
+               p => AttentionAgainstScalar(p, c, kernel)) { Slow = true },
     ];
 
     /// <summary>
-    /// Version 2 against version 1 on identical inputs. The forward is compared as is; both backwards are fed version
-    /// 1's output and lse, so each comparison isolates one kernel. Tolerances: <see cref="ParityContext.Bf16AgainstKernel"/>
+    /// A playground version against version 1 on identical inputs. The forward is compared as is; both backwards are
+    /// fed version 1's output and lse, so each comparison isolates one kernel. Tolerances: <see cref="ParityContext.Bf16AgainstKernel"/>
     /// for the bf16 results, the fp32 rule (1e-5) for lse.
     /// </summary>
-    static void AttentionAgainstScalar(ParityContext p, (int B, int H, int L, int D) c)
+    static void AttentionAgainstScalar(ParityContext p, (int B, int H, int L, int D) c, AttentionKernel kernel)
     {
         var gpu = p.Gpu;
         var (previous, previousBackward) = (gpu.AttentionForwardKernel, gpu.AttentionBackwardKernel);
@@ -57,19 +68,19 @@ public static partial class CudaParity
             gpu.AttentionForwardKernel = AttentionKernel.Scalar;
             using var so = gpu.Attention(q, k, v, out var slse);
             using var _slse = slse;
-            gpu.AttentionForwardKernel = AttentionKernel.TensorCore;
+            gpu.AttentionForwardKernel = kernel;
             using var to = gpu.Attention(q, k, v, out var tlse);
             using var _tlse = tlse;
-            p.Bf16AgainstKernel("attention output (tc vs scalar)", to, so);
-            p.F32("attention lse (tc vs scalar)", tlse, slse, 1e-5);
+            p.Bf16AgainstKernel($"attention output ({kernel.Tag()} vs scalar)", to, so);
+            p.F32($"attention lse ({kernel.Tag()} vs scalar)", tlse, slse, 1e-5);
 
             gpu.AttentionBackwardKernel = AttentionKernel.Scalar;
             var (sdq, sdk, sdv) = gpu.AttentionBackward(dOut, q, k, v, so, slse);
-            gpu.AttentionBackwardKernel = AttentionKernel.TensorCore;
+            gpu.AttentionBackwardKernel = kernel;
             var (tdq, tdk, tdv) = gpu.AttentionBackward(dOut, q, k, v, so, slse);
-            p.Bf16AgainstKernel("attention dq (tc vs scalar)", tdq, sdq);
-            p.Bf16AgainstKernel("attention dk (tc vs scalar)", tdk, sdk);
-            p.Bf16AgainstKernel("attention dv (tc vs scalar)", tdv, sdv);
+            p.Bf16AgainstKernel($"attention dq ({kernel.Tag()} vs scalar)", tdq, sdq);
+            p.Bf16AgainstKernel($"attention dk ({kernel.Tag()} vs scalar)", tdk, sdk);
+            p.Bf16AgainstKernel($"attention dv ({kernel.Tag()} vs scalar)", tdv, sdv);
             foreach (var t in new[] { sdq, sdk, sdv, tdq, tdk, tdv }) t.Dispose();
         }
         finally { (gpu.AttentionForwardKernel, gpu.AttentionBackwardKernel) = (previous, previousBackward); }
@@ -83,5 +94,7 @@ public static partial class KernelBenches
     [
         new("attention tc", $"attention version 2 (kernels/dev/attention, tensor cores), (1, {Heads}, {Tokens}, {HeadDim}): forward, backward",
             gpu => Attention(gpu, AttentionKernel.TensorCore)),
+        new("attention p3", $"attention version 3 (kernels/dev/attention, pipelined tensor-core forward; version 2's backward), (1, {Heads}, {Tokens}, {HeadDim}): forward, backward",
+            gpu => Attention(gpu, AttentionKernel.Pipelined)),
     ];
 }

@@ -75,6 +75,7 @@ public sealed partial class CudaBackend
         var p = new AttnParams { Q = bq.Ptr, K = bk.Ptr, V = bv.Ptr, Out = o.Ptr, Lse = l.Ptr, B = B, H = H, L = L, D = D, Scale = 1f / MathF.Sqrt(D) };
         if ((long)B * H * L == 0) { /* nothing to attend */ }
         else if (UsesTensorCoreAttentionForward(D)) AttentionForwardMma(p);   // opt-in version 2
+        else if (UsesPipelinedAttentionForward(D)) AttentionForwardPipelined(p);   // opt-in version 3
         else LaunchParams("attention.cu", "attention_forward", (CeilDiv(L, 16), (uint)(B * H), 1), (Block, 1, 1), p);   // 8 warps × 2 rows
         lse = l;
         return o;
@@ -104,7 +105,7 @@ public sealed partial class CudaBackend
         };
         if ((long)B * H * L == 0) return (dq, dk, dv);
         LaunchParams("attention.cu", "attention_backward_preprocess", (CeilDiv((long)B * H * L, Block / 32), 1, 1), (Block, 1, 1), p);
-        if (UsesTensorCoreAttentionBackward(D)) AttentionBackwardMma(p);   // opt-in version 2
+        if (UsesTensorCoreAttentionBackward(D)) AttentionBackwardMma(p);   // opt-in version 2 (also version 3's)
         else
         {
             LaunchParams("attention.cu", "attention_backward_dq", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);

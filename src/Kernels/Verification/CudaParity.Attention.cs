@@ -27,11 +27,9 @@ public static partial class CudaParity
 
     /// <summary>One attention check of a shape with the given forward and backward kernel versions.</summary>
     static ParityCheck AttentionCheck((int B, int H, int L, int D) c, AttentionKernel forward, AttentionKernel backward) =>
-        new($"attention {Tag(forward)}/{Tag(backward)} {c.B}x{c.H}x{c.L}x{c.D}",
+        new($"attention {forward.Tag()}/{backward.Tag()} {c.B}x{c.H}x{c.L}x{c.D}",
             $"joint attention ({forward} forward, {backward} backward kernels), B {c.B}, H {c.H}, L {c.L}, D {c.D}: output, lse, dq, dk, dv",
             ctx => Attention(ctx, c.B, c.H, c.L, c.D, forward, backward));
-
-    static string Tag(AttentionKernel k) => k == AttentionKernel.Scalar ? "scalar" : "tc";
 
     static void Rope(ParityContext p)
     {

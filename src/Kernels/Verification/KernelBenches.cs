@@ -103,7 +103,7 @@ public static partial class KernelBenches
                     Uniform("dv", gpu.Download(dv), dvExpected, dvExpected / 64),
                 };
                 double flop = 4.0 * B * H * L * L * D;   // two L×L×D products; the backward does 2.5 times as many
-                string name = $"attention {(kernel == AttentionKernel.Scalar ? "scalar" : "tc")}";
+                string name = $"attention {kernel.Tag()}";
                 return new BenchResult(name,
                     [new("forward", fwd, flop / (fwd * 1e-3) / 1e12), new("backward", bwd, 2.5 * flop / (bwd * 1e-3) / 1e12)],
                     checks.All(c => c.Ok), string.Join("; ", checks.Select(c => c.Text)));

@@ -20,10 +20,11 @@ public class CudaAttentionTests(ITestOutputHelper output)
 
     [SkippableTheory]
     [MemberData(nameof(DevChecks))]
-    public void Version2MatchesTheOracle(string check) => Parity.Run(check, output);
+    public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);
 
     [SkippableTheory]
     [InlineData("attention scalar")]
     [InlineData("attention tc")]
+    [InlineData("attention p3")]
     public void AtFluxSizeComputesTheKnownOutputs(string bench) => Parity.Bench(bench, output);
 }

@@ -1,5 +1,6 @@
 using MetaLoraNative.Engine.IO;
 using Xunit.Abstractions;
+using static MetaLoraNative.Tests.Kernels.MmaEmulation;
 
 namespace MetaLoraNative.Tests.Kernels;
 
@@ -17,45 +18,6 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
 {
     const int D = 128, SROW = D + 8, Warps = 4, Rows = 16 * Warps, Br = 16, Bc = 32;
 
-    // ------------------------------------------------------------------ mma.sync m16n8k16 .row.col f32.bf16.bf16.f32
-
-    static float Lo(uint w) => HalfPrecision.BFloat16ToFloat((ushort)(w & 0xffff));
-    static float Hi(uint w) => HalfPrecision.BFloat16ToFloat((ushort)(w >> 16));
-    static uint Pack(ushort lo, ushort hi) => lo | ((uint)hi << 16);
-    static uint PackF(float lo, float hi) => Pack(HalfPrecision.FloatToBFloat16(lo), HalfPrecision.FloatToBFloat16(hi));
-    /// <summary>pack_bf16_residue: the low halves of the two-term bf16 split of P and dS.</summary>
-    static uint PackR(float lo, float hi) => PackF(lo - HalfPrecision.RoundToBFloat16(lo), hi - HalfPrecision.RoundToBFloat16(hi));
-
-    /// <summary>d[lane] += A B for one warp; a[lane] = 4 regs, b[lane] = 2 regs, d[lane] = 4 floats (g = lane / 4, t = lane % 4).</summary>
-    static void Mma(float[][] d, uint[][] a, uint[][] b)
-    {
-        var A = new float[16, 16];
-        var B = new float[16, 8];
-        for (int lane = 0; lane < 32; lane++)
-        {
-            int g = lane >> 2, t = lane & 3;
-            (A[g, 2 * t], A[g, 2 * t + 1]) = (Lo(a[lane][0]), Hi(a[lane][0]));
-            (A[g + 8, 2 * t], A[g + 8, 2 * t + 1]) = (Lo(a[lane][1]), Hi(a[lane][1]));
-            (A[g, 2 * t + 8], A[g, 2 * t + 9]) = (Lo(a[lane][2]), Hi(a[lane][2]));
-            (A[g + 8, 2 * t + 8], A[g + 8, 2 * t + 9]) = (Lo(a[lane][3]), Hi(a[lane][3]));
-            (B[2 * t, g], B[2 * t + 1, g]) = (Lo(b[lane][0]), Hi(b[lane][0]));
-            (B[2 * t + 8, g], B[2 * t + 9, g]) = (Lo(b[lane][1]), Hi(b[lane][1]));
-        }
-        for (int lane = 0; lane < 32; lane++)
-        {
-            int g = lane >> 2, t = lane & 3;
-            for (int r = 0; r < 4; r++)
-            {
-                int row = g + (r >= 2 ? 8 : 0), col = 2 * t + (r & 1);
-                float s = 0f;
-                for (int k = 0; k < 16; k++) s += A[row, k] * B[k, col];
-                d[lane][r] += s;
-            }
-        }
-    }
-
-    static uint[][] Regs(int n) => [.. Enumerable.Range(0, 32).Select(_ => new uint[n])];
-    static float[][] Acc() => [.. Enumerable.Range(0, 32).Select(_ => new float[4])];
     static uint W(ushort[] s, int i) => Pack(s[i], s[i + 1]);
 
     // ------------------------------------------------------------------ inputs and the fp64 reference

@@ -63,7 +63,39 @@ public class KernelCompileTests(ITestOutputHelper output)
             var r = compiler.Compile(file, arch);
             output.WriteLine($"{file} {arch}: {(r.Success ? $"{r.Image!.Length} bytes" : "FAILED")} in {r.CompileTime.TotalMilliseconds:F0} ms");
             Assert.True(r.Success, $"{file} for {arch}:\n{r.Log}");
+            // The resource report (registers, shared, stack, spills) of every entry point the source declares.
+            var resources = CubinResources.Read(r.Image!, $"{file} {arch}");
+            foreach (var k in resources) output.WriteLine($"  {k}");
+            foreach (string entry in EntryPoints(KernelCompiler.ReadSource(file)))
+            {
+                var k = Assert.Single(resources, x => x.Kernel == entry);
+                Assert.InRange(k.Registers, 1, 255);
+            }
         }
+    }
+
+    /// <summary>The names of the source's <c>extern "C" __global__</c> kernels (not those a macro pastes together).</summary>
+    static IEnumerable<string> EntryPoints(string source) =>
+        System.Text.RegularExpressions.Regex.Matches(source, @"extern ""C"" __global__ void (?:__launch_bounds__\([^)]*\) )?(?!__launch_bounds__)(\w+)\(")
+            .Select(m => m.Groups[1].Value);
+
+    [SkippableFact]
+    public void TheResourceReportReadsTheCubin()
+    {
+        bool missing = NvrtcMissing(out string reason);
+        if (missing) output.WriteLine(reason);
+        Skip.If(missing, reason);
+        var r = new KernelCompiler(cacheDirectory: "").Compile("dev/attention/03_pipelined_forward.cu", "sm_80");
+        Assert.True(r.Success, r.Log);
+        var k = Assert.Single(CubinResources.Read(r.Image!, "03"), x => x.Kernel == "attention_forward_pipelined");
+        output.WriteLine(k.ToString());
+        // its static shared memory: two stages of K and V tiles, 32 keys of SROW = 128 + 8 bf16 each
+        Assert.Equal(2 * 2 * 32 * (128 + 8) * 2, k.SharedBytes);
+        Assert.InRange(k.Registers, 32, 255);   // __launch_bounds__(256) allows at most 255
+        var e = Assert.Throws<FormatException>(() => CubinResources.Read(new byte[100], "x.cubin"));
+        Assert.Contains("x.cubin", e.Message);
+        var truncated = r.Image![..200];
+        Assert.Contains("x.cubin", Assert.Throws<FormatException>(() => CubinResources.Read(truncated, "x.cubin")).Message);
     }
 
     [SkippableFact]

@@ -1,4 +1,5 @@
 using MetaLoraNative.Engine;
+using MetaLoraNative.Kernels;
 using MetaLoraNative.Kernels.Verification;
 
 namespace MetaLoraNative.Tests.Kernels;
@@ -26,11 +27,13 @@ public class ParityListTests
     public void EveryAttentionCaseIsACheck()
     {
         Assert.Equal(CudaParity.AttentionCases.Length, CudaParity.All.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        Assert.Equal(CudaParity.AttentionMmaCases.Length + CudaParity.AttentionAtScaleCases.Length,
+        // the at-scale comparison runs for both playground versions
+        Assert.Equal(CudaParity.AttentionMmaCases.Length + 2 * CudaParity.AttentionAtScaleCases.Length,
                      CudaParity.Dev.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        // The engine's list runs version 1 only; every playground check runs version 2 in at least one direction.
-        Assert.All(CudaParity.All, c => Assert.DoesNotContain("tc", c.Name.Split(' ', '/')));
-        Assert.All(CudaParity.Dev, c => Assert.Contains("tc", c.Name.Split(' ', '/')));
+        // The engine's list runs version 1 only; every playground check runs version 2 or 3 in at least one direction.
+        string[] playground = ["tc", "p3"];
+        Assert.All(CudaParity.All, c => Assert.Empty(c.Name.Split(' ', '/').Intersect(playground)));
+        Assert.All(CudaParity.Dev, c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
     }
 
     /// <summary>The real shapes: every LoRA kind at flux-dev's widths, the flux-width model at 256² and 512², attention at 1,536 and 4,608.</summary>
@@ -58,6 +61,9 @@ public class ParityListTests
         Assert.Equal([1536, 4608], CudaParity.AttentionAtScaleCases.Select(c => c.L));
         Assert.All(CudaParity.AttentionAtScaleCases, c => Assert.Equal((24, 128), (c.H, c.D)));
         Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention tc vs scalar ", StringComparison.Ordinal) && c.Slow));
+        Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention p3 vs scalar ", StringComparison.Ordinal) && c.Slow));
+        // version 3's forward under the oracle at every edge its tiles have (128 queries, 32 keys)
+        Assert.Equal([1, 5, 33, 65, 77, 130, 300], CudaParity.AttentionMmaCases.Where(c => c.Forward == AttentionKernel.Pipelined).Select(c => c.L).Distinct().Order());
     }
 
     [Fact]
@@ -68,5 +74,6 @@ public class ParityListTests
         Assert.All(names, n => Assert.Same(n, KernelBenches.Find(n).Name));
         Assert.Contains("attention scalar", KernelBenches.All.Select(b => b.Name));
         Assert.Contains("attention tc", KernelBenches.Dev.Select(b => b.Name));
+        Assert.Contains("attention p3", KernelBenches.Dev.Select(b => b.Name));
     }
 }
