@@ -29,7 +29,7 @@ namespace MetaLoraNative.Cli.Commands;
 /// A rerun skips identities that have their result.json; a failed identity is reported, left out and listed, and
 /// the exit code is 1 when any failed.
 /// </summary>
-internal static class EvaluateCommand
+public static class EvaluateCommand
 {
     public static Command Create()
     {
@@ -70,7 +70,7 @@ internal static class EvaluateCommand
         {
             string? lorasDir = r.GetValue(loras);
             if (lorasDir is not null && (r.GetValue(f.Down) is not null || r.GetValue(f.Standard)))
-                throw new ArgumentException("--loras evaluates the given LoRAs without training; drop --down and --standard");
+                throw new InputException("--loras", "evaluates the given LoRAs without training; drop --down and --standard");
             if (lorasDir is not null && !Directory.Exists(lorasDir)) throw new InputException("--loras", $"{lorasDir}: no such folder");
             var (standard, downPath, iterations) = lorasDir is null ? f.Mode(r) : (false, null, 0);
             string method = r.GetValue(label) ?? (lorasDir is not null ? Path.GetFileName(Path.GetFullPath(lorasDir).TrimEnd(Path.DirectorySeparatorChar))

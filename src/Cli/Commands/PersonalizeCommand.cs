@@ -49,10 +49,10 @@ internal static class PersonalizeCommand
         {
             bool baseline = r.GetValue(Standard);
             string? downPath = r.GetValue(Down);
-            if (!baseline && downPath is null) throw new ArgumentException("--down D.safetensors (a Stage-1 Meta-Down) is needed; without one, pass --standard");
-            if (baseline && downPath is not null) throw new ArgumentException("--standard trains without a Meta-Down; drop --down or --standard");
+            if (!baseline && downPath is null) throw new InputException("--down", "a Stage-1 Meta-Down (--down D.safetensors) is needed; without one, pass --standard");
+            if (baseline && downPath is not null) throw new InputException("--standard", "trains without a Meta-Down; drop --down or --standard");
             int iterations = r.GetValue(Iterations) ?? (baseline ? new StandardLoraOptions().Iterations : new Stage2Options().Iterations);
-            if (iterations < 1) throw new ArgumentException($"--iterations must be at least 1, got {iterations}");
+            if (iterations < 1) throw new InputException("--iterations", $"must be at least 1, got {iterations}");
             return (baseline, downPath, iterations);
         }
 
@@ -63,7 +63,7 @@ internal static class PersonalizeCommand
         public Loaded Load(ParseResult r, string? downPath, IEnumerable<string>? components = null)
         {
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(Shared.Monitor.Models))
-                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+                         ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
             var problems = ModelsFolder.Check(dir, components);
             if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
             var loaded = new Loaded { ModelsDir = dir, ModelPath = r.GetValue(Shared.Model) ?? Path.Combine(dir, "flux1-dev.safetensors"), DownPath = downPath };
@@ -206,7 +206,7 @@ internal static class PersonalizeCommand
         if (string.IsNullOrWhiteSpace(text)) return [];
         return text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(t =>
             long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long v) && v >= 1 && v <= iterations ? v
-                : throw new ArgumentException($"--snapshots: '{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
+                : throw new InputException("--snapshots", $"'{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
     }
 
     /// <summary>Wall time per phase: each Done(name) closes the phase that ran since the previous one.</summary>

@@ -91,14 +91,18 @@ public static class ScoreCommand
     }
 
     /// <summary>--trigger WORD, shared with evaluate: fills the prompts' {trigger} placeholder.</summary>
-    internal static Option<string?> Trigger(string? defaultWord = null) => new Option<string?>("--trigger")
+    internal static Option<string?> Trigger(string? defaultWord = null)
     {
-        Description = $"Trigger word of the LoRA, put into every prompt at its {PaperPrompts.TriggerPlaceholder} placeholder ('a photo of " +
-                      $"{PaperPrompts.TriggerPlaceholder} person' -> 'a photo of sks person'). The built-in prompt sets carry the placeholder before " +
-                      $"the subject word ('A {PaperPrompts.TriggerPlaceholder} woman in ...'); in a prompts file a line without it is an error " +
-                      "naming the line when a trigger is given. Without a trigger the placeholder is dropped (the paper's wording)." +
-                      (defaultWord is null ? "" : $" Default: {defaultWord}; '' for none."),
-        DefaultValueFactory = _ => defaultWord,
-    }.Require(v => v is null || (v.Length > 0 ? v.Trim() == v && !v.Contains(PaperPrompts.TriggerPlaceholder) : defaultWord is not null),
-              "a word without surrounding spaces or the placeholder itself");
+        var option = new Option<string?>("--trigger")
+        {
+            Description = $"Trigger word of the LoRA, put into every prompt at its {PaperPrompts.TriggerPlaceholder} placeholder ('a photo of " +
+                          $"{PaperPrompts.TriggerPlaceholder} person' -> 'a photo of sks person'). The built-in prompt sets carry the placeholder before " +
+                          $"the subject word ('A {PaperPrompts.TriggerPlaceholder} woman in ...'); in a prompts file a line without it is an error " +
+                          "naming the line when a trigger is given. Without a trigger the placeholder is dropped (the paper's wording)." +
+                          (defaultWord is null ? "" : $" Default: {defaultWord}; '' for none."),
+        };
+        if (defaultWord is not null) option.DefaultValueFactory = _ => defaultWord;
+        return option.Require(v => v is null || (v.Length > 0 ? v.Trim() == v && !v.Contains(PaperPrompts.TriggerPlaceholder) : defaultWord is not null),
+                              "a word without surrounding spaces or the placeholder itself");
+    }
 }
