@@ -124,7 +124,8 @@ public static class EvaluateCommand
                             string path = Path.Combine(lorasDir, person.Name + ".safetensors");
                             if (!File.Exists(path)) throw new InputException("--loras", $"{path}: no LoRA for identity '{person.Name}'");
                             var adapter = LoraFiles.Load(path, loaded.Weights.Config, loaded.Backend);
-                            LoraCommand.RequireIdentity(adapter, path);
+                            try { LoraCommand.RequireIdentity(adapter, path); }
+                            catch { adapter.Dispose(); throw; }
                             return adapter;
                         }
                         var personalize = f.Job(r, loaded, person.Reference, trainCaption, Path.Combine(idDir, "lora.safetensors"),
@@ -225,7 +226,11 @@ public static class EvaluateCommand
 
     static string Pct(double? v) => v is { } x ? (100 * x).ToString("0.00", CultureInfo.InvariantCulture) : "n/a";
 
-    /// <summary>"; ETA 12:34" from the mean time of the identities processed so far; empty when none remain.</summary>
-    static string Eta(TimeSpan elapsed, int processed, int remaining) =>
-        remaining == 0 || processed == 0 ? "" : $"; ETA {TimeSpan.FromSeconds(elapsed.TotalSeconds / processed * remaining):hh\\:mm\\:ss} for {remaining} more";
+    /// <summary>"; ETA 01:02:03 for 4 more" from the mean time of the identities processed so far; empty when none remain.</summary>
+    static string Eta(TimeSpan elapsed, int processed, int remaining)
+    {
+        if (remaining == 0 || processed == 0) return "";
+        var t = TimeSpan.FromSeconds(elapsed.TotalSeconds / processed * remaining);
+        return $"; ETA {(int)t.TotalHours:00}:{t.Minutes:00}:{t.Seconds:00} for {remaining} more";
+    }
 }
