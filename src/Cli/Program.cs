@@ -17,7 +17,7 @@ public static class Program
             "Start with 'metalora demo' to see the whole pipeline on a tiny built-in model.");
         foreach (var command in new[]
                  {
-                     DemoCommand.Create(), AugmentCommand.Create(), PrepareCommand.Create(), TrainCommand.Create(), PersonalizeCommand.Create(), GenerateCommand.Create(), ScoreCommand.Create(),
+                     DemoCommand.Create(), AugmentCommand.Create(), PrepareCommand.Create(), TrainCommand.Create(), PersonalizeCommand.Create(), GenerateCommand.Create(), ScoreCommand.Create(), EvaluateCommand.Create(),
                      LoraCommand.Create(), DataCommand.Create(), DebugCommand.Create(), BenchCommand.Create(), ProfileCommand.Create(),
                      KernelsCommand.Create(), CheckCommand.Create(), DoctorCommand.Create(), ModelsCommand.Create(), ConfigCommand.Create(root),
                  })

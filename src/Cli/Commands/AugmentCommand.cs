@@ -78,11 +78,13 @@ public static class AugmentCommand
     static void WriteCrops(string outDir, string src, Image photo, Onnx.Faces.FaceDetection face, AugmentOptions options, IReadOnlyList<AugmentedCrop> crops)
     {
         var records = new JsonArray();
+        var names = new List<string>();
         for (int i = 0; i < crops.Count; i++)
         {
             var c = crops[i];
             string name = $"crop_{i + 1:00}_{c.Aspect.Name.Replace(':', 'x')}_x{c.Multiplier:0.0}{(c.Flipped ? "_flip" : "")}.png";
             c.Image.SaveAsPng(Path.Combine(outDir, name));
+            names.Add(Path.GetFileNameWithoutExtension(name)["crop_".Length..]);
             records.Add((JsonNode)new JsonObject
             {
                 ["file"] = name, ["aspect"] = c.Aspect.Name, ["multiplier"] = c.Multiplier, ["flipped"] = c.Flipped, ["clamped"] = c.Clamped,
@@ -97,7 +99,7 @@ public static class AugmentCommand
             ["fLong"] = face.LongSide, ["resolution"] = options.Resolution, ["seed"] = options.Seed, ["crops"] = records,
         };
         File.WriteAllText(Path.Combine(outDir, "crops.json"), report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        using var sheet = ContactSheet.Build(crops.Select(c => c.Image).ToList());
+        using var sheet = ContactSheet.Build(crops.Select(c => c.Image).ToList(), names);   // "01_4x3_x1.5_flip": index, aspect, scale
         sheet.SaveAsPng(Path.Combine(outDir, "contact_sheet.png"));
     }
 

@@ -1,7 +1,9 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
@@ -18,79 +20,180 @@ namespace MetaLoraNative.Cli.Commands;
 /// </summary>
 internal static class PersonalizeCommand
 {
+    /// <summary>The options of one photo's personalisation, shared by `personalize` and `evaluate` (which trains one per identity).</summary>
+    internal sealed class Flags
+    {
+        public readonly TrainCommand.Shared Shared = new(new Stage2Options().StateEvery);
+        public readonly Option<string?> Down = new("--down") { Description = "Stage-1 result (Meta-Down D), kept frozen. Not needed with --standard." };
+        public readonly Option<bool> Standard = new("--standard") { Description = "Train the paper's baseline instead (a standard LoRA, A and B trained, no Meta-Down): personalisation without a D." };
+        public readonly Option<int> Resolution = new Option<int>("--resolution") { Description = "Training resolution (bucket area near resolution²).", DefaultValueFactory = _ => 512 }.AcceptOnlyFromAmong("256", "512", "768", "1024");
+        public readonly Option<int> Max = new("--max") { Description = "Most crops (paper: 25).", DefaultValueFactory = _ => 25 };
+        public readonly Option<string?> Cache = new("--cache") { Description = "Encoding cache folder. Default: <models>/cache." };
+        public readonly Option<int?> Iterations = new("--iterations") { Description = "Training iterations. Default: 375 (paper, Meta-LoRA) or 625 with --standard (paper's rank-1 LoRA baseline)." };
+        public readonly Option<int> Rank = new("--rank") { Description = "r2 of M and U (the merged LoRA's rank), or the standard LoRA's rank (paper: 1).", DefaultValueFactory = _ => 1 };
+        public readonly Option<string> Format = TrainCommand.Format();
+        public readonly Option<string> DType = LoraCommand.DType("Merged LoRA");
+
+        public Flags()
+        {
+            Shared.Model.Required = false;
+            Shared.Model.Description = "The base model (BFL or diffusers checkpoint, or random:PRESET:SEED). Default: flux1-dev.safetensors in the models folder.";
+            Shared.Monitor.Models.Description = "Models folder with models.json (face detector, VAE, T5, CLIP-L); default $METALORA_MODELS.";
+        }
+
+        /// <summary>The options besides the training ones of <see cref="Shared"/>.</summary>
+        public IEnumerable<Option> Own => [Down, Standard, Resolution, Max, Cache, Iterations, Rank, Format, DType];
+
+        /// <summary>--standard or --down (exactly one), and the iterations (the mode's paper default unless given).</summary>
+        public (bool Standard, string? Down, int Iterations) Mode(ParseResult r)
+        {
+            bool baseline = r.GetValue(Standard);
+            string? downPath = r.GetValue(Down);
+            if (!baseline && downPath is null) throw new InputException("--down", "a Stage-1 Meta-Down (--down D.safetensors) is needed; without one, pass --standard");
+            if (baseline && downPath is not null) throw new InputException("--standard", "trains without a Meta-Down; drop --down or --standard");
+            int iterations = r.GetValue(Iterations) ?? (baseline ? new StandardLoraOptions().Iterations : new Stage2Options().Iterations);
+            if (iterations < 1) throw new InputException("--iterations", $"must be at least 1, got {iterations}");
+            return (baseline, downPath, iterations);
+        }
+
+        /// <summary>
+        /// The models folder (checked for <paramref name="components"/>, or for all when null), the backend, the base
+        /// model and, for <paramref name="downPath"/>, the Meta-Down.
+        /// </summary>
+        public Loaded Load(ParseResult r, string? downPath, IEnumerable<string>? components = null)
+        {
+            string dir = OnnxCommandSupport.ModelsDir(r.GetValue(Shared.Monitor.Models))
+                         ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+            var problems = ModelsFolder.Check(dir, components);
+            if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
+            var loaded = new Loaded { ModelsDir = dir, ModelPath = r.GetValue(Shared.Model) ?? Path.Combine(dir, "flux1-dev.safetensors"), DownPath = downPath };
+            try
+            {
+                loaded.Models = new ModelSet(dir);
+                loaded.Backend = Common.CreateBackend(r.GetValue(Shared.Device)!);
+                loaded.Weights = FluxLoader.Load(loaded.ModelPath, loaded.Backend);
+                loaded.MetaDown = downPath is null ? null : LoraFiles.Load(downPath, loaded.Weights.Config, loaded.Backend);
+                return loaded;
+            }
+            catch
+            {
+                loaded.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>One photo's job from the flags; <paramref name="outPath"/> is the LoRA file to write.</summary>
+        public Job Job(ParseResult r, Loaded loaded, string photo, string caption, string outPath, string statePath, int iterations, string? identityName = null) => new()
+        {
+            Photo = photo, Caption = caption, IdentityName = identityName, OutPath = outPath, StatePath = statePath,
+            Standard = loaded.MetaDown is null, Iterations = iterations, Rank = r.GetValue(Rank), Train = Shared.Train(r, 1), StateEvery = r.GetValue(Shared.Every),
+            Augment = new AugmentOptions { Resolution = r.GetValue(Resolution), MaxImages = r.GetValue(Max) },
+            CacheDir = r.GetValue(Cache) ?? Path.Combine(loaded.ModelsDir, "cache"), Format = r.GetValue(Format)!, DType = LoraCommand.ParseDType(r.GetValue(DType)!),
+        };
+    }
+
+    /// <summary>What every personalisation of a run shares: the models folder, the backend, the base model and the Meta-Down (none for --standard).</summary>
+    internal sealed class Loaded : IDisposable
+    {
+        public required string ModelsDir { get; init; }
+        public required string ModelPath { get; init; }
+        public string? DownPath { get; init; }
+        public ModelSet Models { get; set; } = null!;
+        public IBackend Backend { get; set; } = null!;
+        public FluxWeights Weights { get; set; } = null!;
+        public LoraAdapter? MetaDown { get; set; }
+
+        public void Dispose()
+        {
+            MetaDown?.Dispose();
+            Weights?.Dispose();
+            Backend?.Dispose();
+            Models?.Dispose();
+        }
+    }
+
+    /// <summary>One photo to personalise and how.</summary>
+    internal sealed record Job
+    {
+        public required string Photo { get; init; }
+        public required string Caption { get; init; }
+        /// <summary>The identity's name in the LoRA's metadata; default the photo's file name.</summary>
+        public string? IdentityName { get; init; }
+        public required string OutPath { get; init; }
+        public required string StatePath { get; init; }
+        public required bool Standard { get; init; }
+        public required int Iterations { get; init; }
+        public required int Rank { get; init; }
+        public required TrainOptions Train { get; init; }
+        public required int StateEvery { get; init; }
+        public required AugmentOptions Augment { get; init; }
+        public required string CacheDir { get; init; }
+        public required string Format { get; init; }
+        public required SafetensorsDType DType { get; init; }
+    }
+
+    /// <summary>Makes the monitor of a run: the person (its examples for the eval loss) and the snapshot writer.</summary>
+    internal delegate MonitorFlags.Scope MonitorFactory(Identity person, Action<LoraAdapter, string> saveSnapshot);
+
+    /// <summary>
+    /// The personalisation `personalize` runs and `evaluate` repeats per identity: crops and encodings of the photo
+    /// (through the cache), Stage 2 against the frozen Meta-Down (or the standard LoRA), then the LoRA file(s) at
+    /// job.OutPath. Returns the trained adapter (identity 0), which the caller disposes.
+    /// </summary>
+    internal static LoraAdapter Personalize(Loaded loaded, Job job, MonitorFactory monitorFor, Action<string> phaseDone)
+    {
+        var person = Stage2Data.Prepare(job.Photo, job.Caption, loaded.Models, new EncodingCache(job.CacheDir), job.Augment, Common.Log, phaseDone);
+        if (job.IdentityName is { } name) person = person with { Name = name };
+        var meta = TrainingOutputs.RunMetadata(job.Standard ? "lora" : "2", job.Train, job.Iterations, loaded.ModelPath, person, job.Caption, loaded.DownPath);
+        using var monitor = monitorFor(person, (a, path) => TrainingOutputs.WriteLora(a, path, job.Format, job.DType, meta, unmerged: false));
+        var model = new FluxModel(loaded.Weights);
+        var adapter = job.Standard
+            ? Stages.StandardLora(model, person, new StandardLoraOptions
+            {
+                Train = job.Train, Iterations = job.Iterations, Rank = job.Rank, StatePath = job.StatePath, StateEvery = job.StateEvery, Monitor = monitor.Monitor,
+            }, Common.Log)
+            : Stages.Stage2(model, loaded.MetaDown!, person, new Stage2Options
+            {
+                Train = job.Train, Iterations = job.Iterations, Rank2 = job.Rank, StatePath = job.StatePath, StateEvery = job.StateEvery, Monitor = monitor.Monitor,
+            }, Common.Log);
+        try
+        {
+            phaseDone("train");
+            TrainingOutputs.WriteLora(adapter, job.OutPath, job.Format, job.DType, meta, unmerged: !job.Standard);
+            phaseDone("save");
+            Console.WriteLine($"wrote {(job.Standard ? "standard" : "merged")} LoRA ({job.Format}, rank {adapter.Rank2}) of '{person.Name}' to {job.OutPath}");
+            return adapter;
+        }
+        catch
+        {
+            adapter.Dispose();
+            throw;
+        }
+    }
+
     public static Command Create()
     {
-        var s = new TrainCommand.Shared(new Stage2Options().StateEvery);
-        s.Model.Required = false;
-        s.Model.Description = "The base model (BFL or diffusers checkpoint, or random:PRESET:SEED). Default: flux1-dev.safetensors in the models folder.";
-        s.Monitor.Models.Description = "Models folder with models.json (face detector, VAE, T5, CLIP-L); default $METALORA_MODELS.";
+        var f = new Flags();
         var photo = new Argument<string>("photo") { Description = "The one photo of the person." };
-        var down = new Option<string?>("--down") { Description = "Stage-1 result (Meta-Down D), kept frozen. Not needed with --standard." };
-        var standard = new Option<bool>("--standard") { Description = "Train the paper's baseline instead (a standard LoRA, A and B trained, no Meta-Down): personalisation without a D." };
         var prompt = new Option<string>("--prompt") { Description = "Training caption with the trigger word.", DefaultValueFactory = _ => "a photo of sks person" };
-        var resolution = new Option<int>("--resolution") { Description = "Training resolution (bucket area near resolution²).", DefaultValueFactory = _ => 512 }.AcceptOnlyFromAmong("256", "512", "768", "1024");
-        var max = new Option<int>("--max") { Description = "Most crops (paper: 25).", DefaultValueFactory = _ => 25 };
-        var cache = new Option<string?>("--cache") { Description = "Encoding cache folder. Default: <models>/cache." };
-        var iters = new Option<int?>("--iterations") { Description = "Training iterations. Default: 375 (paper, Meta-LoRA) or 625 with --standard (paper's rank-1 LoRA baseline)." };
-        var rank = new Option<int>("--rank") { Description = "r2 of M and U (the merged LoRA's rank), or the standard LoRA's rank (paper: 1).", DefaultValueFactory = _ => 1 };
-        var format = TrainCommand.Format();
-        var dtype = LoraCommand.DType("Merged LoRA");
         var snapshots = new Option<string?>("--snapshots") { Description = "Comma-separated iterations at which a merged LoRA is also written (OUT.stepNNNNNN.safetensors), e.g. 250,375,500,625,750 for the paper's sweeps." };
         var cmd = new Command("personalize",
             "One photo → a merged LoRA: detect the face, make the paper's crops, encode them (cached), train Stage 2 against a frozen Meta-Down " +
-            "(or with --standard the paper's standard-LoRA baseline) and write the LoRA. Prints the time of each phase.")
-        {
-            down, standard, prompt, resolution, max, cache, iters, rank, format, dtype, snapshots,
-        };
+            "(or with --standard the paper's standard-LoRA baseline) and write the LoRA. Prints the time of each phase.");
+        foreach (var o in f.Own.Append(prompt).Append(snapshots)) cmd.Options.Add(o);
         cmd.Arguments.Add(photo);
-        foreach (var o in s.WithoutData) cmd.Options.Add(o);
+        foreach (var o in f.Shared.WithoutData) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            bool baseline = r.GetValue(standard);
-            string? downPath = r.GetValue(down);
-            if (!baseline && downPath is null) throw new ArgumentException("--down D.safetensors (a Stage-1 Meta-Down) is needed; without one, pass --standard");
-            if (baseline && downPath is not null) throw new ArgumentException("--standard trains without a Meta-Down; drop --down or --standard");
-            int iterations = r.GetValue(iters) ?? (baseline ? new StandardLoraOptions().Iterations : new Stage2Options().Iterations);
-            if (iterations < 1) throw new ArgumentException($"--iterations must be at least 1, got {iterations}");
+            var (_, downPath, iterations) = f.Mode(r);
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var phases = new PhaseClock();
-
-            string dir = OnnxCommandSupport.ModelsDir(r.GetValue(s.Monitor.Models))
-                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
-            var problems = ModelsFolder.Check(dir);
-            if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
-            using var set = new ModelSet(dir);
-            string modelPath = r.GetValue(s.Model) ?? Path.Combine(dir, "flux1-dev.safetensors");
-            using var be = Common.CreateBackend(r.GetValue(s.Device)!);
-            using var weights = FluxLoader.Load(modelPath, be);
-            using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be);
+            using var loaded = f.Load(r, downPath);
             phases.Done("load");
 
-            string caption = r.GetValue(prompt)!;
-            var person = Stage2Data.Prepare(r.GetValue(photo)!, caption, set, new EncodingCache(r.GetValue(cache) ?? Path.Combine(dir, "cache")),
-                new AugmentOptions { Resolution = r.GetValue(resolution), MaxImages = r.GetValue(max) }, Common.Log, phases.Done);
-
-            string outPath = r.GetValue(s.Out)!, fmt = r.GetValue(format)!;
-            var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
-            var train = s.Train(r, 1);
-            var meta = TrainingOutputs.RunMetadata(baseline ? "lora" : "2", train, iterations, modelPath, person, caption, downPath);
-            using var monitor = s.Monitor.Create(r, outPath, weights.Config, person.Examples,
-                                                 (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false), sweep);
-            var model = new FluxModel(weights);
-            using var adapter = baseline
-                ? Stages.StandardLora(model, person, new StandardLoraOptions
-                {
-                    Train = train, Iterations = iterations, Rank = r.GetValue(rank), StatePath = s.StatePath(r), StateEvery = r.GetValue(s.Every), Monitor = monitor.Monitor,
-                }, Common.Log)
-                : Stages.Stage2(model, metaDown!, person, new Stage2Options
-                {
-                    Train = train, Iterations = iterations, Rank2 = r.GetValue(rank), StatePath = s.StatePath(r), StateEvery = r.GetValue(s.Every), Monitor = monitor.Monitor,
-                }, Common.Log);
-            phases.Done("train");
-
-            TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: !baseline);
-            phases.Done("save");
-            Console.WriteLine($"wrote {(baseline ? "standard" : "merged")} LoRA ({fmt}, rank {adapter.Rank2}) of '{person.Name}' to {outPath}");
+            string outPath = r.GetValue(f.Shared.Out)!;
+            var job = f.Job(r, loaded, r.GetValue(photo)!, r.GetValue(prompt)!, outPath, f.Shared.StatePath(r), iterations);
+            using var adapter = Personalize(loaded, job, (person, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, person.Examples, save, sweep), phases.Done);
             phases.PrintTable();
             return 0;
         });
@@ -103,7 +206,7 @@ internal static class PersonalizeCommand
         if (string.IsNullOrWhiteSpace(text)) return [];
         return text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(t =>
             long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long v) && v >= 1 && v <= iterations ? v
-                : throw new ArgumentException($"--snapshots: '{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
+                : throw new InputException("--snapshots", $"'{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
     }
 
     /// <summary>Wall time per phase: each Done(name) closes the phase that ran since the previous one.</summary>

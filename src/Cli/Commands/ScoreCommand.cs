@@ -28,7 +28,7 @@ public static class ScoreCommand
         var prompts = new Option<string>("--prompts")
         {
             Description = "Prompt list: facesim (paper Table 3), recontext (Table 1), stylistic (Table 2), clip-t (Tables 1+2), " +
-                          "or a text file, one prompt per line ([man/woman], [his/her], [he/she] are filled in).",
+                          "or a text file, one prompt per line ([man/woman], [his/her], [he/she] and {trigger} are filled in).",
             DefaultValueFactory = _ => "facesim",
         };
         var subject = new Option<string>("--class")
@@ -42,6 +42,7 @@ public static class ScoreCommand
             DefaultValueFactory = _ => "scores",
         };
         var label = new Option<string>("--label") { Description = "Name of the method being scored, written into the report.", DefaultValueFactory = _ => "generated" };
+        var trigger = Trigger();
         var noClip = new Option<bool>("--no-clip") { Description = "Skip CLIP-T (no CLIP ViT-B/32 models needed)." };
         var listPrompts = new Option<bool>("--list-prompts") { Description = "Print the numbered prompt list for --prompts and --class, then exit." };
 
@@ -49,7 +50,7 @@ public static class ScoreCommand
             "Score generated images: CLIP-T (cosine of CLIP ViT-B/32 image and prompt embeddings), FaceSim (face embedding cosine " +
             "to the reference photo) and R-FaceSim (to every other real photo of the person, reference excluded; mean per person " +
             "and prompt, then mean). Tables show x100.");
-        foreach (var o in new Option[] { identities, generated, models, prompts, subject, output, label, noClip, listPrompts }) command.Options.Add(o);
+        foreach (var o in new Option[] { identities, generated, models, prompts, subject, trigger, output, label, noClip, listPrompts }) command.Options.Add(o);
 
         command.SetAction(parse =>
         {
@@ -57,7 +58,7 @@ public static class ScoreCommand
             string promptSet = parse.GetValue(prompts)!;
             if (parse.GetValue(listPrompts))
             {
-                var list = PaperPrompts.Resolve(promptSet, cls);
+                var list = PaperPrompts.Resolve(promptSet, cls, parse.GetValue(trigger));
                 for (int i = 0; i < list.Count; i++) Console.WriteLine($"{i + 1:00}  {list[i]}");
                 return 0;
             }
@@ -77,6 +78,7 @@ public static class ScoreCommand
             var report = runner.Run(new ScoreOptions
             {
                 IdentitiesDir = idDir, GeneratedDir = genDir, Prompts = promptSet, DefaultClass = cls, Label = parse.GetValue(label)!,
+                Trigger = parse.GetValue(trigger),
             });
             string outDir = parse.GetValue(output)!;
             report.Write(outDir);
@@ -86,5 +88,21 @@ public static class ScoreCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>--trigger WORD, shared with evaluate: fills the prompts' {trigger} placeholder.</summary>
+    internal static Option<string?> Trigger(string? defaultWord = null)
+    {
+        var option = new Option<string?>("--trigger")
+        {
+            Description = $"Trigger word of the LoRA, put into every prompt at its {PaperPrompts.TriggerPlaceholder} placeholder ('a photo of " +
+                          $"{PaperPrompts.TriggerPlaceholder} person' -> 'a photo of sks person'). The built-in prompt sets carry the placeholder before " +
+                          $"the subject word ('A {PaperPrompts.TriggerPlaceholder} woman in ...'); in a prompts file a line without it is an error " +
+                          "naming the line when a trigger is given. Without a trigger the placeholder is dropped (the paper's wording)." +
+                          (defaultWord is null ? "" : $" Default: {defaultWord}; '' for none."),
+        };
+        if (defaultWord is not null) option.DefaultValueFactory = _ => defaultWord;
+        return option.Require(v => v is null || (v.Length > 0 ? v.Trim() == v && !v.Contains(PaperPrompts.TriggerPlaceholder) : defaultWord is not null),
+                              "a word without surrounding spaces or the placeholder itself");
     }
 }

@@ -1,9 +1,12 @@
-// The drawing both plots share, pixel by pixel on an Rgb24 image: a frame with a light grid and numeric tick labels,
-// lines, discs, and a built-in 3x5 font (digits, '.', '-', letters as capitals, a few marks) drawn at 2x.
+// The drawing the plots and the contact sheet share, pixel by pixel on an Rgb24 image: a frame with a light grid and
+// numeric tick labels, lines, point markers, and a built-in 3x5 font (digits, letters as capitals, a few marks) drawn at 2x.
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 
 namespace MetaLoraNative.Onnx.Imaging;
+
+/// <summary>A point's marker shape: a filled disc, a ring, a filled square, a filled diamond, a filled triangle, a cross.</summary>
+public enum Marker { Disc, Ring, Square, Diamond, Triangle, Cross }
 
 /// <summary>A plot area on an image: data coordinates (xMin..xMax, yMin..yMax) mapped into the frame inside the margins.</summary>
 internal sealed class PlotCanvas
@@ -11,6 +14,8 @@ internal sealed class PlotCanvas
     public static readonly Rgb24 Grid = new(225, 225, 225), Ink = new(40, 40, 40);
     /// <summary>Width of one glyph with its gap, in pixels.</summary>
     public const int GlyphWidth = 8;
+    /// <summary>Height of one line of text, in pixels (5 rows at 2x).</summary>
+    public const int GlyphHeight = 10;
 
     readonly double xMin, xMax, yMin, yMax;
 
@@ -50,10 +55,7 @@ internal sealed class PlotCanvas
 
     static string Label(double v) => Math.Abs(v - Math.Round(v)) < 1e-9 ? ((long)Math.Round(v)).ToString() : v.ToString("0.###", System.Globalization.CultureInfo.InvariantCulture);
 
-    public void Set(int x, int y, Rgb24 c)
-    {
-        if (x >= 0 && y >= 0 && x < Image.Width && y < Image.Height) Image[x, y] = c;
-    }
+    public void Set(int x, int y, Rgb24 c) => SetPixel(Image, x, y, c);
 
     public void Line(int xa, int ya, int xb, int yb, Rgb24 c)
     {
@@ -63,15 +65,33 @@ internal sealed class PlotCanvas
     }
 
     /// <summary>A filled disc, or a ring two pixels wide when hollow.</summary>
-    public void Disc(int cx, int cy, int radius, bool hollow, Rgb24 c)
+    public void Disc(int cx, int cy, int radius, bool hollow, Rgb24 c) => DrawMarker(Image, cx, cy, radius, hollow ? Marker.Ring : Marker.Disc, c);
+
+    /// <summary>A marker of <paramref name="radius"/> centred on (cx, cy); every shape fits in the same (2r+1)² box.</summary>
+    public static void DrawMarker(Image<Rgb24> image, int cx, int cy, int radius, Marker marker, Rgb24 c)
     {
         for (int dy = -radius; dy <= radius; dy++)
             for (int dx = -radius; dx <= radius; dx++)
             {
                 int d2 = dx * dx + dy * dy;
-                bool on = hollow ? d2 <= radius * radius && d2 >= (radius - 2) * (radius - 2) : d2 <= radius * radius;
-                if (on) Set(cx + dx, cy + dy, c);
+                bool on = marker switch
+                {
+                    Marker.Disc => d2 <= radius * radius,
+                    Marker.Ring => d2 <= radius * radius && d2 >= (radius - 2) * (radius - 2),
+                    Marker.Square => true,
+                    Marker.Diamond => Math.Abs(dx) + Math.Abs(dy) <= radius,
+                    // apex at the top, base on the bottom row: half-width grows with the row
+                    Marker.Triangle => 2 * Math.Abs(dx) <= dy + radius,
+                    Marker.Cross => Math.Abs(dx - dy) <= 1 || Math.Abs(dx + dy) <= 1,
+                    _ => false,
+                };
+                if (on) SetPixel(image, cx + dx, cy + dy, c);
             }
+    }
+
+    static void SetPixel(Image<Rgb24> image, int x, int y, Rgb24 c)
+    {
+        if (x >= 0 && y >= 0 && x < image.Width && y < image.Height) image[x, y] = c;
     }
 
     // 3x5 glyphs: each row is 3 bits, top row first. Letters are drawn as capitals.
@@ -88,9 +108,16 @@ internal sealed class PlotCanvas
         ['U'] = [5, 5, 5, 5, 7], ['V'] = [5, 5, 5, 5, 2], ['W'] = [5, 5, 7, 7, 5], ['X'] = [5, 5, 2, 5, 5],
         ['Y'] = [5, 5, 2, 2, 2], ['Z'] = [7, 1, 2, 4, 7], ['('] = [1, 2, 2, 2, 1], [')'] = [4, 2, 2, 2, 4],
         ['/'] = [1, 1, 2, 4, 4], [':'] = [0, 2, 0, 2, 0], ['_'] = [0, 0, 0, 0, 7], [' '] = [0, 0, 0, 0, 0],
+        ['+'] = [0, 2, 7, 2, 0], [','] = [0, 0, 0, 2, 4], ['%'] = [5, 1, 2, 4, 5], ['='] = [0, 7, 0, 7, 0],
     };
 
-    public void Text(string s, int x, int y, Rgb24 c)
+    public void Text(string s, int x, int y, Rgb24 c) => DrawText(Image, s, x, y, c);
+
+    /// <summary>Width in pixels of <paramref name="s"/> in this font.</summary>
+    public static int TextWidth(string s) => s.Length * GlyphWidth;
+
+    /// <summary>Draws <paramref name="s"/> with its top-left corner at (x, y); characters the font lacks leave a blank.</summary>
+    public static void DrawText(Image<Rgb24> image, string s, int x, int y, Rgb24 c)
     {
         foreach (char ch in s)
         {
@@ -100,7 +127,7 @@ internal sealed class PlotCanvas
                         if ((rows[r] >> (2 - b) & 1) == 1)
                             for (int sy = 0; sy < 2; sy++)
                                 for (int sx = 0; sx < 2; sx++)
-                                    Set(x + b * 2 + sx, y + r * 2 + sy, c);
+                                    SetPixel(image, x + b * 2 + sx, y + r * 2 + sy, c);
             x += GlyphWidth;
         }
     }

@@ -1,6 +1,14 @@
 // The evaluation prompts of the paper's appendix: Table 1 (recontextualisation) and Table 2 (stylistic) are used for
 // CLIP-T, Table 3 for (R-)FaceSim. Tables 1 and 2 list ten prompts written for men and ten for women; Table 3 is one
 // template with [man/woman], [his/her] and [he/she] filled in for the subject.
+//
+// The trigger word: a LoRA trained on "a photo of sks person" is prompted with its trigger. A prompt carries the
+// placeholder {trigger}, which is replaced by the trigger word ("a photo of {trigger} person" -> "a photo of sks
+// person") or, without one, dropped with the space after it (the paper's wording). The built-in prompts get the
+// placeholder before their first subject word ("A {trigger} woman in a swimming pool ..."); a prompt file places it
+// itself, and a trigger given for a line without it is an error naming the file and line.
+using System.Text.RegularExpressions;
+using MetaLoraNative.Engine;
 using MetaLoraNative.Onnx.Datasets;
 
 namespace MetaLoraNative.Onnx.Scoring;
@@ -88,14 +96,39 @@ public static class PaperPrompts
             .Replace("[him/her]", man ? "him" : "her");
     }
 
+    public const string TriggerPlaceholder = "{trigger}";
+
+    static readonly Regex SubjectWord = new(@"\b(man|woman)\b", RegexOptions.CultureInvariant);
+
+    /// <summary>A built-in prompt with {trigger} before its first subject word ("A man in ..." → "A {trigger} man in ...").</summary>
+    static string WithPlaceholder(string prompt) =>
+        SubjectWord.IsMatch(prompt) ? SubjectWord.Replace(prompt, TriggerPlaceholder + " $1", 1)
+            : throw new InvalidOperationException($"built-in prompt without a subject word: {prompt}");
+
+    /// <summary>
+    /// {trigger} replaced by <paramref name="trigger"/>, or dropped (with its following space) when there is none; a
+    /// trigger for a prompt without the placeholder is an error against <paramref name="source"/> (a file and line).
+    /// </summary>
+    public static string FillTrigger(string prompt, string? trigger, string source)
+    {
+        if (!prompt.Contains(TriggerPlaceholder, StringComparison.Ordinal))
+            return trigger is null ? prompt
+                : throw new InputException(source, $"'{prompt}' has no {TriggerPlaceholder} placeholder for the trigger '{trigger}' " +
+                                                   $"(write e.g. 'a photo of {TriggerPlaceholder} person', or leave out the trigger)");
+        return trigger is null ? prompt.Replace(TriggerPlaceholder + " ", "").Replace(TriggerPlaceholder, "") : prompt.Replace(TriggerPlaceholder, trigger);
+    }
+
     /// <summary>Names accepted by `metalora score --prompts`.</summary>
     public static readonly IReadOnlyList<string> SetNames = ["facesim", "recontext", "stylistic", "clip-t"];
 
     /// <summary>
     /// facesim: Table 3 (10); recontext: Table 1 (10); stylistic: Table 2 (10); clip-t: Tables 1 then 2 (20);
-    /// all for the given subject class.
+    /// all for the given subject class, with <paramref name="trigger"/> before the subject word when given.
     /// </summary>
-    public static IReadOnlyList<string> Set(string name, SubjectClass subject)
+    public static IReadOnlyList<string> Set(string name, SubjectClass subject, string? trigger = null) =>
+        Templates(name, subject).Select(p => FillTrigger(WithPlaceholder(p), trigger, $"prompt set {name}")).ToList();
+
+    static IReadOnlyList<string> Templates(string name, SubjectClass subject)
     {
         bool man = subject == SubjectClass.Man;
         return name switch
@@ -108,13 +141,18 @@ public static class PaperPrompts
         };
     }
 
-    /// <summary>A built-in set name, or a text file with one prompt per line (may use the [man/woman] placeholders).</summary>
-    public static IReadOnlyList<string> Resolve(string setOrFile, SubjectClass subject)
+    /// <summary>
+    /// A built-in set name, or a text file with one prompt per line (may use the [man/woman] and {trigger}
+    /// placeholders; empty lines and lines starting with '#' are skipped).
+    /// </summary>
+    public static IReadOnlyList<string> Resolve(string setOrFile, SubjectClass subject, string? trigger = null)
     {
-        if (SetNames.Contains(setOrFile)) return Set(setOrFile, subject);
+        if (SetNames.Contains(setOrFile)) return Set(setOrFile, subject, trigger);
         if (!File.Exists(setOrFile))
             throw new FileNotFoundException($"prompts: '{setOrFile}' is neither a built-in set ({string.Join(", ", SetNames)}) nor a file");
-        return File.ReadAllLines(setOrFile).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#'))
-            .Select(l => Substitute(l, subject)).ToList();
+        var prompts = File.ReadAllLines(setOrFile).Select((l, i) => (Text: l.Trim(), Line: i + 1)).Where(l => l.Text.Length > 0 && !l.Text.StartsWith('#'))
+            .Select(l => FillTrigger(Substitute(l.Text, subject), trigger, $"{setOrFile} line {l.Line}")).ToList();
+        if (prompts.Count == 0) throw new InputException(setOrFile, "holds no prompt (one prompt per line; '#' starts a comment line)");
+        return prompts;
     }
 }

@@ -72,23 +72,9 @@ public sealed record ScoreReport(string Label, string Prompts, double? ClipT, do
         ("InstantID", 30.52, 75.26), ("PhotoMaker", 31.51, 67.57),
     ];
 
-    /// <summary>
-    /// R-FaceSim (y) against CLIP-T (x), both x100: a blue dot per identity, a large red dot for the mean, grey rings for
-    /// the paper's Table 5 methods.
-    /// </summary>
-    public Image<Rgb24> Plot()
-    {
-        var points = new List<PlotPoint>();
-        foreach (var p in PaperPoints) points.Add(new PlotPoint(p.ClipT, p.RFaceSim, new Rgb24(150, 150, 150), 5, Hollow: true));
-        foreach (var i in Identities)
-            if (i.ClipT is { } c && i.RFaceSim is { } r && !double.IsNaN(c) && !double.IsNaN(r))
-                points.Add(new PlotPoint(100 * c, 100 * r, new Rgb24(40, 90, 200), 4));
-        if (ClipT is { } mc && RFaceSim is { } mr && !double.IsNaN(mc) && !double.IsNaN(mr))
-            points.Add(new PlotPoint(100 * mc, 100 * mr, new Rgb24(210, 40, 40), 7));
-        double xMin = Math.Floor(points.Min(p => p.X) / 5) * 5 - 5, xMax = Math.Ceiling(points.Max(p => p.X) / 5) * 5 + 5;
-        double yMin = Math.Floor(points.Min(p => p.Y) / 5) * 5 - 5, yMax = Math.Ceiling(points.Max(p => p.Y) / 5) * 5 + 5;
-        return ScatterPlot.Draw(points, xMin, xMax, yMin, yMax, tick: 5);
-    }
+    /// <summary>R-FaceSim against CLIP-T (<see cref="MethodPlot"/>): this method's identities and mean, the paper's Table 5 methods.</summary>
+    public Image<Rgb24> Plot() =>
+        MethodPlot.Draw([new MethodPoints(Label, Identities.Select(i => (i.ClipT, i.RFaceSim)).ToList(), (ClipT, RFaceSim))], PlotMetric.RFaceSim);
 
     /// <summary>Writes scores.json, scores.md and scatter.png into <paramref name="dir"/>.</summary>
     public void Write(string dir)
@@ -109,6 +95,8 @@ public sealed record ScoreOptions
     public string Prompts { get; init; } = "facesim";
     public SubjectClass DefaultClass { get; init; } = SubjectClass.Woman;
     public string Label { get; init; } = "generated";
+    /// <summary>Fills the prompts' {trigger} placeholder (<see cref="PaperPrompts.FillTrigger"/>); null drops it.</summary>
+    public string? Trigger { get; init; }
 }
 
 public sealed class ScoreRunner
@@ -143,68 +131,74 @@ public sealed class ScoreRunner
     {
         var warnings = new List<string>();
         var identities = PersonFolders.Read(options.IdentitiesDir, options.DefaultClass, warnings.Add).Select(ScoredPerson.From).ToList();
-        var others = new Dictionary<string, IReadOnlyList<float[]>>();
-        var references = new Dictionary<string, float[]?>();
-        foreach (var id in identities)
-        {
-            using (var img = ImageIO.LoadRgb(id.Reference)) references[id.Name] = FaceEmbedding(img, id.Reference, warnings);
-            var list = new List<float[]>();
-            foreach (var p in id.Others)
-            {
-                using var img = ImageIO.LoadRgb(p);
-                if (FaceEmbedding(img, p, warnings) is { } e) list.Add(e);
-            }
-            others[id.Name] = list;
-            if (list.Count == 0) warnings.Add($"{id.Name}: no real images besides the reference; R-FaceSim not computed for it");
-        }
-
         var identityScores = new List<IdentityScore>();
-        var generated = new List<GeneratedEmbedding>();
-        int imageCount = 0;
+        var pairs = new List<double>();          // S(i, p) of every (identity, prompt) pair: R-FaceSim is their mean
         foreach (var id in identities)
         {
-            var prompts = PaperPrompts.Resolve(options.Prompts, id.Class);
-            string dir = Path.Combine(options.GeneratedDir, id.Name);
-            var files = PersonFolders.Images(dir);
-            if (files.Count == 0) warnings.Add($"{id.Name}: no generated images in {dir}");
-            var scores = new List<ImageScore>();
-            foreach (var file in files)
-            {
-                string name = Path.GetFileName(file);
-                int digits = name.TakeWhile(char.IsAsciiDigit).Count();
-                if (digits == 0 || !int.TryParse(name[..digits], out int n) || n < 1 || n > prompts.Count)
-                {
-                    warnings.Add($"{file}: name does not start with a prompt number 1..{prompts.Count}; skipped");
-                    continue;
-                }
-                string prompt = prompts[n - 1];
-                using var img = ImageIO.LoadRgb(file);
-                double? clipT = _clip?.ClipT(img, prompt);
-                double? faceSim = null, rSim = null;
-                string? note = null;
-                if (FaceEmbedding(img, file, warnings) is { } e)
-                {
-                    if (references[id.Name] is { } reference) faceSim = FaceMetrics.FaceSim(e, reference);
-                    if (others[id.Name].Count > 0)
-                    {
-                        generated.Add(new GeneratedEmbedding(id.Name, prompt, e));
-                        rSim = others[id.Name].Average(t => (double)FaceMath.Cosine(e, t));
-                    }
-                }
-                else note = "no face";
-                scores.Add(new ImageScore(name, n, prompt, clipT, faceSim, rSim, note));
-                imageCount++;
-                _log($"{id.Name}/{name}: CLIP-T {Fmt(clipT)} FaceSim {Fmt(faceSim)} R-FaceSim {Fmt(rSim)}");
-            }
-            identityScores.Add(new IdentityScore(id.Name, id.Class.ToString().ToLowerInvariant(), id.Reference, id.Others,
-                Mean(scores.Select(s => s.ClipT)), Mean(scores.Select(s => s.FaceSim)), null, scores));
+            var prompts = PaperPrompts.Resolve(options.Prompts, id.Class, options.Trigger);
+            var (score, r) = Score(id, prompts, Path.Combine(options.GeneratedDir, id.Name), warnings);
+            identityScores.Add(score);
+            if (r is not null) pairs.AddRange(r.PerIdentityPrompt.Values);
         }
-
-        var r = FaceMetrics.RFaceSim(generated, others);
-        identityScores = identityScores.Select(s => s with { RFaceSim = NullIfNaN(r.MeanOfIdentity(s.Name)) }).ToList();
         var all = identityScores.SelectMany(s => s.Images).ToList();
         return new ScoreReport(options.Label, options.Prompts, Mean(all.Select(s => s.ClipT)), Mean(all.Select(s => s.FaceSim)),
-            NullIfNaN(r.Mean), imageCount, identityScores, warnings);
+            pairs.Count == 0 ? null : pairs.Average(), all.Count, identityScores, warnings);
+    }
+
+    /// <summary>
+    /// One person's generated images in <paramref name="generatedDir"/> (NN[_suffix].png, NN the 1-based number of
+    /// the prompt in <paramref name="prompts"/>) scored against their real photos: CLIP-T and FaceSim per image,
+    /// R-FaceSim (Algorithm 3) over the person's (prompt) pairs. Problems that leave a metric out go to <paramref name="warnings"/>.
+    /// </summary>
+    public IdentityScore ScoreIdentity(ScoredPerson id, IReadOnlyList<string> prompts, string generatedDir, List<string> warnings) =>
+        Score(id, prompts, generatedDir, warnings).Score;
+
+    (IdentityScore Score, RFaceSimResult? RFaceSim) Score(ScoredPerson id, IReadOnlyList<string> prompts, string dir, List<string> warnings)
+    {
+        float[]? reference;
+        using (var img = ImageIO.LoadRgb(id.Reference)) reference = FaceEmbedding(img, id.Reference, warnings);
+        var others = new List<float[]>();
+        foreach (var p in id.Others)
+        {
+            using var img = ImageIO.LoadRgb(p);
+            if (FaceEmbedding(img, p, warnings) is { } e) others.Add(e);
+        }
+        if (others.Count == 0) warnings.Add($"{id.Name}: no real images besides the reference; R-FaceSim not computed for it");
+
+        var files = PersonFolders.Images(dir);
+        if (files.Count == 0) warnings.Add($"{id.Name}: no generated images in {dir}");
+        var scores = new List<ImageScore>();
+        var generated = new List<GeneratedEmbedding>();
+        foreach (var file in files)
+        {
+            string name = Path.GetFileName(file);
+            int digits = name.TakeWhile(char.IsAsciiDigit).Count();
+            if (digits == 0 || !int.TryParse(name[..digits], out int n) || n < 1 || n > prompts.Count)
+            {
+                warnings.Add($"{file}: name does not start with a prompt number 1..{prompts.Count}; skipped");
+                continue;
+            }
+            string prompt = prompts[n - 1];
+            using var img = ImageIO.LoadRgb(file);
+            double? clipT = _clip?.ClipT(img, prompt);
+            double? faceSim = null, rSim = null;
+            string? note = null;
+            if (FaceEmbedding(img, file, warnings) is { } e)
+            {
+                if (reference is not null) faceSim = FaceMetrics.FaceSim(e, reference);
+                if (others.Count > 0)
+                {
+                    generated.Add(new GeneratedEmbedding(id.Name, prompt, e));
+                    rSim = others.Average(t => (double)FaceMath.Cosine(e, t));
+                }
+            }
+            else note = "no face";
+            scores.Add(new ImageScore(name, n, prompt, clipT, faceSim, rSim, note));
+            _log($"{id.Name}/{name}: CLIP-T {Fmt(clipT)} FaceSim {Fmt(faceSim)} R-FaceSim {Fmt(rSim)}");
+        }
+        var r = generated.Count == 0 ? null : FaceMetrics.RFaceSim(generated, new Dictionary<string, IReadOnlyList<float[]>> { [id.Name] = others });
+        return (new IdentityScore(id.Name, id.Class.ToString().ToLowerInvariant(), id.Reference, id.Others,
+            Mean(scores.Select(s => s.ClipT)), Mean(scores.Select(s => s.FaceSim)), r is null ? null : NullIfNaN(r.Mean), scores), r);
     }
 
     static string Fmt(double? v) => v is { } x ? (100 * x).ToString("0.00") : "n/a";
