@@ -43,7 +43,7 @@ internal static class PersonalizeCommand
             down, standard, prompt, resolution, max, cache, iters, rank, format, dtype, snapshots,
         };
         cmd.Arguments.Add(photo);
-        foreach (var o in s.WithoutData) cmd.Options.Add(o);
+        foreach (var o in s.WithoutData.Concat(s.Monitor.Selection)) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             bool baseline = r.GetValue(standard);
@@ -53,6 +53,7 @@ internal static class PersonalizeCommand
             int iterations = r.GetValue(iters) ?? (baseline ? new StandardLoraOptions().Iterations : new Stage2Options().Iterations);
             if (iterations < 1) throw new ArgumentException($"--iterations must be at least 1, got {iterations}");
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
+            var selection = s.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");
             var phases = new PhaseClock();
 
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(s.Monitor.Models))
@@ -63,7 +64,7 @@ internal static class PersonalizeCommand
             string modelPath = r.GetValue(s.Model) ?? Path.Combine(dir, "flux1-dev.safetensors");
             using var be = Common.CreateBackend(r.GetValue(s.Device)!);
             using var weights = FluxLoader.Load(modelPath, be);
-            using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be);
+            using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be, Common.Log);
             phases.Done("load");
 
             string caption = r.GetValue(prompt)!;
@@ -75,7 +76,7 @@ internal static class PersonalizeCommand
             var train = s.Train(r, 1);
             var meta = TrainingOutputs.RunMetadata(baseline ? "lora" : "2", train, iterations, modelPath, person, caption, downPath);
             using var monitor = s.Monitor.Create(r, outPath, weights.Config, person.Examples,
-                                                 (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false), sweep);
+                                                 (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false), sweep, selection);
             var model = new FluxModel(weights);
             using var adapter = baseline
                 ? Stages.StandardLora(model, person, new StandardLoraOptions
@@ -91,6 +92,7 @@ internal static class PersonalizeCommand
             TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: !baseline);
             phases.Done("save");
             Console.WriteLine($"wrote {(baseline ? "standard" : "merged")} LoRA ({fmt}, rank {adapter.Rank2}) of '{person.Name}' to {outPath}");
+            monitor.ReportSelection();
             phases.PrintTable();
             return 0;
         });
