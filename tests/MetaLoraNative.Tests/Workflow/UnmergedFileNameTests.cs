@@ -73,7 +73,7 @@ public sealed class UnmergedFileNameTests() : TempFolderTest("unmerged")
             var r = Run(args);
             Assert.True(r.Code == 0, r.Err);
             Assert.Contains(note, r.Out);
-            Assert.Contains("Meta (D/M/U) layout", r.Out);
+            Assert.Contains("Meta (D/M/U) layout, base tiny (the file's metadata)", r.Out);   // no --base: the file names its model
         }
         var lines = new List<string>();
         using (var be = CpuBackend.F32())
