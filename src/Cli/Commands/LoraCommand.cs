@@ -73,7 +73,7 @@ internal static class LoraCommand
 
     public static Command Create()
     {
-        var input = new Option<string>("--in") { Description = "LoRA file to read (Meta D/M/U, PEFT or kohya).", Required = true };
+        var input = new Option<string>("--in") { Description = "LoRA file to read (Meta D/M/U: .metalora, or the old .meta.safetensors; PEFT or kohya).", Required = true };
         var output = new Option<string>("--out") { Description = "File to write.", Required = true };
         var format = new Option<string>("--format") { Description = "peft or kohya.", DefaultValueFactory = _ => "peft" }.AcceptOnlyFromAmong("peft", "kohya");
         var dtype = DType("Written LoRA");
@@ -84,7 +84,7 @@ internal static class LoraCommand
             using var be = Common.CreateBackend("cpu");
             var (config, from) = BaseOf(r.GetValue(baseModel), r.GetValue(input)!, be);
             PrintSource(r.GetValue(input)!, config, from);
-            using var a = LoraFiles.Load(r.GetValue(input)!, config, be);
+            using var a = LoraFiles.Load(r.GetValue(input)!, config, be, Common.Log);
             RequireIdentity(a, r.GetValue(input)!);
             var fmt = r.GetValue(format) == "kohya" ? LoraFormat.Kohya : LoraFormat.Peft;
             LoraFiles.Export(a, 0, r.GetValue(output)!, fmt, ParseDType(r.GetValue(dtype)!), r.GetValue(input)!);
@@ -92,7 +92,7 @@ internal static class LoraCommand
             return 0;
         });
 
-        var infoIn = new Option<string>("--in") { Description = "LoRA file.", Required = true };
+        var infoIn = new Option<string>("--in") { Description = "LoRA file (PEFT, kohya, or Meta D/M/U: .metalora).", Required = true };
         var infoBase = Preset();
         var info = new Command("info", "Reads a LoRA file, checks every key against the base model's targets and prints what it holds and its metadata (the run's settings).") { infoIn, infoBase };
         info.SetAction(r =>
@@ -101,7 +101,7 @@ internal static class LoraCommand
             string path = r.GetValue(infoIn)!;
             var (config, from) = BaseOf(r.GetValue(infoBase), path, be);
             PrintSource(path, config, from);
-            using var a = LoraFiles.Load(path, config, be);
+            using var a = LoraFiles.Load(path, config, be, Common.Log);
             Console.WriteLine(LoraFiles.Describe(a));
             // the run's metadata (metalora.*, kohya ss_*, modelspec.*), one key per line in name order
             using var file = SafetensorsFile.Open(path);
@@ -111,7 +111,7 @@ internal static class LoraCommand
         });
 
         var bModel = new Option<string>("--model") { Description = "Base model to bake into (BFL/diffusers checkpoint or random:PRESET:SEED).", Required = true };
-        var bLora = new Option<string>("--lora") { Description = "LoRA file (PEFT, kohya or Meta D/M/U).", Required = true };
+        var bLora = new Option<string>("--lora") { Description = "LoRA file (PEFT, kohya or Meta D/M/U: .metalora).", Required = true };
         var bOut = new Option<string>("--out") { Description = "Baked model checkpoint to write (BFL layout).", Required = true };
         var strength = new Option<float>("--strength") { Description = "LoRA strength.", DefaultValueFactory = _ => 1f }.Finite();
         var bDtype = DType("Written checkpoint");
@@ -123,7 +123,7 @@ internal static class LoraCommand
         {
             using var be = Common.CreateBackend("cpu");
             using var w = FluxLoader.Load(r.GetValue(bModel)!, be);
-            using var a = LoraFiles.Load(r.GetValue(bLora)!, w.Config, be);
+            using var a = LoraFiles.Load(r.GetValue(bLora)!, w.Config, be, Common.Log);
             RequireIdentity(a, r.GetValue(bLora)!);
             LoraFiles.Bake(w, a, 0, r.GetValue(strength));
             FluxLoader.Save(w, r.GetValue(bOut)!, ParseDType(r.GetValue(bDtype)!));

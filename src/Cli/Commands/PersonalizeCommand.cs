@@ -162,6 +162,7 @@ internal static class PersonalizeCommand
             TrainingOutputs.WriteLora(adapter, job.OutPath, job.Format, job.DType, meta, unmerged: !job.Standard);
             phaseDone("save");
             Console.WriteLine($"wrote {(job.Standard ? "standard" : "merged")} LoRA ({job.Format}, rank {adapter.Rank2}) of '{person.Name}' to {job.OutPath}");
+            monitor.ReportSelection();
             return adapter;
         }
         catch
@@ -182,18 +183,19 @@ internal static class PersonalizeCommand
             "(or with --standard the paper's standard-LoRA baseline) and write the LoRA. Prints the time of each phase.");
         foreach (var o in f.Own.Append(prompt).Append(snapshots)) cmd.Options.Add(o);
         cmd.Arguments.Add(photo);
-        foreach (var o in f.Shared.WithoutData) cmd.Options.Add(o);
+        foreach (var o in f.Shared.WithoutData.Concat(f.Shared.Monitor.Selection)) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             var (_, downPath, iterations) = f.Mode(r);
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
+            var selection = f.Shared.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");
             var phases = new PhaseClock();
             using var loaded = f.Load(r, downPath);
             phases.Done("load");
 
             string outPath = r.GetValue(f.Shared.Out)!;
             var job = f.Job(r, loaded, r.GetValue(photo)!, r.GetValue(prompt)!, outPath, f.Shared.StatePath(r), iterations);
-            using var adapter = Personalize(loaded, job, (person, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, person.Examples, save, sweep), phases.Done);
+            using var adapter = Personalize(loaded, job, (person, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, person.Examples, save, sweep, selection), phases.Done);
             phases.PrintTable();
             return 0;
         });

@@ -63,17 +63,20 @@ internal static class TrainCommand
         var perBucket = new Option<int>("--identities-per-bucket") { Description = "N: identities per bucket.", DefaultValueFactory = _ => 50 }.AtLeast(1);
         var r1 = new Option<int>("--rank1") { Description = "r1, the rank of the shared Meta-Down D (not stated in the paper; 16 is the common FLUX LoRA rank).", DefaultValueFactory = _ => 16 }.AtLeast(1);
         var r2 = new Option<int>("--rank2") { Description = "r2, the rank of M and U (paper: 1).", DefaultValueFactory = _ => 1 }.AtLeast(1);
+        var warmupOnly = new Option<bool>("--allow-warmup-only") { Description = "Write D even when no iteration leaves the warm-up (q_warmup ≥ q_total or ≥ q_bucket), so D is still its random start (tests, smoke runs)." };
         var include = Include();
         var exclude = Exclude();
         var gpus = Workers.Gpus();
         var ranks = Workers.Ranks();
         var stage1 = new Command("stage1", "Algorithm 1: meta-train the shared Meta-Down D over many identities. Writes D (lora_down per target) to --out.")
         {
-            bs, total, bucket, warm, perBucket, r1, r2, include, exclude, gpus, ranks,
+            bs, total, bucket, warm, perBucket, r1, r2, include, exclude, gpus, ranks, warmupOnly,
         };
         foreach (var o in s1.All) stage1.Options.Add(o);
         stage1.SetAction(r =>
         {
+            int q = r.GetValue(bucket), qWarmup = r.GetValue(warm) ?? (int)(0.4 * q);
+            CheckLeavesWarmup(r.GetValue(total), q, qWarmup, r.GetValue(warmupOnly));
             if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
             using var _be = be;
@@ -82,11 +85,10 @@ internal static class TrainCommand
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
             Backends.WarnIfSlow(be, weights.Config, people[0].Examples[0], r.GetValue(bs));
-            int q = r.GetValue(bucket);
             var opts = new Stage1Options
             {
                 Train = s1.Train(r, r.GetValue(bs)), TotalIterations = r.GetValue(total), BucketIterations = q,
-                WarmupIterations = r.GetValue(warm) ?? (int)(0.4 * q), IdentitiesPerBucket = r.GetValue(perBucket),
+                WarmupIterations = qWarmup, IdentitiesPerBucket = r.GetValue(perBucket),
                 Rank1 = r.GetValue(r1), Rank2 = r.GetValue(r2), StatePath = s1.StatePath(r), StateEvery = r.GetValue(s1.Every),
                 Include = r.GetValue(include), Exclude = r.GetValue(exclude),
             };
@@ -100,7 +102,15 @@ internal static class TrainCommand
             catch (DistributedException e) { throw Workers.Failure(comm!.Rank, e); }
             using var _adapter = adapter;
             if (parallel is { WritesOutputs: false }) return 0;   // rank 0 writes the result
-            LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);
+            LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);   // the result first: the report below cannot lose it
+            // as the demo prints it: the base model (every U starts at zero) against each identity's trained M/U, on the
+            // first identities only (the paper's 1,050 would cost thousands of forwards at the end of a run)
+            var model = new FluxModel(weights);
+            var sample = people.Take(Stage1EvalIdentities).ToList();   // the first ones, so index k is still the adapter's identity k
+            double before = Trainer.MeanIdentityLoss(model, adapter, sample, opts.Train, withLora: false, Stage1EvalImages);
+            double after = Trainer.MeanIdentityLoss(model, adapter, sample, opts.Train, withLora: true, Stage1EvalImages);
+            Console.WriteLine($"Stage 1 eval loss over {sample.Count} of {people.Count} identities (fixed timesteps and noise, up to {Stage1EvalImages} images each): " +
+                              $"{before:F6} before training (no LoRA) → {after:F6} after (each identity's M/U)");
             Console.WriteLine($"wrote Meta-Down ({adapter.Targets.Count} targets, r1 {adapter.Rank1}) to {r.GetValue(s1.Out)}");
             return 0;
         });
@@ -112,20 +122,21 @@ internal static class TrainCommand
         var format = Format();
         var dtype = LoraCommand.DType("Merged LoRA");
         var trigger2 = Trigger();
-        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (.meta.safetensors).")
+        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (OUT.metalora: safetensors bytes under a name LoRA loaders do not list).")
         {
             down, iters, rank2, format, dtype, trigger2,
         };
-        foreach (var o in s2.All) stage2.Options.Add(o);
+        foreach (var o in s2.All.Concat(s2.Monitor.Selection)) stage2.Options.Add(o);
         stage2.SetAction(r =>
         {
             string outFile = r.GetValue(s2.Out)!;
-            using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
+            var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
+            using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
             Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
-            using var metaDown = LoraFiles.Load(r.GetValue(down)!, weights.Config, be);
+            using var metaDown = LoraFiles.Load(r.GetValue(down)!, weights.Config, be, Common.Log);
             if (metaDown.Mode != LoraMode.Meta)
                 throw new Engine.InputException(r.GetValue(down)!, "is a merged LoRA; --down needs the Meta-Down (lora_down) file Stage 1 wrote");
             var opts = new Stage2Options
@@ -136,10 +147,12 @@ internal static class TrainCommand
             string outPath = r.GetValue(s2.Out)!, fmt = r.GetValue(format)!;
             var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
             var meta = TrainingOutputs.RunMetadata("2", opts.Train, opts.Iterations, r.GetValue(s2.Model)!, person, r.GetValue(trigger2), r.GetValue(down));
-            using var monitor = s2.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false));
+            using var monitor = s2.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
+                                                  selection: selection);
             using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts with { Monitor = monitor.Monitor }, Common.Log);
             TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: true);
             Console.WriteLine($"wrote merged LoRA ({fmt}, rank {adapter.Rank2}) to {outPath}");
+            monitor.ReportSelection();
             return 0;
         });
 
@@ -158,11 +171,12 @@ internal static class TrainCommand
         {
             lIters, lRank, lFormat, lDtype, lTrigger, lInclude, lExclude,
         };
-        foreach (var o in sl.All) lora.Options.Add(o);
+        foreach (var o in sl.All.Concat(sl.Monitor.Selection)) lora.Options.Add(o);
         lora.SetAction(r =>
         {
             string outFile = r.GetValue(sl.Out)!;
-            using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"));
+            var selection = sl.Monitor.PlanSelection(r, null, r.GetValue(lTrigger));
+            using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
             using var weights = FluxLoader.Load(r.GetValue(sl.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
@@ -174,14 +188,34 @@ internal static class TrainCommand
             string outPath = r.GetValue(sl.Out)!, fmt = r.GetValue(lFormat)!;
             var dt = LoraCommand.ParseDType(r.GetValue(lDtype)!);
             var meta = TrainingOutputs.RunMetadata("lora", opts.Train, opts.Iterations, r.GetValue(sl.Model)!, person, r.GetValue(lTrigger), null);
-            using var monitor = sl.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false));
+            using var monitor = sl.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
+                                                  selection: selection);
             using var adapter = Stages.StandardLora(new FluxModel(weights), person, opts with { Monitor = monitor.Monitor }, Common.Log);
             TrainingOutputs.WriteLora(adapter, outPath, fmt, dt, meta, unmerged: false);
             Console.WriteLine($"wrote standard LoRA ({fmt}, rank {adapter.Rank1}) to {outPath}");
+            monitor.ReportSelection();
             return 0;
         });
 
         return new Command("train", "Meta-LoRA training on cached latents and text embeddings.") { stage1, stage2, lora };
+    }
+
+    /// <summary>Images per identity in Stage 1's before/after eval loss (two forward passes each).</summary>
+    const int Stage1EvalImages = 4;
+    const int Stage1EvalIdentities = 16;
+
+    /// <summary>
+    /// Algorithm 1 updates D only outside the warm-up: iteration i trains D when i mod q_bucket ≥ q_warmup, so some
+    /// iteration does iff q_warmup &lt; min(q_total, q_bucket). Otherwise the written D would be its random start;
+    /// that is refused unless --allow-warmup-only, which warns instead.
+    /// </summary>
+    static void CheckLeavesWarmup(int total, int bucket, int warmup, bool allow)
+    {
+        if (warmup < Math.Min(total, bucket)) return;
+        string why = $"--warmup-iterations {warmup} ≥ {(warmup >= total ? $"--iterations {total}" : $"--bucket-iterations {bucket}")}: " +
+                     "no iteration leaves the warm-up, so D is never trained and would be written as its random start";
+        if (!allow) throw new Engine.InputException("--warmup-iterations", why + "; lower --warmup-iterations, raise --iterations, or pass --allow-warmup-only");
+        Console.WriteLine($"WARNING: {why} (--allow-warmup-only)");
     }
 
     /// <summary>--format peft|kohya|both of a written LoRA (read by <see cref="TrainingOutputs.WriteLora"/>).</summary>

@@ -4,10 +4,10 @@ using System.Security.Cryptography;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
-using MetaLoraNative.Engine.Sampling;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Imaging;
 using MetaLoraNative.Onnx.Models;
+using MetaLoraNative.Onnx.Scoring;
 using MetaLoraNative.Onnx.Text;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
@@ -20,13 +20,13 @@ namespace MetaLoraNative.Cli.Commands;
 /// </summary>
 internal static class TrainingOutputs
 {
-    /// <summary>The merged LoRA of identity 0 in the --format layout(s); with <paramref name="unmerged"/> also the D/M/U file (.meta.safetensors).</summary>
+    /// <summary>The merged LoRA of identity 0 in the --format layout(s); with <paramref name="unmerged"/> also the D/M/U file (<see cref="LoraFiles.UnmergedPath"/>: OUT.metalora).</summary>
     public static void WriteLora(LoraAdapter a, string outPath, string format, SafetensorsDType dtype, IReadOnlyDictionary<string, string> metadata, bool unmerged)
     {
         if (format is "peft" or "both") LoraFiles.Export(a, 0, outPath, LoraFormat.Peft, dtype, metadata: metadata);
         if (format is "kohya" or "both")
             LoraFiles.Export(a, 0, format == "both" ? Path.ChangeExtension(outPath, ".kohya.safetensors") : outPath, LoraFormat.Kohya, dtype, metadata: metadata);
-        if (unmerged) LoraFiles.SaveMeta(a, 0, Path.ChangeExtension(outPath, ".meta.safetensors"), metadata);
+        if (unmerged) LoraFiles.SaveMeta(a, 0, LoraFiles.UnmergedPath(outPath), metadata);
     }
 
     /// <summary>
@@ -107,6 +107,10 @@ internal sealed class MonitorFlags
     public Option<int> SaveEvery = new("--save-every") { Description = "Steps between merged LoRA snapshots (OUT.stepNNNNNN.safetensors); 0: none.", DefaultValueFactory = _ => 0 };
     public Option<int> Keep = new("--keep") { Description = "Keep only the K newest --save-every snapshots; 0 keeps all.", DefaultValueFactory = _ => 0 };
     public Option<string?> Models;
+    public Option<string?> SelectBy = new Option<string?>("--select-by") { Description = "Score every snapshot (--save-every / --snapshots) by identity and copy the best to OUT.best.safetensors: rfacesim (R-FaceSim against the other photos of --select-photos, FaceSim against the reference when there are none; CLIP-T beside it). Writes selection.csv, selection.md, selection.png; --out stays the last iteration." }
+        .AcceptOnlyFromAmong(SnapshotSelection.RFaceSimName);
+    public Option<string?> SelectPrompts = new("--select-prompts") { Description = "Held-out prompts of --select-by: a file with one per line ([man/woman] placeholders allowed) or a built-in set of `score` (facesim, recontext, stylistic, clip-t). Default: four of the paper's evaluation prompts. Sampled at --sample-size, --sample-steps, prompt K with seed K." };
+    public Option<string?> SelectPhotos = new("--select-photos") { Description = "Folder of the person's photos for --select-by: the others are R-FaceSim's test images (class.txt: man|woman words the prompts). train stage2|lora: the training photo is the one named ref*, else the first by name; personalize: PHOTO." };
 
     /// <summary><paramref name="models"/>: the command's own --models option when it has one, else the monitor adds its own.</summary>
     public MonitorFlags(Option<string?>? models = null) =>
@@ -115,12 +119,35 @@ internal sealed class MonitorFlags
     public IEnumerable<Option> All(bool withModels) =>
         withModels ? [EvalEvery, SampleEvery, SamplePrompts, SampleSize, SampleSteps, SaveEvery, Keep, Models] : [EvalEvery, SampleEvery, SamplePrompts, SampleSize, SampleSteps, SaveEvery, Keep];
 
+    /// <summary>The options of checkpoint selection (train stage2|lora, personalize; Stage 1's D alone is not scored).</summary>
+    public IEnumerable<Option> Selection => [SelectBy, SelectPrompts, SelectPhotos];
+
+    /// <summary>
+    /// --select-by checked against the other options and the files before any work (<see cref="SnapshotSelection.Plan"/>);
+    /// null without --select-by. <paramref name="referencePhoto"/>: personalize's photo; <paramref name="caption"/>:
+    /// the training caption when known; <paramref name="sweepSteps"/>: personalize's --snapshots.
+    /// </summary>
+    public SelectionPlan? PlanSelection(ParseResult r, string? referencePhoto, string? caption, int sweepSteps = 0, string snapshotFlags = "--save-every N")
+    {
+        if (r.GetValue(SelectBy) is null)
+        {
+            foreach (var o in new[] { SelectPrompts, SelectPhotos })
+                if (r.GetValue(o) is not null) throw new Engine.InputException(o.Name, $"{o.Name} is used only with --select-by {SnapshotSelection.RFaceSimName}");
+            return null;
+        }
+        return SnapshotSelection.Plan(OnnxCommandSupport.ModelsDir(r.GetValue(Models)), r.GetValue(SelectPhotos), referencePhoto, r.GetValue(SelectPrompts),
+                                      caption, r.GetValue(SaveEvery) > 0 || sweepSteps > 0, snapshotFlags, r.GetValue(SampleSize), r.GetValue(SampleSteps));
+    }
+
+    /// <summary>OUT.best.safetensors: where --select-by copies the best snapshot (the --out itself stays the last iteration).</summary>
+    public static string BestPath(string outPath) => Path.ChangeExtension(outPath, ".best.safetensors");
+
     /// <summary>
     /// The monitor for a run writing <paramref name="outPath"/>; <paramref name="saveSnapshot"/> writes one snapshot file.
     /// The returned scope owns the sampling encoders and is disposed after training.
     /// </summary>
     public Scope Create(ParseResult r, string outPath, FluxConfig config, IReadOnlyList<Example> evalExamples,
-                        Action<LoraAdapter, string> saveSnapshot, IReadOnlyCollection<long>? snapshotSteps = null)
+                        Action<LoraAdapter, string> saveSnapshot, IReadOnlyCollection<long>? snapshotSteps = null, SelectionPlan? selection = null)
     {
         int Positive(Option<int> o)
         {
@@ -137,6 +164,9 @@ internal sealed class MonitorFlags
         if (sampleEvery > 0)
             sample = scope.Sampler(r.GetValue(SamplePrompts), OnnxCommandSupport.ModelsDir(r.GetValue(Models)), config, Path.Combine(folder, "samples"),
                                    r.GetValue(SampleSize), r.GetValue(SampleSteps));
+        if (selection != null)
+            scope.Selection = new SnapshotSelection(selection, scope.Models(OnnxCommandSupport.ModelsDir(r.GetValue(Models))!),
+                                                    e => TrainingOutputs.T5Length(e, config), folder, BestPath(outPath), Common.Log);
         var options = new MonitorOptions
         {
             MetricsPath = Path.Combine(folder, "metrics.jsonl"),
@@ -145,6 +175,7 @@ internal sealed class MonitorFlags
             SampleEvery = sample is null ? 0 : sampleEvery, Sample = sample,
             SaveEvery = Positive(SaveEvery), Keep = Positive(Keep), SnapshotSteps = snapshotSteps ?? [],
             SnapshotPath = step => Path.Combine(folder, $"{stem}.step{step:D6}.safetensors"), SaveSnapshot = saveSnapshot,
+            ScoreSnapshot = scope.Selection is { } s ? s.Score : null,
             LiveLine = Console.IsOutputRedirected ? null : line => Console.Write(line == "\n" ? line : "\r" + line + "\u001b[K"),
         };
         scope.Monitor = new TrainingMonitor(options, Common.Log);
@@ -155,6 +186,17 @@ internal sealed class MonitorFlags
     {
         ModelSet? set;
         public TrainingMonitor Monitor { get; set; } = null!;
+        /// <summary>Checkpoint selection (--select-by); null without it.</summary>
+        public SnapshotSelection? Selection { get; set; }
+
+        /// <summary>The models folder's components, opened once for samples and selection.</summary>
+        public ModelSet Models(string dir) => set ??= new ModelSet(dir);
+
+        /// <summary>After training: the selection's one-line summary (best step, where its copy is), when the run selects.</summary>
+        public void ReportSelection()
+        {
+            if (Selection != null) Console.WriteLine(Selection.Summary());
+        }
 
         /// <summary>Encodes every prompt once; each call then samples them all with fixed seeds and writes a contact sheet. Null when there is no models folder.</summary>
         public Action<FluxModel, LoraBinding, long>? Sampler(string? promptsFile, string? modelsDir, FluxConfig config, string folder, int size, int steps)
@@ -173,11 +215,10 @@ internal sealed class MonitorFlags
                 Console.WriteLine($"warning: no samples during training: {problems[0]}");
                 return null;
             }
-            set = new ModelSet(modelsDir!);
-            var text = set.OpenTextEncoder();
+            var text = Models(modelsDir!).OpenTextEncoder();
             var embeddings = prompts.Select(p => text.Encode(p)).ToList();
             var lengths = embeddings.Select(e => TrainingOutputs.T5Length(e, config)).ToList();
-            var vae = set.OpenVae(encoder: false, decoder: true);
+            var vae = Models(modelsDir!).OpenVae(encoder: false, decoder: true);
             Directory.CreateDirectory(folder);
             return (model, binding, step) =>
             {
@@ -186,9 +227,7 @@ internal sealed class MonitorFlags
                 {
                     for (int k = 0; k < prompts.Count; k++)
                     {
-                        var packed = FluxSampler.Sample(model, embeddings[k].T5, lengths[k], embeddings[k].Pooled, size / side, size / side,
-                                                        steps, guidance: 3.5f, seed: (ulong)k, lora: binding);
-                        var image = vae.DecodePacked(packed, size, size);
+                        var image = SnapshotSelection.Render(model, binding, embeddings[k], lengths[k], size, steps, guidance: 3.5f, seed: (ulong)k, vae);
                         images.Add(image);
                         TrainingOutputs.SavePng(image, Path.Combine(folder, $"step{step:D6}_{k:D2}.png"));
                     }

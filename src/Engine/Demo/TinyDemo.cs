@@ -58,8 +58,8 @@ public static class TinyDemo
 
         // Stage 1: meta-train D over the synthetic identities
         using var stage1 = Stages.Stage1(model, people, s1, quiet);
-        double s1Before = MeanLoss(model, stage1, people, train, zeroUp: true);
-        double s1After = MeanLoss(model, stage1, people, train, zeroUp: false);
+        double s1Before = Trainer.MeanIdentityLoss(model, stage1, people, train, withLora: false);
+        double s1After = Trainer.MeanIdentityLoss(model, stage1, people, train, withLora: true);
         log($"Stage 1 loss over all identities: {s1Before:F5} without LoRA → {s1After:F5} with each identity's M/U");
         string downPath = Path.Combine(o.OutputDirectory, "meta-down.safetensors");
         LoraFiles.SaveMeta(stage1, null, downPath, new Dictionary<string, string> { ["metalora.stage"] = "1" });
@@ -74,17 +74,17 @@ public static class TinyDemo
         };
         if (File.Exists(s2.StatePath)) File.Delete(s2.StatePath);
         using var personal = Stages.Stage2(model, metaDown, person, s2, quiet);
-        double s2Before = MeanLoss(model, personal, [person], train, zeroUp: true);
-        double s2After = MeanLoss(model, personal, [person], train, zeroUp: false);
+        double s2Before = Trainer.MeanIdentityLoss(model, personal, [person], train, withLora: false);
+        double s2After = Trainer.MeanIdentityLoss(model, personal, [person], train, withLora: true);
         log($"Stage 2 loss on the new person: {s2Before:F5} before → {s2After:F5} after personalisation");
 
         // the same Stage 2 from a D that was never meta-trained: what Stage 1 buys
         using var randomDown = LoraAdapter.Create(be, config, metaDown.Targets, LoraMode.Meta, metaDown.Rank1, 2, o.Seed + 99);
         using var baseline = Stages.Stage2(model, randomDown, person, s2 with { StatePath = null }, _ => { });
-        double s2Random = MeanLoss(model, baseline, [person], train, zeroUp: false);
+        double s2Random = Trainer.MeanIdentityLoss(model, baseline, [person], train, withLora: true);
         log($"Stage 2 from a random (not meta-trained) D: {s2Before:F5} → {s2Random:F5}");
 
-        string metaPath = Path.Combine(o.OutputDirectory, "new-person.meta.safetensors");
+        string metaPath = LoraFiles.UnmergedPath(Path.Combine(o.OutputDirectory, "new-person.safetensors"));
         string peftPath = Path.Combine(o.OutputDirectory, "new-person.lora.safetensors");
         string kohyaPath = Path.Combine(o.OutputDirectory, "new-person.kohya.safetensors");
         LoraFiles.SaveMeta(personal, 0, metaPath);
@@ -92,18 +92,6 @@ public static class TinyDemo
         LoraFiles.Export(personal, 0, kohyaPath, LoraFormat.Kohya, SafetensorsDType.BF16, "metalora demo");
         log($"wrote {metaPath} (unmerged D/M/U), {peftPath} (PEFT/diffusers, rank {personal.Rank2}), {kohyaPath} (kohya)");
         return new Result(s1Before, s1After, s2Before, s2After, s2Random, peftPath, kohyaPath, metaPath, downPath, clock.Elapsed);
-    }
-
-    /// <summary>Fixed-noise evaluation with every identity's own factors, or with U zeroed (the plain model).</summary>
-    static double MeanLoss(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> people, TrainOptions o, bool zeroUp)
-    {
-        double sum = 0;
-        for (int k = 0; k < people.Count; k++)
-        {
-            var binding = zeroUp ? null : new LoraBinding(adapter, [k], false, false);
-            sum += Trainer.Evaluate(model, binding, people[k].Examples, o);
-        }
-        return sum / people.Count;
     }
 
     /// <summary>A synthetic identity: appearance + per-image variation, shared prompt + identity offset.</summary>

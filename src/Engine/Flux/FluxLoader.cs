@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Planning;
 using MetaLoraNative.Engine.Quantization;
@@ -118,7 +120,60 @@ public static class FluxLoader
     static FluxConfig Detect(Checkpoint checkpoint, SafetensorsCollection files, bool diffusers)
     {
         var shapes = diffusers ? DiffusersShapesAsBfl(checkpoint) : checkpoint.Names.ToDictionary(n => n, n => checkpoint.Entry(n).Shape);
-        return FluxConfig.Detect(shapes, files.Metadata, checkpoint.Source);
+        var metadata = diffusers ? WithDiffusersConfig(files, shapes) : files.Metadata;
+        return FluxConfig.Detect(shapes, metadata, checkpoint.Source);
+    }
+
+    /// <summary>
+    /// A diffusers transformer folder's config.json (beside the shards) says what the shapes cannot: "axes_dims_rope",
+    /// FluxTransformer2DModel's RoPE axes (default (16, 56, 56)), and "theta", the RoPE base, which FluxTransformer2DModel
+    /// does not register (its FluxPosEmbed is built with 10,000) but configs of variants that change it carry. Both are
+    /// parsed strictly, each fault naming the file and the key: axes positive even integers summing to the head dim (the
+    /// query-norm width), theta a finite number > 1. They reach <see cref="FluxConfig.Detect"/> as the flux.axes_dim /
+    /// flux.theta metadata; a file whose own metadata says otherwise is refused. No config.json: the file's metadata alone.
+    /// </summary>
+    static IReadOnlyDictionary<string, string> WithDiffusersConfig(SafetensorsCollection files, IReadOnlyDictionary<string, int[]> shapes)
+    {
+        string path = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(files.Files[0]))!, "config.json");
+        if (!File.Exists(path)) return files.Metadata;
+        JsonElement root;
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllText(path));
+            root = doc.RootElement.Clone();
+        }
+        catch (JsonException e) { throw new InputFileException(path, $"is not valid JSON ({e.Message})"); }
+        if (root.ValueKind != JsonValueKind.Object) throw new InputFileException(path, $"holds a JSON {root.ValueKind}, expected the transformer's config object");
+
+        var found = new Dictionary<string, string>();
+        if (root.TryGetProperty("axes_dims_rope", out var axesJson))
+        {
+            var axes = axesJson.ValueKind == JsonValueKind.Array
+                ? axesJson.EnumerateArray().Select(a => a.ValueKind == JsonValueKind.Number && a.TryGetInt32(out int v) && v > 0 && v % 2 == 0 ? v : -1).ToArray()
+                : [];
+            if (axes.Length == 0 || axes.Contains(-1))
+                throw new InputFileException(path, $"'axes_dims_rope' is {axesJson.GetRawText()}: expected a list of positive even integers like [16, 56, 56]");
+            int? headDim = (shapes.GetValueOrDefault("double_blocks.0.img_attn.norm.query_norm.scale")
+                            ?? shapes.GetValueOrDefault("single_blocks.0.norm.query_norm.scale")) is [int d] ? d : null;
+            if (headDim is int h && axes.Sum(a => (long)a) != h)
+                throw new InputFileException(path, $"'axes_dims_rope' {axesJson.GetRawText()} sums to {axes.Sum(a => (long)a)}, but the checkpoint's head dim is {h}");
+            found["flux.axes_dim"] = string.Join(",", axes);
+        }
+        if (root.TryGetProperty("theta", out var thetaJson))
+        {
+            if (thetaJson.ValueKind != JsonValueKind.Number || !thetaJson.TryGetDouble(out double theta) || !double.IsFinite(theta) || theta <= 1
+                || !float.IsFinite((float)theta))
+                throw new InputFileException(path, $"'theta' is {thetaJson.GetRawText()}: expected a finite number > 1 (FLUX: 10000)");
+            found["flux.theta"] = ((float)theta).ToString(CultureInfo.InvariantCulture);
+        }
+        var merged = new Dictionary<string, string>(files.Metadata);
+        foreach (var (key, value) in found)
+        {
+            if (merged.TryGetValue(key, out var own) && own != value)
+                throw new InputFileException(path, $"says {key} = {value}, but {files.Files[0]} has '{key}' = '{own}' in its metadata");
+            merged[key] = value;
+        }
+        return merged;
     }
 
     static LoadReport Report(string source, FluxConfig config, int quantized, Stopwatch clock, long staging)

@@ -119,6 +119,19 @@ public static class LoraFiles
         SafetensorsWriter.Write(path, tensors, Metadata(a, format == LoraFormat.Peft ? "peft" : "kohya", source, metadata, path));
     }
 
+    /// <summary>
+    /// The extension of the unmerged D/M/U file beside a merged LoRA (me.safetensors → me.metalora). It holds
+    /// safetensors bytes, but not under ".safetensors": ComfyUI and other UIs list every *.safetensors in their loras/
+    /// folder as a LoRA, and they find no lora_A/lora_B (or kohya) keys in a Meta file, so they would apply nothing.
+    /// </summary>
+    public const string UnmergedExtension = ".metalora";
+
+    /// <summary>The name unmerged files had before <see cref="UnmergedExtension"/>; still read, with a note.</summary>
+    public const string LegacyUnmergedSuffix = ".meta.safetensors";
+
+    /// <summary>The unmerged D/M/U file beside the merged LoRA <paramref name="mergedPath"/>: same folder and stem, <see cref="UnmergedExtension"/>.</summary>
+    public static string UnmergedPath(string mergedPath) => System.IO.Path.ChangeExtension(mergedPath, UnmergedExtension);
+
     /// <summary>Writes the unmerged Meta-LoRA (D, M, U) of one identity, or D alone when identity is null (Stage 1's result).</summary>
     public static void SaveMeta(LoraAdapter a, int? identity, string path, IReadOnlyDictionary<string, string>? metadata = null)
     {
@@ -138,14 +151,6 @@ public static class LoraFiles
     }
 
     /// <summary>
-    /// Reads a LoRA file of any supported layout for a model config. Meta files give a Meta adapter (with one identity
-    /// when M/U are present); PEFT and kohya files give a standard adapter with one identity whose B carries the
-    /// kohya alpha/rank scale. Everything is checked before use, each fault an <see cref="InputFileException"/> naming
-    /// the file and the tensor: every key is a factor of a target of the model (or a kohya alpha), never silently
-    /// ignored; every factor is 2-D with rank ≥ 1, one rank per file (kohya: per module), and d_in/d_out of its target;
-    /// a target's factors come complete (no lora_B without its lora_A); every value is finite.
-    /// </summary>
-    /// <summary>
     /// A file's key layout from its tensor names: kohya (lora_unet_*), Meta (lora_down/lora_mid/lora_up) or PEFT
     /// (lora_A/lora_B); null when none of them.
     /// </summary>
@@ -158,8 +163,20 @@ public static class LoraFiles
             : null;
     }
 
-    public static LoraAdapter Load(string path, FluxConfig config, IBackend backend)
+    /// <summary>
+    /// Reads a LoRA file of any supported layout for a model config. Meta files give a Meta adapter (with one identity
+    /// when M/U are present); PEFT and kohya files give a standard adapter with one identity whose B carries the
+    /// kohya alpha/rank scale. Everything is checked before use, each fault an <see cref="InputFileException"/> naming
+    /// the file and the tensor: every key is a factor of a target of the model (or a kohya alpha), never silently
+    /// ignored; every factor is 2-D with rank ≥ 1, one rank per file (kohya: per module), and d_in/d_out of its target;
+    /// a target's factors come complete (no lora_B without its lora_A); every value is finite.
+    /// </summary>
+    /// <param name="log">Gets a one-line note when the file has the old unmerged name (<see cref="LegacyUnmergedSuffix"/>).</param>
+    public static LoraAdapter Load(string path, FluxConfig config, IBackend backend, Action<string>? log = null)
     {
+        if (path.EndsWith(LegacyUnmergedSuffix, StringComparison.OrdinalIgnoreCase))
+            log?.Invoke($"note: {path} has the old name of an unmerged D/M/U file; rename it to " +
+                        $"{path[..^LegacyUnmergedSuffix.Length]}{UnmergedExtension} so LoRA loaders do not list it as a LoRA");
         using var file = SafetensorsFile.Open(path);
         var names = file.Entries.Keys.ToHashSet();
         var all = FluxNames.LoraTargets(config);

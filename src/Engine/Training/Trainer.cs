@@ -125,6 +125,23 @@ public static class Trainer
         return sum / examples.Count;
     }
 
+    /// <summary>
+    /// <see cref="Evaluate"/> averaged over identities, each with its own factors (identity k of the adapter), or with
+    /// no LoRA at all (<paramref name="withLora"/> false: the base model, which is also where training starts, since
+    /// every fresh U is zero). At most <paramref name="examplesPerIdentity"/> examples of each identity are used.
+    /// </summary>
+    public static double MeanIdentityLoss(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, TrainOptions o, bool withLora,
+                                          int examplesPerIdentity = int.MaxValue)
+    {
+        double sum = 0;
+        for (int k = 0; k < identities.Count; k++)
+        {
+            var binding = withLora ? new LoraBinding(adapter, [k], false, false) : null;
+            sum += Evaluate(model, binding, identities[k].Examples.Take(examplesPerIdentity).ToList(), o);
+        }
+        return sum / identities.Count;
+    }
+
     /// <summary>Timing and ETA for the training log.</summary>
     public sealed class Progress(long total)
     {

@@ -1,6 +1,6 @@
 // What a training run reports besides its factors, in one place for all three trainers (Stage 1, Stage 2, the
 // standard LoRA): the progress line, metrics.jsonl (one JSON object per step), the loss plot at every state save,
-// sample images and merged-LoRA snapshots at fixed intervals. The shared loop (Stages.Run) calls Begin once, Step
+// sample images and merged-LoRA snapshots at fixed intervals, each snapshot scored when the run selects by identity. The shared loop (Stages.Run) calls Begin once, Step
 // after every optimisation step and StateSaved after every state write. Drawing and sampling live outside the
 // engine (ImageSharp, the VAE), so they come in as delegates.
 using System.Text;
@@ -36,6 +36,8 @@ public sealed record MonitorOptions
     /// <summary>Snapshot file of a step (the main output's name with .stepNNNNNN) and the writer of one snapshot.</summary>
     public Func<long, string>? SnapshotPath { get; init; }
     public Action<LoraAdapter, string>? SaveSnapshot { get; init; }
+    /// <summary>Checkpoint selection: called with the model, identity 0's binding, the step and the file right after each snapshot is written.</summary>
+    public Action<FluxModel, LoraBinding, long, string>? ScoreSnapshot { get; init; }
     /// <summary>Refreshes one line in place (a terminal); null prints every step as its own log line.</summary>
     public Action<string>? LiveLine { get; init; }
     /// <summary>Weight of the newest loss in the smoothed loss: ema ← (1 − α)·ema + α·loss.</summary>
@@ -112,6 +114,7 @@ public sealed class TrainingMonitor(MonitorOptions options, Action<string> log)
             string file = name(r.Step);
             save(adapter, file);
             Say($"snapshot at step {r.Step}: {file}");
+            options.ScoreSnapshot?.Invoke(model, Binding(), r.Step, file);
             if (roll && !sweep) Roll(file);
         }
         if (r.Step == r.Total) DrawPlot();

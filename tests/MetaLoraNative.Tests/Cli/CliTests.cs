@@ -46,7 +46,7 @@ public sealed class CliTests() : TempFolderTest("cli")
         var info = Run("lora", "info", "--in", Path.ChangeExtension(me, ".kohya.safetensors"), "--base", "tiny");
         Assert.True(info.Code == 0, info.Err);
         Assert.Contains("40 targets", info.Out);
-        var conv = Run("lora", "convert", "--in", Path.ChangeExtension(me, ".meta.safetensors"), "--out", Path.Combine(dir, "c.safetensors"), "--base", "tiny", "--format", "kohya");
+        var conv = Run("lora", "convert", "--in", Path.ChangeExtension(me, ".metalora"), "--out", Path.Combine(dir, "c.safetensors"), "--base", "tiny", "--format", "kohya");
         Assert.True(conv.Code == 0, conv.Err);
     }
 
@@ -159,7 +159,8 @@ public sealed class CliDataErrorTests() : TempFolderTest("cli-data")
     {
         string data = Path.Combine(dir, "ids");
         Assert.Equal(0, Run("data", "synth", "--out", data, "--identities", "1", "--images", "1", "--preset", "tiny").Code);
-        var (code, _, err) = Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1");
+        var (code, _, err) = Run("train", "stage1", "--model", "random:tiny-t5:1", "--data", data, "--out", Path.Combine(dir, "d.safetensors"), "--iterations", "1",
+                                 "--warmup-iterations", "0");
         Assert.Equal(2, code);
         Assert.Contains("0000.safetensors", err);
         Assert.Contains("4096", err);

@@ -185,5 +185,8 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
         using var kohya = LoraFiles.Load(r.KohyaPath, c, be);
         Assert.Equal(FluxNames.LoraTargets(c).Count, peft.Targets.Count);
         Assert.Equal(FluxNames.LoraTargets(c).Count, kohya.Targets.Count);
+        Assert.Equal(Path.Combine(dir, "new-person.metalora"), r.MetaPath);   // not a *.safetensors a LoRA loader would list
+        using var meta = LoraFiles.Load(r.MetaPath, c, be);
+        Assert.Equal((LoraMode.Meta, 1), (meta.Mode, meta.Identities.Count));
     }
 }

@@ -41,6 +41,7 @@ public sealed class NonFiniteCliTests() : TempFolderTest("guard-cli")
         Assert.True(mentions.Any(m => r.Err.Contains(m, StringComparison.OrdinalIgnoreCase)), r.Err);
         Assert.False(File.Exists(output));
         Assert.False(File.Exists(Path.ChangeExtension(output, ".meta.safetensors")));
+        Assert.False(File.Exists(Path.ChangeExtension(output, ".metalora")));
         Assert.False(File.Exists(output + ".lock"));
     }
 

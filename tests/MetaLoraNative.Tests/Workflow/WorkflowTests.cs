@@ -69,7 +69,7 @@ public sealed class WorkflowTests() : TempFolderTest("workflow")
         Assert.Matches(@"(?m)^total\s+\d+\.\d\d s", run.Out);
 
         string folder = Path.GetDirectoryName(output)!;
-        foreach (var f in new[] { "me.safetensors", "me.kohya.safetensors", "me.meta.safetensors", "me.step000002.safetensors", "me.step000004.safetensors",
+        foreach (var f in new[] { "me.safetensors", "me.kohya.safetensors", "me.metalora", "me.step000002.safetensors", "me.step000004.safetensors",
                                   "me.step000002.kohya.safetensors", "metrics.jsonl", "loss.png" })
             Assert.True(File.Exists(Path.Combine(folder, f)), f);
         Assert.False(File.Exists(Path.Combine(folder, "me.step000006.safetensors")));
