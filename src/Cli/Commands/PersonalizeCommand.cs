@@ -62,18 +62,20 @@ internal static class PersonalizeCommand
             using var set = new ModelSet(dir);
             string modelPath = r.GetValue(s.Model) ?? Path.Combine(dir, "flux1-dev.safetensors");
             using var be = Common.CreateBackend(r.GetValue(s.Device)!);
-            using var weights = FluxLoader.Load(modelPath, be);
-            using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be);
-            phases.Done("load");
-
             string caption = r.GetValue(prompt)!;
             var person = Stage2Data.Prepare(r.GetValue(photo)!, caption, set, new EncodingCache(r.GetValue(cache) ?? Path.Combine(dir, "cache")),
                 new AugmentOptions { Resolution = r.GetValue(resolution), MaxImages = r.GetValue(max) }, Common.Log, phases.Done);
+            using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, FluxLoader.Inspect(modelPath), be);
+            int rank1 = metaDown?.Rank1 ?? r.GetValue(rank);
+            using var weights = s.Placement.Load(r, modelPath, be, c => BenchCommand.Placement.Step(c, person.Examples, 1, baseline ? LoraMode.Standard : LoraMode.Meta,
+                rank1, r.GetValue(rank), baseline, 1, 1), RecomputePolicy.Parse(r.GetValue(s.Recompute)!));
+            phases.Done("load");
 
             string outPath = r.GetValue(s.Out)!, fmt = r.GetValue(format)!;
             var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
             var train = s.Train(r, 1);
             var meta = TrainingOutputs.RunMetadata(baseline ? "lora" : "2", train, iterations, modelPath, person, caption, downPath);
+            meta["metalora.base_dtype"] = Engine.Quantization.BaseDTypes.Name(weights.BaseDType);
             using var monitor = s.Monitor.Create(r, outPath, weights.Config, person.Examples,
                                                  (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false), sweep);
             var model = new FluxModel(weights);
