@@ -179,15 +179,31 @@ public sealed class MemoryPlannerBenchTests
     }
 
     [Fact]
-    public void ABudgetTooSmallStopsWithThePlanAndTheSwapItWouldNeed()
+    public void ABudgetTooSmallForEveryBlockOnTheDeviceSwapsAndOneTooSmallForSwapStops()
     {
         var (code, stdout, stderr) = Cli.CliRunner.Run("bench", "--plan-only", "--device", "cuda", "--vram", "10");
         Assert.Equal(0, code);                                                 // planning for the GPU needs no GPU
+        Assert.Contains("chosen: fp8 base, recompute on, swap", stdout);
+        Assert.Contains("blocks in host memory", stdout);
+        (code, stdout, _) = Cli.CliRunner.Run("bench", "--plan-only", "--device", "cuda", "--vram", "10", "--swap-blocks", "0");
+        Assert.Equal(0, code);
         Assert.Contains("nothing fits", stdout);
-        Assert.Contains("block swap (not built yet) would need", stdout);
         (code, _, stderr) = Cli.CliRunner.Run("bench", "--device", "cpu", "--preset", "tiny", "--resolution", "512", "--txt", "8", "--vram", "0.001");
         Assert.Equal(1, code);
         Assert.StartsWith("error: ", stderr);
         Assert.Contains("does not fit in 1.02 MiB", stderr);
+    }
+
+    [Fact]
+    public void BenchWithSwapPrintsTheSwapAndEachStepsOverlap()
+    {
+        var (code, stdout, stderr) = Cli.CliRunner.Run("bench", "--device", "cpu", "--preset", "tiny", "--resolution", "512", "--txt", "8",
+                                                       "--steps", "1", "--warmup", "1", "--swap-blocks", "3");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("swap 3 blocks (2 double, 1 single)", stdout);
+        Assert.Contains("block swap: 3 blocks in host memory (2 double, 1 single", stdout);
+        // the first step fills the three slots (two double, one single); tiny has no more blocks to cycle through them
+        Assert.Contains("block swap: 3 block copies", stdout);
+        Assert.Contains("block swap  3 blocks, last step", stdout);
     }
 }
