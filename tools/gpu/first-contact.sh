@@ -172,7 +172,9 @@ for level in "${SWAP_LEVELS[@]}"; do
     stage "vram-${level%%:*}" 60 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution "$SWAP_RES" "${extra[@]}" \
         --json "$WORK/vram-${level%%:*}.json"
 done
-"$PYTHON" - "$OUT/bench-1024-mma.json" "$WORK"/vram-*.json <<'PY' || true
+SWAP_JSON=()
+for level in "${SWAP_LEVELS[@]}"; do SWAP_JSON+=("$WORK/vram-${level%%:*}.json"); done
+"$PYTHON" - "$OUT/bench-1024-mma.json" "${SWAP_JSON[@]}" <<'PY' || true
 import json, os, sys
 def load(p):
     try:

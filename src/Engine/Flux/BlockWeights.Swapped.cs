@@ -72,6 +72,19 @@ public sealed class SwappedBlocks : BlockWeights
         using (w) held[name] = transfer.Stage(w);
     }
 
+    /// <summary>Where a loaded weight goes: to host memory when its block is swapped, else into <paramref name="resident"/>.</summary>
+    public static void Route(SwappedBlocks? swap, string name, Tensor t, Dictionary<string, Tensor> resident)
+    {
+        if (swap?.Takes(name) == true) swap.Hold(name, t);
+        else resident[name] = t;
+    }
+
+    public static void Route(SwappedBlocks? swap, string name, QuantizedWeight w, Dictionary<string, QuantizedWeight> resident)
+    {
+        if (swap?.Takes(name) == true) swap.Hold(name, w);
+        else resident[name] = w;
+    }
+
     /// <summary>Allocates the device slots once every swapped tensor is held; FluxWeights calls it when it takes the store.</summary>
     internal void Seal()
     {

@@ -71,8 +71,6 @@ public static class FluxLoader
         var tensors = new Dictionary<string, Tensor>();
         var quantized = new Dictionary<string, QuantizedWeight>();
         var swap = SwappedBlocks.Open(config, backend, swapBlocks);
-        void Keep(string name, Tensor t) { if (swap?.Takes(name) == true) swap.Hold(name, t); else tensors[name] = t; }
-        void KeepQuantized(string name, QuantizedWeight q) { if (swap?.Takes(name) == true) swap.Hold(name, q); else quantized[name] = q; }
         try
         {
             if (!diffusers)
@@ -83,8 +81,8 @@ public static class FluxLoader
                     Check(source, name, checkpoint.Entry(name).Shape, shape);
                     checkpoint.NextTensor();
                     if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
-                        KeepQuantized(name, checkpoint.Quantized(name, shape[0], shape[1]).Upload(backend));
-                    else Keep(name, backend.Upload(checkpoint.Values(name), shape));
+                        SwappedBlocks.Route(swap, name, checkpoint.Quantized(name, shape[0], shape[1]).Upload(backend), quantized);
+                    else SwappedBlocks.Route(swap, name, backend.Upload(checkpoint.Values(name), shape), tensors);
                 }
             }
             else
@@ -95,8 +93,8 @@ public static class FluxLoader
                         string name = rule.Bfl + suffix;
                         checkpoint.NextTensor();
                         if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
-                            KeepQuantized(name, DiffusersQuantized(checkpoint, rule, suffix).Upload(backend));
-                        else Keep(name, backend.Upload(ReadDiffusers(checkpoint, rule, suffix, out var shape), shape));
+                            SwappedBlocks.Route(swap, name, DiffusersQuantized(checkpoint, rule, suffix).Upload(backend), quantized);
+                        else SwappedBlocks.Route(swap, name, backend.Upload(ReadDiffusers(checkpoint, rule, suffix, out var shape), shape), tensors);
                     }
             }
             checkpoint.NextTensor();

@@ -5,7 +5,8 @@ namespace MetaLoraNative.Engine.Flux;
 /// <summary>
 /// The frozen transformer weights on one backend, keyed by BFL checkpoint names (the walk over names is the
 /// loader: see <see cref="FluxLoader"/>). Every name of the config must be present with its exact shape, as a
-/// tensor or, on an fp8 base, as a quantised weight (the block linears: <see cref="BaseDTypes.Quantizes"/>).
+/// tensor or, on an fp8 base, as a quantised weight (the block linears: <see cref="BaseDTypes.Quantizes"/>), or, for a
+/// block swap keeps in host memory, in <see cref="Blocks"/> (<see cref="SwappedBlocks"/>).
 /// </summary>
 public sealed class FluxWeights : IDisposable
 {
@@ -90,7 +91,8 @@ public sealed class FluxWeights : IDisposable
 
     /// <summary>
     /// Deterministic random weights (<see cref="RandomWeights"/>), identical to tools/reference's; on an fp8 base the
-    /// block linears are quantised from them (<see cref="Fp8Rows.Quantize"/>), one tensor at a time.
+    /// block linears are quantised from them (<see cref="Fp8Rows.Quantize"/>), one tensor at a time. The weights of
+    /// the first <paramref name="swapBlocks"/> blocks of the swap order go to host memory (<see cref="SwappedBlocks"/>).
     /// </summary>
     public static FluxWeights Random(FluxConfig config, IBackend backend, ulong seed, BaseDType baseDType = BaseDType.Bf16, int swapBlocks = 0)
     {
@@ -104,15 +106,8 @@ public sealed class FluxWeights : IDisposable
             {
                 var values = RandomWeights.Tensor(name, shape, seed);
                 if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
-                {
-                    var q = Fp8Rows.Quantize(values, shape[0], shape[1], $"{source}: '{name}'").Upload(backend);
-                    if (swap?.Takes(name) == true) swap.Hold(name, q); else fp8[name] = q;
-                }
-                else
-                {
-                    var t = backend.Upload(values, shape);
-                    if (swap?.Takes(name) == true) swap.Hold(name, t); else dict[name] = t;
-                }
+                    SwappedBlocks.Route(swap, name, Fp8Rows.Quantize(values, shape[0], shape[1], $"{source}: '{name}'").Upload(backend), fp8);
+                else SwappedBlocks.Route(swap, name, backend.Upload(values, shape), dict);
             }
             return new FluxWeights(config, backend, dict, source, fp8, swap);
         }
