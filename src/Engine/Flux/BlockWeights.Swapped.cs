@@ -184,9 +184,6 @@ public sealed class SwappedBlocks : BlockWeights
 
     public override long HostBytes => held.Values.Sum(h => h.Bytes);
 
-    /// <summary>How many device slots were allocated.</summary>
-    public int Slots => slots.Count;
-
     public override SwapOverlap? TakeOverlap() => transfer.TakeOverlap();
 
     public override string ToString() =>
