@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # First contact with a GPU: ONE command that checks and measures everything the engine can be asked on a lent
-# H100/H200 in well under 8 minutes. Run from the repository root with publish/linux-x64 (tools/gpu/publish.sh)
+# H100/H200 in under 10 minutes. Run from the repository root with publish/linux-x64 (tools/gpu/publish.sh)
 # carried; needs no .NET SDK, and python3 with PyTorch 2.x (CUDA) for the reference and the PyTorch benchmark.
 #
 #   OUT=./gpu-out tools/gpu/first-contact.sh         # on the GPU machine
 #   DRY_RUN=1 OUT=/tmp/fc tools/gpu/first-contact.sh # here, on the CPU: tiny shapes, same stages, table and JSON
 #
-# Stages, most important first, each under its own `timeout` and under one overall deadline (TOTAL seconds, 450 by
+# Stages, most important first, each under its own `timeout` and under one overall deadline (TOTAL seconds, 630 by
 # default): a stage that would run past the deadline is cut to what is left, and skipped when under 5 s are left.
 #   1. machine:   nvidia-smi, metalora doctor, kernels build --arch device --dev (the images the backend loads)
 #   2. parity:    check cuda --dev (every op group, LoRA on every target kind, the tiny model, Stage 2, the flux-width
@@ -17,13 +17,15 @@
 #                 PyTorch's bf16 step as the baseline (docs/REFERENCE_CHECK.md)
 #   5. bench-1024-mma: metalora bench --resolution 1024 --steps 2, METALORA_ATTENTION=mma
 #   6. torch:     tools/bench/torch_reference.py at 512² and 1024², eager and compiled, in one call
+#   7. vram-24, vram-16, vram-10: metalora bench at 1024² under --vram 24/16/10 (plan, ms/step against bench-1024-mma's
+#                 unconstrained 80 GB plan, peak, block swap's hidden and exposed copy time), a table in the log
 # Then a table (every check with its error and tolerance; ms/step, TFLOP/s and peak GiB for ours and PyTorch, and the
 # ratios) and $OUT/first-contact.json. Files under $OUT (at most 8, each small): first-contact.log,
 # first-contact.json, check-cuda.json, bench-512.json, bench-1024-mma.json, torch.jsonl, compare.txt. The
 # reference case and the step outputs (about 100 MB each) go to $WORK (a temporary folder by default), not $OUT.
 #
 # Environment: OUT (./gpu-out), METALORA (publish/linux-x64/metalora; in a dry run the built CLI through dotnet
-# when there is no publish), PYTHON (python3; /usr/bin/python3 in a dry run), SEED (1), TOTAL (450), WORK, DRY_RUN,
+# when there is no publish), PYTHON (python3; /usr/bin/python3 in a dry run), SEED (1), TOTAL (630), WORK, DRY_RUN,
 # LIMIT_SCALE (multiplies every stage's limit and TOTAL; 10 in a dry run, 1 otherwise).
 # Exit 0 when every stage passed; 1 otherwise (the table says which).
 set -u
@@ -33,7 +35,7 @@ OUT=${OUT:-./gpu-out}
 SEED=${SEED:-1}
 # A dry run's CPU stand-ins on a small shared machine are slower than the GPU's real stages: its limits are scaled.
 if [[ $DRY_RUN == 1 ]]; then SCALE=${LIMIT_SCALE:-10}; else SCALE=${LIMIT_SCALE:-1}; fi
-TOTAL=${TOTAL:-$((450 * SCALE))}
+TOTAL=${TOTAL:-$((630 * SCALE))}
 if [[ $DRY_RUN == 1 ]]; then
     PYTHON=${PYTHON:-/usr/bin/python3}
     if [[ -z ${METALORA:-} ]]; then
@@ -151,6 +153,44 @@ stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}
 
 # 6. PyTorch on the same GPU, eager and compiled, both resolutions in one call (one JSON line per configuration)
 KEEP="$OUT/torch.jsonl" stage torch 95 "$PYTHON" tools/bench/torch_reference.py "${TORCH[@]}" --device "$TORCH_DEV" --json
+
+# 7. memory levels: the 1024² step under a 24, 16 and 10 GiB budget (--vram caps the allocator there; the planner
+#    picks base dtype, recomputation and block swap), tensor-core attention as in bench-1024-mma, whose unconstrained
+#    run (bf16, no recomputation: the 80 GB cards' plan) is the reference of the ratios. Few steps each; the table
+#    (plan, ms/step and its ratio, measured and predicted peak, swap copy time hidden and exposed) goes to the log.
+if [[ $DRY_RUN == 1 ]]; then
+    # micro's single block of each kind cannot gain from swap, so a dry run asks for it to run the same paths
+    SWAP_LEVELS=("24:--vram 1" "16:--vram 1 --base-dtype fp8 --swap-blocks 1" "10:--vram 1 --base-dtype fp8 --swap-blocks 2")
+    SWAP_RES=512
+else
+    SWAP_LEVELS=("24:--vram 24" "16:--vram 16" "10:--vram 10")
+    SWAP_RES=1024
+fi
+for level in "${SWAP_LEVELS[@]}"; do
+    # shellcheck disable=SC2206
+    extra=(${level#*:})
+    stage "vram-${level%%:*}" 60 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution "$SWAP_RES" "${extra[@]}" \
+        --json "$WORK/vram-${level%%:*}.json"
+done
+SWAP_JSON=()
+for level in "${SWAP_LEVELS[@]}"; do SWAP_JSON+=("$WORK/vram-${level%%:*}.json"); done
+"$PYTHON" - "$OUT/bench-1024-mma.json" "${SWAP_JSON[@]}" <<'PY' || true
+import json, os, sys
+def load(p):
+    try:
+        with open(p) as f: return json.load(f)
+    except (OSError, ValueError): return None
+ref = load(sys.argv[1])
+print(f"{'memory level':<14} {'plan':<34} {'ms/step':>9} {'x 80 GB':>8} {'peak GiB':>9} {'predicted':>10} {'copies ms':>10} {'exposed':>8}")
+rows = [("80 GB (ref)", ref)] + [(os.path.basename(p)[5:-5] + " GiB", load(p)) for p in sys.argv[2:]]
+for name, r in rows:
+    if r is None:
+        print(f"{name:<14} no result"); continue
+    plan = f"{r['base_dtype']}, recompute {'on' if r['recompute'] else 'off'}, swap {r.get('swap_blocks', 0)}"
+    ratio = ref and r['train_ms_median'] / ref['train_ms_median']
+    print(f"{name:<14} {plan:<34} {r['train_ms_median']:>9.1f} {ratio or float('nan'):>8.2f} {r['peak_gib']:>9.2f} "
+          f"{r['predicted_peak_gib']:>10.2f} {r.get('swap_copy_ms', 0):>10.1f} {r.get('swap_exposed_ms', 0):>8.1f}")
+PY
 
 echo
 echo "==================================================================== summary (+$((SECONDS - START))s)"

@@ -3,6 +3,7 @@ using System.CommandLine;
 using System.Globalization;
 using MetaLoraNative.Engine.Benchmarks;
 using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Engine.Planning;
 using MetaLoraNative.Engine.Quantization;
@@ -23,6 +24,62 @@ internal static class BenchCommand
         DefaultValueFactory = _ => "auto",
     }.AcceptOnlyFromAmong([.. BaseDTypes.Choices]);
 
+    /// <summary>
+    /// --swap-blocks N|auto, the one definition every command that runs the transformer takes (read it with
+    /// <see cref="BlockOrder.ParseSwap"/>: "auto" is null, for the memory planner to decide).
+    /// </summary>
+    public static Option<string> SwapBlocksOption(string defaultValue = "auto") => new Option<string>("--swap-blocks")
+    {
+        Description = "Blocks whose frozen weights wait in pinned host memory and are copied into a reused device slot just before they " +
+                      "compute (one block ahead, on a second stream), in the order double blocks from the last back, then single blocks " +
+                      "from the last back; 0 keeps every block on the device, auto takes the fewest the memory planner needs.",
+        DefaultValueFactory = _ => defaultValue,
+    };
+
+    /// <summary>
+    /// --base-dtype and --swap-blocks of a command that loads the transformer to train it (train stage1/stage2/lora,
+    /// personalize) or to sample (generate, without --base-dtype), and the load they decide: what is given is used,
+    /// "auto" is what the memory planner chooses for a training step of the command's shape in the device's free memory.
+    /// </summary>
+    internal sealed class Placement(bool withBaseDType = true)
+    {
+        public Option<string> BaseDType = BaseDTypeOption();
+        public Option<string> Swap = SwapBlocksOption();
+
+        public IEnumerable<Option> All => withBaseDType ? [BaseDType, Swap] : [Swap];
+
+        /// <summary>A training step's shape over cached examples: the largest of them, every LoRA target.</summary>
+        public static TrainingShape Step(FluxConfig c, IEnumerable<Example> examples, int batch, LoraMode mode, int rank1, int rank2,
+                                         bool trainDown, int identitiesInBatch, int identitiesHeld)
+        {
+            var e = examples.ToArray();
+            return new TrainingShape(c, batch, e.Max(x => x.ImageTokens), e.Max(x => x.T5Length), FluxNames.LoraTargets(c), mode, rank1, rank2,
+                                     trainDown, TrainIdentity: true, identitiesInBatch, identitiesHeld);
+        }
+
+        /// <param name="shape">the step to plan for, from the model's config; read only when something is on auto</param>
+        public FluxWeights Load(ParseResult r, string model, IBackend be, Func<FluxConfig, TrainingShape> shape, RecomputePolicy recompute)
+        {
+            var dtype = withBaseDType ? BaseDTypes.Parse(r.GetValue(BaseDType)!) : Engine.Quantization.BaseDType.Bf16;
+            int? swap = BlockOrder.ParseSwap(r.GetValue(Swap)!);
+            if (dtype == null || swap == null)
+            {
+                var memory = be is CudaBackend ? MemoryModel.Cuda(DevicePool.SizeClass) : MemoryModel.For(be)
+                    ?? throw new InvalidOperationException($"no memory model for {be.Name}");
+                bool? fixedRecompute = recompute == RecomputePolicy.On ? true : recompute == RecomputePolicy.Off ? false : null;
+                var plan = MemoryPlanner.Choose(shape(FluxLoader.Inspect(model)), memory, MemoryPlanner.Budget(be, null), dtype, fixedRecompute, swap);
+                foreach (var line in plan.Lines()) Common.Log(line);
+                if (!plan.Fits)
+                    throw new RuntimeFailure("--swap-blocks", $"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)} of free memory " +
+                                                              $"(the smallest plan, {plan.Chosen.Label}, needs {MemoryCapExceededException.FormatBytes(plan.Chosen.Peak)})");
+                (dtype, swap) = (plan.Chosen.BaseDType, plan.Chosen.SwapBlocks);
+            }
+            var weights = FluxLoader.Load(model, be, null, dtype.Value, swap.Value);
+            if (weights.Blocks is SwappedBlocks swapped) Common.Log(swapped.ToString());
+            return weights;
+        }
+    }
+
     internal sealed class Shared
     {
         public Option<int> Resolution = new Option<int>("--resolution") { Description = "Image side in pixels: 512 (1,024 image tokens) or 1024 (4,096).", DefaultValueFactory = _ => 1024 }.AcceptOnlyFromAmong("512", "768", "1024");
@@ -32,14 +89,16 @@ internal static class BenchCommand
         public Option<string?> Weights = new("--weights") { Description = "A checkpoint to bench (BFL, ComfyUI fp8, diffusers) instead of random weights of --preset." };
         public Option<int> Text = new Option<int>("--txt") { Description = "Text tokens (T5 sequence length).", DefaultValueFactory = _ => 512 }.AtLeast(1);
         public Option<string> BaseDType = BaseDTypeOption();
+        public Option<string> Swap = SwapBlocksOption();
         public Option<double?> Vram = new("--vram") { Description = "Memory budget in GiB for the planner, and a hard cap on the allocator, so a large GPU behaves as a card of this size (default: the device's free memory, no cap)." };
 
-        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Weights, Text, BaseDType, Vram];
+        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Weights, Text, BaseDType, Swap, Vram];
 
         public StepBenchmark.Options Options(ParseResult r, int steps, int warmup) => new()
         {
             Config = FluxConfig.Preset(r.GetValue(Preset)!), Weights = r.GetValue(Weights), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
-            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), BaseDType = BaseDTypes.Parse(r.GetValue(BaseDType)!), VramBytes = VramBytes(r.GetValue(Vram)),
+            Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), BaseDType = BaseDTypes.Parse(r.GetValue(BaseDType)!),
+            SwapBlocks = BlockOrder.ParseSwap(r.GetValue(Swap)!), VramBytes = VramBytes(r.GetValue(Vram)),
             Memory = r.GetValue(Device) == "cuda" ? MemoryModel.Cuda(DevicePool.SizeClass) : null, Steps = steps, Warmup = warmup,
         };
 
@@ -84,6 +143,9 @@ internal static class BenchCommand
             Console.WriteLine($"device      {be.Name}; {res.ImageTokens} image + {res.TextTokens} text tokens; {res.RecomputeReason}");
             Console.WriteLine($"train step  {res.TrainMs,9:F1} ms median of {r.GetValue(steps)}   {res.TrainTflops,7:F1} TFLOP/s ({res.TrainTflop:F1} TFLOP/step)");
             Console.WriteLine($"inference   {res.InferMs,9:F1} ms median of {r.GetValue(steps)}   {res.InferTflops,7:F1} TFLOP/s");
+            if (res.Overlap is { } o)
+                Console.WriteLine($"block swap  {res.Plan.Chosen.SwapBlocks} blocks, last step {o.CopyMs:F1} ms of copies: {o.HiddenMs:F1} ms hidden, {o.ExposedMs:F1} ms exposed " +
+                                  $"({o.Bytes / (double)(1L << 30):F2} GiB)");
             Console.WriteLine($"peak memory {res.PeakBytes / (double)(1L << 30),9:F2} GiB (tensors alive at once), predicted {res.Plan.Chosen.Peak / (double)(1L << 30):F2} GiB; setup {res.LoadSeconds:F1} s");
             if (r.GetValue(json) is { } path)
             {
@@ -92,7 +154,8 @@ internal static class BenchCommand
                     $"{{\"engine\": \"metalora\", \"device\": \"{be.Name}\", \"image_tokens\": {res.ImageTokens}, \"text_tokens\": {res.TextTokens}, " +
                     $"\"recompute\": {(res.Recompute ? "true" : "false")}, \"train_ms_median\": {res.TrainMs:F2}, \"train_tflops\": {res.TrainTflops:F1}, " +
                     $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}, " +
-                    $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\"}}\n"));
+                    $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\", " +
+                    $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}}}\n"));
             }
             return 0;
         });

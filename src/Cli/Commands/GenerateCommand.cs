@@ -1,4 +1,6 @@
 using System.CommandLine;
+using MetaLoraNative.Engine.Planning;
+using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Sampling;
@@ -24,10 +26,12 @@ internal static class GenerateCommand
         var guidance = new Option<float>("--guidance") { Description = "Distilled guidance value fed to the guidance embedding (paper: 3.5).", DefaultValueFactory = _ => 3.5f }.Finite();
         var seed = new Option<ulong>("--seed") { Description = "Noise seed.", DefaultValueFactory = _ => 0UL };
         var device = Common.Device();
+        var placement = new BenchCommand.Placement(withBaseDType: false);
         var cmd = new Command("generate", "Generates an image with FLUX (30 Euler steps, guidance 3.5 and LoRA strength 1.0 by default, as the paper evaluates).")
         {
             model, lora, strength, models, prompt, output, width, height, steps, guidance, seed, device,
         };
+        foreach (var o in placement.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             int w = r.GetValue(width), h = r.GetValue(height);
@@ -41,9 +45,14 @@ internal static class GenerateCommand
             var embedding = set.OpenTextEncoder().Encode(r.GetValue(prompt)!);
 
             using var be = Common.CreateBackend(r.GetValue(device)!);
-            using var weights = FluxLoader.Load(r.GetValue(model)!, be);
+            // auto plans a training step of this shape (an upper bound for sampling: no gradients, no optimiser)
+            using var weights = placement.Load(r, r.GetValue(model)!, be, c => TrainingShape.Stage2(c, h / side * (w / side), TrainingOutputs.T5Length(embedding, c),
+                                                                                                  1, 1), RecomputePolicy.On);
             if (r.GetValue(lora) is { } loraPath)
             {
+                if (weights.Blocks.Swapped.Count > 0)
+                    throw new Engine.InputException("--swap-blocks", $"baking --lora into the base needs every block on the device, but {weights.Blocks.Swapped.Count} " +
+                                                                     "were swapped to host memory; pass --swap-blocks 0 on a device with room for the bf16 base");
                 using var adapter = LoraFiles.Load(loraPath, weights.Config, be);
                 LoraCommand.RequireIdentity(adapter, loraPath);
                 LoraFiles.Bake(weights, adapter, 0, r.GetValue(strength));

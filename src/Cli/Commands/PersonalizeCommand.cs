@@ -5,6 +5,7 @@ using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Planning;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
 using MetaLoraNative.Onnx.Cache;
@@ -60,7 +61,7 @@ internal static class PersonalizeCommand
         /// The models folder (checked for <paramref name="components"/>, or for all when null), the backend, the base
         /// model and, for <paramref name="downPath"/>, the Meta-Down.
         /// </summary>
-        public Loaded Load(ParseResult r, string? downPath, IEnumerable<string>? components = null)
+        public Loaded Load(ParseResult r, string? downPath, IEnumerable<string>? components = null, Func<ModelSet, IReadOnlyList<Example>>? planFor = null)
         {
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(Shared.Monitor.Models))
                          ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
@@ -71,8 +72,18 @@ internal static class PersonalizeCommand
             {
                 loaded.Models = new ModelSet(dir);
                 loaded.Backend = Common.CreateBackend(r.GetValue(Shared.Device)!);
-                loaded.Weights = FluxLoader.Load(loaded.ModelPath, loaded.Backend);
-                loaded.MetaDown = downPath is null ? null : LoraFiles.Load(downPath, loaded.Weights.Config, loaded.Backend);
+                loaded.MetaDown = downPath is null ? null : LoraFiles.Load(downPath, FluxLoader.Inspect(loaded.ModelPath), loaded.Backend, Common.Log);
+                var examples = planFor?.Invoke(loaded.Models);
+                var mode = downPath is null ? LoraMode.Standard : LoraMode.Meta;
+                int rank2 = r.GetValue(Rank), rank1 = loaded.MetaDown?.Rank1 ?? rank2;
+                int side = r.GetValue(Resolution) / FluxConfig.PixelsPerToken;
+                // Without the examples (evaluate plans once for every identity) the step is a square crop at
+                // --resolution with the longest T5 context: the planner then errs on the side of fitting.
+                loaded.Weights = Shared.Placement.Load(r, loaded.ModelPath, loaded.Backend, c => examples is { Count: > 0 }
+                        ? BenchCommand.Placement.Step(c, examples, 1, mode, rank1, rank2, mode == LoraMode.Standard, 1, 1)
+                        : new TrainingShape(c, 1, side * side, MaxT5Tokens, FluxNames.LoraTargets(c), mode, rank1, rank2, mode == LoraMode.Standard,
+                                            TrainIdentity: true, 1, 1),
+                    RecomputePolicy.Parse(r.GetValue(Shared.Recompute)!));
                 return loaded;
             }
             catch
@@ -82,12 +93,20 @@ internal static class PersonalizeCommand
             }
         }
 
+        /// <summary>FLUX.1-dev's T5 context length (BFL's max_sequence_length).</summary>
+        const int MaxT5Tokens = 512;
+
+        /// <summary>The encoding cache folder: --cache, else the models folder's cache.</summary>
+        public string CacheDir(ParseResult r, ModelSet models) => r.GetValue(Cache) ?? Path.Combine(models.Directory, "cache");
+
+        public AugmentOptions Augment(ParseResult r) => new() { Resolution = r.GetValue(Resolution), MaxImages = r.GetValue(Max) };
+
         /// <summary>One photo's job from the flags; <paramref name="outPath"/> is the LoRA file to write.</summary>
         public Job Job(ParseResult r, Loaded loaded, string photo, string caption, string outPath, string statePath, int iterations, string? identityName = null) => new()
         {
             Photo = photo, Caption = caption, IdentityName = identityName, OutPath = outPath, StatePath = statePath,
             Standard = loaded.MetaDown is null, Iterations = iterations, Rank = r.GetValue(Rank), Train = Shared.Train(r, 1), StateEvery = r.GetValue(Shared.Every),
-            Augment = new AugmentOptions { Resolution = r.GetValue(Resolution), MaxImages = r.GetValue(Max) },
+            Augment = Augment(r),
             CacheDir = r.GetValue(Cache) ?? Path.Combine(loaded.ModelsDir, "cache"), Format = r.GetValue(Format)!, DType = LoraCommand.ParseDType(r.GetValue(DType)!),
         };
     }
@@ -140,11 +159,12 @@ internal static class PersonalizeCommand
     /// (through the cache), Stage 2 against the frozen Meta-Down (or the standard LoRA), then the LoRA file(s) at
     /// job.OutPath. Returns the trained adapter (identity 0), which the caller disposes.
     /// </summary>
-    internal static LoraAdapter Personalize(Loaded loaded, Job job, MonitorFactory monitorFor, Action<string> phaseDone)
+    internal static LoraAdapter Personalize(Loaded loaded, Job job, MonitorFactory monitorFor, Action<string> phaseDone, Identity? prepared = null)
     {
-        var person = Stage2Data.Prepare(job.Photo, job.Caption, loaded.Models, new EncodingCache(job.CacheDir), job.Augment, Common.Log, phaseDone);
+        var person = prepared ?? Stage2Data.Prepare(job.Photo, job.Caption, loaded.Models, new EncodingCache(job.CacheDir), job.Augment, Common.Log, phaseDone);
         if (job.IdentityName is { } name) person = person with { Name = name };
         var meta = TrainingOutputs.RunMetadata(job.Standard ? "lora" : "2", job.Train, job.Iterations, loaded.ModelPath, person, job.Caption, loaded.DownPath);
+        meta["metalora.base_dtype"] = Engine.Quantization.BaseDTypes.Name(loaded.Weights.BaseDType);
         using var monitor = monitorFor(person, (a, path) => TrainingOutputs.WriteLora(a, path, job.Format, job.DType, meta, unmerged: false));
         var model = new FluxModel(loaded.Weights);
         var adapter = job.Standard
@@ -190,12 +210,17 @@ internal static class PersonalizeCommand
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var selection = f.Shared.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");
             var phases = new PhaseClock();
-            using var loaded = f.Load(r, downPath);
+            Identity? person = null;   // prepared first, so the memory planner sees the step it plans for
+            using var loaded = f.Load(r, downPath, planFor: models =>
+            {
+                person = Stage2Data.Prepare(r.GetValue(photo)!, r.GetValue(prompt)!, models, new EncodingCache(f.CacheDir(r, models)), f.Augment(r), Common.Log, phases.Done);
+                return person.Examples;
+            });
             phases.Done("load");
 
             string outPath = r.GetValue(f.Shared.Out)!;
             var job = f.Job(r, loaded, r.GetValue(photo)!, r.GetValue(prompt)!, outPath, f.Shared.StatePath(r), iterations);
-            using var adapter = Personalize(loaded, job, (person, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, person.Examples, save, sweep, selection), phases.Done);
+            using var adapter = Personalize(loaded, job, (p, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, p.Examples, save, sweep, selection), phases.Done, person);
             phases.PrintTable();
             return 0;
         });

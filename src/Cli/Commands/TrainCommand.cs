@@ -3,6 +3,7 @@ using MetaLoraNative.Engine.Distributed;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
@@ -28,13 +29,14 @@ internal static class TrainCommand
         public MonitorFlags Monitor = new();
         public Option<string> OnNonFinite = new Option<string>("--on-nonfinite") { Description = "A step with a NaN/Inf loss or gradient norm: stop (nothing final is written, the last good state stays) or skip its update (up to --max-nonfinite-skips).", DefaultValueFactory = _ => "stop" }.AcceptOnlyFromAmong("stop", "skip");
         public Option<int> MaxSkips = new Option<int>("--max-nonfinite-skips") { Description = "With --on-nonfinite skip: the most steps a run may skip before it stops.", DefaultValueFactory = _ => 10 }.AtLeast(0);
+        public BenchCommand.Placement Placement = new();
         public Option<bool> ForceNew = new("--force-new") { Description = "Start over even when the state exists (it is moved to STATE.old); without it a state of other options is refused." };
 
         public Shared(int stateEvery) =>
             Every = new Option<int>("--state-every") { Description = "Iterations between writes of the training state (it is also written at the end).", DefaultValueFactory = _ => stateEvery }.AtLeast(1);
 
         public IEnumerable<Option> All => [Model, Data, Out, Lr, Wd, Clip, Sampling, Guidance, Seed, Device, State, Every, Recompute, OnNonFinite, MaxSkips, ForceNew,
-                                           .. Monitor.All(withModels: true)];
+                                           .. Placement.All, .. Monitor.All(withModels: true)];
 
         /// <summary>Everything but --data (personalize makes its data from a photo).</summary>
         public IEnumerable<Option> WithoutData => All.Where(o => o != Data);
@@ -82,8 +84,10 @@ internal static class TrainCommand
             using var _be = be;
             using var _comm = comm;
             using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
-            using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
+            int batch1 = r.GetValue(bs);
+            using var weights = s1.Placement.Load(r, r.GetValue(s1.Model)!, be, c => BenchCommand.Placement.Step(c, people.SelectMany(p => p.Examples), batch1,
+                LoraMode.Meta, r.GetValue(r1), r.GetValue(r2), true, Math.Min(batch1, r.GetValue(perBucket)), people.Count), RecomputePolicy.Parse(r.GetValue(s1.Recompute)!));
             Backends.WarnIfSlow(be, weights.Config, people[0].Examples[0], r.GetValue(bs));
             var opts = new Stage1Options
             {
@@ -94,6 +98,7 @@ internal static class TrainCommand
             };
             var parallel = comm != null ? new Stage1Parallel(comm) : null;
             var meta = TrainingOutputs.RunMetadata("1", opts.Train, opts.TotalIterations, r.GetValue(s1.Model)!, null, null, null);
+            meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
             // only rank 0 writes outputs: metrics, samples and snapshots included
             using var monitor = parallel is { WritesOutputs: false } ? null
                 : s1.Monitor.Create(r, r.GetValue(s1.Out)!, weights.Config, people[0].Examples, (a, path) => LoraFiles.SaveMeta(a, null, path, meta));
@@ -133,12 +138,13 @@ internal static class TrainCommand
             var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
-            using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
-            Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
-            using var metaDown = LoraFiles.Load(r.GetValue(down)!, weights.Config, be, Common.Log);
+            using var metaDown = LoraFiles.Load(r.GetValue(down)!, FluxLoader.Inspect(r.GetValue(s2.Model)!), be, Common.Log);
             if (metaDown.Mode != LoraMode.Meta)
                 throw new Engine.InputException(r.GetValue(down)!, "is a merged LoRA; --down needs the Meta-Down (lora_down) file Stage 1 wrote");
+            using var weights = s2.Placement.Load(r, r.GetValue(s2.Model)!, be, c => BenchCommand.Placement.Step(c, person.Examples, 1, LoraMode.Meta,
+                metaDown.Rank1, r.GetValue(rank2), false, 1, 1), RecomputePolicy.Parse(r.GetValue(s2.Recompute)!));
+            Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
             var opts = new Stage2Options
             {
                 Train = s2.Train(r, 1), Iterations = r.GetValue(iters), Rank2 = r.GetValue(rank2),
@@ -147,6 +153,7 @@ internal static class TrainCommand
             string outPath = r.GetValue(s2.Out)!, fmt = r.GetValue(format)!;
             var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
             var meta = TrainingOutputs.RunMetadata("2", opts.Train, opts.Iterations, r.GetValue(s2.Model)!, person, r.GetValue(trigger2), r.GetValue(down));
+            meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
             using var monitor = s2.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
                                                   selection: selection);
             using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts with { Monitor = monitor.Monitor }, Common.Log);
@@ -178,8 +185,9 @@ internal static class TrainCommand
             var selection = sl.Monitor.PlanSelection(r, null, r.GetValue(lTrigger));
             using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
-            using var weights = FluxLoader.Load(r.GetValue(sl.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
+            using var weights = sl.Placement.Load(r, r.GetValue(sl.Model)!, be, c => BenchCommand.Placement.Step(c, person.Examples, 1, LoraMode.Standard,
+                r.GetValue(lRank), r.GetValue(lRank), true, 1, 1), RecomputePolicy.Parse(r.GetValue(sl.Recompute)!));
             var opts = new StandardLoraOptions
             {
                 Train = sl.Train(r, 1), Iterations = r.GetValue(lIters), Rank = r.GetValue(lRank), StatePath = sl.StatePath(r), StateEvery = r.GetValue(sl.Every),
@@ -188,6 +196,7 @@ internal static class TrainCommand
             string outPath = r.GetValue(sl.Out)!, fmt = r.GetValue(lFormat)!;
             var dt = LoraCommand.ParseDType(r.GetValue(lDtype)!);
             var meta = TrainingOutputs.RunMetadata("lora", opts.Train, opts.Iterations, r.GetValue(sl.Model)!, person, r.GetValue(lTrigger), null);
+            meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
             using var monitor = sl.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
                                                   selection: selection);
             using var adapter = Stages.StandardLora(new FluxModel(weights), person, opts with { Monitor = monitor.Monitor }, Common.Log);

@@ -31,6 +31,8 @@ public static class StepBenchmark
         public RecomputePolicy Recompute { get; init; } = RecomputePolicy.Off;
         /// <summary>The frozen base's dtype; null lets the planner choose.</summary>
         public BaseDType? BaseDType { get; init; } = Quantization.BaseDType.Bf16;
+        /// <summary>Blocks whose weights wait in host memory (<see cref="SwappedBlocks"/>); null lets the planner choose.</summary>
+        public int? SwapBlocks { get; init; } = 0;
         /// <summary>The memory budget and hard cap in bytes; null: the device's free memory (host memory on the CPU), no cap.</summary>
         public long? VramBytes { get; init; }
         /// <summary>How the backend stores what the planner counts; null: the CPU backend's own model.</summary>
@@ -43,9 +45,10 @@ public static class StepBenchmark
     }
 
     /// <param name="FirstStepPeakBytes">the backend's peak after the first training step, beside <see cref="MemoryPlan.Chosen"/>'s prediction</param>
+    /// <param name="Overlap">block swap's copies in the last timed training step (null without swap)</param>
     public sealed record Result(int ImageTokens, int TextTokens, int Targets, bool Recompute, string RecomputeReason,
                                 double TrainMs, double InferMs, double TrainTflop, double InferTflop, long PeakBytes, double LoadSeconds,
-                                MemoryPlan Plan, long FirstStepPeakBytes)
+                                MemoryPlan Plan, long FirstStepPeakBytes, SwapOverlap? Overlap = null)
     {
         public double TrainTflops => TrainTflop / (TrainMs / 1000);
         public double InferTflops => InferTflop / (InferMs / 1000);
@@ -65,8 +68,8 @@ public static class StepBenchmark
         var memory = o.Memory ?? MemoryModel.For(be)
             ?? throw new ArgumentException($"the memory planner needs the memory model of {be.Name} (MemoryModel.Cuda for the GPU)");
         bool? recompute = o.Recompute == RecomputePolicy.On ? true : o.Recompute == RecomputePolicy.Off ? false : null;   // auto: the planner decides
-        long budget = o.VramBytes ?? (be.MemoryInfo is { } mem ? mem.Free + be.LiveBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
-        return MemoryPlanner.Choose(TrainingShape.Stage2(c, ImageTokens(o), o.TextTokens, o.Rank1, o.Rank2), memory, budget, o.BaseDType, recompute);
+        return MemoryPlanner.Choose(TrainingShape.Stage2(c, ImageTokens(o), o.TextTokens, o.Rank1, o.Rank2), memory, MemoryPlanner.Budget(be, o.VramBytes),
+                                    o.BaseDType, recompute, o.SwapBlocks);
     }
 
     static int ImageTokens(Options o)
@@ -85,9 +88,8 @@ public static class StepBenchmark
         if (o.PlanOnly)
             return new Result(imageTokens, o.TextTokens, 0, plan.Chosen.Recompute, plan.Chosen.Label, double.NaN, double.NaN, 0, 0, be.PeakBytes, 0, plan, 0);
         if (!plan.Fits)
-            throw new RuntimeFailure("--vram", $"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)}: " +
-                                                (plan.Swap is { } s ? $"block swap of {s.Blocks} blocks would be needed, and block swap is not built yet"
-                                                                    : "not even with every block swapped to host memory"));
+            throw new RuntimeFailure("--vram", $"the step does not fit in {MemoryCapExceededException.FormatBytes(plan.Budget)} " +
+                                                $"(the smallest plan, {plan.Chosen.Label}, needs {MemoryCapExceededException.FormatBytes(plan.Chosen.Peak)})");
         var chosen = plan.Chosen;
         if (o.VramBytes is long cap) be.CapMemory(cap);
 
@@ -95,14 +97,15 @@ public static class StepBenchmark
         FluxWeights weights;
         if (o.Weights != null)
         {
-            weights = FluxLoader.Load(o.Weights, be, null, chosen.BaseDType, out var report);
+            weights = FluxLoader.Load(o.Weights, be, null, chosen.BaseDType, out var report, chosen.SwapBlocks);
             log(report.ToString());
         }
         else
         {
             log($"building {o.Config.Name} ({o.Config.ParameterCount() / 1e9:F2} B parameters) with random weights on {be.Name}, {BaseDTypes.Name(chosen.BaseDType)} base...");
-            weights = FluxWeights.Random(o.Config, be, o.Seed, chosen.BaseDType);
+            weights = FluxWeights.Random(o.Config, be, o.Seed, chosen.BaseDType, chosen.SwapBlocks);
         }
+        if (weights.Blocks is SwappedBlocks swapped) log(swapped.ToString());
         using var _w = weights;
         var c = weights.Config;
         var model = new FluxModel(weights);
@@ -123,6 +126,7 @@ public static class StepBenchmark
 
         var trainMs = new List<double>();
         long firstPeak = 0;
+        SwapOverlap? overlap = null;
         for (int i = 0; i < o.Warmup + o.Steps; i++)
         {
             be.Synchronize();
@@ -131,6 +135,11 @@ public static class StepBenchmark
             be.Synchronize();
             if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
             log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms, loss {loss:F4}");
+            if (model.Blocks.TakeOverlap() is { } stepOverlap)
+            {
+                overlap = stepOverlap;
+                log($"  {stepOverlap}");
+            }
             if (i == 0)
             {
                 firstPeak = be.PeakBytes;
@@ -155,7 +164,7 @@ public static class StepBenchmark
         }
         var (fTrain, fInfer) = Flop(c, imageTokens, o.TextTokens);
         return new Result(imageTokens, o.TextTokens, targets.Count, chosen.Recompute, reason, Median(trainMs), Median(inferMs),
-                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak);
+                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak, overlap);
     }
 
     static double Median(List<double> xs)

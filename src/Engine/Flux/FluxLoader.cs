@@ -42,10 +42,12 @@ public static class FluxLoader
     /// <summary>ComfyUI's all-in-one checkpoints keep the transformer under this prefix.</summary>
     public const string ComfyPrefix = "model.diffusion_model.";
 
-    public static FluxWeights Load(string source, IBackend backend, FluxConfig? expected = null, BaseDType baseDType = BaseDType.Bf16) =>
-        Load(source, backend, expected, baseDType, out _);
+    public static FluxWeights Load(string source, IBackend backend, FluxConfig? expected = null, BaseDType baseDType = BaseDType.Bf16, int swapBlocks = 0) =>
+        Load(source, backend, expected, baseDType, out _, swapBlocks);
 
-    public static FluxWeights Load(string source, IBackend backend, FluxConfig? expected, BaseDType baseDType, out LoadReport report)
+    /// <param name="swapBlocks">blocks whose weights go to host memory as they load (<see cref="SwappedBlocks"/>,
+    /// in <see cref="BlockOrder.Swapped"/>'s order); the device then holds at most one of their tensors at a time</param>
+    public static FluxWeights Load(string source, IBackend backend, FluxConfig? expected, BaseDType baseDType, out LoadReport report, int swapBlocks = 0)
     {
         var clock = Stopwatch.StartNew();
         if (source.StartsWith("random:", StringComparison.Ordinal))
@@ -53,7 +55,7 @@ public static class FluxLoader
             var parts = source.Split(':');
             if (parts.Length != 3 || !ulong.TryParse(parts[2], out var seed))
                 throw new InputException(source, $"expected random:PRESET:SEED, e.g. random:tiny:1");
-            var random = FluxWeights.Random(FluxConfig.Preset(parts[1]), backend, seed, baseDType);
+            var random = FluxWeights.Random(FluxConfig.Preset(parts[1]), backend, seed, baseDType, swapBlocks);
             long staging = random.Config.TensorShapes().Max(t => Shapes.Numel(t.Shape) * (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(t.Name) ? 5 : 4));
             report = Report(source, random.Config, random.QuantizedCount, clock, staging);
             return random;
@@ -70,6 +72,7 @@ public static class FluxLoader
 
         var tensors = new Dictionary<string, Tensor>();
         var quantized = new Dictionary<string, QuantizedWeight>();
+        var swap = SwappedBlocks.Open(config, backend, swapBlocks);
         try
         {
             if (!diffusers)
@@ -80,8 +83,8 @@ public static class FluxLoader
                     Check(source, name, checkpoint.Entry(name).Shape, shape);
                     checkpoint.NextTensor();
                     if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
-                        quantized[name] = checkpoint.Quantized(name, shape[0], shape[1]).Upload(backend);
-                    else tensors[name] = backend.Upload(checkpoint.Values(name), shape);
+                        SwappedBlocks.Route(swap, name, checkpoint.Quantized(name, shape[0], shape[1]).Upload(backend), quantized);
+                    else SwappedBlocks.Route(swap, name, backend.Upload(checkpoint.Values(name), shape), tensors);
                 }
             }
             else
@@ -92,20 +95,22 @@ public static class FluxLoader
                         string name = rule.Bfl + suffix;
                         checkpoint.NextTensor();
                         if (baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(name))
-                            quantized[name] = DiffusersQuantized(checkpoint, rule, suffix).Upload(backend);
-                        else tensors[name] = backend.Upload(ReadDiffusers(checkpoint, rule, suffix, out var shape), shape);
+                            SwappedBlocks.Route(swap, name, DiffusersQuantized(checkpoint, rule, suffix).Upload(backend), quantized);
+                        else SwappedBlocks.Route(swap, name, backend.Upload(ReadDiffusers(checkpoint, rule, suffix, out var shape), shape), tensors);
                     }
             }
+            checkpoint.NextTensor();
+            var weights = new FluxWeights(config, backend, tensors, source, quantized, swap);
+            report = Report(source, config, weights.QuantizedCount, clock, checkpoint.StagingPeak);
+            return weights;
         }
         catch
         {
             foreach (var t in tensors.Values) t.Dispose();
             foreach (var q in quantized.Values) q.Dispose();
+            swap?.Dispose();
             throw;
         }
-        checkpoint.NextTensor();
-        report = Report(source, config, quantized.Count, clock, checkpoint.StagingPeak);
-        return new FluxWeights(config, backend, tensors, source, quantized);
     }
 
     /// <summary>The config of a checkpoint (or "random:PRESET:SEED") from its header alone, without loading it: for planning.</summary>

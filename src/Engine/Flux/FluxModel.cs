@@ -1,4 +1,5 @@
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
 
 namespace MetaLoraNative.Engine.Flux;
 
@@ -33,8 +34,10 @@ public sealed class FluxModel
         VectorIn = new MlpEmbedder(weights, "vector_in");
         GuidanceIn = Config.GuidanceEmbed ? new MlpEmbedder(weights, "guidance_in") : null;
         TxtIn = Linear.From(weights, "txt_in");
-        DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(weights, i)).ToArray();
-        SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(weights, i)).ToArray();
+        Blocks = weights.Blocks;
+        BaseDType = weights.BaseDType;
+        DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(Blocks.For(BlockId.Double(i), weights), i)).ToArray();
+        SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(Blocks.For(BlockId.Single(i), weights), i)).ToArray();
         FinalLayer = new LastLayer(weights);
     }
 
@@ -48,6 +51,10 @@ public sealed class FluxModel
     public DoubleBlock[] DoubleBlocks { get; }
     public SingleBlock[] SingleBlocks { get; }
     public LastLayer FinalLayer { get; }
+    /// <summary>Where the blocks' frozen weights live (resident, or block swap's host copies and device slots).</summary>
+    public BlockWeights Blocks { get; }
+    /// <summary>How the frozen base is held (bf16, or the block linears in fp8).</summary>
+    public BaseDType BaseDType { get; }
 
     /// <summary>
     /// Everything the backward needs, an <see cref="Activations"/> record like the layers': the shared conditioning,
@@ -141,6 +148,7 @@ public sealed class FluxModel
         for (int i = 0; i < DoubleBlocks.Length; i++)
         {
             using var _ = Backend.Range($"double_blocks.{i}");
+            using var _w = Blocks.Use(BlockId.Double(i), backward: false);
             var (imgOut, txtOut) = DoubleBlocks[i].Forward(img, txt, siluVec, pe, lora, out var saved);
             entries[i] = new DoubleBlockEntry { Img = img, Txt = txt, Saved = Kept(saved, recompute) };
             (img, txt) = (imgOut, txtOut);
@@ -155,6 +163,7 @@ public sealed class FluxModel
         for (int i = 0; i < SingleBlocks.Length; i++)
         {
             using var _ = Backend.Range($"single_blocks.{i}");
+            using var _w = Blocks.Use(BlockId.Single(i), backward: false);
             var y = SingleBlocks[i].Forward(x, siluVec, pe, lora, out var saved);
             entries[i] = new SingleBlockEntry { X = x, Saved = Kept(saved, recompute) };
             x = y;
@@ -248,6 +257,7 @@ public sealed class FluxModel
         for (int i = SingleBlocks.Length - 1; i >= 0; i--)
         {
             using var _ = Backend.Range($"single_blocks.{i}.backward");
+            using var _w = Blocks.Use(BlockId.Single(i), backward: true);
             var e = s.Single[i];
             var activations = e.Saved ?? SingleBlocks[i].Recompute(e.X, s.SiluVec, s.Pe, lora);
             var d = SingleBlocks[i].Backward(activations, dJoint, s.SiluVec, s.Pe, lora);
@@ -264,6 +274,7 @@ public sealed class FluxModel
         for (int i = DoubleBlocks.Length - 1; i >= 0; i--)
         {
             using var _ = Backend.Range($"double_blocks.{i}.backward");
+            using var _w = Blocks.Use(BlockId.Double(i), backward: true);
             var e = s.Double[i];
             var activations = e.Saved ?? DoubleBlocks[i].Recompute(e.Img, e.Txt, s.SiluVec, s.Pe, lora);
             var (di, dt) = DoubleBlocks[i].Backward(activations, dImg, dTxt, s.SiluVec, s.Pe, lora);

@@ -21,58 +21,80 @@ public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens
 /// moments and the workspaces; per step: the activations kept between the forward and the backward (the batch, the
 /// model state: every block's inputs and, without recomputation, its activations) and the working set on top of
 /// them at the step's busiest moment (a recomputed block, gradients in flight, LoRA temporaries).
+/// With block swap (<see cref="SwapBlocks"/> blocks, in <see cref="BlockOrder.Swapped"/>'s order: double blocks from
+/// the last back, then single blocks) the swapped blocks' weights leave the device (<see cref="HostBytes"/>) and
+/// their device slots come in (<see cref="SlotBytes"/>: two of a block per kind swapped, one when only one is).
 /// </summary>
 public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long Weights, long LoraFactors, long Gradients,
                                     long OptimiserState, long Activations, long WorkingSet, long AttentionWorkspace,
-                                    long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights)
+                                    long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights, int SwapBlocks = 0)
 {
-    public long Peak => Weights + LoraFactors + Gradients + OptimiserState + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
+    /// <summary>Swapped double and single blocks.</summary>
+    public (int Double, int Single) Swapped
+    {
+        get
+        {
+            int total = DoubleBlockWeights.Length + SingleBlockWeights.Length;
+            if (SwapBlocks < 0 || SwapBlocks > total)
+                throw new ArgumentException($"--swap-blocks: {SwapBlocks} is not a block count of this model (0 to {total})");
+            int doubles = Math.Min(SwapBlocks, DoubleBlockWeights.Length);
+            return (doubles, SwapBlocks - doubles);
+        }
+    }
 
-    public string Label => $"{BaseDTypes.Name(BaseDType)} base, recompute {(Recompute ? "on" : "off")}";
-}
+    /// <summary>Weight bytes that wait in host memory: the swapped blocks'.</summary>
+    public long HostBytes => DoubleBlockWeights.TakeLast(Swapped.Double).Sum() + SingleBlockWeights.TakeLast(Swapped.Single).Sum();
 
-/// <summary>Block swap (not built yet): how many blocks' weights would have to wait in host memory to fit a budget.</summary>
-/// <param name="StagingBytes">device slots for the swapped blocks: two of the largest (one computing, one arriving)</param>
-public sealed record SwapPlan(long Budget, int DoubleBlocks, int SingleBlocks, long StagingBytes, long Peak)
-{
-    public int Blocks => DoubleBlocks + SingleBlocks;
+    /// <summary>Device bytes of the swap slots: per kind swapped, min(2, blocks) copies of its largest block.</summary>
+    public long SlotBytes => Slots(DoubleBlockWeights, Swapped.Double) + Slots(SingleBlockWeights, Swapped.Single);
+
+    static long Slots(long[] blocks, int swapped) => swapped == 0 ? 0 : Math.Min(2, swapped) * blocks.TakeLast(swapped).Max();
+
+    /// <summary>Weight bytes on the device: the resident weights and the swap slots.</summary>
+    public long DeviceWeights => Weights - HostBytes + SlotBytes;
+
+    public long Peak => DeviceWeights + LoraFactors + Gradients + OptimiserState + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
+
+    public string Label => $"{BaseDTypes.Name(BaseDType)} base, recompute {(Recompute ? "on" : "off")}" +
+                           (SwapBlocks == 0 ? "" : $", swap {SwapBlocks} blocks ({Swapped.Double} double, {Swapped.Single} single)");
 }
 
 /// <summary>The planner's choice for a budget, with every candidate it weighed.</summary>
-public sealed record MemoryPlan(long Budget, MemoryEstimate Chosen, bool Fits, IReadOnlyList<MemoryEstimate> Candidates, SwapPlan? Swap)
+public sealed record MemoryPlan(long Budget, MemoryEstimate Chosen, bool Fits, IReadOnlyList<MemoryEstimate> Candidates)
 {
-    /// <summary>The plan as the bench prints it: one row per candidate, the choice, and the swap needed when nothing fits.</summary>
+    /// <summary>The plan as the bench prints it: one row per candidate, then the choice.</summary>
     public IEnumerable<string> Lines()
     {
         bool gib = Budget >= 1L << 30;
         double unit = gib ? 1L << 30 : 1L << 20;
         string G(long b) => $"{b / unit,6:F2}";
-        yield return $"memory plan, budget {MemoryCapExceededException.FormatBytes(Budget)} ({(gib ? "GiB" : "MiB")} below):";
-        yield return "  base  recompute  weights  lora+grads+adam  activations  working  workspace    peak";
+        string F(long b) => MemoryCapExceededException.FormatBytes(b);
+        yield return $"memory plan, budget {F(Budget)} ({(gib ? "GiB" : "MiB")} below):";
+        yield return "  base  recompute  swap  weights  lora+grads+adam  activations  working  workspace    peak";
         foreach (var e in Candidates)
-            yield return $"  {BaseDTypes.Name(e.BaseDType),-4}  {(e.Recompute ? "on" : "off"),-9}  {G(e.Weights)}  {G(e.LoraFactors + e.Gradients + e.OptimiserState),15}  " +
-                         $"{G(e.Activations),11}  {G(e.WorkingSet),7}  {G(e.AttentionWorkspace + e.GemmWorkspace),9}  {G(e.Peak)}{(e.Peak <= Budget ? "" : "  over")}";
+            yield return $"  {BaseDTypes.Name(e.BaseDType),-4}  {(e.Recompute ? "on" : "off"),-9}  {e.SwapBlocks,4}  {G(e.DeviceWeights)}  " +
+                         $"{G(e.LoraFactors + e.Gradients + e.OptimiserState),15}  {G(e.Activations),11}  {G(e.WorkingSet),7}  " +
+                         $"{G(e.AttentionWorkspace + e.GemmWorkspace),9}  {G(e.Peak)}{(e.Peak <= Budget ? "" : "  over")}";
         yield return Fits
-            ? $"  chosen: {Chosen.Label}, predicted peak {MemoryCapExceededException.FormatBytes(Chosen.Peak)}"
-            : $"  nothing fits: the smallest is {Chosen.Label} at {MemoryCapExceededException.FormatBytes(Chosen.Peak)}";
-        if (!Fits)
-            yield return Swap is { } s
-                ? $"  block swap (not built yet) would need {s.Blocks} blocks in host memory ({s.DoubleBlocks} double, {s.SingleBlocks} single; " +
-                  $"{MemoryCapExceededException.FormatBytes(s.StagingBytes)} of device staging) for a peak of {MemoryCapExceededException.FormatBytes(s.Peak)}"
-                : "  even with every block's weights in host memory the step does not fit";
+            ? $"  chosen: {Chosen.Label}, predicted peak {F(Chosen.Peak)}"
+            : $"  nothing fits: the smallest is {Chosen.Label} at {F(Chosen.Peak)}" +
+              (Chosen.SwapBlocks == Chosen.DoubleBlockWeights.Length + Chosen.SingleBlockWeights.Length ? ", every block's weights in host memory" : "");
+        if (Chosen.SwapBlocks > 0)
+            yield return $"  block swap: {Chosen.SwapBlocks} blocks in host memory ({Chosen.Swapped.Double} double, {Chosen.Swapped.Single} single; " +
+                         $"{F(Chosen.HostBytes)} pinned host memory), {F(Chosen.SlotBytes)} of device slots";
     }
 }
 
 /// <summary>
 /// Predicts the peak device memory of a training step before it runs, and picks the base dtype and recomputation
-/// for a budget (later also block swap). Persistent parts are counted tensor by tensor from the config and the
+/// for a budget, and block swap when they are not enough. Persistent parts are counted tensor by tensor from the config and the
 /// adapter's shapes; the step is replayed allocation by allocation (<see cref="StepWalk"/>, which mirrors
 /// FluxModel, DoubleBlock, SingleBlock, QkvAttention, Linear and LoraBinding), every size through the backend's
 /// <see cref="MemoryModel"/>. On the CPU the prediction is checked against the backend's measured peak.
 /// </summary>
 public static class MemoryPlanner
 {
-    public static MemoryEstimate Estimate(TrainingShape s, MemoryModel m, BaseDType baseDType, bool recompute)
+    public static MemoryEstimate Estimate(TrainingShape s, MemoryModel m, BaseDType baseDType, bool recompute, int swapBlocks = 0)
     {
         var c = s.Config;
         long largestQuantized = 0;
@@ -103,47 +125,53 @@ public static class MemoryPlanner
         int L = s.ImageTokens + s.TextTokens;
         long attention = m.AttentionRowSums ? m.Stats((long)s.Batch * c.NumHeads * L) : 0;
         long gemm = m.GemmWorkspaceBytes + (baseDType == BaseDType.Fp8 && m.DequantizeScratch ? m.Compute(largestQuantized) : 0);
-        return new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles);
+        var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks);
+        _ = e.Swapped;                                                        // checks the block count
+        return e;
     }
 
     /// <summary>
     /// The first candidate that fits the budget, in the order that costs least: bf16 without recomputation (exact and
     /// fastest), bf16 with it (one more block forward per block), fp8 without, fp8 with (E4M3 rounding of the base).
-    /// A given base dtype or recomputation setting narrows the candidates. When none fits, the smallest is chosen and
-    /// the plan says how many blocks block swap would have to keep in host memory.
+    /// A given base dtype or recomputation setting narrows the candidates, a given <paramref name="swapBlocks"/> applies
+    /// to all of them. With swap on auto (null) and no candidate fitting as it is, the candidate that fits with the
+    /// fewest swapped blocks is chosen (swap costs copies; it is the last resort). When nothing fits, the smallest
+    /// candidate is chosen and the plan says so.
     /// </summary>
-    public static MemoryPlan Choose(TrainingShape s, MemoryModel m, long budget, BaseDType? baseDType = null, bool? recompute = null)
+    public static MemoryPlan Choose(TrainingShape s, MemoryModel m, long budget, BaseDType? baseDType = null, bool? recompute = null, int? swapBlocks = null)
     {
         var candidates = new List<MemoryEstimate>();
         foreach (var d in new[] { BaseDType.Bf16, BaseDType.Fp8 })
             foreach (bool r in new[] { false, true })
                 if ((baseDType == null || baseDType == d) && (recompute == null || recompute == r))
-                    candidates.Add(Estimate(s, m, d, r));
+                    candidates.Add(Estimate(s, m, d, r, swapBlocks ?? 0));
         var fit = candidates.FirstOrDefault(e => e.Peak <= budget);
+        if (fit == null && swapBlocks == null)
+        {
+            fit = candidates.Select(e => SmallestSwap(e, budget)).OfType<MemoryEstimate>().MinBy(e => e.SwapBlocks);
+            var smallest = candidates.MinBy(e => e.Peak)!;
+            candidates.Add(fit ?? smallest with { SwapBlocks = smallest.DoubleBlockWeights.Length + smallest.SingleBlockWeights.Length });
+        }
         var chosen = fit ?? candidates.MinBy(e => e.Peak)!;
-        return new MemoryPlan(budget, chosen, fit != null, candidates, fit == null ? Swap(chosen, budget) : null);
+        return new MemoryPlan(budget, chosen, fit != null, candidates);
     }
 
     /// <summary>
-    /// Block swap for an estimate that does not fit: the fewest blocks whose weights must live in host memory, taking
-    /// the largest first (double blocks), with two device slots of the largest swapped block for the transfers.
-    /// Null when even swapping every block leaves the step over the budget.
+    /// The budget a plan is made for: <paramref name="vram"/> when given, else the device's free memory plus what this
+    /// backend already holds (host memory on the CPU).
     /// </summary>
-    public static SwapPlan? Swap(MemoryEstimate e, long budget)
+    public static long Budget(IBackend be, long? vram) =>
+        vram ?? (be.MemoryInfo is { } mem ? mem.Free + be.LiveBytes : GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+
+    /// <summary>
+    /// The estimate with the fewest swapped blocks (in <see cref="BlockOrder.Swapped"/>'s order) that fits the
+    /// budget, counting the device slots; null when even swapping every block leaves the step over it.
+    /// </summary>
+    public static MemoryEstimate? SmallestSwap(MemoryEstimate e, long budget)
     {
-        var blocks = e.DoubleBlockWeights.Select(b => (Bytes: b, Double: true))
-                      .Concat(e.SingleBlockWeights.Select(b => (Bytes: b, Double: false)))
-                      .OrderByDescending(b => b.Bytes).ToArray();
-        long moved = 0, staging = 0;
-        int doubles = 0, singles = 0;
-        foreach (var b in blocks)
-        {
-            moved += b.Bytes;
-            staging = Math.Max(staging, 2 * b.Bytes);
-            if (b.Double) doubles++; else singles++;
-            long peak = e.Peak - moved + staging;
-            if (peak <= budget) return new SwapPlan(budget, doubles, singles, staging, peak);
-        }
+        int total = e.DoubleBlockWeights.Length + e.SingleBlockWeights.Length;
+        for (int n = 0; n <= total; n++)
+            if (e with { SwapBlocks = n } is { } swapped && swapped.Peak <= budget) return swapped;
         return null;
     }
 }

@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
 
 namespace MetaLoraNative.Engine.Training;
 
@@ -12,8 +13,8 @@ namespace MetaLoraNative.Engine.Training;
 /// The options that define a training run, as the state file records them ("metalora.run", a JSON object of
 /// name → value): seed, learning rate, weight decay, clip, ranks, targets (hash of the target list), iterations,
 /// batch size, the Stage-1 bucket settings, timestep sampling, guidance, and fingerprints of the data (identity
-/// names, shapes and contents), the model (preset name and a hash of every tensor's name and shape) and, in
-/// Stage 2, the frozen Meta-Down (hash of its values). A state is resumed only by a run with the same record;
+/// names, shapes and contents), the model (preset name and a hash of every tensor's name and shape), its base dtype
+/// (bf16 or fp8) and, in Stage 2, the frozen Meta-Down (hash of its values). A state is resumed only by a run with the same record;
 /// options that change how, not what, a run trains (--state-every, --recompute, --device) are not part of it.
 /// </summary>
 public sealed class RunIdentity
@@ -68,6 +69,7 @@ public sealed class RunIdentity
             ["seed"] = Text(t.Seed), ["lr"] = Text(t.LearningRate), ["weight_decay"] = Text(t.WeightDecay),
             ["max_grad_norm"] = Text(t.MaxGradNorm), ["batch_size"] = Text(t.BatchSize),
             ["timesteps"] = t.Sampling.ToString().ToLowerInvariant(), ["guidance"] = Text(t.Guidance),
+            ["base_dtype"] = BaseDTypes.Name(model.BaseDType),    // fp8 rounds the frozen base: another model to train against
         };
         using (var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
         {
@@ -107,7 +109,8 @@ public sealed class RunIdentity
             .Select(k => $"{k}: state {saved.GetValueOrDefault(k) ?? "(none)"}, now {options.GetValueOrDefault(k) ?? "(none)"}")];
 
     static bool Extends(string key, string? saved, string? now) =>
-        key == "iterations" && long.TryParse(saved, CultureInfo.InvariantCulture, out long before)
+        key == "base_dtype" && saved == null && now == BaseDTypes.Name(BaseDType.Bf16)    // states from before the field trained on bf16
+        || key == "iterations" && long.TryParse(saved, CultureInfo.InvariantCulture, out long before)
                             && long.TryParse(now, CultureInfo.InvariantCulture, out long after) && after > before;
 
     public string ToJson() => JsonSerializer.Serialize(new Dictionary<string, string>(options), TrainingStateJson.Default.DictionaryStringString);

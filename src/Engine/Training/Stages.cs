@@ -127,6 +127,7 @@ public static partial class Stages
                                          batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase);
             if (monitor != null) monitor.Step(report, guard.LastSkipped);
             else log(report + (guard.LastSkipped ? " | skipped (non-finite)" : ""));
+            if (i == start && model.Blocks.TakeOverlap() is { } overlap) log($"first step: {overlap}");
             if ((i + 1) % stateEvery != 0 && i + 1 != total) continue;
             guard.CheckFactors(adapter, i + 1);
             parallel?.CheckReplicas(adapter, i + 1);

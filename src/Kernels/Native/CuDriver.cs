@@ -50,11 +50,16 @@ public static unsafe partial class CuDriver
     [LibraryImport(Lib)] public static partial int cuMemcpyHtoDAsync_v2(ulong dstDevice, void* srcHost, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemcpyDtoDAsync_v2(ulong dstDevice, ulong srcDevice, nuint byteCount, IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuMemcpyDtoHAsync_v2(void* dstHost, ulong srcDevice, nuint byteCount, IntPtr hStream);
+    /// <summary>Page-locked host memory the copy engines read directly (block swap's host copies); flags 0.</summary>
+    [LibraryImport(Lib)] public static partial int cuMemHostAlloc(out IntPtr pp, nuint bytesize, uint flags);
+    [LibraryImport(Lib)] public static partial int cuMemFreeHost(IntPtr p);
     [LibraryImport(Lib)] public static partial int cuMemsetD8Async(ulong dstDevice, byte uc, nuint n, IntPtr hStream);
 
     [LibraryImport(Lib)] public static partial int cuStreamCreate(out IntPtr phStream, uint flags);
     [LibraryImport(Lib)] public static partial int cuStreamDestroy_v2(IntPtr hStream);
     [LibraryImport(Lib)] public static partial int cuStreamSynchronize(IntPtr hStream);
+    /// <summary>Work queued on hStream after this waits for the event's most recent record (flags 0).</summary>
+    [LibraryImport(Lib)] public static partial int cuStreamWaitEvent(IntPtr hStream, IntPtr hEvent, uint flags);
 
     [LibraryImport(Lib)] public static partial int cuEventCreate(out IntPtr phEvent, uint flags);
     [LibraryImport(Lib)] public static partial int cuEventDestroy_v2(IntPtr hEvent);

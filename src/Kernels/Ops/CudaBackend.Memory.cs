@@ -1,4 +1,5 @@
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Kernels.Native;
 
@@ -6,9 +7,19 @@ namespace MetaLoraNative.Kernels;
 
 // Memory (memory.cu): allocation from the pool, the precision conversions every op uses for its inputs, and the
 // Memory ops (zeros, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
-// rounding of common.cuh's f2bf.
-public sealed partial class CudaBackend
+// rounding of common.cuh's f2bf. Block swap's transfers (pinned host copies, the copy stream) are SwapTransfer.cs.
+public sealed partial class CudaBackend : IBlockTransferSource
 {
+    /// <summary>Block swap's host copies and copies into device slots on a second stream (<see cref="CudaBlockTransfer"/>).</summary>
+    public IBlockTransfer OpenBlockTransfer() => new CudaBlockTransfer(this);
+
+    /// <summary>Makes this backend's context current: for the transfers, whose driver calls run outside an op.</summary>
+    internal void EnterContext()
+    {
+        ObjectDisposedException.ThrowIf(disposed, this);
+        MakeCurrent();
+    }
+
     internal CudaTensor Alloc(int[] shape, Precision precision = Precision.Compute)
     {
         long numel = Shapes.Numel(shape);

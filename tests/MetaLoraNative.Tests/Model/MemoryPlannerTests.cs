@@ -72,7 +72,7 @@ public class MemoryPlannerTests(ITestOutputHelper output)
             var expected = order.First(e => e.Peak <= budget);
             Assert.True(plan.Fits);
             Assert.Equal((expected.BaseDType, expected.Recompute), (plan.Chosen.BaseDType, plan.Chosen.Recompute));
-            Assert.Null(plan.Swap);
+            Assert.Equal(0, plan.Chosen.SwapBlocks);
         }
         // What the caller fixes narrows the candidates.
         var forced = MemoryPlanner.Choose(s, m, long.MaxValue, BaseDType.Fp8, recompute: true);
@@ -82,29 +82,6 @@ public class MemoryPlannerTests(ITestOutputHelper output)
         // Recomputation keeps only the block inputs; fp8 halves and more the block linears on a 4-byte engine.
         Assert.True(order[1].Activations < order[0].Activations);
         Assert.True(order[2].Weights < order[0].Weights / 2);
-    }
-
-    [Fact]
-    public void WhenNothingFitsThePlanSaysHowManyBlocksWouldHaveToBeSwapped()
-    {
-        // flux-dev at 1024² on the CUDA engine: what block swap is for.
-        var s = TrainingShape.Stage2(FluxConfig.FluxDev, 4096, 512, 16, 1);
-        var m = MemoryModel.Cuda(DevicePool.SizeClass);
-        var smallest = MemoryPlanner.Estimate(s, m, BaseDType.Fp8, true);
-        long blocks = smallest.DoubleBlockWeights.Sum() + smallest.SingleBlockWeights.Sum();
-        long budget = smallest.Peak - blocks / 3;
-        var plan = MemoryPlanner.Choose(s, m, budget);
-        Assert.False(plan.Fits);
-        Assert.Equal((BaseDType.Fp8, true), (plan.Chosen.BaseDType, plan.Chosen.Recompute));
-        var swap = Assert.IsType<SwapPlan>(plan.Swap);
-        Assert.True(swap.Peak <= budget);
-        Assert.True(swap.DoubleBlocks > 0, "double blocks are the largest and go first");
-        // The fewest: one block less does not fit (the largest first, two staging slots of the largest moved).
-        var sizes = smallest.DoubleBlockWeights.Concat(smallest.SingleBlockWeights).OrderDescending().ToArray();
-        long fewer = smallest.Peak - sizes.Take(swap.Blocks - 1).Sum() + 2 * sizes[0];
-        Assert.True(swap.Blocks == 1 || fewer > budget);
-        Assert.Contains(plan.Lines(), l => l.Contains($"{swap.Blocks} blocks in host memory"));
-        Assert.Null(MemoryPlanner.Swap(smallest, smallest.Peak - blocks - 1));   // swapping everything is not enough
     }
 
     [Fact]
@@ -202,15 +179,31 @@ public sealed class MemoryPlannerBenchTests
     }
 
     [Fact]
-    public void ABudgetTooSmallStopsWithThePlanAndTheSwapItWouldNeed()
+    public void ABudgetTooSmallForEveryBlockOnTheDeviceSwapsAndOneTooSmallForSwapStops()
     {
         var (code, stdout, stderr) = Cli.CliRunner.Run("bench", "--plan-only", "--device", "cuda", "--vram", "10");
         Assert.Equal(0, code);                                                 // planning for the GPU needs no GPU
+        Assert.Contains("chosen: fp8 base, recompute on, swap", stdout);
+        Assert.Contains("blocks in host memory", stdout);
+        (code, stdout, _) = Cli.CliRunner.Run("bench", "--plan-only", "--device", "cuda", "--vram", "10", "--swap-blocks", "0");
+        Assert.Equal(0, code);
         Assert.Contains("nothing fits", stdout);
-        Assert.Contains("block swap (not built yet) would need", stdout);
         (code, _, stderr) = Cli.CliRunner.Run("bench", "--device", "cpu", "--preset", "tiny", "--resolution", "512", "--txt", "8", "--vram", "0.001");
         Assert.Equal(1, code);
         Assert.StartsWith("error: ", stderr);
         Assert.Contains("does not fit in 1.02 MiB", stderr);
+    }
+
+    [Fact]
+    public void BenchWithSwapPrintsTheSwapAndEachStepsOverlap()
+    {
+        var (code, stdout, stderr) = Cli.CliRunner.Run("bench", "--device", "cpu", "--preset", "tiny", "--resolution", "512", "--txt", "8",
+                                                       "--steps", "1", "--warmup", "1", "--swap-blocks", "3");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("swap 3 blocks (2 double, 1 single)", stdout);
+        Assert.Contains("block swap: 3 blocks in host memory (2 double, 1 single", stdout);
+        // the first step fills the three slots (two double, one single); tiny has no more blocks to cycle through them
+        Assert.Contains("block swap: 3 block copies", stdout);
+        Assert.Contains("block swap  3 blocks, last step", stdout);
     }
 }
