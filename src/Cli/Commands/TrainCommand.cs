@@ -112,13 +112,21 @@ internal static class TrainCommand
         var format = Format();
         var dtype = LoraCommand.DType("Merged LoRA");
         var trigger2 = Trigger();
-        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (.meta.safetensors).")
+        var (queue, queueGpus, queueWorkers) = (QueueRunner.Queue(), QueueRunner.Gpus(), QueueRunner.Workers());
+        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (.meta.safetensors). " +
+                                           "With --queue FILE, everyone in FILE, one worker per --gpus id.")
         {
-            down, iters, rank2, format, dtype, trigger2,
+            down, iters, rank2, format, dtype, trigger2, queue, queueGpus, queueWorkers,
         };
         foreach (var o in s2.All) stage2.Options.Add(o);
+        (s2.Data.Required, s2.Out.Required) = (false, false);   // with --queue each line gives them
         stage2.SetAction(r =>
         {
+            if (r.GetValue(queue) is { } queueFile) return QueueRunner.Run(r, stage2, queueFile, r.GetValue(queueGpus), r.GetValue(queueWorkers));
+            if (r.GetValue(s2.Data) is null || r.GetValue(s2.Out) is null)
+                throw new Engine.InputException(r.GetValue(s2.Data) is null ? "--data" : "--out", "is required (or --queue FILE, one person per line)");
+            if (r.GetValue(queueGpus) is not null || r.GetValue(queueWorkers) is not null)
+                throw new Engine.InputException("--gpus", "--gpus and --workers go with --queue FILE");
             string outFile = r.GetValue(s2.Out)!;
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
