@@ -99,6 +99,7 @@ internal static class TrainCommand
             try { adapter = Stages.Stage1(new FluxModel(weights), people, opts with { Monitor = monitor?.Monitor }, Common.Log, parallel); }
             catch (DistributedException e) { throw Workers.Failure(comm!.Rank, e); }
             using var _adapter = adapter;
+            if (parallel != null) Workers.Report(parallel);
             if (parallel is { WritesOutputs: false }) return 0;   // rank 0 writes the result
             LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);
             Console.WriteLine($"wrote Meta-Down ({adapter.Targets.Count} targets, r1 {adapter.Rank1}) to {r.GetValue(s1.Out)}");
