@@ -1,15 +1,11 @@
 using System.Text.RegularExpressions;
-using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Demo;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
-using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Models;
 using MetaLoraNative.Tests.Cli;
 using MetaLoraNative.Tests.Testing;
-using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.PixelFormats;
 using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Distributed;
@@ -26,32 +22,13 @@ public sealed class QueueTests(ITestOutputHelper output) : TempFolderTest("queue
     const string Model = "random:tiny-t5:1";
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    string WriteDown()
-    {
-        string path = Path.Combine(dir, "down.safetensors");
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.TinyT5;
-        using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
-        LoraFiles.SaveMeta(down, null, path);
-        return path;
-    }
+    string WriteDown() => StandInFiles.WriteMetaDown(Path.Combine(dir, "down.safetensors"));
 
     string WriteData(string name, ulong seed)
     {
         string data = Path.Combine(dir, "data", name);
         LatentDataset.SaveIdentity(data, TinyDemo.MakeIdentity(FluxConfig.TinyT5, name, 2, seed));
         return data;
-    }
-
-    string WritePhoto(string name)
-    {
-        string photo = Path.Combine(dir, name);
-        using var img = new Image<Rgb24>(320, 240);
-        for (int y = 0; y < img.Height; y++)
-            for (int x = 0; x < img.Width; x++)
-                img[x, y] = new Rgb24((byte)(x * 255 / 320), (byte)(y * 255 / 240), (byte)((x + y) % 256));
-        img.SaveAsPng(photo);
-        return photo;
     }
 
     static string Line(params (string Key, object Value)[] pairs) =>
@@ -74,7 +51,7 @@ public sealed class QueueTests(ITestOutputHelper output) : TempFolderTest("queue
     {
         string models = Path.Combine(dir, "models"), down = WriteDown();
         ModelsFolder.WriteTiny(models);
-        string alice = WriteData("alice", 11), bob = WriteData("bob", 12), carol = WritePhoto("carol.png");
+        string alice = WriteData("alice", 11), bob = WriteData("bob", 12), carol = StandInFiles.WritePhoto(Path.Combine(dir, "carol.png"), 320, 240);
         string dave = Path.Combine(dir, "dave.png");
         File.WriteAllText(dave, "not an image at all");
         string Out(string who) => Path.Combine(dir, "queue-out", who, "lora.safetensors");
