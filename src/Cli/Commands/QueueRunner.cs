@@ -49,7 +49,7 @@ internal static class QueueRunner
 
     /// <summary>A queue file's line, checked: the person's command line and what tells a complete output.</summary>
     sealed record Person(int Line, string Name, string Out, string StatePath, string[] Arguments, string Format,
-                         int Iterations, string Seed, string Lr)
+                         int Iterations, string Seed, string Lr, bool ForceNew)
     {
         public string LogPath => Path.ChangeExtension(Out, ".log");
     }
@@ -230,7 +230,7 @@ internal static class QueueRunner
             people.Add(new Person(line, name, full, Value(parse, "--state")?.ToString() ?? Path.ChangeExtension(full, ".state.safetensors"),
                                   arguments, Value(parse, "--format")!.ToString()!,
                                   Value(parse, "--iterations") is int it ? it : new Stage2Options().Iterations,
-                                  Invariant(Value(parse, "--seed")), Invariant(Value(parse, "--lr"))));
+                                  Invariant(Value(parse, "--seed")), Invariant(Value(parse, "--lr")), Value(parse, "--force-new") is true));
         }
 
         if (lines.All(l => l.Trim().Length == 0)) problems.Add("holds no person (one JSON object per line)");
@@ -340,7 +340,8 @@ internal static class QueueRunner
     }
 
     /// <summary>"resumes from iteration 125 of STATE" when the person's state file exists.</summary>
-    static string Resumes(Person p) => StateIteration(p) is long k ? $"resumes from iteration {k} of {p.StatePath}" : "";
+    static string Resumes(Person p) =>
+        p.ForceNew ? "starts over (force-new)" : StateIteration(p) is long k ? $"resumes from iteration {k} of {p.StatePath}" : "";
 
     static long? StateIteration(Person p)
     {
