@@ -66,7 +66,7 @@ public sealed class QueueTests(ITestOutputHelper output) : TempFolderTest("queue
         string[] queueFlags = ["--model", Model, "--down", down, "--models", models, "--iterations", "2", "--device", "cpu"];
         string[] run = ["train", "stage2", "--queue", queue, "--workers", "2", .. queueFlags];
 
-        var first = CliRunner.RunProcess(dir, Limit, run);
+        var first = CliProcess.Run(dir, Limit, run);
         output.WriteLine(first.Out + first.Err);
         Assert.Equal(1, first.Code);                                               // dave failed: a runtime failure of the queue
         Assert.Contains($"error: queue {queue}: 1 of 4 people did not finish (line 4 dave)", first.Err);
@@ -112,7 +112,7 @@ public sealed class QueueTests(ITestOutputHelper output) : TempFolderTest("queue
         var written = File.GetLastWriteTimeUtc(Out("alice"));
         File.Delete(Out("bob"));
         File.WriteAllText(queue, string.Join('\n', File.ReadAllLines(queue).Take(3)) + "\n");   // without dave
-        var second = CliRunner.RunProcess(dir, Limit, run);
+        var second = CliProcess.Run(dir, Limit, run);
         output.WriteLine(second.Out + second.Err);
         Assert.True(second.Code == 0, second.Err + second.Out);
         Assert.Contains($"skip   line 1 alice: {Out("alice")} is complete (2 iterations); nothing to do", second.Out);

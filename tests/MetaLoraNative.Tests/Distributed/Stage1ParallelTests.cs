@@ -165,7 +165,7 @@ public sealed class Stage1ParallelTests(ITestOutputHelper output) : TinyModelTes
         }
     }
 
-    static string Cli => MetaLoraNative.Tests.Cli.CliRunner.Dll;
+    static string Cli => MetaLoraNative.Tests.Cli.CliProcess.Dll;
 
     [Fact]
     public void TheCliOnTwoCpuRanksStopsWhenAWorkerIsKilled()
