@@ -19,6 +19,8 @@
 #   6. torch:     tools/bench/torch_reference.py at 512² and 1024², eager and compiled, in one call
 #   7. vram-24, vram-16, vram-10: metalora bench at 1024² under --vram 24/16/10 (plan, ms/step against bench-1024-mma's
 #                 unconstrained 80 GB plan, peak, block swap's hidden and exposed copy time), a table in the log
+#   8. nccl-stage1, queue-2: a one-rank NCCL Stage 1 on GPU 0 (the log names NCCL's version and the all-reduce
+#                 bytes; nccl-proof checks it) and a two-person `train stage2 --queue` on GPU 0, both on the tiny preset
 # Then a table (every check with its error and tolerance; ms/step, TFLOP/s and peak GiB for ours and PyTorch, and the
 # ratios) and $OUT/first-contact.json. Files under $OUT (at most 8, each small): first-contact.log,
 # first-contact.json, check-cuda.json, bench-512.json, bench-1024-mma.json, torch.jsonl, compare.txt. The
@@ -191,6 +193,26 @@ for name, r in rows:
     print(f"{name:<14} {plan:<34} {r['train_ms_median']:>9.1f} {ratio or float('nan'):>8.2f} {r['peak_gib']:>9.2f} "
           f"{r['predicted_peak_gib']:>10.2f} {r.get('swap_copy_ms', 0):>10.1f} {r.get('swap_exposed_ms', 0):>8.1f}")
 PY
+
+# 8. multi-GPU wiring on one GPU (docs/DISTRIBUTED.md "First GPU check"): a one-rank NCCL Stage 1 (`--gpus 0` joins
+#    NCCL even alone; its log names the NCCL version and file and what the gradient all-reduces moved), then a
+#    two-person queue on GPU 0 (`train stage2 --queue`, docs/TRAINING.md) with the D it wrote. The dry run takes the
+#    same routes on the CPU: one CPU rank (no communicator), two CPU queue workers.
+Q="$WORK/queue"
+# the proof: every pattern in the log (on the GPU "rank 0 of 1 joined over NCCL: 2.x.y (file) on GPU 0" and
+# "rank 0: 4 gradient all-reduce(s), the last N B in 1 bucket(s)"); a dry run's CPU rank has no communicator
+if [[ $DRY_RUN == 1 ]]; then PROOF=('wrote Meta-Down'); QUEUE_SLOTS=(--workers 2)
+else PROOF=('joined over NCCL: [0-9]+[.][0-9]+' 'gradient all-reduce[(]s[)], the last [1-9][0-9,]* B' 'wrote Meta-Down'); QUEUE_SLOTS=(--gpus 0); fi
+proves() { local file=$1 ok=0; shift; for p in "$@"; do grep -E "$p" "$file" || { echo "missing in $file: $p"; ok=1; }; done; return $ok; }
+export -f proves
+stage queue-data 15 "${ML[@]}" data synth --out "$Q/ids" --identities 2 --images 2
+KEEP="$WORK/nccl-stage1.txt" stage nccl-stage1 60 "${ML[@]}" train stage1 --device "$DEVICE" --gpus 0 --model "random:tiny:$SEED" \
+    --data "$Q/ids" --out "$Q/d.safetensors" --iterations 4 --bucket-iterations 2 --warmup-iterations 1 --batch-size 2 --rank1 4
+stage nccl-proof 5 bash -c 'proves "$@"' proves "$WORK/nccl-stage1.txt" "${PROOF[@]}"
+printf '%s\n' "{\"data\": \"$Q/ids/person000\", \"out\": \"$Q/lora/a/lora.safetensors\"}" \
+    "{\"data\": \"$Q/ids/person001\", \"out\": \"$Q/lora/b/lora.safetensors\", \"seed\": 2, \"trigger\": \"sks person\"}" > "$Q/people.jsonl"
+stage queue-2 90 "${ML[@]}" train stage2 --queue "$Q/people.jsonl" --device "$DEVICE" "${QUEUE_SLOTS[@]}" --model "random:tiny:$SEED" \
+    --down "$Q/d.safetensors" --iterations 3
 
 echo
 echo "==================================================================== summary (+$((SECONDS - START))s)"

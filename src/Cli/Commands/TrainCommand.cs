@@ -106,6 +106,7 @@ internal static class TrainCommand
             try { adapter = Stages.Stage1(new FluxModel(weights), people, opts with { Monitor = monitor?.Monitor }, Common.Log, parallel); }
             catch (DistributedException e) { throw Workers.Failure(comm!.Rank, e); }
             using var _adapter = adapter;
+            if (parallel != null) Workers.Report(parallel);
             if (parallel is { WritesOutputs: false }) return 0;   // rank 0 writes the result
             LoraFiles.SaveMeta(adapter, null, r.GetValue(s1.Out)!, meta);   // the result first: the report below cannot lose it
             // as the demo prints it: the base model (every U starts at zero) against each identity's trained M/U, on the
@@ -127,13 +128,21 @@ internal static class TrainCommand
         var format = Format();
         var dtype = LoraCommand.DType("Merged LoRA");
         var trigger2 = Trigger();
-        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (OUT.metalora: safetensors bytes under a name LoRA loaders do not list).")
+        var (queue, queueGpus, queueWorkers) = (QueueRunner.Queue(), QueueRunner.Gpus(), QueueRunner.Workers());
+        var stage2 = new Command("stage2", "Algorithm 2: personalise one identity (its cached augmented crops) with D frozen. Writes the merged rank-r2 LoRA to --out and the unmerged D/M/U beside it (OUT.metalora: safetensors bytes under a name LoRA loaders do not list). " +
+                                           "With --queue FILE, everyone in FILE, one worker per --gpus id.")
         {
-            down, iters, rank2, format, dtype, trigger2,
+            down, iters, rank2, format, dtype, trigger2, queue, queueGpus, queueWorkers,
         };
         foreach (var o in s2.All.Concat(s2.Monitor.Selection)) stage2.Options.Add(o);
+        (s2.Data.Required, s2.Out.Required) = (false, false);   // with --queue each line gives them
         stage2.SetAction(r =>
         {
+            if (r.GetValue(queue) is { } queueFile) return QueueRunner.Run(r, stage2, queueFile, r.GetValue(queueGpus), r.GetValue(queueWorkers));
+            if (r.GetValue(s2.Data) is null || r.GetValue(s2.Out) is null)
+                throw new Engine.InputException(r.GetValue(s2.Data) is null ? "--data" : "--out", "is required (or --queue FILE, one person per line)");
+            if (r.GetValue(queueGpus) is not null || r.GetValue(queueWorkers) is not null)
+                throw new Engine.InputException("--gpus", "--gpus and --workers go with --queue FILE");
             string outFile = r.GetValue(s2.Out)!;
             var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));

@@ -68,10 +68,10 @@ internal static class Workers
         if (device == "cpu")
         {
             var cpu = Common.CreateBackend(device);
-            return (cpu, Join(config, () => SocketCommunicator.Connect(config)));
+            return (cpu, Join(config, () => SocketCommunicator.Connect(config), "loopback sockets"));
         }
         var gpu = Cuda(config.DeviceOrdinal);
-        try { return (gpu, Join(config, () => Kernels.Distributed.NcclCommunicator.Create(gpu, config))); }
+        try { return (gpu, Join(config, () => Kernels.Distributed.NcclCommunicator.Create(gpu, config), $"{Kernels.NcclProbe.Report()} on GPU {config.DeviceOrdinal}")); }
         catch
         {
             gpu.Dispose();
@@ -84,10 +84,22 @@ internal static class Workers
             ? backend!
             : throw new RuntimeFailure($"GPU {ordinal}", $"the CUDA engine is unavailable: {reason} (run 'metalora doctor')");
 
-    static ICommunicator Join(DistributedConfig config, Func<ICommunicator> connect)
+    /// <summary>Joins the run; one line says over what ("NCCL: 2.21.5 (/usr/lib/…/libnccl.so.2) on GPU 0"), the proof a first GPU check reads.</summary>
+    static ICommunicator Join(DistributedConfig config, Func<ICommunicator> connect, string over)
     {
-        try { return connect(); }
+        ICommunicator c;
+        try { c = connect(); }
         catch (DistributedException e) { throw Failure(config.Rank, e); }
+        Console.WriteLine($"rank {c.Rank} of {c.WorldSize} joined over {over}, rendezvous {config.MasterAddr}:{config.MasterPort}");
+        return c;
+    }
+
+    /// <summary>What a data-parallel Stage 1 moved on this rank: steps, each step's all-reduce payload and buckets, bytes sent in all.</summary>
+    public static void Report(Engine.Training.Stage1Parallel parallel)
+    {
+        var last = parallel.LastReduce;
+        Console.WriteLine($"rank {parallel.Rank}: {parallel.Totals.Steps} gradient all-reduce(s), the last {last.PayloadBytes:N0} B in {last.Buckets} bucket(s); " +
+                          $"{parallel.Communicator.TotalBytesSent:N0} B sent by this rank in all ({parallel.Totals.ReduceMilliseconds:F1} ms of {parallel.Totals.Milliseconds:F1} ms in all-reduces)");
     }
 
     /// <summary>A communicator's failure as the CLI reports it: the subject is this rank, the message names the rank at fault.</summary>

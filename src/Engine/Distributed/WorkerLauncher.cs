@@ -108,22 +108,34 @@ public static class WorkerLauncher
 
     static Process Start(WorkerLaunch launch, int rank, int port, Action<int, string?> line)
     {
-        var info = new ProcessStartInfo(launch.FileName)
+        try { return StartProcess(launch.FileName, launch.Arguments, WorkerConfig(launch, rank, port).ToEnvironment(), text => line(rank, text)); }
+        catch (Win32Exception e) { throw new InvalidOperationException($"cannot start worker rank {rank} ({launch.FileName}): {e.Message}", e); }
+    }
+
+    /// <summary>
+    /// Starts one worker process with <paramref name="environment"/> added to this one's; every line of its stdout and
+    /// stderr goes to <paramref name="line"/> (null at the end of each stream). The queue (<see cref="QueueScheduler"/>)
+    /// starts its workers here too. A Win32Exception when the file cannot be started.
+    /// </summary>
+    public static Process StartProcess(string fileName, IReadOnlyList<string> arguments, IReadOnlyDictionary<string, string> environment,
+                                       Action<string?> line)
+    {
+        var info = new ProcessStartInfo(fileName)
         {
             UseShellExecute = false,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
-        foreach (string a in launch.Arguments) info.ArgumentList.Add(a);
-        foreach (var (k, v) in WorkerConfig(launch, rank, port).ToEnvironment()) info.Environment[k] = v;
+        foreach (string a in arguments) info.ArgumentList.Add(a);
+        foreach (var (k, v) in environment) info.Environment[k] = v;
         var p = new Process { StartInfo = info };
-        p.OutputDataReceived += (_, e) => line(rank, e.Data);
-        p.ErrorDataReceived += (_, e) => line(rank, e.Data);
+        p.OutputDataReceived += (_, e) => line(e.Data);
+        p.ErrorDataReceived += (_, e) => line(e.Data);
         try { p.Start(); }
-        catch (Win32Exception e)
+        catch
         {
             p.Dispose();
-            throw new InvalidOperationException($"cannot start worker rank {rank} ({launch.FileName}): {e.Message}", e);
+            throw;
         }
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
@@ -163,7 +175,8 @@ public static class WorkerLauncher
         return new WorkerResult(code, failedRank, message);
     }
 
-    static void Stop(Process p)
+    /// <summary>Kills a worker and its process tree unless it has exited.</summary>
+    public static void Stop(Process p)
     {
         try
         {

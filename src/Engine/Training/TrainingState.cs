@@ -16,7 +16,9 @@ public static class TrainingState
     /// <summary>Metadata key of the stage ("stage1", "stage2"); files written before the rename carry <see cref="OldStageKey"/>.</summary>
     public const string StageKey = "metalora.state";
     public const string OldStageKey = "metalora.checkpoint";
-    const string IterationKey = "metalora.iteration", IdentitiesKey = "metalora.identities", StepsKey = "metalora.adam_steps";
+    /// <summary>The iteration a state was saved at (the queue reads it to say where a person resumes).</summary>
+    public const string IterationKey = "metalora.iteration";
+    const string IdentitiesKey = "metalora.identities", StepsKey = "metalora.adam_steps";
 
     static IEnumerable<(string Key, LoraParameter P)> All(LoraAdapter a)
     {

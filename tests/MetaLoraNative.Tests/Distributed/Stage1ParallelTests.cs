@@ -165,10 +165,7 @@ public sealed class Stage1ParallelTests(ITestOutputHelper output) : TinyModelTes
         }
     }
 
-    /// <summary>metalora.dll as the tests' build has it (the CLI project's output).</summary>
-    static string Cli => new[] { Path.Combine(AppContext.BaseDirectory, "metalora.dll"),
-                                 Path.Combine(Reference.TorchReferenceTests.Repo, "src", "Cli", "bin", "Release", "net10.0", "metalora.dll") }
-                         .First(File.Exists);
+    static string Cli => MetaLoraNative.Tests.Cli.CliProcess.Dll;
 
     [Fact]
     public void TheCliOnTwoCpuRanksStopsWhenAWorkerIsKilled()

@@ -20,6 +20,7 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
     [
         "nvidia-smi", "doctor", "kernels", "check-cuda", "bench-512", "ref-case", "ref-torch-fp32", "ref-torch-bf16",
         "step-scalar", "step-mma", "compare-scalar", "compare-mma", "bench-1024-mma", "torch", "vram-24", "vram-16", "vram-10",
+        "queue-data", "nccl-stage1", "nccl-proof", "queue-2",
     ];
 
     [SkippableFact]
@@ -84,5 +85,9 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
         string log = File.ReadAllText(Path.Combine(outDir, "first-contact.log"));
         Assert.Contains("x eager", log);
         Assert.Contains("reference 512² (mma attention)", log);
+        // the one-rank Stage 1 went through the launcher, and the two-person queue trained both on two workers
+        Assert.Contains("[rank 0] wrote Meta-Down", log);
+        Assert.Matches(@"\| 1 \| person000 \| worker \d \| done \| 3/3 \|", log);
+        Assert.Matches(@"\| 2 \| person001 \| worker \d \| done \| 3/3 \|", log);
     }
 }

@@ -21,26 +21,9 @@ namespace MetaLoraNative.Tests.Workflow;
 [Collection("console")]
 public sealed class WorkflowTests() : TempFolderTest("workflow")
 {
-    string WritePhoto()
-    {
-        string photo = Path.Combine(dir, "me.png");
-        using var img = new Image<Rgb24>(640, 480);
-        for (int y = 0; y < img.Height; y++)
-            for (int x = 0; x < img.Width; x++)
-                img[x, y] = new Rgb24((byte)(x * 255 / 640), (byte)(y * 255 / 480), (byte)((x + y) % 256));
-        img.SaveAsPng(photo);
-        return photo;
-    }
+    string WritePhoto() => StandInFiles.WritePhoto(Path.Combine(dir, "me.png"));
 
-    string WriteDown()
-    {
-        string path = Path.Combine(dir, "down.safetensors");
-        using var be = CpuBackend.F32();
-        var c = FluxConfig.TinyT5;
-        using var down = LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
-        LoraFiles.SaveMeta(down, null, path);
-        return path;
-    }
+    string WriteDown() => StandInFiles.WriteMetaDown(Path.Combine(dir, "down.safetensors"));
 
     /// <summary>A cached one-person dataset for the tiny model (the --data of train stage2|lora).</summary>
     string WriteData(int images = 4)
