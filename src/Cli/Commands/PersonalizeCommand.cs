@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -46,22 +48,24 @@ internal static class PersonalizeCommand
         foreach (var o in s.WithoutData) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(s.Out), "--out"); OutputPath.CheckFile(s.StatePath(r), "--state");
             bool baseline = r.GetValue(standard);
             string? downPath = r.GetValue(down);
-            if (!baseline && downPath is null) throw new ArgumentException("--down D.safetensors (a Stage-1 Meta-Down) is needed; without one, pass --standard");
-            if (baseline && downPath is not null) throw new ArgumentException("--standard trains without a Meta-Down; drop --down or --standard");
+            if (!baseline && downPath is null) throw new InputException("--down", "a Stage-1 Meta-Down (D.safetensors) is needed; without one, pass --standard");
+            if (baseline && downPath is not null) throw new InputException("--standard", "trains without a Meta-Down; drop --down or --standard");
             int iterations = r.GetValue(iters) ?? (baseline ? new StandardLoraOptions().Iterations : new Stage2Options().Iterations);
-            if (iterations < 1) throw new ArgumentException($"--iterations must be at least 1, got {iterations}");
+            if (iterations < 1) throw new InputException("--iterations", $"must be at least 1, got {iterations}");
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var phases = new PhaseClock();
 
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(s.Monitor.Models))
-                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+                         ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
             var problems = ModelsFolder.Check(dir);
             if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
             using var set = new ModelSet(dir);
             string modelPath = r.GetValue(s.Model) ?? Path.Combine(dir, "flux1-dev.safetensors");
             using var be = Common.CreateBackend(r.GetValue(s.Device)!);
+            Common.CheckHostMemory(r, be, modelPath, (r.GetValue(resolution) * r.GetValue(resolution) / 256, 512), recompute: r.GetValue(s.Recompute) == "on");
             using var weights = FluxLoader.Load(modelPath, be);
             using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be);
             phases.Done("load");
@@ -103,7 +107,7 @@ internal static class PersonalizeCommand
         if (string.IsNullOrWhiteSpace(text)) return [];
         return text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries).Select(t =>
             long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long v) && v >= 1 && v <= iterations ? v
-                : throw new ArgumentException($"--snapshots: '{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
+                : throw new InputException("--snapshots", $"'{t}' is not an iteration between 1 and {iterations}")).Distinct().Order().ToArray();
     }
 
     /// <summary>Wall time per phase: each Done(name) closes the phase that ran since the previous one.</summary>

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Distributed;
 using MetaLoraNative.Engine.Flux;
@@ -75,10 +76,12 @@ internal static class TrainCommand
         stage1.SetAction(r =>
         {
             if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
+            OutputPath.CheckFile(r.GetValue(s1.Out), "--out"); OutputPath.CheckFile(s1.StatePath(r), "--state");
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
             using var _be = be;
             using var _comm = comm;
             using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
+            Common.CheckHostMemory(r, be, r.GetValue(s1.Model)!, LatentDataset.Tokens(r.GetValue(s1.Data)!) ?? (1024, 512), recompute: r.GetValue(s1.Recompute) == "on");
             using var weights = FluxLoader.Load(r.GetValue(s1.Model)!, be);
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
             Backends.WarnIfSlow(be, weights.Config, people[0].Examples[0], r.GetValue(bs));
@@ -120,8 +123,10 @@ internal static class TrainCommand
         stage2.SetAction(r =>
         {
             string outFile = r.GetValue(s2.Out)!;
+            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(s2.StatePath(r), "--state");
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), Path.ChangeExtension(outFile, ".meta.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
+            Common.CheckHostMemory(r, be, r.GetValue(s2.Model)!, LatentDataset.Tokens(r.GetValue(s2.Data)!) ?? (1024, 512), recompute: r.GetValue(s2.Recompute) == "on");
             using var weights = FluxLoader.Load(r.GetValue(s2.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
             Backends.WarnIfSlow(be, weights.Config, person.Examples[0], 1);
@@ -162,8 +167,10 @@ internal static class TrainCommand
         lora.SetAction(r =>
         {
             string outFile = r.GetValue(sl.Out)!;
+            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(sl.StatePath(r), "--state");
             using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
+            Common.CheckHostMemory(r, be, r.GetValue(sl.Model)!, LatentDataset.Tokens(r.GetValue(sl.Data)!) ?? (1024, 512), recompute: r.GetValue(sl.Recompute) == "on");
             using var weights = FluxLoader.Load(r.GetValue(sl.Model)!, be);
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
             var opts = new StandardLoraOptions

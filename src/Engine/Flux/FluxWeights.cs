@@ -43,7 +43,7 @@ public sealed class FluxWeights : IDisposable
     /// <summary>A weight held as a tensor; a quantised one fails saying so (merging into W0 needs the bf16 base).</summary>
     public Tensor this[string name] => tensors.TryGetValue(name, out var t) ? t
         : quantized.ContainsKey(name)
-            ? throw new InvalidOperationException($"{Source}: '{name}' is held in fp8 (E4M3 with a scale per row); this needs the bf16 base (--base-dtype bf16)")
+            ? throw new InputException("--base-dtype", $"{Source}: '{name}' is held in fp8 (E4M3 with a scale per row); this needs the bf16 base (--base-dtype bf16)")
             : throw new KeyNotFoundException($"{Source}: no tensor '{name}'");
 
     public Tensor? TryGet(string name) => tensors.GetValueOrDefault(name);

@@ -1,6 +1,7 @@
 // The evaluation prompts of the paper's appendix: Table 1 (recontextualisation) and Table 2 (stylistic) are used for
 // CLIP-T, Table 3 for (R-)FaceSim. Tables 1 and 2 list ten prompts written for men and ten for women; Table 3 is one
 // template with [man/woman], [his/her] and [he/she] filled in for the subject.
+using MetaLoraNative.Engine;
 using MetaLoraNative.Onnx.Datasets;
 
 namespace MetaLoraNative.Onnx.Scoring;
@@ -104,7 +105,7 @@ public static class PaperPrompts
             "recontext" => man ? Table1Man : Table1Woman,
             "stylistic" => man ? Table2Man : Table2Woman,
             "clip-t" => [.. man ? Table1Man : Table1Woman, .. man ? Table2Man : Table2Woman],
-            _ => throw new ArgumentException($"unknown prompt set '{name}' (known: {string.Join(", ", SetNames)})"),
+            _ => throw new InputException("--prompts", $"unknown prompt set '{name}' (known: {string.Join(", ", SetNames)})"),
         };
     }
 
