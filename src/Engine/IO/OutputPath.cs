@@ -49,9 +49,9 @@ public static class OutputPath
         string probe = Path.Combine(existing, $".metalora-probe-{Environment.ProcessId}-{Guid.NewGuid():N}");
         try
         {
+            // created, written and deleted on close; not synced to disk (a probe must cost nothing next to the run)
             using var s = new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
             s.WriteByte(0);
-            s.Flush(flushToDisk: true);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
