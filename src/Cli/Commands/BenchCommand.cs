@@ -80,7 +80,7 @@ internal static class BenchCommand
                 return 0;
             }
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
-            if (!options.PlanOnly) Common.CheckHostMemory(r, be, options.Weights ?? $"random:{options.Config.Name}:0", (options.Resolution * options.Resolution / 256, options.TextTokens), flag: options.Weights != null ? "--weights" : "--preset", recompute: r.GetValue(shared.Recompute) == "on");
+            if (!options.PlanOnly) Common.CheckHostMemory(r, be, options.Weights ?? $"random:{options.Config.Name}:0", (options.Resolution * options.Resolution / (FluxConfig.PixelsPerToken * FluxConfig.PixelsPerToken), options.TextTokens), flag: options.Weights != null ? "--weights" : "--preset", recompute: r.GetValue(shared.Recompute) == "on");
             var res = StepBenchmark.Run(be, options, Common.Log);
             if (options.PlanOnly) return 0;
             Console.WriteLine();

@@ -65,7 +65,7 @@ internal static class PersonalizeCommand
             using var set = new ModelSet(dir);
             string modelPath = r.GetValue(s.Model) ?? Path.Combine(dir, "flux1-dev.safetensors");
             using var be = Common.CreateBackend(r.GetValue(s.Device)!);
-            Common.CheckHostMemory(r, be, modelPath, (r.GetValue(resolution) * r.GetValue(resolution) / 256, 512), recompute: r.GetValue(s.Recompute) == "on");
+            Common.CheckHostMemory(r, be, modelPath, (r.GetValue(resolution) * r.GetValue(resolution) / (FluxConfig.PixelsPerToken * FluxConfig.PixelsPerToken), 512), recompute: r.GetValue(s.Recompute) == "on");
             using var weights = FluxLoader.Load(modelPath, be);
             using var metaDown = downPath is null ? null : LoraFiles.Load(downPath, weights.Config, be);
             phases.Done("load");

@@ -56,7 +56,8 @@ public static class OutputPath
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             string where = existing == folder ? $"its folder '{existing}'" : $"'{existing}' (where its folder '{folder}' would be made)";
-            throw new InputException(flag, $"{path}: cannot write in {where}: {e.Message.Replace(probe, "a test file", StringComparison.Ordinal)}");
+            string reason = e is UnauthorizedAccessException ? "permission denied" : e.Message.Replace($" '{probe}'", "", StringComparison.Ordinal).TrimEnd('.');
+            throw new InputException(flag, $"{path}: cannot write in {where}: a test file could not be created ({reason})");
         }
     }
 

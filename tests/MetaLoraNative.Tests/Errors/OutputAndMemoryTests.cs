@@ -14,13 +14,11 @@ namespace MetaLoraNative.Tests.Errors;
 [Collection("console")]
 public sealed class OutputAndMemoryTests() : TempFolderTest("outputs")
 {
-    static void OneLine(int code, (int Code, string Out, string Err) run, params string[] words)
+    /// <summary><see cref="ErrorLineTests.OneClearLine"/> naming <paramref name="subject"/>, and every one of <paramref name="words"/>.</summary>
+    static void OneLine(int code, (int Code, string Out, string Err) run, string subject, params string[] words)
     {
-        var lines = run.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.True(run.Code == code && lines.Length == 1, $"exit {run.Code}, expected {code} and one line: {run.Err}");
-        Assert.StartsWith("error: ", lines[0]);
-        Assert.DoesNotContain("internal error", lines[0]);
-        foreach (var w in words) Assert.Contains(w, lines[0]);
+        ErrorLineTests.OneClearLine(code, run, subject);
+        foreach (var w in words) Assert.Contains(w, run.Err);
     }
 
     /// <summary>A path whose folder can never be made: it runs through a regular file.</summary>
@@ -58,7 +56,8 @@ public sealed class OutputAndMemoryTests() : TempFolderTest("outputs")
         // /proc takes no new files, not even from root: a real probe write fails there
         Skip.IfNot(Directory.Exists("/proc/self"), "no /proc");
         var proc = Assert.Throws<InputException>(() => OutputPath.CheckFile("/proc/metalora-out.safetensors", "--out"));
-        Assert.Contains("cannot write in its folder '/proc'", proc.Message);
+        Assert.Contains("cannot write in its folder '/proc': a test file could not be created", proc.Message);
+        Assert.DoesNotContain(".metalora-probe", proc.Message);
     }
 
     public static TheoryData<string[], string> Writers() => new()
@@ -144,7 +143,7 @@ public sealed class OutputAndMemoryTests() : TempFolderTest("outputs")
             HostMemory.Check(FluxConfig.FluxDev, MemoryModel.CpuF32, 1024, 512, true, gib24, "--preset", p => $"--preset {p}"));
         Assert.Equal("--preset", e.Subject);
         Assert.Contains("flux-dev", e.Message);
-        Assert.Contains("--preset tiny", e.Message);            // flux-schnell is as large as flux-dev; tiny is the largest that fits
+        Assert.Contains("--preset tiny", e.Message);            // flux-schnell is as large as flux-dev; a tiny preset is the largest that fits
         Assert.Contains("--no-memory-check", e.Message);
         Assert.Contains(MemoryCapExceededException.FormatBytes(weights + activations), e.Message);
 
