@@ -23,7 +23,7 @@ public static class Backends
         "cpu" => fp64 ? CpuBackend.F64() : CpuBackend.F32(),
         "cuda" => CreateCuda(),
         Auto => CreateAuto(fp64, log ?? Console.WriteLine),
-        _ => throw new ArgumentException($"unknown device '{device}' (auto, cpu, cuda)"),
+        _ => throw new InputException("--device", $"unknown device '{device}' (auto, cpu, cuda)"),
     };
 
     static IBackend CreateCuda() =>

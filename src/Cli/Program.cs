@@ -23,6 +23,7 @@ public static class Program
                  })
             root.Subcommands.Add(command);
         root.Options.Add(Errors.Verbose);
+        root.Options.Add(Common.NoMemoryCheck);
         CommandConfig.Attach(root);
         return root;
     }

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using System.Text.Json;
 using System.Text.Json.Nodes;
@@ -46,8 +47,9 @@ public static class AugmentCommand
         command.SetAction(parse =>
         {
             string src = parse.GetValue(image)!, outDir = parse.GetValue(output)!;
+            OutputPath.CheckFolder(outDir, "--out");
             int maxImages = parse.GetValue(max);
-            if (maxImages < 1) throw new ArgumentException("--max must be at least 1");
+            if (maxImages < 1) throw new InputException("--max", "must be at least 1");
             using var det = OnnxCommandSupport.OpenDetector(parse.GetValue(detector), OnnxCommandSupport.ModelsDir(parse.GetValue(models)));
             using var photo = ImageIO.LoadRgb(src);
             var options = new AugmentOptions

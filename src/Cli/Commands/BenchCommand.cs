@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine.IO;
 using MetaLoraNative.Engine;
 using System.CommandLine;
 using System.Globalization;
@@ -128,6 +129,7 @@ internal static class BenchCommand
         foreach (var o in shared.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(json), "--json");
             var options = shared.Options(r, r.GetValue(steps), r.GetValue(warmup)) with { PlanOnly = r.GetValue(planOnly) };
             if (options.PlanOnly && options.Memory != null)
             {
@@ -137,6 +139,7 @@ internal static class BenchCommand
                 return 0;
             }
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
+            if (!options.PlanOnly) Common.CheckHostMemory(r, be, options.Weights ?? $"random:{options.Config.Name}:0", (options.Resolution * options.Resolution / (FluxConfig.PixelsPerToken * FluxConfig.PixelsPerToken), options.TextTokens), flag: options.Weights != null ? "--weights" : "--preset", recompute: r.GetValue(shared.Recompute) == "on");
             var res = StepBenchmark.Run(be, options, Common.Log);
             if (options.PlanOnly) return 0;
             Console.WriteLine();

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Planning;
 using MetaLoraNative.Engine.Training;
 
 namespace MetaLoraNative.Cli.Commands;
@@ -24,6 +25,27 @@ internal static class Common
     }.AcceptOnlyFromAmong([.. RecomputePolicy.All.Select(p => p.Name)]);
 
     public static IBackend CreateBackend(string device, bool fp64 = false) => Backends.Create(device, fp64);
+
+    /// <summary>--no-memory-check, valid on every command: skips <see cref="CheckHostMemory"/>.</summary>
+    public static readonly Option<bool> NoMemoryCheck = new("--no-memory-check")
+    {
+        Description = "Build a model on the CPU even when the memory planner predicts it will not fit in the available RAM.",
+        Recursive = true,
+    };
+
+    /// <summary>
+    /// Before a command builds <paramref name="model"/> (a checkpoint or random:PRESET:SEED) on a CPU backend: refuses
+    /// the run when its predicted need exceeds MemAvailable (<see cref="HostMemory.Check"/>), as bad input on
+    /// <paramref name="flag"/> naming the preset to use instead. Nothing to do on a GPU, where the memory planner and
+    /// the allocator's cap decide, or with --no-memory-check.
+    /// </summary>
+    public static void CheckHostMemory(ParseResult r, IBackend be, string model, (int Image, int Text) tokens, bool training = true,
+                                       string flag = "--model", bool recompute = false)
+    {
+        if (r.GetValue(NoMemoryCheck) || MemoryModel.For(be) is not { } memory || HostMemory.Available() is not long available) return;
+        Func<string, string> instead = flag == "--preset" ? p => $"--preset {p}" : p => $"{flag} random:{p}:1";
+        HostMemory.Check(FluxLoader.Inspect(model), memory, tokens.Image, tokens.Text, training, available, flag, instead, recompute);
+    }
 
     // Flag checks, run by the parser before any work: a failing value is one `error: --flag: ...` line and exit 2.
     // Each returns its option so a declaration reads `new Option<int>("--rank1") {...}.AtLeast(1)`.

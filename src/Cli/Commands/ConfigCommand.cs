@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Cli.Config;
 
@@ -19,6 +21,7 @@ internal static class ConfigCommand
         CommandConfig.DoNotRecord(init);
         init.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(output), "--out");
             string text = ConfigTemplate.Write(ConfigTemplate.Find(root, r.GetValue(names)!));
             if (r.GetValue(output) is not { } path) Console.Write(text);
             else

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Demo;
 using MetaLoraNative.Engine.Flux;
@@ -21,6 +22,7 @@ internal static class DataCommand
         };
         synth.SetAction(r =>
         {
+            OutputPath.CheckFolder(r.GetValue(output), "--out");
             var config = FluxConfig.Preset(r.GetValue(preset)!);
             // built aside and moved into place: a failure half-way leaves no partial dataset (AtomicFolder)
             AtomicFolder.Write(r.GetValue(output)!, folder =>

@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Debugging;
 
@@ -20,6 +22,7 @@ internal static class DebugCommand
         };
         step.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(output), "--out");
             using var be = Common.CreateBackend(r.GetValue(device)!, r.GetValue(fp64));
             var result = ReferenceStep.Run(r.GetValue(model)!, r.GetValue(inputs)!, r.GetValue(lora)!, r.GetValue(output)!, be);
             Console.WriteLine($"loss {result.Loss:R}; {result.Factors} factor gradients; {result.Elapsed.TotalMilliseconds:F0} ms on {be.Name} → {r.GetValue(output)}");

@@ -1,3 +1,6 @@
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Demo;
 
@@ -21,7 +24,9 @@ internal static class DemoCommand
         };
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFolder(r.GetValue(output), "--out");
             using var be = Common.CreateBackend(r.GetValue(device)!);
+            Common.CheckHostMemory(r, be, $"random:{FluxConfig.Tiny.Name}:0", (TinyDemo.Grid * TinyDemo.Grid, TinyDemo.T5Length));
             var result = TinyDemo.Run(be, new TinyDemo.Options
             {
                 OutputDirectory = r.GetValue(output)!, Stage1Iterations = r.GetValue(stage1), Stage2Iterations = r.GetValue(stage2),

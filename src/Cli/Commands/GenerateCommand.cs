@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Planning;
 using MetaLoraNative.Engine.Training;
@@ -34,17 +36,19 @@ internal static class GenerateCommand
         foreach (var o in placement.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(output), "--out");
             int w = r.GetValue(width), h = r.GetValue(height);
             const int side = FluxConfig.PixelsPerToken;
-            if (w % side != 0 || h % side != 0 || w <= 0 || h <= 0) throw new ArgumentException($"--width {w} and --height {h} must be positive multiples of {side}");
+            if (w % side != 0 || h % side != 0 || w <= 0 || h <= 0) throw new InputException("--width", $"--width {w} and --height {h} must be positive multiples of {side}");
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(models))
-                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+                         ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
             var problems = ModelsFolder.Check(dir, [ModelsFolder.T5, ModelsFolder.ClipL, ModelsFolder.VaeDecoder]);
             if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
             using var set = new ModelSet(dir);
             var embedding = set.OpenTextEncoder().Encode(r.GetValue(prompt)!);
 
             using var be = Common.CreateBackend(r.GetValue(device)!);
+            Common.CheckHostMemory(r, be, r.GetValue(model)!, (w * h / (side * side), 512), training: false);
             // auto plans a training step of this shape (an upper bound for sampling: no gradients, no optimiser)
             using var weights = placement.Load(r, r.GetValue(model)!, be, c => TrainingShape.Stage2(c, h / side * (w / side), TrainingOutputs.T5Length(embedding, c),
                                                                                                   1, 1), RecomputePolicy.On);

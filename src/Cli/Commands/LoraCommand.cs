@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.IO;
@@ -16,7 +17,7 @@ internal static class LoraCommand
         "bf16" => SafetensorsDType.BF16,
         "fp16" => SafetensorsDType.F16,
         "fp32" => SafetensorsDType.F32,
-        _ => throw new ArgumentException($"unknown dtype '{s}' (bf16, fp16, fp32)"),
+        _ => throw new InputException("--dtype", $"unknown dtype '{s}' (bf16, fp16, fp32)"),
     };
 
     /// <summary>--dtype bf16|fp16|fp32 of a written file (read it with <see cref="ParseDType"/>).</summary>
@@ -81,6 +82,7 @@ internal static class LoraCommand
         var convert = new Command("convert", "Merges a Meta-LoRA (A = M·D, B = U) or converts between PEFT and kohya layouts.") { input, output, format, dtype, baseModel };
         convert.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(output), "--out");
             using var be = Common.CreateBackend("cpu");
             var (config, from) = BaseOf(r.GetValue(baseModel), r.GetValue(input)!, be);
             PrintSource(r.GetValue(input)!, config, from);
@@ -121,6 +123,7 @@ internal static class LoraCommand
         };
         bake.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(bOut), "--out");
             using var be = Common.CreateBackend("cpu");
             using var w = FluxLoader.Load(r.GetValue(bModel)!, be);
             using var a = LoraFiles.Load(r.GetValue(bLora)!, w.Config, be, Common.Log);

@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using MetaLoraNative.Onnx.Faces;
 using MetaLoraNative.Onnx.Imaging;
 using MetaLoraNative.Onnx.Models;
@@ -16,9 +17,9 @@ internal static class OnnxCommandSupport
     {
         if (detectorFile is not null) return ModelSet.OpenDetector(detectorFile);
         if (modelsDir is null)
-            throw new ArgumentException("no face detector: pass --detector FILE (BlazeFace back-256 .onnx) or --models DIR (or set METALORA_MODELS)");
+            throw new InputException("--detector", "no face detector: pass --detector FILE (BlazeFace back-256 .onnx) or --models DIR (or set METALORA_MODELS)");
         var problems = ModelsFolder.Check(modelsDir, [ModelsFolder.FaceDetector]);
-        if (problems.Count > 0) throw new ArgumentException(string.Join("\n", problems));
+        if (problems.Count > 0) throw new InputException("--models", string.Join("; ", problems));
         var manifest = ModelsFolder.ReadManifest(modelsDir);
         return ModelSet.OpenDetector(ModelsFolder.PathOf(modelsDir, manifest, ModelsFolder.FaceDetector));
     }

@@ -72,6 +72,8 @@ internal static class PersonalizeCommand
             {
                 loaded.Models = new ModelSet(dir);
                 loaded.Backend = Common.CreateBackend(r.GetValue(Shared.Device)!);
+                int px = r.GetValue(Resolution) / FluxConfig.PixelsPerToken;
+                Common.CheckHostMemory(r, loaded.Backend, loaded.ModelPath, (px * px, MaxT5Tokens), recompute: r.GetValue(Shared.Recompute) == "on");
                 loaded.MetaDown = downPath is null ? null : LoraFiles.Load(downPath, FluxLoader.Inspect(loaded.ModelPath), loaded.Backend, Common.Log);
                 var examples = planFor?.Invoke(loaded.Models);
                 var mode = downPath is null ? LoraMode.Standard : LoraMode.Meta;
@@ -206,6 +208,7 @@ internal static class PersonalizeCommand
         foreach (var o in f.Shared.WithoutData.Concat(f.Shared.Monitor.Selection)) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFile(r.GetValue(f.Shared.Out), "--out"); OutputPath.CheckFile(f.Shared.StatePath(r), "--state");
             var (_, downPath, iterations) = f.Mode(r);
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var selection = f.Shared.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");

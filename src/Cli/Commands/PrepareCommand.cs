@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Augment;
@@ -31,8 +33,9 @@ internal static class PrepareCommand
         cmd.Arguments.Add(photo);
         cmd.SetAction(r =>
         {
+            OutputPath.CheckFolder(r.GetValue(output), "--out");
             string dir = OnnxCommandSupport.ModelsDir(r.GetValue(models))
-                         ?? throw new ArgumentException("no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
+                         ?? throw new InputException("--models", "no models folder: pass --models DIR or set METALORA_MODELS (docs/ENCODERS.md)");
             var problems = ModelsFolder.Check(dir);
             if (problems.Count > 0) throw new InvalidDataException(string.Join("\n", problems));
             using var set = new ModelSet(dir);

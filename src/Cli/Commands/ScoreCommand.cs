@@ -1,3 +1,5 @@
+using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Onnx.Clip;
 using MetaLoraNative.Onnx.Datasets;
@@ -62,15 +64,16 @@ public static class ScoreCommand
                 for (int i = 0; i < list.Count; i++) Console.WriteLine($"{i + 1:00}  {list[i]}");
                 return 0;
             }
-            string idDir = parse.GetValue(identities) ?? throw new ArgumentException("--identities DIR is required");
-            string genDir = parse.GetValue(generated) ?? throw new ArgumentException("--generated DIR is required");
+            OutputPath.CheckFolder(parse.GetValue(output), "--out");
+            string idDir = parse.GetValue(identities) ?? throw new InputException("--identities", "a folder (DIR) is required");
+            string genDir = parse.GetValue(generated) ?? throw new InputException("--generated", "a folder (DIR) is required");
             string modelsDir = OnnxCommandSupport.ModelsDir(parse.GetValue(models))
-                               ?? throw new ArgumentException("--models DIR is required (or set METALORA_MODELS)");
+                               ?? throw new InputException("--models", "a folder (DIR) is required (or set METALORA_MODELS)");
             bool clip = !parse.GetValue(noClip);
             var needed = new List<string> { ModelsFolder.FaceDetector, ModelsFolder.FaceEmbedder };
             if (clip) needed.AddRange([ModelsFolder.ClipB32Image, ModelsFolder.ClipB32Text]);
             var problems = ModelsFolder.Check(modelsDir, needed);
-            if (problems.Count > 0) throw new ArgumentException("models folder: " + string.Join("\n  ", problems));
+            if (problems.Count > 0) throw new InputException("--models", "models folder: " + string.Join("; ", problems));
 
             using var set = new ModelSet(modelsDir);
             ClipScoreModel? scorer = clip ? set.OpenClipScorer() : null;

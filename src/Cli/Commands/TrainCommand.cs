@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using MetaLoraNative.Engine.Distributed;
 using MetaLoraNative.Engine.Flux;
@@ -80,10 +81,12 @@ internal static class TrainCommand
             int q = r.GetValue(bucket), qWarmup = r.GetValue(warm) ?? (int)(0.4 * q);
             CheckLeavesWarmup(r.GetValue(total), q, qWarmup, r.GetValue(warmupOnly));
             if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
+            OutputPath.CheckFile(r.GetValue(s1.Out), "--out"); OutputPath.CheckFile(s1.StatePath(r), "--state");
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
             using var _be = be;
             using var _comm = comm;
             using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
+            Common.CheckHostMemory(r, be, r.GetValue(s1.Model)!, LatentDataset.Tokens(r.GetValue(s1.Data)!) ?? (1024, 512), recompute: r.GetValue(s1.Recompute) == "on");
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
             int batch1 = r.GetValue(bs);
             using var weights = s1.Placement.Load(r, r.GetValue(s1.Model)!, be, c => BenchCommand.Placement.Step(c, people.SelectMany(p => p.Examples), batch1,
@@ -144,9 +147,11 @@ internal static class TrainCommand
             if (r.GetValue(queueGpus) is not null || r.GetValue(queueWorkers) is not null)
                 throw new Engine.InputException("--gpus", "--gpus and --workers go with --queue FILE");
             string outFile = r.GetValue(s2.Out)!;
+            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(s2.StatePath(r), "--state");
             var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
+            Common.CheckHostMemory(r, be, r.GetValue(s2.Model)!, LatentDataset.Tokens(r.GetValue(s2.Data)!) ?? (1024, 512), recompute: r.GetValue(s2.Recompute) == "on");
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
             using var metaDown = LoraFiles.Load(r.GetValue(down)!, FluxLoader.Inspect(r.GetValue(s2.Model)!), be, Common.Log);
             if (metaDown.Mode != LoraMode.Meta)
@@ -191,9 +196,11 @@ internal static class TrainCommand
         lora.SetAction(r =>
         {
             string outFile = r.GetValue(sl.Out)!;
+            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(sl.StatePath(r), "--state");
             var selection = sl.Monitor.PlanSelection(r, null, r.GetValue(lTrigger));
             using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
+            Common.CheckHostMemory(r, be, r.GetValue(sl.Model)!, LatentDataset.Tokens(r.GetValue(sl.Data)!) ?? (1024, 512), recompute: r.GetValue(sl.Recompute) == "on");
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
             using var weights = sl.Placement.Load(r, r.GetValue(sl.Model)!, be, c => BenchCommand.Placement.Step(c, person.Examples, 1, LoraMode.Standard,
                 r.GetValue(lRank), r.GetValue(lRank), true, 1, 1), RecomputePolicy.Parse(r.GetValue(sl.Recompute)!));

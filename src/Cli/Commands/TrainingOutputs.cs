@@ -1,3 +1,4 @@
+using MetaLoraNative.Engine;
 using System.CommandLine;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -152,7 +153,7 @@ internal sealed class MonitorFlags
         int Positive(Option<int> o)
         {
             int v = r.GetValue(o);
-            if (v < 0) throw new ArgumentException($"{o.Name} must be 0 or more, got {v}");
+            if (v < 0) throw new InputException(o.Name, $"must be 0 or more, got {v}");
             return v;
         }
         string folder = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
@@ -201,13 +202,13 @@ internal sealed class MonitorFlags
         /// <summary>Encodes every prompt once; each call then samples them all with fixed seeds and writes a contact sheet. Null when there is no models folder.</summary>
         public Action<FluxModel, LoraBinding, long>? Sampler(string? promptsFile, string? modelsDir, FluxConfig config, string folder, int size, int steps)
         {
-            if (promptsFile is null) throw new ArgumentException("--sample-every needs --sample-prompts FILE (one prompt per line)");
+            if (promptsFile is null) throw new InputException("--sample-every", "needs --sample-prompts FILE (one prompt per line)");
             if (!File.Exists(promptsFile)) throw new FileNotFoundException($"--sample-prompts {promptsFile}: no such file");
             var prompts = File.ReadAllLines(promptsFile).Select(l => l.Trim()).Where(l => l.Length > 0).ToList();
-            if (prompts.Count == 0) throw new ArgumentException($"--sample-prompts {promptsFile}: holds no prompt");
+            if (prompts.Count == 0) throw new InputException("--sample-prompts", $"{promptsFile}: holds no prompt");
             const int side = FluxConfig.PixelsPerToken;
-            if (size <= 0 || size % side != 0) throw new ArgumentException($"--sample-size {size} must be a positive multiple of {side}");
-            if (steps < 1) throw new ArgumentException($"--sample-steps {steps} must be at least 1");
+            if (size <= 0 || size % side != 0) throw new InputException("--sample-size", $"{size} must be a positive multiple of {side}");
+            if (steps < 1) throw new InputException("--sample-steps", $"{steps} must be at least 1");
             var problems = modelsDir is null ? ["no models folder (--models DIR or METALORA_MODELS)"]
                          : ModelsFolder.Check(modelsDir, [ModelsFolder.T5, ModelsFolder.ClipL, ModelsFolder.VaeDecoder]);
             if (problems.Count > 0)

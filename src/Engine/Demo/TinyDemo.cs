@@ -33,7 +33,7 @@ public static class TinyDemo
     public sealed record Result(double Stage1Before, double Stage1After, double Stage2Before, double Stage2After, double Stage2RandomDown,
                                 string PeftPath, string KohyaPath, string MetaPath, string DownPath, TimeSpan Elapsed);
 
-    const int Grid = 4, T5Length = 8;
+    public const int Grid = 4, T5Length = 8;
 
     public static Result Run(IBackend be, Options o, Action<string> log)
     {

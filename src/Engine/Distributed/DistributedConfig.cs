@@ -49,7 +49,7 @@ public sealed record DistributedConfig(int Rank, int WorldSize, int LocalRank, s
         string? rankText = Get(rankVar), worldText = Get(worldVar);
         if (rankText == null && worldText == null) return null;
         if (rankText == null || worldText == null)
-            throw new ArgumentException($"{(rankText == null ? rankVar : worldVar)} is not set but {(rankText == null ? worldVar : rankVar)} is; " +
+            throw new InputException(rankText == null ? rankVar : worldVar, $"{(rankText == null ? rankVar : worldVar)} is not set but {(rankText == null ? worldVar : rankVar)} is; " +
                                         "a multi-rank launch (torchrun, srun, metalora --gpus) sets both");
 
         int world = Integer(worldVar, worldText, 1, 65_536);
@@ -62,9 +62,9 @@ public sealed record DistributedConfig(int Rank, int WorldSize, int LocalRank, s
         if (world == 1 && Get(MasterPortVar) == null)
             return Single with { Device = device, VisibleDevices = visible };
         string addr = Get(MasterAddrVar)
-            ?? throw new ArgumentException($"{MasterAddrVar} is not set; with {worldVar}={world} every rank needs rank 0's address (127.0.0.1 on one machine)");
+            ?? throw new InputException(MasterAddrVar, $"{MasterAddrVar} is not set; with {worldVar}={world} every rank needs rank 0's address (127.0.0.1 on one machine)");
         string portText = Get(MasterPortVar)
-            ?? throw new ArgumentException($"{MasterPortVar} is not set; with {worldVar}={world} every rank needs rank 0's port (e.g. 29500)");
+            ?? throw new InputException(MasterPortVar, $"{MasterPortVar} is not set; with {worldVar}={world} every rank needs rank 0's port (e.g. 29500)");
         int port = Integer(MasterPortVar, portText, 1, 65_535);
         return new DistributedConfig(rank, world, local, addr, port, device, visible);
     }
@@ -88,9 +88,9 @@ public sealed record DistributedConfig(int Rank, int WorldSize, int LocalRank, s
     static int Integer(string name, string text, int min, int max, string context = "")
     {
         if (!int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v))
-            throw new ArgumentException($"{name}='{text}' is not an integer");
+            throw new InputException(name, $"{name}='{text}' is not an integer");
         if (v < min || v > max)
-            throw new ArgumentException($"{name}={v} is out of range; it must lie in [{min}, {max}]{context}");
+            throw new InputException(name, $"{name}={v} is out of range; it must lie in [{min}, {max}]{context}");
         return v;
     }
 }

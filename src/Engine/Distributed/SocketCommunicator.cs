@@ -81,7 +81,7 @@ public sealed class SocketCommunicator : ICommunicator
     static IPAddress LoopbackAddress(string addr) =>
         addr is "127.0.0.1" or "localhost"
             ? IPAddress.Loopback
-            : throw new ArgumentException($"{DistributedConfig.MasterAddrVar}={addr}: the socket rendezvous runs on one machine and " +
+            : throw new InputException(DistributedConfig.MasterAddrVar, $"{DistributedConfig.MasterAddrVar}={addr}: the socket rendezvous runs on one machine and " +
                                           "listens on 127.0.0.1 only; set it to 127.0.0.1 (ranks on several machines are not supported yet)");
 
     // ---------------------------------------------------------------- rendezvous

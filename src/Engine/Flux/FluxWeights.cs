@@ -69,7 +69,7 @@ public sealed class FluxWeights : IDisposable
         : Blocks.Holds(name, out _)
             ? throw new InvalidOperationException($"{Source}: '{name}' is held in host memory by block swap; this needs every block resident (--swap-blocks 0)")
         : quantized.ContainsKey(name)
-            ? throw new InvalidOperationException($"{Source}: '{name}' is held in fp8 (E4M3 with a scale per row); this needs the bf16 base (--base-dtype bf16)")
+            ? throw new InputException("--base-dtype", $"{Source}: '{name}' is held in fp8 (E4M3 with a scale per row); this needs the bf16 base (--base-dtype bf16)")
             : throw new KeyNotFoundException($"{Source}: no tensor '{name}'");
 
     public Tensor? TryGet(string name) => tensors.GetValueOrDefault(name);

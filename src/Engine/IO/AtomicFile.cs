@@ -5,7 +5,8 @@ namespace MetaLoraNative.Engine.IO;
 /// <summary>
 /// Writes any file the way <see cref="SafetensorsWriter"/> writes safetensors: to "PATH.tmp-XXXXXXXXXXXX" in the same
 /// folder, flushed to disk, then renamed over PATH, so a reader (or a crash) sees the old file or the whole new one.
-/// On failure the temporary file is deleted and PATH is untouched.
+/// On failure the temporary file is deleted and PATH is untouched. A failing write names PATH, never the temporary
+/// file (<see cref="OutputPath.WriteFailure"/>).
 /// </summary>
 public static class AtomicFile
 {
@@ -27,9 +28,10 @@ public static class AtomicFile
             }
             File.Move(tempPath, fullPath, overwrite: true);
         }
-        catch
+        catch (Exception e)
         {
             try { File.Delete(tempPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            if (OutputPath.WriteFailure(path, tempPath, e) is { } named) throw named;
             throw;
         }
     }

@@ -6,7 +6,7 @@ namespace MetaLoraNative.Engine.IO;
 /// is renamed into place in one step. When TARGET already holds files (a rerun adds to or refreshes it), the new
 /// files are moved in one by one, each rename atomic and overwriting its old version, so a reader sees every file
 /// either old or complete, and files of TARGET the build did not write stay as they were. On failure the partial
-/// folder is deleted and TARGET is untouched.
+/// folder is deleted and TARGET is untouched; a failing write names TARGET, never the partial folder.
 /// </summary>
 public static class AtomicFolder
 {
@@ -15,9 +15,9 @@ public static class AtomicFolder
         ArgumentException.ThrowIfNullOrEmpty(target);
         string full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(target));
         string partial = $"{full}.partial-{Environment.ProcessId}";
-        if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);   // our own, from an earlier failure
         try
         {
+            if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true);   // our own, from an earlier failure
             Directory.CreateDirectory(partial);
             build(partial);
             if (Directory.Exists(full) && !Directory.EnumerateFileSystemEntries(full).Any()) Directory.Delete(full);
@@ -28,11 +28,12 @@ public static class AtomicFolder
                 Directory.Delete(partial, recursive: true);
             }
         }
-        catch
+        catch (Exception e)
         {
             try { if (Directory.Exists(partial)) Directory.Delete(partial, recursive: true); }
             catch (IOException) { }                  // best effort: the original exception is what matters
             catch (UnauthorizedAccessException) { }
+            if (OutputPath.WriteFailure(target, partial, e) is { } named) throw named;
             throw;
         }
     }

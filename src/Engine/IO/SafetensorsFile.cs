@@ -140,6 +140,18 @@ public sealed unsafe class SafetensorsFile : IDisposable
         return result;
     }
 
+    /// <summary>
+    /// The tensor converted to fp32, refused (<see cref="InputFileException"/> naming the file, the tensor and the first
+    /// bad element) when a value is NaN or infinite: weights, factors, moments and cached data must all be finite.
+    /// </summary>
+    public float[] ReadFiniteFloats(string name)
+    {
+        var values = ReadFloats(name);
+        int bad = Array.FindIndex(values, v => !float.IsFinite(v));
+        if (bad >= 0) throw new InputFileException(Path, $"tensor {SafetensorsHeader.Quote(name)} holds a non-finite value ({values[bad]} at element {bad})");
+        return values;
+    }
+
     /// <summary>Converts the tensor to fp32 into <paramref name="destination"/>, whose length must equal its element count.</summary>
     public void ReadFloats(string name, Span<float> destination)
     {

@@ -57,7 +57,7 @@ internal static class SafetensorsHeader
                 entries.Add(name, ParseEntry(path, name, property.Value, dataLength));
             }
 
-            CheckOverlaps(path, entries.Values);
+            CheckCoverage(path, entries.Values, dataLength);
             return (entries, metadata);
         }
     }
@@ -160,20 +160,31 @@ internal static class SafetensorsHeader
         return new SafetensorsEntry(name, dtype, shape, begin, end);
     }
 
-    private static void CheckOverlaps(string path, IEnumerable<SafetensorsEntry> entries)
+    /// <summary>
+    /// The tensors must tile the data section exactly, as the reference safetensors library requires: sorted by
+    /// offset, each begins where the previous one ended, the first at 0 and the last at the section's end. A gap would
+    /// hide unread bytes, an overlap would let two tensors alias, trailing bytes would be data no tensor owns. Empty
+    /// tensors own no bytes, so they may sit anywhere inside the section (several writers give them [0, 0]).
+    /// </summary>
+    private static void CheckCoverage(string path, IEnumerable<SafetensorsEntry> entries, long dataLength)
     {
-        // Empty tensors own no bytes, so they may sit anywhere (several writers give them [0, 0]).
         var sorted = entries.Where(e => e.End > e.Begin).OrderBy(e => e.Begin).ThenBy(e => e.End).ToArray();
-        // Sorted by begin, the first overlap is always between neighbours: an earlier range reaching past this
-        // begin would also have overlapped the (non-empty) neighbour in between.
-        for (int i = 1; i < sorted.Length; i++)
+        long covered = 0;
+        SafetensorsEntry? previous = null;
+        foreach (var e in sorted)
         {
-            var a = sorted[i - 1];
-            var b = sorted[i];
-            if (b.Begin < a.End)
-                throw Fault(path,
-                    $"tensor {Quote(a.Name)} [{a.Begin}, {a.End}) overlaps tensor {Quote(b.Name)} [{b.Begin}, {b.End})");
+            if (e.Begin < covered)
+                throw Fault(path, $"tensor {Quote(previous!.Name)} [{previous.Begin}, {previous.End}) overlaps tensor {Quote(e.Name)} " +
+                                  $"[{e.Begin}, {e.End}) at data offset {e.Begin}");
+            if (e.Begin > covered)
+                throw Fault(path, $"the data section has a gap at offset {covered}: bytes [{covered}, {e.Begin}) belong to no tensor " +
+                                  $"(the next is {Quote(e.Name)})");
+            covered = e.End;
+            previous = e;
         }
+        if (covered != dataLength)
+            throw Fault(path, $"the data section has {dataLength - covered} trailing bytes at offset {covered} that belong to no tensor " +
+                              $"(data section {dataLength} bytes, tensors end at {covered})");
     }
 
     internal static SafetensorsFormatException Fault(string path, string fault, Exception? inner = null) =>

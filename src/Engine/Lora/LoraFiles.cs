@@ -245,13 +245,7 @@ public static class LoraFiles
     static InputFileException Fault(string path, string fault) => new(path, fault);
 
     /// <summary>A factor's values, refused when one is NaN or infinite (it would poison every weight it is baked into).</summary>
-    static float[] FiniteFloats(SafetensorsFile file, string key)
-    {
-        var values = file.ReadFloats(key);
-        int bad = Array.FindIndex(values, v => !float.IsFinite(v));
-        if (bad >= 0) throw Fault(file.Path, $"{SafetensorsHeader.Quote(key)} holds a non-finite value ({values[bad]} at element {bad})");
-        return values;
-    }
+    static float[] FiniteFloats(SafetensorsFile file, string key) => file.ReadFiniteFloats(key);
 
     static LoraAdapter LoadKohya(SafetensorsFile file, FluxConfig config, IBackend backend, IReadOnlyList<LoraTarget> all)
     {

@@ -26,7 +26,7 @@ public static class BaseDTypes
         "bf16" => BaseDType.Bf16,
         "fp8" => BaseDType.Fp8,
         "auto" => null,
-        _ => throw new ArgumentException($"{flag}: '{text}' is not a base dtype; use {string.Join(", ", Choices)}"),
+        _ => throw new InputException(flag, $"'{text}' is not a base dtype; use {string.Join(", ", Choices)}"),
     };
 
     /// <summary>

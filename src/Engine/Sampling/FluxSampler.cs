@@ -13,7 +13,7 @@ public static class FluxSampler
     /// <summary>n + 1 timesteps from 1 to 0; shifted unless <paramref name="shift"/> is false (schnell).</summary>
     public static float[] Schedule(int steps, int imageSeqLen, bool shift = true)
     {
-        if (steps < 1) throw new ArgumentException("at least one sampling step is needed");
+        if (steps < 1) throw new InputException("--steps", "at least one sampling step is needed");
         double mu = FlowMatching.Mu(imageSeqLen);
         return Enumerable.Range(0, steps + 1).Select(i =>
         {

@@ -15,7 +15,7 @@ public static class Batches
     public static (Example[] Batch, int[] Ids) Sample(IReadOnlyList<Identity> identities, IReadOnlyList<int> ids, int batchSize,
                                                       ulong seed, string stream)
     {
-        if (batchSize < 1) throw new ArgumentException($"batch size {batchSize}: at least one sample is needed");
+        if (batchSize < 1) throw new InputException("--batch-size", $"batch size {batchSize}: at least one sample is needed");
         var u = new float[batchSize];
         RandomWeights.Uniform(stream, seed, 0, u);
         static int Pick(float v, int n) => Math.Min(n - 1, (int)((v + 1f) / 2f * n));   // v ∈ [−1, 1) → [0, n)
@@ -56,7 +56,7 @@ public static class Batches
         {
             if (!batch[b].SameShape(batch[0])) throw new InputException("--data", "a batch needs one image size and one text length (use --batch-size 1, or a dataset of one bucket)");
             if (batch[b].PackedLatents.Length != L * C)
-                throw new ArgumentException($"packed latents of {batch[b].PackedLatents.Length} values do not match {L}×{C}");
+                throw new InputException(batch[b].Source ?? "--data", $"packed latents of {batch[b].PackedLatents.Length} values do not match {L}×{C}");
             var noise = RandomWeights.Normal($"noise.{step}.{firstSample + b}", seed, L * C);
             var (xt, v) = FlowMatching.Interpolate(batch[b].PackedLatents, noise, timesteps[b]);
             xt.CopyTo(img, b * L * C);

@@ -27,21 +27,45 @@ public static class LatentDataset
             ["grid_w"] = e.GridW.ToString(CultureInfo.InvariantCulture),
         });
 
+    /// <summary>
+    /// Loads one example, refused (<see cref="InputFileException"/> naming the file and the tensor) when a key or the
+    /// grid metadata is missing, a shape does not match, or a value is NaN or infinite (it would poison every step).
+    /// </summary>
     public static Example LoadExample(string path)
     {
         using var f = SafetensorsFile.Open(path);
-        int Meta(string k) => f.Metadata.TryGetValue(k, out var v) && int.TryParse(v, CultureInfo.InvariantCulture, out int n) && n > 0 ? n
-            : throw new InvalidDataException($"{path}: metadata '{k}' is missing or not a positive integer");
+        int Meta(string k) => f.Metadata.TryGetValue(k, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n > 0 ? n
+            : throw new InputFileException(path, $"metadata '{k}' is missing or not a positive integer");
         string Key(string key, string? old = null) => f.Contains(key) ? key : old != null && f.Contains(old) ? old
-            : throw new InvalidDataException($"{path}: tensor '{key}' is missing (a cached example holds {PackedLatentsKey}, {T5Key} and {PooledKey})");
+            : throw new InputFileException(path, $"tensor '{key}' is missing (a cached example holds {PackedLatentsKey}, {T5Key} and {PooledKey})");
         string latentsKey = Key(PackedLatentsKey, OldPackedLatentsKey), t5Key = Key(T5Key, OldT5Key), pooledKey = Key(PooledKey);
         int gh = Meta("grid_h"), gw = Meta("grid_w");
         var lat = f[latentsKey];
-        if (lat.Shape.Length != 2 || lat.Shape[0] != gh * gw)
-            throw new InvalidDataException($"{path}: {latentsKey} {Shapes.Format(lat.Shape)} do not match the {gh}×{gw} grid");
+        if (lat.Shape.Length != 2 || (long)gh * gw > int.MaxValue || lat.Shape[0] != gh * gw)
+            throw new InputFileException(path, $"{latentsKey} {Shapes.Format(lat.Shape)} do not match the {gh}×{gw} grid");
         var t5 = f[t5Key];
-        if (t5.Shape.Length != 2) throw new InvalidDataException($"{path}: {t5Key} must be (L_t5, ctx), got {Shapes.Format(t5.Shape)}");
-        return new Example(f.ReadFloats(latentsKey), gh, gw, f.ReadFloats(t5Key), t5.Shape[0], f.ReadFloats(pooledKey), path);
+        if (t5.Shape.Length != 2) throw new InputFileException(path, $"{t5Key} must be (L_t5, ctx), got {Shapes.Format(t5.Shape)}");
+        if (t5.Shape[0] == 0) throw new InputFileException(path, $"{t5Key} {Shapes.Format(t5.Shape)} holds no text tokens");
+        return new Example(f.ReadFiniteFloats(latentsKey), gh, gw, f.ReadFiniteFloats(t5Key), t5.Shape[0], f.ReadFiniteFloats(pooledKey), path);
+    }
+
+    /// <summary>
+    /// The image and text tokens of the first example under <paramref name="folder"/> (an identity folder or a
+    /// Stage-1 root), read from its header alone, for planning before anything is loaded; null when there is no
+    /// readable example (loading then reports what is wrong).
+    /// </summary>
+    public static (int Image, int Text)? Tokens(string folder)
+    {
+        if (!Directory.Exists(folder)) return null;
+        string? first = Directory.EnumerateFiles(folder, "*.safetensors", SearchOption.AllDirectories).Order(StringComparer.Ordinal).FirstOrDefault();
+        if (first is null) return null;
+        try
+        {
+            using var f = SafetensorsFile.Open(first);
+            string? lat = new[] { PackedLatentsKey, OldPackedLatentsKey }.FirstOrDefault(f.Contains), t5 = new[] { T5Key, OldT5Key }.FirstOrDefault(f.Contains);
+            return lat != null && t5 != null && f[lat].Shape is [int l, _] && f[t5].Shape is [int t, _] ? (l, t) : null;
+        }
+        catch (InputException) { return null; }
     }
 
     public static void SaveIdentity(string folder, Identity id)
@@ -54,7 +78,7 @@ public static class LatentDataset
     {
         if (!Directory.Exists(folder)) throw new DirectoryNotFoundException($"{folder}: no such identity folder");
         var files = Directory.GetFiles(folder, "*.safetensors").Order(StringComparer.Ordinal).ToArray();
-        if (files.Length == 0) throw new InvalidDataException($"{folder}: no cached examples (*.safetensors)");
+        if (files.Length == 0) throw new InputFileException(folder, "no cached examples (*.safetensors)");
         return new Identity(Path.GetFileName(Path.TrimEndingDirectorySeparator(folder)), files.Select(LoadExample).ToList());
     }
 
@@ -63,7 +87,7 @@ public static class LatentDataset
     {
         if (!Directory.Exists(root)) throw new DirectoryNotFoundException($"{root}: no such dataset folder");
         var dirs = Directory.GetDirectories(root).Order(StringComparer.Ordinal).ToArray();
-        if (dirs.Length == 0) throw new InvalidDataException($"{root}: no identity sub-folders");
+        if (dirs.Length == 0) throw new InputFileException(root, "no identity sub-folders");
         return dirs.Select(LoadIdentity).ToList();
     }
 }

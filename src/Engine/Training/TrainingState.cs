@@ -69,33 +69,38 @@ public static class TrainingState
     {
         using var f = SafetensorsFile.Open(path);
         if (!f.Metadata.TryGetValue(IterationKey, out var it) || !f.Metadata.TryGetValue(StepsKey, out var stepsJson))
-            throw new InvalidDataException($"{path}: not a metalora training state file (metadata is missing)");
+            throw new InputFileException(path, $"not a metalora training state file (metadata is missing)");
         CheckStage(f, path, stage);
         var names = f.Metadata.GetValueOrDefault(IdentitiesKey, "").Split('\n', StringSplitOptions.RemoveEmptyEntries);
         if (names.Length != a.Identities.Count || !names.SequenceEqual(a.Identities.Select(i => i.Name)))
-            throw new InvalidDataException($"{path}: the state's identities ({names.Length}) differ from this run's ({a.Identities.Count}); resume with the same data");
+            throw new InputFileException(path, $"the state's identities ({names.Length}) differ from this run's ({a.Identities.Count}); resume with the same data");
         // Metadata is checked for type and range before anything is restored.
         if (!long.TryParse(it, NumberStyles.None, CultureInfo.InvariantCulture, out long iteration))
-            throw new InvalidDataException($"{path}: metadata '{IterationKey}' is '{it}', expected a whole number ≥ 0");
+            throw new InputFileException(path, $"metadata '{IterationKey}' is '{it}', expected a whole number ≥ 0");
         Dictionary<string, int> steps;
         try { steps = JsonSerializer.Deserialize(stepsJson, TrainingStateJson.Default.DictionaryStringInt32) ?? []; }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: metadata '{StepsKey}' is not a JSON object of step counts ({e.Message})"); }
+        catch (JsonException e) { throw new InputFileException(path, $"metadata '{StepsKey}' is not a JSON object of step counts ({e.Message})"); }
         if (steps.FirstOrDefault(kv => kv.Value < 0) is { Key: not null } negative)
-            throw new InvalidDataException($"{path}: metadata '{StepsKey}' gives '{negative.Key}' {negative.Value} steps, expected ≥ 0");
+            throw new InputFileException(path, $"metadata '{StepsKey}' gives '{negative.Key}' {negative.Value} steps, expected ≥ 0");
         var be = a.Backend;
         foreach (var (key, p) in All(a))
         {
-            if (!f.Contains(key)) throw new InvalidDataException($"{path}: tensor '{key}' is missing");
+            if (!f.Contains(key)) throw new InputFileException(path, $"tensor '{key}' is missing");
             if (!f[key].Shape.AsSpan().SequenceEqual(p.Shape))
-                throw new InvalidDataException($"{path}: '{key}' has shape {Shapes.Format(f[key].Shape)}, this run has {Shapes.Format(p.Shape)}");
+                throw new InputFileException(path, $"'{key}' has shape {Shapes.Format(f[key].Shape)}, this run has {Shapes.Format(p.Shape)}");
             using (var v = be.Upload(f.ReadFloats(key), p.Shape, Precision.Master)) be.Copy(v, p.Value);
             if (steps.TryGetValue(key, out int s))
             {
                 foreach (var moment in new[] { "adam.m." + key, "adam.v." + key })
                     if (!f.Contains(moment) || !f[moment].Shape.AsSpan().SequenceEqual(p.Shape))
-                        throw new InvalidDataException($"{path}: '{moment}' is {(f.Contains(moment) ? $"of shape {Shapes.Format(f[moment].Shape)}" : "missing")}, " +
+                        throw new InputFileException(path, $"'{moment}' is {(f.Contains(moment) ? $"of shape {Shapes.Format(f[moment].Shape)}" : "missing")}, " +
                                                        $"expected {Shapes.Format(p.Shape)} as '{key}' has AdamW steps");
-                p.SetMoments(f.ReadFloats("adam.m." + key), f.ReadFloats("adam.v." + key), s);
+                // AdamW's second moment is a running mean of squares: a negative one is corruption (its root would be NaN; non-finite
+                // values are the numeric guard's to report once the state is restored).
+                var m2 = f.ReadFloats("adam.v." + key);
+                if (Array.FindIndex(m2, x => x < 0) is int neg and >= 0)
+                    throw new InputFileException(path, $"tensor 'adam.v.{key}' holds a negative second moment ({m2[neg]} at element {neg})");
+                p.SetMoments(f.ReadFloats("adam.m." + key), m2, s);
             }
         }
         return iteration;
@@ -115,9 +120,9 @@ public static class TrainingState
     static void CheckStage(SafetensorsFile f, string path, string stage)
     {
         if (!(f.Metadata.TryGetValue(StageKey, out var saved) || f.Metadata.TryGetValue(OldStageKey, out saved)))
-            throw new InvalidDataException($"{path}: not a metalora training state file (metadata is missing)");
+            throw new InputFileException(path, $"not a metalora training state file (metadata is missing)");
         if (saved != stage)
-            throw new InvalidDataException($"{path}: holds the state of {saved}, this run is {stage}; pass another --state");
+            throw new InputFileException(path, $"holds the state of {saved}, this run is {stage}; pass another --state");
     }
 }
 

@@ -6,6 +6,7 @@
 //   and is dropped when a crop of that size was already taken
 //   each crop is flipped horizontally with probability 1/2 (seeded), at most MaxImages crops, each resized to a
 //   training bucket: both sides multiples of 16, area near Resolution^2, aspect ratio near the crop's.
+using MetaLoraNative.Engine;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Onnx.Faces;
 using SixLabors.ImageSharp;
@@ -102,7 +103,7 @@ public static class FaceAugmenter
     public static List<AugmentedCrop> Augment(Image<Rgb24> image, RectangleF face, AugmentOptions options)
     {
         if (options.Resolution < 64 || options.Resolution % FluxConfig.PixelsPerToken != 0)
-            throw new ArgumentException($"resolution must be a multiple of {FluxConfig.PixelsPerToken} and at least 64, got {options.Resolution}");
+            throw new InputException("--resolution", $"resolution must be a multiple of {FluxConfig.PixelsPerToken} and at least 64, got {options.Resolution}");
         var rng = new Random(options.Seed);
         var result = new List<AugmentedCrop>();
         foreach (var (aspect, m, crop, clamped) in PlanCrops(image.Width, image.Height, face).Take(options.MaxImages))

@@ -3,6 +3,7 @@
 //   S(i, p)             = mean over generated images g of (i, p), over real images t of i other than the reference, cos(e_g, e_t)
 //   R-FaceSim           = mean over (i, p) of S(i, p)
 // The reference image is excluded from R-FaceSim by construction: only "others" are passed in.
+using MetaLoraNative.Engine;
 using MetaLoraNative.Onnx.Faces;
 
 namespace MetaLoraNative.Onnx.Scoring;
@@ -26,7 +27,7 @@ public static class FaceMetrics
         foreach (var g in generated)
         {
             if (!otherRealImages.TryGetValue(g.Identity, out var others) || others.Count == 0)
-                throw new ArgumentException($"R-FaceSim: identity '{g.Identity}' has no real images besides its reference");
+                throw new InputException("--identities", $"R-FaceSim: identity '{g.Identity}' has no real images besides its reference");
             var key = (g.Identity, g.Prompt);
             sums.TryGetValue(key, out var acc);
             foreach (var t in others) acc = (acc.Sum + FaceMath.Cosine(g.Embedding, t), acc.Count + 1);

@@ -137,7 +137,7 @@ public static class PaperPrompts
             "recontext" => man ? Table1Man : Table1Woman,
             "stylistic" => man ? Table2Man : Table2Woman,
             "clip-t" => [.. man ? Table1Man : Table1Woman, .. man ? Table2Man : Table2Woman],
-            _ => throw new ArgumentException($"unknown prompt set '{name}' (known: {string.Join(", ", SetNames)})"),
+            _ => throw new InputException("--prompts", $"unknown prompt set '{name}' (known: {string.Join(", ", SetNames)})"),
         };
     }
 

@@ -67,7 +67,7 @@ public class DistributedConfigTests
             ["RANK"] = "1", ["WORLD_SIZE"] = "4", ["LOCAL_RANK"] = "1", ["MASTER_ADDR"] = "127.0.0.1", ["MASTER_PORT"] = "29500",
             [name] = value,
         };
-        var e = Assert.Throws<ArgumentException>(() => DistributedConfig.Parse(n => env.GetValueOrDefault(n)));
+        var e = Assert.Throws<MetaLoraNative.Engine.InputException>(() => DistributedConfig.Parse(n => env.GetValueOrDefault(n)));
         Assert.Contains(message, e.Message);
     }
 }

@@ -326,7 +326,7 @@ public class SocketCommunicatorTests(ITestOutputHelper output)
         Assert.Contains("WORLD_SIZE=3, rank 0 with 2", Assert.IsType<DistributedException>(outcomes[0]).Message);
         Assert.Contains("WORLD_SIZE=3, rank 0 with 2", Assert.IsType<DistributedException>(outcomes[1]).Message);
 
-        var remote = Assert.Throws<ArgumentException>(() => SocketCommunicator.Connect(LoopbackRanks.Config(1, 2, port) with { MasterAddr = "10.0.0.2" }));
+        var remote = Assert.Throws<MetaLoraNative.Engine.InputException>(() => SocketCommunicator.Connect(LoopbackRanks.Config(1, 2, port) with { MasterAddr = "10.0.0.2" }));
         Assert.Contains("MASTER_ADDR=10.0.0.2", remote.Message);
     }
 

@@ -15,7 +15,7 @@ namespace MetaLoraNative.Tests.Errors;
 public sealed class ErrorLineTests() : TempFolderTest("errors")
 {
     /// <summary>Exactly one stderr line, `error: ...`, that names <paramref name="subject"/>; no trace, no internal error.</summary>
-    static void OneClearLine(int expectedCode, (int Code, string Out, string Err) run, string subject)
+    internal static void OneClearLine(int expectedCode, (int Code, string Out, string Err) run, string subject)
     {
         var lines = run.Err.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.True(run.Code == expectedCode, $"exit {run.Code}, expected {expectedCode}: {run.Err}");
@@ -65,6 +65,26 @@ public sealed class ErrorLineTests() : TempFolderTest("errors")
     {
         var run = Run(["train", "stage1", "--model", "random:micro:1", "--data", Path.Combine(dir, "absent"), "--out", Path.Combine(dir, "o.safetensors"), .. values]);
         OneClearLine(2, run, "absent");       // the flags passed; the missing data folder is what stops the run
+    }
+
+    /// <summary>Bad input found by a command itself (not by the parser): the project's InputException, one line naming the flag.</summary>
+    public static TheoryData<string[], string> CommandChecks() => new()
+    {
+        { ["personalize", "photo.jpg", "--model", "random:micro:1", "--out", "OUT"], "--down" },
+        { ["personalize", "photo.jpg", "--model", "random:micro:1", "--standard", "--down", "d.safetensors", "--out", "OUT"], "--standard" },
+        { ["personalize", "photo.jpg", "--model", "random:micro:1", "--standard", "--snapshots", "0", "--iterations", "5", "--out", "OUT"], "--snapshots" },
+        { ["personalize", "photo.jpg", "--model", "random:micro:1", "--standard", "--iterations", "0", "--out", "OUT"], "--iterations" },
+        { ["augment", "photo.jpg", "--max", "0", "--out", "OUT"], "--max" },
+        { ["score", "--out", "OUT"], "--identities" },
+    };
+
+    [Theory]
+    [MemberData(nameof(CommandChecks))]
+    public void ACommandsOwnCheckIsOneLineNamingTheFlag(string[] args, string flag)
+    {
+        string outPath = Path.Combine(dir, "out");
+        OneClearLine(2, Run([.. args.Select(a => a == "OUT" ? outPath : a)]), $"error: {flag}: ");
+        Assert.Empty(Directory.GetFileSystemEntries(dir));
     }
 
     [Fact]

@@ -11,7 +11,9 @@ internal sealed record Field(string Name, string DType, string Shape, string Off
 /// and data. <see cref="Mutate"/> holds the byte- and JSON-level families (flips, truncation, the length field, wild
 /// values, structure, splices, stacked); <see cref="Crafted"/> the files that are valid safetensors but wrong for
 /// their reader (reshaped tensors, empty and 1-D factors, damaged names, stray keys, dtype swaps, metadata values).
-/// <see cref="Any"/> mixes both: index % 12 picks the family.
+/// <see cref="Coverage"/> keeps every header field valid but breaks the tiling of the data section (gaps, overlaps,
+/// trailing or missing bytes). <see cref="Any"/> mixes all three: index % 13 picks the family. <see cref="Family"/>
+/// gives the named families one by one (<see cref="Families"/>), for corpora that report per family.
 /// </summary>
 internal sealed class SafetensorsMutator(IReadOnlyList<Field> baseFields, string baseMetadata, byte[] baseData)
 {
@@ -40,7 +42,166 @@ internal sealed class SafetensorsMutator(IReadOnlyList<Field> baseFields, string
 
     public byte[] Valid => RawSafetensors.Build(HeaderJson(baseFields), baseData);
 
-    public (string Kind, byte[] Bytes) Any(int index) => index % 12 < 8 ? Mutate(index / 12 * 8 + index % 12) : Crafted(index);
+    public (string Kind, byte[] Bytes) Any(int index) => (index % 13) switch
+    {
+        < 8 => Mutate(index / 13 * 8 + index % 13),
+        < 12 => Crafted(index / 13 * 12 + index % 13),
+        _ => ("data coverage", Coverage(index / 13)),
+    };
+
+    /// <summary>The named families of <see cref="Family"/>, each aimed at one part of a reader's checks.</summary>
+    public static readonly string[] Families =
+    [
+        "truncation", "length field", "offsets", "dtype", "shape overflow", "metadata", "duplicate keys", "nesting",
+        "data coverage", "byte flips", "json structure", "crafted shapes and names",
+    ];
+
+    /// <summary>Mutant number <paramref name="index"/> of the family <paramref name="family"/> (one of <see cref="Families"/>).</summary>
+    public byte[] Family(string family, int index)
+    {
+        var rng = new Random(9000 + index * 31 + Array.IndexOf(Families, family));
+        var fields = baseFields.ToList();
+        int t = rng.Next(fields.Count);
+        var f = fields[t];
+        long[] o = JsonSerializer.Deserialize<long[]>(f.Offsets)!;
+        byte[] Header(IEnumerable<Field> changed, string? metadata = null) => RawSafetensors.Build(HeaderJson(changed, metadata), baseData);
+        byte[] With(Field changed) { fields[t] = changed; return Header(fields); }
+        switch (family)
+        {
+            case "truncation": return Mutate(index * 8 + 2).Bytes;
+            case "length field": return Mutate(index * 8 + 3).Bytes;
+            case "byte flips": return Mutate(index * 8 + index % 2).Bytes;
+            case "json structure": return Mutate(index * 8 + 5).Bytes;
+            case "crafted shapes and names": return Crafted(index * 12 + 8 + index % 2).Bytes;
+            case "offsets":
+            {
+                long d = rng.Next(1, 9) * (rng.Next(2) == 0 ? 1 : -1), n = baseData.Length;
+                string[] offsets =
+                [
+                    $"[{o[0] + d},{o[1] + d}]", $"[{o[0]},{o[1] + d}]", $"[{o[0] + d},{o[1]}]", $"[{o[1]},{o[0]}]", $"[{o[0]},{o[0]}]",
+                    $"[0,{o[1] - o[0]}]", $"[{n},{n + o[1] - o[0]}]", $"[{o[0]},{n + 1}]", $"[-{o[1]},{o[0]}]", $"[{o[0]}]", $"[{o[0]},{o[1]},{o[1]}]",
+                    $"[{o[0]}.0,{o[1]}]", $"[\"{o[0]}\",{o[1]}]", $"[{o[0] + (1L << 62)},{o[1] + (1L << 62)}]", $"[{o[0]},{ulong.MaxValue}]",
+                ];
+                return With(f with { Offsets = offsets[rng.Next(offsets.Length)] });
+            }
+            case "dtype":
+            {
+                if (index % 3 == 0) return Crafted(index / 3 * 12 + 10).Bytes;     // other dtypes over the same bytes
+                string[] dtypes =
+                [
+                    "\"F64\"", "\"F16\"", "\"BF16\"", "\"I8\"", "\"U8\"", "\"I16\"", "\"U16\"", "\"I64\"", "\"U64\"", "\"BOOL\"",
+                    "\"F8_E4M3\"", "\"F8_E5M2\"", "\"f32\"", "\"F32 \"", "\"\"", "\"FP32\"", "\"F4\"", "\"C64\"", "32", "null", "[\"F32\"]",
+                ];
+                return With(f with { DType = dtypes[rng.Next(dtypes.Length)] });
+            }
+            case "shape overflow":
+            {
+                string[] shapes =
+                [
+                    "[2147483647,2147483647,2147483647]", "[4294967296]", "[2147483648,1]", "[65536,65536,65536,65536]",
+                    "[9223372036854775807,2]", "[3037000500,3037000500]", "[1,1,1,1,1,1,1,1,1,2147483647,2147483647]",
+                    "[46341,46341]", "[2147483647,0,2147483647]", "[-1,-1]", "[1e3]", "[18446744073709551616]",
+                ];
+                return With(f with { Shape = shapes[rng.Next(shapes.Length)] });
+            }
+            case "metadata":
+            {
+                if (index % 2 == 0) return Crafted(index / 2 * 12 + 11).Bytes;      // one value replaced
+                string[] metadata =
+                [
+                    "{\"metalora.iteration\":1}", "{\"metalora.iteration\":[1]}", "{\"metalora.state\":null}", "{\"a\":{\"b\":\"c\"}}",
+                    "[]", "\"stage2\"", "7", "null", "{}", "{\"metalora.adam_steps\":\"{\\\"x\\\":1e99}\"}",
+                    "{\"metalora.adam_steps\":\"[1,2]\"}", "{\"metalora.iteration\":\"-1\"}", "{\"metalora.iteration\":\"9223372036854775808\"}",
+                    "{\"metalora.identities\":\"\"}", "{\"metalora.rank1\":\"0\"}", "{\"metalora.nonfinite_skips\":\"-3\"}",
+                ];
+                return Header(fields, "\"__metadata__\":" + metadata[rng.Next(metadata.Length)]);
+            }
+            case "duplicate keys":
+            {
+                string json = HeaderJson(fields);
+                string entry = $"\"{JsonEncodedText.Encode(f.Name)}\":{{";
+                int at = json.IndexOf(entry, StringComparison.Ordinal) + entry.Length;
+                switch (rng.Next(6))
+                {
+                    case 0: fields.Add(f); return Header(fields);                                   // the whole tensor twice
+                    case 1: fields.Add(f with { Offsets = $"[{baseData.Length},{baseData.Length}]", Shape = "[0]" }); return Header(fields);
+                    case 2: json = json.Insert(at, $"\"dtype\":{f.DType},"); break;                  // a known key twice
+                    case 3: json = json.Insert(at, $"\"shape\":{f.Shape},"); break;
+                    case 4: json = json.Insert(at, $"\"data_offsets\":{f.Offsets},"); break;
+                    default:
+                        json = baseMetadata.Length > 0 ? json.Replace("\"__metadata__\":{", "\"__metadata__\":{\"k\":\"1\",\"k\":\"2\",", StringComparison.Ordinal)
+                                                        : "{\"__metadata__\":{},\"__metadata__\":{}," + json[1..];
+                        break;
+                }
+                return RawSafetensors.Build(json, baseData);
+            }
+            case "nesting":
+            {
+                int depth = rng.Next(2) == 0 ? rng.Next(2, 60) : rng.Next(64, 400);
+                string deep = new string('[', depth) + "1" + new string(']', depth);
+                string deepObject = string.Concat(Enumerable.Repeat("{\"a\":", depth)) + "1" + new string('}', depth);
+                switch (rng.Next(5))
+                {
+                    case 0: return With(f with { Shape = deep });
+                    case 1: return With(f with { Offsets = $"[{deep},{o[1]}]" });
+                    case 2: return With(f with { DType = deepObject });
+                    case 3: return Header(fields, "\"__metadata__\":{\"k\":" + deepObject + "}");
+                    default:
+                        string json = HeaderJson(fields);
+                        return RawSafetensors.Build(json.Insert(json.Length - 1, ",\"extra\":" + deepObject), baseData);
+                }
+            }
+            case "data coverage": return Coverage(index);
+            default: throw new ArgumentException($"no mutant family '{family}'", nameof(family));
+        }
+    }
+
+    /// <summary>
+    /// Valid fields whose byte ranges no longer tile the data section exactly: a gap before, between or after the
+    /// tensors (the data grown to match), an overlap (one range moved onto its neighbour), bytes appended after the
+    /// last tensor, or a data section cut short of the last range.
+    /// </summary>
+    public byte[] Coverage(int index)
+    {
+        var rng = new Random(7000 + index);
+        var fields = baseFields.ToList();
+        var order = fields.Select((f, i) => (I: i, O: JsonSerializer.Deserialize<long[]>(f.Offsets)!)).Where(x => x.O[1] > x.O[0]).OrderBy(x => x.O[0]).ToArray();
+        var (t, o) = order[rng.Next(order.Length)];
+        int k = rng.Next(1, 17);
+        string Shifted(long[] r, long by) => $"[{r[0] + by},{r[1] + by}]";
+        switch (index % 5)
+        {
+            case 0: // a gap of k bytes before tensor t: it and every later one move up, the data grows
+            {
+                var data = baseData.Take((int)o[0]).Concat(new byte[k]).Concat(baseData.Skip((int)o[0])).ToArray();
+                foreach (var (i, r) in order.Where(x => x.O[0] >= o[0])) fields[i] = fields[i] with { Offsets = Shifted(r, k) };
+                return RawSafetensors.Build(HeaderJson(fields), data);
+            }
+            case 1: // an overlap: tensor t starts k bytes early, every later one with it (the data shrinks to fit)
+            {
+                if (o[0] == 0) goto case 3;
+                long by = -Math.Min(k, o[0]);
+                foreach (var (i, r) in order.Where(x => x.O[0] >= o[0])) fields[i] = fields[i] with { Offsets = Shifted(r, by) };
+                return RawSafetensors.Build(HeaderJson(fields), baseData[..(int)(baseData.Length + by)]);
+            }
+            case 2: // trailing bytes after the last tensor
+                return RawSafetensors.Build(HeaderJson(fields), [.. baseData, .. Enumerable.Range(0, k).Select(_ => (byte)rng.Next(256))]);
+            case 3: // two tensors on the same bytes: t's range given to another tensor of the same size, its own left uncovered
+            {
+                var twin = order.FirstOrDefault(x => x.I != t && x.O[1] - x.O[0] == o[1] - o[0]);
+                if (twin.O is null) goto case 2;
+                fields[twin.I] = fields[twin.I] with { Offsets = fields[t].Offsets };
+                return RawSafetensors.Build(HeaderJson(fields), baseData);
+            }
+            default: // a gap inside: the last tensor's range moved k bytes on with the data grown, or the data cut short
+            {
+                var last = order[^1];
+                if (rng.Next(2) == 0) return RawSafetensors.Build(HeaderJson(fields), baseData[..Math.Max(0, baseData.Length - k)]);
+                fields[last.I] = fields[last.I] with { Offsets = Shifted(last.O, k) };
+                return RawSafetensors.Build(HeaderJson(fields), [.. baseData, .. new byte[k]]);
+            }
+        }
+    }
 
     static readonly string[] WildNumbers =
     [

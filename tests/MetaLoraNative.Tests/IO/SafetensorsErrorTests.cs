@@ -129,7 +129,32 @@ public class SafetensorsErrorTests
     [Fact]
     public void OverlappingTensorsNameBoth() =>
         AssertHeaderFault("{" + Entry("a", "\"F32\"", "[2]", "[0,8]") + "," + Entry("b", "\"F32\"", "[2]", "[4,12]") + "}", 12,
-            "'a' [0, 8)", "'b' [4, 12)", "overlaps");
+            "'a' [0, 8)", "'b' [4, 12)", "overlaps", "at data offset 4");
+
+    // The reference safetensors library's rule: the tensors tile the data section exactly.
+    [Fact]
+    public void GapInDataSectionNamesItsOffset() =>
+        AssertHeaderFault("{" + Entry("a", "\"F32\"", "[1]", "[0,4]") + "," + Entry("b", "\"F32\"", "[1]", "[8,12]") + "}", 12,
+            "gap at offset 4", "[4, 8)", "'b'");
+
+    [Fact]
+    public void DataSectionNotStartingAtZeroIsAGap() =>
+        AssertHeaderFault("{" + Entry("w", "\"F32\"", "[1]", "[4,8]") + "}", 8, "gap at offset 0", "[0, 4)");
+
+    [Fact]
+    public void TrailingBytesAfterTheLastTensor() =>
+        AssertHeaderFault(Good, 11, "3 trailing bytes at offset 8", "belong to no tensor");
+
+    [Fact]
+    public void EmptyTensorsMaySitAnywhereInside()
+    {
+        using var dir = new TempDir();
+        string header = "{" + Entry("w", "\"F32\"", "[2]", "[0,8]") + "," + Entry("e", "\"F32\"", "[0]", "[4,4]") + "}";
+        string path = RawSafetensors.Write(dir, "e.safetensors", RawSafetensors.Build(header, RawSafetensors.F32(1, 2)));
+        using var f = SafetensorsFile.Open(path);
+        Assert.Equal([1f, 2f], f.ReadFloats("w"));
+        Assert.Empty(f.ReadFloats("e"));
+    }
 
     [Fact]
     public void ByteRangeNotShapeTimesDtypeSize() =>

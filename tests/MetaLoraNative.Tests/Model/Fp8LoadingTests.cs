@@ -60,7 +60,7 @@ public sealed class Fp8LoadingTests(ITestOutputHelper output) : IDisposable
             var expected = q.Codes.Select((code, i) => (float)Decode(code, q.Scale[i / shape[1]])).ToArray();
             Assert.Equal(expected, fp8.Values(name));
         }
-        var e = Assert.Throws<InvalidOperationException>(() => fp8["double_blocks.0.img_attn.qkv.weight"]);
+        var e = Assert.Throws<InputException>(() => fp8["double_blocks.0.img_attn.qkv.weight"]);
         Assert.Contains("--base-dtype bf16", e.Message);
         Assert.True(report.StagingPeakBytes >= c.TensorShapes().Max(t => Shapes.Numel(t.Shape)) * 4);
     }

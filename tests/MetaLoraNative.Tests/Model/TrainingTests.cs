@@ -141,7 +141,8 @@ public sealed class TrainingTests(ITestOutputHelper output) : TinyModelTest("tra
         string state = Path.Combine(dir, "s1.state.safetensors");
         using var down = Stages.Stage1(m, People(2), S1(2, state), _ => { });
         var o = new Stage2Options { Train = new TrainOptions { BatchSize = 1, Seed = 1 }, Iterations = 2, StatePath = state };
-        var e = Assert.Throws<InvalidDataException>(() => Stages.Stage2(m, down, TinyDemo.MakeIdentity(c, "me", 2, 4), o, _ => { }));
+        var e = Assert.Throws<MetaLoraNative.Engine.InputFileException>(() => Stages.Stage2(m, down, TinyDemo.MakeIdentity(c, "me", 2, 4), o, _ => { }));
+        Assert.Equal(state, e.Subject);
         Assert.Contains(state, e.Message);
         Assert.Contains("stage1", e.Message);
     }

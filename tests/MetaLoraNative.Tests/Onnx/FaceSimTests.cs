@@ -31,7 +31,7 @@ public class FaceSimTests(ITestOutputHelper output)
         Assert.Equal(Math.Sqrt(0.5), r.PerIdentityPrompt[("ann", "p2")], 6);
         Assert.Equal(0.5, r.PerIdentityPrompt[("bob", "p1")], 6);
         Assert.Equal((0.5 + Math.Sqrt(0.5) + 0.5) / 3, r.Mean, 6);
-        Assert.Throws<ArgumentException>(() => FaceMetrics.RFaceSim([new GeneratedEmbedding("cy", "p", e(1, 0))], others));
+        Assert.Throws<MetaLoraNative.Engine.InputException>(() => FaceMetrics.RFaceSim([new GeneratedEmbedding("cy", "p", e(1, 0))], others));
     }
 
     // Identities built from real photos: each face is one person; its "other real images" are a shifted crop,

@@ -70,6 +70,10 @@ public sealed class NonFiniteCliTests() : TempFolderTest("guard-cli")
         var r = Run("train", "stage1", "--model", "random:tiny:1", "--data", data, "--out", output, "--iterations", "12",
                     "--bucket-iterations", "4", "--identities-per-bucket", "2", "--rank1", "4", "--batch-size", "2", "--state-every", "3");
         AssertFailedWithoutResult(r, output, "non-finite", "NaN", "Inf");
+        // refused at load, before any step: bad input naming the file and the tensor
+        Assert.Equal(2, r.Code);
+        Assert.Contains(example, r.Err);
+        Assert.Contains("'t5'", r.Err);
     }
 
     [Fact]
