@@ -18,13 +18,10 @@ public sealed partial class LoraBinding
     void FusedAddDelta(string module, ReadOnlySpan<int> targets, Tensor x, Tensor y)
     {
         var be = Adapter.Backend;
-        var cache = Adapter.MergedDowns;
-        cache.Retain(identities);
-        for (int gi = 0; gi < groups.Length; gi++)
+        var fused = FusedGroups(module, targets);
+        for (int gi = 0; gi < fused.Length; gi++)
         {
-            var (id, start, count) = groups[gi];
-            var factors = Adapter.Identities[id];
-            var A = cache.StackedA(id, module, targets);                                          // (Σ r2, d_in)
+            var (factors, A, start, count) = fused[gi];                                            // A (Σ r2, d_in)
             var a = Merged(x, A, start, count);                                                    // (n, Σ r2)
             var yg = GroupRows(y, start, count);                                                   // (n, d_out)
             for (int j = 0, o = 0; j < targets.Length; o += factors.Up[targets[j]].Shape[1], j++)
@@ -34,7 +31,7 @@ public sealed partial class LoraBinding
                 be.GemmSlice(MatrixSlice.ColumnsOf(a, o, U.Shape[1]), false, U, true,
                              yg.ColumnsOf(target.RowStart, target.Rows), 1f, 1f);                  // y[:, s:s+rows] += aⱼ·Uᵀ
             }
-            if (TrainIdentity) cache.Keep(this, module, gi, x, a);                                 // for the backward's dU
+            if (TrainIdentity) Adapter.MergedDowns.Keep(this, module, gi, x, a);                   // for the backward's dU
             else a.Dispose();
         }
     }
@@ -44,17 +41,14 @@ public sealed partial class LoraBinding
     {
         if (!TrainIdentity && dx == null) return;
         var be = Adapter.Backend;
-        var cache = Adapter.MergedDowns;
-        cache.Retain(identities);
-        for (int gi = 0; gi < groups.Length; gi++)
+        var fused = FusedGroups(module, targets);
+        for (int gi = 0; gi < fused.Length; gi++)
         {
-            var (id, start, count) = groups[gi];
-            var factors = Adapter.Identities[id];
-            var A = cache.StackedA(id, module, targets);                                          // (Σ r2, d_in)
+            var (factors, A, start, count) = fused[gi];                                            // A (Σ r2, d_in)
             var xg = GroupRows(x, start, count);                                                   // (n, d_in)
             var dyg = GroupRows(dy, start, count);                                                 // (n, d_out)
             // a (n, Σ r2) feeds only dU: the forward's, or recomputed when it kept none for this x
-            using var a = TrainIdentity ? cache.TakeKept(this, module, gi, x) ?? Merged(x, A, start, count) : null;
+            using var a = TrainIdentity ? Adapter.MergedDowns.TakeKept(this, module, gi, x) ?? Merged(x, A, start, count) : null;
             using var dmid = be.Zeros([checked((int)xg.Rows), A.Shape[0]]);                        // (n, Σ r2): each target writes its columns
             for (int j = 0, o = 0; j < targets.Length; o += factors.Up[targets[j]].Shape[1], j++)
             {
@@ -78,6 +72,23 @@ public sealed partial class LoraBinding
             }
             if (dx != null) be.GemmSlice(dmid, false, A, false, GroupRows(dx, start, count), 1f, 1f);   // dx += dmid·A
         }
+    }
+
+    /// <summary>
+    /// Per group of the batch: its identity's factors and the module's stacked A (Σ r2, d_in), formed when stale, after
+    /// the cache dropped the identities this binding does not use.
+    /// </summary>
+    (IdentityFactors Factors, Tensor A, int Start, int Count)[] FusedGroups(string module, ReadOnlySpan<int> targets)
+    {
+        var cache = Adapter.MergedDowns;
+        cache.Retain(identities);
+        var fused = new (IdentityFactors, Tensor, int, int)[groups.Length];
+        for (int g = 0; g < groups.Length; g++)
+        {
+            var (id, start, count) = groups[g];
+            fused[g] = (Adapter.Identities[id], cache.StackedA(id, module, targets), start, count);
+        }
+        return fused;
     }
 
     /// <summary>a = x·Aᵀ for the group's rows, (n, Σ r2): one Linear when the group is the whole batch.</summary>

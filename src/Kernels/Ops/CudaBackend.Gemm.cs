@@ -140,9 +140,21 @@ public sealed partial class CudaBackend
     internal static GemmProblem Describe(CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c) =>
         Describe(Operand.Whole(a), transA, Operand.Whole(b), transB, Operand.Whole(c));
 
-    static GemmProblem Describe(Operand a, bool transA, Operand b, bool transB, Operand c) =>
-        new(transA ? a.Cols : a.Rows, transB ? b.Rows : b.Cols, transA ? a.Rows : a.Cols, transA, transB, a.Ld, b.Ld, c.Ld,
-            a.ElementSize, b.ElementSize, c.ElementSize, GemmRouting.Alignment(a.Ptr), GemmRouting.Alignment(b.Ptr), GemmRouting.Alignment(c.Ptr));
+    static GemmProblem Describe(Operand a, bool transA, Operand b, bool transB, Operand c)
+    {
+        bool allF32 = a.ElementSize == 4 && b.ElementSize == 4 && c.ElementSize == 4;
+        return new(transA ? a.Cols : a.Rows, transB ? b.Rows : b.Cols, transA ? a.Rows : a.Cols, transA, transB, a.Ld, b.Ld, c.Ld,
+                   a.ElementSize, b.ElementSize, c.ElementSize, InputAlignment(a, allF32), InputAlignment(b, allF32), GemmRouting.Alignment(c.Ptr));
+    }
+
+    /// <summary>
+    /// An input's alignment as the routing must see it: the fp32 side of a mixed product reaches cuBLASLt as a bf16
+    /// copy (a fresh, 256-byte aligned tensor) whose block starts offset·2 bytes in, so the lower of the two counts.
+    /// (Our kernels read the fp32 block itself; the lower figure only ever turns their 16-byte loads off.)
+    /// </summary>
+    static int InputAlignment(Operand o, bool allF32) =>
+        allF32 || o.ElementSize == 2 ? GemmRouting.Alignment(o.Ptr)
+            : Math.Min(GemmRouting.Alignment(o.Ptr), GemmRouting.Alignment((ulong)(o.Offset * 2)));
 
     void CublasMatmul(string op, in GemmProblem problem, Operand a, Operand b, Operand c, float alpha, float beta, CudaTensor? bias)
     {
