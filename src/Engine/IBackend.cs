@@ -55,6 +55,14 @@ public interface IBackend : IDisposable
     /// <summary>dx = dy·W. dy (.., d_out), w (d_out, d_in) → (.., d_in). The weight itself is frozen.</summary>
     Tensor LinearBackward(Tensor dy, Tensor w);
 
+    /// <summary>
+    /// <see cref="Gemm"/> on blocks of wider matrices: c's block = alpha · op(a's block) · op(b's block) + beta · c's
+    /// block, each a <see cref="MatrixSlice"/> of a tensor viewed as a row-major matrix (leading dimension = the
+    /// tensor's Cols); the rest of c is untouched. The fused Stage-2 LoRA writes a target's y += a·Uᵀ straight into
+    /// the target's column slice of y, and reads dyₛ as a column slice of dy, so no narrow copy is made.
+    /// </summary>
+    void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f);
+
     // ---------------------------------------------------------------- Elementwise
 
     /// <summary>acc += alpha · x (same element count).</summary>
@@ -191,6 +199,44 @@ public enum Precision
     Compute,
     /// <summary>fp32: trainable factors' masters, their gradients and optimiser moments.</summary>
     Master,
+}
+
+/// <summary>
+/// The block rows [Row, Row + Rows) × columns [Column, Column + Columns) of a tensor viewed as a row-major matrix
+/// (Tensor.Rows × Tensor.Cols). Its leading dimension is Tensor.Cols and its first element is Row·Cols + Column.
+/// A tensor converts to the slice of all of it.
+/// </summary>
+public readonly record struct MatrixSlice(Tensor Tensor, long Row, long Rows, int Column, int Columns)
+{
+    public static implicit operator MatrixSlice(Tensor t) => new(t, 0, t.Rows, 0, t.Cols);
+
+    /// <summary>Columns [column, column + count) of every row of t.</summary>
+    public static MatrixSlice ColumnsOf(Tensor t, int column, int count) => new(t, 0, t.Rows, column, count);
+
+    /// <summary>Rows [row, row + count) of this slice.</summary>
+    public MatrixSlice RowsOf(long row, long count) => this with { Row = Row + row, Rows = count };
+
+    /// <summary>Columns [column, column + count) of this slice.</summary>
+    public MatrixSlice ColumnsOf(int column, int count) => this with { Column = Column + column, Columns = count };
+
+    /// <summary>Offset of the first element in the tensor's storage, in elements.</summary>
+    public long Offset => Row * Tensor.Cols + Column;
+
+    /// <summary>The whole tensor: contiguous, leading dimension = Columns.</summary>
+    public bool IsWhole => Row == 0 && Rows == Tensor.Rows && Column == 0 && Columns == Tensor.Cols;
+
+    /// <summary>Every row complete (Column 0, all columns): the block is contiguous in storage.</summary>
+    public bool IsContiguous => Column == 0 && Columns == Tensor.Cols;
+
+    /// <summary>Throws naming the op and the operand when the block does not lie inside the tensor.</summary>
+    public void Check(string op, string operand)
+    {
+        if (Row < 0 || Rows < 0 || Row + Rows > Tensor.Rows || Column < 0 || Columns < 0 || Column + Columns > Tensor.Cols)
+            throw new ArgumentException($"{op}: {operand} block rows [{Row}, {Row + Rows}) × columns [{Column}, {Column + Columns}) " +
+                                        $"lies outside its tensor ({Tensor.Rows} × {Tensor.Cols}) {Tensor}");
+    }
+
+    public override string ToString() => $"rows [{Row}, {Row + Rows}) × cols [{Column}, {Column + Columns}) of {Tensor}";
 }
 
 /// <summary>Hyper-parameters of one AdamW update.</summary>

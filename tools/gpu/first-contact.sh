@@ -11,7 +11,9 @@
 #   1. machine:   nvidia-smi, metalora doctor, kernels build --arch device --dev (the images the backend loads)
 #   2. parity:    check cuda --dev (every op group, LoRA on every target kind, the tiny model, Stage 2, the flux-width
 #                 model at 256² and 512², tensor-core attention at 1,536 and 4,608 tokens), METALORA_SYNC_CHECK=1
-#   3. bench-512: metalora bench --resolution 512 --steps 2 (default attention)
+#   3. bench-512: metalora bench --resolution 512 --steps 2 (default attention, fused Stage-2 LoRA)
+#      bench-512-stacked: the same with METALORA_LORA=stacked, then one line comparing the two Stage-2 steps
+#      (stage 2's list holds the checks of the fused path: "gemm slice" and "lora fused <module> <shape>")
 #   4. reference: debug step at flux-dev 512² (1,024 image + 512 text tokens) with the scalar and with the
 #                 tensor-core attention, each compared by tools/reference/compare.py with the PyTorch fp32 step,
 #                 PyTorch's bf16 step as the baseline (docs/REFERENCE_CHECK.md)
@@ -130,6 +132,23 @@ stage check-cuda 110 env METALORA_SYNC_CHECK=1 "${ML[@]}" "${CHECK[@]}" --json "
 
 # 3. speed at 512², default attention
 stage bench-512 40 "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off --json "$OUT/bench-512.json"
+
+# 3b. fused vs stacked Stage-2 LoRA (docs/PERF.md, "Fused Stage-2 LoRA"): the stacked path's step at 512² (its JSON
+# in $WORK) and one line comparing it with bench-512's fused step
+stage bench-512-stacked 40 env METALORA_LORA=stacked "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off \
+    --json "$WORK/bench-512-stacked.json"
+"$PYTHON" - "$OUT/bench-512.json" "$WORK/bench-512-stacked.json" <<'PY' || true
+import json, sys
+def ms(path):
+    try:
+        with open(path) as f: return json.load(f).get("train_ms_median")
+    except (OSError, ValueError): return None
+fused, stacked = ms(sys.argv[1]), ms(sys.argv[2])
+if fused and stacked:
+    print(f"Stage-2 LoRA at 512²: fused {fused:.2f} ms/step, stacked {stacked:.2f} ms/step, saving {stacked - fused:.2f} ms ({stacked / fused:.3f}x)")
+else:
+    print(f"Stage-2 LoRA at 512²: fused {fused} ms/step, stacked {stacked} ms/step (a bench did not finish)")
+PY
 
 # 4. the whole model at flux-dev 512² against the independent PyTorch FLUX, with both attention kernels
 : > "$OUT/compare.txt"

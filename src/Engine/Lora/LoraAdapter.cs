@@ -68,6 +68,9 @@ public sealed class LoraAdapter : IDisposable
     public int Rank2 { get; }
     public LoraParameter[] Down { get; }
     public IReadOnlyList<IdentityFactors> Identities => identities;
+    /// <summary>The fused Stage-2 path's merged downs A = M·D, made on first use and freed with the adapter.</summary>
+    public FusedStage2Cache MergedDowns => mergedDowns ??= new(this);
+    FusedStage2Cache? mergedDowns;
 
     /// <summary>Target indices living in one BFL linear, or empty.</summary>
     public ReadOnlySpan<int> TargetsOf(string bflModule) =>
@@ -143,6 +146,7 @@ public sealed class LoraAdapter : IDisposable
 
     public void Dispose()
     {
+        mergedDowns?.Dispose();
         foreach (var id in identities) id.Dispose();
         identities.Clear();
         foreach (var d in Down) d.Dispose();

@@ -1,5 +1,16 @@
 namespace MetaLoraNative.Engine.Lora;
 
+/// <summary>Which form of the LoRA products a binding issues.</summary>
+public enum LoraPath
+{
+    /// <summary>Fused where it applies (D frozen, Meta mode), stacked elsewhere; METALORA_LORA=stacked forces stacked.</summary>
+    Auto,
+    /// <summary>down = x·Dᵀ, mid = down·Mᵀ, y += mid·Uᵀ: every factor trainable (LoraBinding.cs).</summary>
+    Stacked,
+    /// <summary>a = x·(M·D)ᵀ with A = M·D formed once per step, y's slice += a·Uᵀ: D frozen, Meta mode (FusedStage2.cs).</summary>
+    Fused,
+}
+
 /// <summary>
 /// Binds an adapter to one forward/backward pass: which identity each sample of the batch uses and which factors
 /// want gradients. Samples are grouped into runs of consecutive samples sharing an identity, so Stage 2 (one
@@ -12,14 +23,20 @@ namespace MetaLoraNative.Engine.Lora;
 /// dx; dD is one GEMM per target, straight into its fp32 gradient.
 /// down and mid are recomputed in the backward from x (which the layer keeps anyway): at rank 16 that costs
 /// about r1/d_out of the frozen GEMM and saves storing two activations per target.
+/// With D frozen in Meta mode (Stage 2, the Stage-1 warm-up, inference with an unmerged adapter) the binding takes
+/// the fused path instead (<see cref="LoraPath.Fused"/>, FusedStage2.cs): the same products reassociated around
+/// A = M·D.
 /// </summary>
-public sealed class LoraBinding
+public sealed partial class LoraBinding
 {
     readonly (int Identity, int Start, int Count)[] groups;
+    readonly int[] identities;
     readonly int batch;
 
     /// <param name="identityOfSample">Identity index for each sample of the batch.</param>
-    public LoraBinding(LoraAdapter adapter, int[] identityOfSample, bool trainDown, bool trainIdentity)
+    /// <param name="path">Auto: fused when D is frozen in Meta mode (unless METALORA_LORA=stacked). Fused on a binding
+    /// that trains D or on a standard LoRA is refused.</param>
+    public LoraBinding(LoraAdapter adapter, int[] identityOfSample, bool trainDown, bool trainIdentity, LoraPath path = LoraPath.Auto)
     {
         Adapter = adapter;
         TrainDown = trainDown;
@@ -36,11 +53,26 @@ public sealed class LoraBinding
             b = e;
         }
         groups = [.. list];
+        identities = [.. groups.Select(g => g.Identity).Distinct()];
+        bool fusable = !trainDown && adapter.Mode == LoraMode.Meta;
+        if (path == LoraPath.Fused && !fusable)
+            throw new ArgumentException($"the fused LoRA path needs D frozen in a Meta-LoRA; this binding {(trainDown ? "trains D" : "binds a standard LoRA")}");
+        Path = fusable && (path == LoraPath.Fused || path == LoraPath.Auto && PathFromEnvironment() != LoraPath.Stacked) ? LoraPath.Fused : LoraPath.Stacked;
     }
 
     public LoraAdapter Adapter { get; }
     public bool TrainDown { get; }
     public bool TrainIdentity { get; }
+    /// <summary>The path this binding runs: Stacked or Fused (never Auto).</summary>
+    public LoraPath Path { get; }
+
+    /// <summary>METALORA_LORA: unset, "auto" or "fused" → Auto; "stacked" → Stacked (the fallback, and the bench's baseline).</summary>
+    public static LoraPath PathFromEnvironment() => Environment.GetEnvironmentVariable("METALORA_LORA") switch
+    {
+        null or "" or "auto" or "fused" => LoraPath.Auto,
+        "stacked" => LoraPath.Stacked,
+        var v => throw new InputException("METALORA_LORA", $"METALORA_LORA={v}: expected auto, fused or stacked"),
+    };
 
     /// <summary>
     /// The Downs of a module's targets stacked along the rows, (Σ r1, d_in), so one GEMM makes every target's down
@@ -64,6 +96,11 @@ public sealed class LoraBinding
     {
         var targets = Adapter.TargetsOf(module);
         if (targets.Length == 0) return;
+        if (Path == LoraPath.Fused)
+        {
+            FusedAddDelta(module, targets, x, y);
+            return;
+        }
         var be = Adapter.Backend;
         using var dStack = StackedDown(targets);
         var parts = new Tensor[targets.Length, groups.Length];
@@ -95,6 +132,11 @@ public sealed class LoraBinding
     {
         var targets = Adapter.TargetsOf(module);
         if (targets.Length == 0) return;
+        if (Path == LoraPath.Fused)
+        {
+            FusedBackward(module, targets, x, dy, dx);
+            return;
+        }
         var be = Adapter.Backend;
         using var dStack = StackedDown(targets);
         foreach (var (id, start, count) in groups)
@@ -152,7 +194,7 @@ public sealed class LoraBinding
     {
         if (TrainDown) foreach (var d in Adapter.Down) yield return d;
         if (TrainIdentity)
-            foreach (int id in groups.Select(g => g.Identity).Distinct())
+            foreach (int id in identities)
                 foreach (var p in Adapter.Identities[id].Parameters()) yield return p;
     }
 }

@@ -21,6 +21,13 @@ public sealed class LoraParameter : IDisposable
     public Tensor? Moment2 { get; private set; }
     /// <summary>AdamW steps taken by this tensor (its own count: identities in Stage 1 are visited unevenly).</summary>
     public int Step { get; set; }
+    /// <summary>
+    /// Changes whenever Value does: an AdamW step advances Step, any other write (a load, a finite-difference probe)
+    /// calls <see cref="MarkWritten"/>. Products cached from Value (the fused Stage-2 A = M·D) rebuild when it moves.
+    /// </summary>
+    public (int Step, int Writes) Version => (Step, writes);
+    public void MarkWritten() => writes++;
+    int writes;
 
     public int[] Shape => Value.Shape;
 

@@ -14,6 +14,9 @@ public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens
     /// <summary>Stage 2 as StepBenchmark runs it: batch 1, every target, D frozen, one identity's M and U trained.</summary>
     public static TrainingShape Stage2(FluxConfig config, int imageTokens, int textTokens, int rank1, int rank2) =>
         new(config, 1, imageTokens, textTokens, FluxNames.LoraTargets(config), LoraMode.Meta, rank1, rank2, false, true);
+
+    /// <summary>The bindings take LoraBinding's fused path (D frozen in a Meta-LoRA, unless METALORA_LORA=stacked).</summary>
+    public bool FusedLora => Mode == LoraMode.Meta && !TrainDown && LoraBinding.PathFromEnvironment() != LoraPath.Stacked;
 }
 
 /// <summary>
@@ -24,10 +27,12 @@ public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens
 /// With block swap (<see cref="SwapBlocks"/> blocks, in <see cref="BlockOrder.Swapped"/>'s order: double blocks from
 /// the last back, then single blocks) the swapped blocks' weights leave the device (<see cref="HostBytes"/>) and
 /// their device slots come in (<see cref="SlotBytes"/>: two of a block per kind swapped, one when only one is).
+/// MergedDowns: the fused LoRA path's A = M·D stacks (FusedStage2Cache), made in the first step and kept from then on.
 /// </summary>
 public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long Weights, long LoraFactors, long Gradients,
                                     long OptimiserState, long Activations, long WorkingSet, long AttentionWorkspace,
-                                    long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights, int SwapBlocks = 0)
+                                    long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights, int SwapBlocks = 0,
+                                    long MergedDowns = 0)
 {
     /// <summary>Swapped double and single blocks.</summary>
     public (int Double, int Single) Swapped
@@ -53,7 +58,7 @@ public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long We
     /// <summary>Weight bytes on the device: the resident weights and the swap slots.</summary>
     public long DeviceWeights => Weights - HostBytes + SlotBytes;
 
-    public long Peak => DeviceWeights + LoraFactors + Gradients + OptimiserState + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
+    public long Peak => DeviceWeights + LoraFactors + Gradients + OptimiserState + MergedDowns + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
 
     public string Label => $"{BaseDTypes.Name(BaseDType)} base, recompute {(Recompute ? "on" : "off")}" +
                            (SwapBlocks == 0 ? "" : $", swap {SwapBlocks} blocks ({Swapped.Double} double, {Swapped.Single} single)");
@@ -73,7 +78,7 @@ public sealed record MemoryPlan(long Budget, MemoryEstimate Chosen, bool Fits, I
         yield return "  base  recompute  swap  weights  lora+grads+adam  activations  working  workspace    peak";
         foreach (var e in Candidates)
             yield return $"  {BaseDTypes.Name(e.BaseDType),-4}  {(e.Recompute ? "on" : "off"),-9}  {e.SwapBlocks,4}  {G(e.DeviceWeights)}  " +
-                         $"{G(e.LoraFactors + e.Gradients + e.OptimiserState),15}  {G(e.Activations),11}  {G(e.WorkingSet),7}  " +
+                         $"{G(e.LoraFactors + e.Gradients + e.OptimiserState + e.MergedDowns),15}  {G(e.Activations),11}  {G(e.WorkingSet),7}  " +
                          $"{G(e.AttentionWorkspace + e.GemmWorkspace),9}  {G(e.Peak)}{(e.Peak <= Budget ? "" : "  over")}";
         yield return Fits
             ? $"  chosen: {Chosen.Label}, predicted peak {F(Chosen.Peak)}"
@@ -120,12 +125,15 @@ public static class MemoryPlanner
         long identity = s.Targets.Sum(t => (s.Mode == LoraMode.Meta ? m.Master((long)r2 * s.Rank1) : 0) + m.Master((long)t.Rows * r2));
         long factors = down + s.IdentitiesHeld * identity;
         long moments = 2 * ((s.TrainDown ? down : 0) + (s.TrainIdentity ? s.IdentitiesHeld * identity : 0));
+        // the fused path's A stacks, (Σ r2, d_in) fp32 per module, for each identity of the batch
+        long merged = s.FusedLora ? s.IdentitiesInBatch * s.Targets.GroupBy(t => t.BflModule)
+                                                            .Sum(g => m.Master((long)g.Count() * r2 * g.First().InFeatures)) : 0;
 
         var (peak, kept) = new StepWalk(m, s).Run(recompute);
         int L = s.ImageTokens + s.TextTokens;
         long attention = m.AttentionRowSums ? m.Stats((long)s.Batch * c.NumHeads * L) : 0;
         long gemm = m.GemmWorkspaceBytes + (baseDType == BaseDType.Fp8 && m.DequantizeScratch ? m.Compute(largestQuantized) : 0);
-        var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks);
+        var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks, merged);
         _ = e.Swapped;                                                        // checks the block count
         return e;
     }

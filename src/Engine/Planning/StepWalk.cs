@@ -19,6 +19,7 @@ internal sealed class StepWalk
     readonly TrainingShape s;
     readonly Dictionary<string, int[]> targetRows;    // BFL module → rows of each of its LoRA targets
     readonly int B, Li, Lt, L, C, H, Mlp, groups;
+    readonly Dictionary<(string Module, int Group), long> keptA = [];   // the fused path's a, kept from forward to backward
     long live, peak;
 
     public StepWalk(MemoryModel model, TrainingShape shape)
@@ -135,6 +136,11 @@ internal sealed class StepWalk
     {
         long y = Compute(n * dOut);
         if (!targetRows.TryGetValue(module, out var rows)) return y;
+        if (s.FusedLora)
+        {
+            FusedForward(module, rows, n);
+            return y;
+        }
         bool stacked = rows.Length > 1, meta = s.Mode == LoraMode.Meta;
         long gn = n / groups, sumR1 = (long)rows.Length * s.Rank1;
         long stack = ComputeIf(stacked, sumR1 * dIn);
@@ -170,6 +176,11 @@ internal sealed class StepWalk
     void LoraBackward(string module, long n, int dIn, int dOut, bool inputGradient)
     {
         if (!targetRows.TryGetValue(module, out var rows)) return;
+        if (s.FusedLora)
+        {
+            FusedBackward(module, rows, n, dIn, inputGradient);
+            return;
+        }
         bool stacked = rows.Length > 1, meta = s.Mode == LoraMode.Meta;
         long gn = n / groups, sumR1 = (long)rows.Length * s.Rank1;
         long stack = ComputeIf(stacked, sumR1 * dIn);
@@ -200,6 +211,33 @@ internal sealed class StepWalk
             Free(dDownAll + downAll + dyg + xg);
         }
         Free(stack);
+    }
+
+    /// <summary>FusedStage2.cs's forward: per group a (gn, Σ r2), kept for the backward when the identity trains (a recomputed block's replaces the first).</summary>
+    void FusedForward(string module, int[] rows, long n)
+    {
+        long gn = n / groups, sumR2 = (long)rows.Length * s.Rank2;
+        for (int g = 0; g < groups; g++)
+        {
+            long a = Compute(gn * sumR2);
+            if (!s.TrainIdentity) { Free(a); continue; }
+            if (keptA.Remove((module, g), out long old)) Free(old);
+            keptA[(module, g)] = a;
+        }
+    }
+
+    /// <summary>FusedStage2.cs's backward: per group the kept a, dmid (gn, Σ r2) and, when the identity trains, G (Σ r2, d_in) fp32.</summary>
+    void FusedBackward(string module, int[] rows, long n, int dIn, bool inputGradient)
+    {
+        if (!s.TrainIdentity && !inputGradient) return;
+        long gn = n / groups, sumR2 = (long)rows.Length * s.Rank2;
+        for (int g = 0; g < groups; g++)
+        {
+            long a = s.TrainIdentity ? keptA.Remove((module, g), out long k) ? k : Compute(gn * sumR2) : 0;
+            long dmid = Compute(gn * sumR2);
+            if (s.TrainIdentity) Free(Master(sumR2 * dIn));
+            Free(dmid + a);
+        }
     }
 
     // ---------------------------------------------------------------- DoubleBlock

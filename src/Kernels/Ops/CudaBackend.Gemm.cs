@@ -15,7 +15,9 @@ namespace MetaLoraNative.Kernels;
 // rows, i.e. along our N = d_out: exactly Linear's bias. Descriptors, layouts and up to 8 heuristic candidates are
 // cached per problem (shape, types, transposes, epilogue, pointer alignments); a candidate that answers
 // NOT_SUPPORTED is skipped from then on, and when none runs with the bias epilogue the product runs without it
-// and bias_add follows.
+// and bias_add follows. GemmSlice runs the same code on blocks of wider matrices: a block is a pointer offset and the
+// tensor's row length as its leading dimension (cuBLASLt's layout ld, our kernels' element strides), so a product
+// writes straight into a column slice of y and reads dyₛ in place.
 public sealed partial class CudaBackend
 {
     const long WorkspaceBytes = 32L << 20;   // what NVIDIA recommends for Hopper; also our split-K scratch
@@ -24,7 +26,19 @@ public sealed partial class CudaBackend
     readonly Dictionary<GemmKey, GemmPlan> gemmPlans = [];
 
     readonly record struct GemmKey(int TypeAB, int TypeC, bool TransA, bool TransB, long M, long N, long K, bool Bias,
-                                   int AlignA, int AlignB, int AlignC);
+                                   long Lda, long Ldb, long Ldc, int AlignA, int AlignB, int AlignC);
+
+    /// <summary>One GEMM operand: a block (Rows × Cols) of a tensor seen as a row-major matrix, leading dimension Ld.</summary>
+    readonly record struct Operand(CudaTensor Tensor, long Offset, long Rows, long Cols, long Ld)
+    {
+        public static Operand Whole(CudaTensor t) => new(t, 0, t.Rows, t.Cols, t.Cols);
+        public ulong Ptr => Tensor.Ptr + (ulong)(Offset * Tensor.ElementSize);
+        public int ElementSize => Tensor.ElementSize;
+        public bool IsWhole => Offset == 0 && Rows == Tensor.Rows && Cols == Tensor.Cols;
+        /// <summary>The same block of another tensor of the same shape (a precision-converted copy).</summary>
+        public Operand Of(CudaTensor t) => this with { Tensor = t };
+        public override string ToString() => IsWhole ? Tensor.ToString() : $"{Rows}×{Cols} at +{Offset} (ld {Ld}) of {Tensor}";
+    }
 
     sealed class GemmPlan
     {
@@ -37,8 +51,25 @@ public sealed partial class CudaBackend
     public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
     {
         using var _ = Op("gemm");
-        Matmul("gemm", T(a, "a"), transA, T(b, "b"), transB, T(c, "c"), alpha, beta, null);
+        Matmul("gemm", Operand.Whole(T(a, "a")), transA, Operand.Whole(T(b, "b")), transB, Operand.Whole(T(c, "c")), alpha, beta, null);
     }
+
+    public void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f)
+    {
+        using var _ = Op("gemm_slice");
+        a.Check("gemm_slice", "a");
+        b.Check("gemm_slice", "b");
+        c.Check("gemm_slice", "c");
+        Matmul("gemm_slice", OperandOf(a, "a"), transA, OperandOf(b, "b"), transB, OperandOf(c, "c"), alpha, beta, null);
+    }
+
+    Operand OperandOf(MatrixSlice s, string what) => Slice(T(s.Tensor, what), s);
+
+    static Operand Slice(CudaTensor t, MatrixSlice s) => new(t, s.Offset, s.Rows, s.Columns, s.Tensor.Cols);
+
+    /// <summary>A GemmSlice product as GemmRouting sees it (the parity check confirms the route of each of its cases).</summary>
+    internal static GemmProblem Describe(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c) =>
+        Describe(Slice((CudaTensor)a.Tensor, a), transA, Slice((CudaTensor)b.Tensor, b), transB, Slice((CudaTensor)c.Tensor, c));
 
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
     {
@@ -50,7 +81,7 @@ public sealed partial class CudaBackend
         shape[^1] = cw.Shape[0];
         var y = Alloc(shape);
         if (bias != null) Shapes.Require(bias.Length == cw.Shape[0], $"linear: bias {bias} for d_out {cw.Shape[0]}");
-        Matmul("linear", cx, false, cw, true, y, 1f, 0f, bias == null ? null : T(bias, "bias"));
+        Matmul("linear", Operand.Whole(cx), false, Operand.Whole(cw), true, Operand.Whole(y), 1f, 0f, bias == null ? null : T(bias, "bias"));
         return y;
     }
 
@@ -63,26 +94,28 @@ public sealed partial class CudaBackend
         int[] shape = (int[])cdy.Shape.Clone();
         shape[^1] = cw.Shape[1];
         var dx = Alloc(shape);
-        Matmul("linear_backward", cdy, false, cw, false, dx, 1f, 0f, null);
+        Matmul("linear_backward", Operand.Whole(cdy), false, Operand.Whole(cw), false, Operand.Whole(dx), 1f, 0f, null);
         return dx;
     }
 
     /// <summary>c = alpha·op(a)·op(b) + beta·c (+ bias along c's columns, converted to c's precision).</summary>
-    void Matmul(string op, CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c, float alpha, float beta, CudaTensor? bias)
+    void Matmul(string op, Operand a, bool transA, Operand b, bool transB, Operand c, float alpha, float beta, CudaTensor? bias)
     {
         long m = transA ? a.Cols : a.Rows, k = transA ? a.Rows : a.Cols;
         long n = transB ? b.Rows : b.Cols, kb = transB ? b.Cols : b.Rows;
         Shapes.Require(k == kb && c.Rows == m && c.Cols == n,
             $"{op}: op(a) {m}×{k} · op(b) {kb}×{n} into c {c.Rows}×{c.Cols} (a {a}, b {b}, c {c})");
         if (m == 0 || n == 0) return;
-        Borrowed<CudaTensor>? biasC = bias == null ? null : c.Precision == Precision.Master ? F32(bias, "bias") : Bf16(bias, "bias");
+        Borrowed<CudaTensor>? biasC = bias == null ? null : c.Tensor.Precision == Precision.Master ? F32(bias, "bias") : Bf16(bias, "bias");
         try
         {
             ulong biasPtr = biasC?.Ptr ?? 0;
             if (k == 0)
             {
-                ScaleOrZero(c, beta);
-                if (biasC is { } bc) AddBias(c, bc.Tensor, m, n);
+                // an empty reduction scales c; only a whole c can be scaled by the elementwise ops
+                Shapes.Require(c.IsWhole, $"{op}: k = 0 into a block of c ({c}) is not supported");
+                ScaleOrZero(c.Tensor, beta);
+                if (biasC is { } bc) AddBias(c.Tensor, bc.Tensor, m, n);
                 return;
             }
             var problem = Describe(a, transA, b, transB, c);
@@ -105,18 +138,35 @@ public sealed partial class CudaBackend
 
     /// <summary>The product c = op(a)·op(b) as GemmRouting sees it (shapes already checked).</summary>
     internal static GemmProblem Describe(CudaTensor a, bool transA, CudaTensor b, bool transB, CudaTensor c) =>
-        new(transA ? a.Cols : a.Rows, transB ? b.Rows : b.Cols, transA ? a.Rows : a.Cols, transA, transB, a.Cols, b.Cols, c.Cols,
-            a.ElementSize, b.ElementSize, c.ElementSize, GemmRouting.Alignment(a.Ptr), GemmRouting.Alignment(b.Ptr), GemmRouting.Alignment(c.Ptr));
+        Describe(Operand.Whole(a), transA, Operand.Whole(b), transB, Operand.Whole(c));
 
-    void CublasMatmul(string op, in GemmProblem problem, CudaTensor a, CudaTensor b, CudaTensor c, float alpha, float beta, CudaTensor? bias)
+    static GemmProblem Describe(Operand a, bool transA, Operand b, bool transB, Operand c)
+    {
+        bool allF32 = a.ElementSize == 4 && b.ElementSize == 4 && c.ElementSize == 4;
+        return new(transA ? a.Cols : a.Rows, transB ? b.Rows : b.Cols, transA ? a.Rows : a.Cols, transA, transB, a.Ld, b.Ld, c.Ld,
+                   a.ElementSize, b.ElementSize, c.ElementSize, InputAlignment(a, allF32), InputAlignment(b, allF32), GemmRouting.Alignment(c.Ptr));
+    }
+
+    /// <summary>
+    /// An input's alignment as the routing must see it: the fp32 side of a mixed product reaches cuBLASLt as a bf16
+    /// copy (a fresh, 256-byte aligned tensor) whose block starts offset·2 bytes in, so the lower of the two counts.
+    /// (Our kernels read the fp32 block itself; the lower figure only ever turns their 16-byte loads off.)
+    /// </summary>
+    static int InputAlignment(Operand o, bool allF32) =>
+        allF32 || o.ElementSize == 2 ? GemmRouting.Alignment(o.Ptr)
+            : Math.Min(GemmRouting.Alignment(o.Ptr), GemmRouting.Alignment((ulong)(o.Offset * 2)));
+
+    void CublasMatmul(string op, in GemmProblem problem, Operand a, Operand b, Operand c, float alpha, float beta, CudaTensor? bias)
     {
         // fp32 throughout only when everything is fp32; otherwise bf16 inputs (cuBLASLt needs A and B of one type).
-        using var ba = problem.AllF32 ? Borrowed<CudaTensor>.Of(a) : Bf16(a);
-        using var bb = problem.AllF32 ? Borrowed<CudaTensor>.Of(b) : Bf16(b);
+        // A block's copy is the whole tensor converted: the block sits at the same offset in it.
+        using var ta = problem.AllF32 ? Borrowed<CudaTensor>.Of(a.Tensor) : Bf16(a.Tensor);
+        using var tb = problem.AllF32 ? Borrowed<CudaTensor>.Of(b.Tensor) : Bf16(b.Tensor);
+        Operand ba = a.Of(ta.Tensor), bb = b.Of(tb.Tensor);
         int typeAB = problem.AllF32 ? CUDA_R_32F : CUDA_R_16BF;
-        int typeC = c.Precision == Precision.Master ? CUDA_R_32F : CUDA_R_16BF;
+        int typeC = c.Tensor.Precision == Precision.Master ? CUDA_R_32F : CUDA_R_16BF;
         var key = new GemmKey(typeAB, typeC, problem.TransA, problem.TransB, problem.M, problem.N, problem.K, bias != null,
-                              GemmRouting.Alignment(ba.Ptr), GemmRouting.Alignment(bb.Ptr), GemmRouting.Alignment(c.Ptr));
+                              a.Ld, b.Ld, c.Ld, GemmRouting.Alignment(ba.Ptr), GemmRouting.Alignment(bb.Ptr), GemmRouting.Alignment(c.Ptr));
         var plan = Plan(key, b.Cols, b.Rows, a.Cols, a.Rows);
         if (TryMatmul(op, problem, plan, ba.Ptr, bb.Ptr, c.Ptr, alpha, beta, bias?.Ptr ?? 0)) return;
         var plain = plan;
@@ -125,7 +175,7 @@ public sealed partial class CudaBackend
             plain = Plan(key with { Bias = false }, b.Cols, b.Rows, a.Cols, a.Rows);
             if (TryMatmul(op, problem, plain, ba.Ptr, bb.Ptr, c.Ptr, alpha, beta, 0))
             {
-                AddBias(c, bias, problem.M, problem.N);
+                AddBias(c.Tensor, bias, problem.M, problem.N);
                 return;
             }
         }
@@ -151,7 +201,7 @@ public sealed partial class CudaBackend
         return false;
     }
 
-    /// <param name="bRows">cuBLASLt's A layout = our b's storage seen column-major: (b.Cols × b.Rows).</param>
+    /// <param name="bRows">cuBLASLt's A layout = our b's block seen column-major: (b.Cols × b.Rows), ld key.Ldb.</param>
     unsafe GemmPlan Plan(GemmKey key, long bRows, long bCols, long aRows, long aCols)
     {
         if (gemmPlans.TryGetValue(key, out var plan)) return plan;
@@ -166,9 +216,9 @@ public sealed partial class CudaBackend
             int epilogue = CUBLASLT_EPILOGUE_BIAS;
             CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(int)));
         }
-        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutA, key.TypeAB, (ulong)bRows, (ulong)bCols, bRows));
-        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, key.TypeAB, (ulong)aRows, (ulong)aCols, aRows));
-        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutC, key.TypeC, (ulong)key.N, (ulong)key.M, key.N));
+        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutA, key.TypeAB, (ulong)bRows, (ulong)bCols, key.Ldb));
+        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, key.TypeAB, (ulong)aRows, (ulong)aCols, key.Lda));
+        CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutC, key.TypeC, (ulong)key.N, (ulong)key.M, key.Ldc));
 
         CudaCheck.Blas(cublasLtMatmulPreferenceCreate(out IntPtr pref));
         try

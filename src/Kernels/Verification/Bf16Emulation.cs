@@ -100,14 +100,18 @@ public sealed class Bf16EmulationBackend : IBackend
 
     // ---------------------------------------------------------------- Gemm
 
-    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f) =>
+        GemmSlice(a, transA, b, transB, c, alpha, beta);
+
+    public void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f)
     {
-        bool allMaster = E(a).Precision == Precision.Master && E(b).Precision == Precision.Master && E(c).Precision == Precision.Master;
-        if (allMaster) { inner.Gemm(I(a), transA, I(b), transB, I(c), alpha, beta); return; }
-        using var ra = Bf16(a);
-        using var rb = Bf16(b);
-        inner.Gemm(ra.Tensor, transA, rb.Tensor, transB, I(c), alpha, beta);
-        if (E(c).Precision == Precision.Compute) RoundInPlace(I(c));
+        bool allMaster = E(a.Tensor).Precision == Precision.Master && E(b.Tensor).Precision == Precision.Master && E(c.Tensor).Precision == Precision.Master;
+        var ic = c with { Tensor = I(c.Tensor) };
+        if (allMaster) { inner.GemmSlice(a with { Tensor = I(a.Tensor) }, transA, b with { Tensor = I(b.Tensor) }, transB, ic, alpha, beta); return; }
+        using var ra = Bf16(a.Tensor);
+        using var rb = Bf16(b.Tensor);
+        inner.GemmSlice(a with { Tensor = ra.Tensor }, transA, b with { Tensor = rb.Tensor }, transB, ic, alpha, beta);
+        if (E(c.Tensor).Precision == Precision.Compute) RoundInPlace(ic.Tensor);   // the rest of c is bf16 already
     }
 
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)

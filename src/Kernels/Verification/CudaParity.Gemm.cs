@@ -2,13 +2,15 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels.Verification;
 
-// Gemm: GEMM in every transpose and precision mix, Linear and its input backward, and the skinny-GEMM routes at
-// every LoRA target kind's shape (SkinnyGemmParity).
+// Gemm: GEMM in every transpose and precision mix, GemmSlice on blocks of wider matrices on every route, Linear and
+// its input backward, and the skinny-GEMM routes at every LoRA target kind's shape (SkinnyGemmParity).
 public static partial class CudaParity
 {
     static IEnumerable<ParityCheck> GemmChecks() =>
     [
         new("gemm", "GEMM, all transposes, bf16 out and fp32 accumulation, fp32×fp32", Gemm),
+        new("gemm slice", "GemmSlice: blocks of wider matrices (offset pointers, ld = the tensor's row) on the cuBLASLt, rank-k, GEMV and " +
+            "skinny routes, the fused Stage-2 LoRA's products; the rest of c untouched", GemmSliceCheck),
         new("linear", "Linear with and without bias, and its input backward", Linear),
         .. SkinnyGemmParity.Checks,
     ];
@@ -50,6 +52,63 @@ public static partial class CudaParity
         p.Gpu.Gemm(gx, false, gy, false, gz);
         p.Cpu.Gemm(cx, false, cy, false, cz);
         p.F32("gemm fp32", gz, cz, 1e-5);
+    }
+
+    /// <summary>
+    /// One case of <see cref="GemmSliceCheck"/>: a (aShape) and b (bShape) with their blocks, c (cShape, bf16 or fp32)
+    /// with its block, filled with bf16-exact values (so fp32 operands read the same on every route).
+    /// </summary>
+    sealed record SliceCase(string Name, int[] AShape, (long Row, long Rows, int Col, int Cols) A, bool TransA, bool AMaster,
+                            int[] BShape, (long Row, long Rows, int Col, int Cols) B, bool TransB, bool BMaster,
+                            int[] CShape, (long Row, long Rows, int Col, int Cols) C, bool CMaster, float Beta, GemmRoute Route);
+
+    /// <summary>The fused LoRA's slices at small sizes, one case per route (the route is checked before the product).</summary>
+    static readonly SliceCase[] SliceCases =
+    [
+        // a column block of a (64, 96) times b into columns [32, 96) of c (64, 128): every ld and offset 16-byte clean
+        new("cublaslt y-slice", [64, 96], (0, 64, 16, 64), false, false, [64, 64], (0, 64, 0, 64), true, false,
+            [64, 128], (0, 64, 32, 64), false, 1f, GemmRoute.CublasLt),
+        // y[:, 30:80] += a[:, 1:2]·Uᵀ: a (37, 3) bf16, U (50, 1) fp32
+        new("rankk y += a·Uᵀ", [37, 3], (0, 37, 1, 1), false, false, [50, 1], (0, 50, 0, 1), true, true,
+            [37, 120], (0, 37, 30, 50), false, 1f, GemmRoute.RankK),
+        // dU += dyₛᵀ·aⱼ: dy's columns [30, 80) transposed, a's column 1, into an fp32 (50, 1)
+        new("gemv dU += dyₛᵀ·a", [37, 120], (0, 37, 30, 50), true, false, [37, 3], (0, 37, 1, 1), false, false,
+            [50, 1], (0, 50, 0, 1), true, 1f, GemmRoute.Gemv),
+        // dmid[:, 1:2] = dyₛ·U
+        new("gemv dmid = dyₛ·U", [37, 120], (0, 37, 30, 50), false, false, [50, 1], (0, 50, 0, 1), false, true,
+            [37, 3], (0, 37, 1, 1), false, 0f, GemmRoute.Gemv),
+        // G = dmidᵀ·x over a group's rows [5, 37), into an fp32 (3, 70)
+        new("skinny G = dmidᵀ·x", [37, 3], (5, 32, 0, 3), true, false, [37, 70], (5, 32, 0, 70), false, false,
+            [3, 70], (0, 3, 0, 70), true, 0f, GemmRoute.Skinny),
+        // dx[rows 5:37] += dmid·A: A (3, 70) fp32
+        new("rankk dx += dmid·A", [37, 3], (5, 32, 0, 3), false, false, [3, 70], (0, 3, 0, 70), false, true,
+            [37, 70], (5, 32, 0, 70), false, 1f, GemmRoute.RankK),
+    ];
+
+    static void GemmSliceCheck(ParityContext p)
+    {
+        int seed = 10;
+        foreach (var x in SliceCases)
+        {
+            var (ga, ca) = Operand(x.AShape, x.AMaster);
+            var (gb, cb) = Operand(x.BShape, x.BMaster);
+            var (gc, cc) = Operand(x.CShape, x.CMaster);
+            MatrixSlice Slice(Tensor t, (long Row, long Rows, int Col, int Cols) s) => new(t, s.Row, s.Rows, s.Col, s.Cols);
+            var problem = CudaBackend.Describe(Slice(ga, x.A), x.TransA, Slice(gb, x.B), x.TransB, Slice(gc, x.C));
+            ParityContext.Require(GemmRouting.Route(problem).Route == x.Route, $"{x.Name}: routed to {GemmRouting.Route(problem).Route}, the case is for {x.Route}");
+            p.Gpu.GemmSlice(Slice(ga, x.A), x.TransA, Slice(gb, x.B), x.TransB, Slice(gc, x.C), 1f, x.Beta);
+            p.Cpu.GemmSlice(Slice(ca, x.A), x.TransA, Slice(cb, x.B), x.TransB, Slice(cc, x.C), 1f, x.Beta);
+            if (x.CMaster) p.F32($"gemm slice {x.Name}", gc, cc, 1e-4);
+            else p.Bf16($"gemm slice {x.Name}", gc, cc);
+            foreach (var t in new[] { ga, ca, gb, cb, gc, cc }) t.Dispose();
+        }
+
+        (Tensor G, Tensor C) Operand(int[] shape, bool master)
+        {
+            var v = Rand(shape[0] * shape[1], seed++);
+            var precision = master ? Precision.Master : Precision.Compute;
+            return (p.Gpu.Upload(v, shape, precision), p.Cpu.Upload(v, shape, precision));
+        }
     }
 
     static void Linear(ParityContext p)

@@ -56,7 +56,13 @@ public static partial class CudaParity
             yield return new ParityCheck($"lora {k.Module} {k.Shape}",
                 $"Meta LoRA r1 {LoraRank1}, r2 {LoraRank2} on {k.Module} ({k.Targets.Count} target(s), {k.Shape}), 3 samples of 2 identities: " +
                 "delta, dx and every D, M, U gradient vs fp64, baseline the bf16-emulating CPU engine",
-                p => LoraKindCheck(p, k));
+                p => LoraKindCheck(p, k, LoraPath.Stacked));
+        // The fused Stage-2 path (D frozen) on every kind: a = x·(M·D)ᵀ, y's slice += a·Uᵀ, dM, dU, dx
+        foreach (var k in kinds)
+            yield return new ParityCheck($"lora fused {k.Module} {k.Shape}",
+                $"fused Stage-2 LoRA (D frozen) r1 {LoraRank1}, r2 {LoraRank2} on {k.Module} ({k.Targets.Count} target(s), {k.Shape}), " +
+                "3 samples of 2 identities: delta, dx and every M, U gradient vs fp64, baseline the bf16-emulating CPU engine",
+                p => LoraKindCheck(p, k, LoraPath.Fused));
         // The D gradient's fp32 accumulation, on the stacked (multi-target) modules and one single-target module.
         foreach (var k in kinds.Where(k => k.Targets.Count > 1).Append(kinds.First(k => k.Module.EndsWith("img_attn.proj", StringComparison.Ordinal))))
             yield return new ParityCheck($"lora dD fp32 {k.Module}",
@@ -83,10 +89,10 @@ public static partial class CudaParity
 
     /// <summary>
     /// One forward (deltas into zeros) and backward of the binding on the kind's module, Stage-1 style (D, M and U
-    /// all train). Inputs depend only on the sample index, so a prefix of <paramref name="identityOfSample"/> gives the
+    /// all train) on the stacked path, or Stage-2 style (D frozen) on the fused path. Inputs depend only on the sample index, so a prefix of <paramref name="identityOfSample"/> gives the
     /// same rows, and factors only on the target's name; x and dy (all of the module's rows) are bf16-exact.
     /// </summary>
-    public static LoraRun RunLoraModule(IBackend be, LoraKind kind, int[] identityOfSample, LoraFactors factors)
+    public static LoraRun RunLoraModule(IBackend be, LoraKind kind, int[] identityOfSample, LoraFactors factors, LoraPath path = LoraPath.Stacked)
     {
         int samples = identityOfSample.Length, dIn = kind.InFeatures, dOut = kind.OutFeatures;
         using var adapter = LoraAdapter.Create(be, FluxConfig.FluxDev, kind.Targets, LoraMode.Meta, LoraRank1, LoraRank2, LoraSeed);
@@ -105,7 +111,7 @@ public static partial class CudaParity
                 if (factors == LoraFactors.ExactDownInputs) SetValues(be, f.Mid[t]!.Value, PowersOfTwo(LoraRank2 * LoraRank1, id, salt));
             }
         }
-        var binding = new LoraBinding(adapter, identityOfSample, trainDown: true, trainIdentity: true);
+        var binding = new LoraBinding(adapter, identityOfSample, trainDown: path == LoraPath.Stacked, trainIdentity: true, path);
         var parameters = binding.TrainableParameters().ToArray();
         foreach (var p in parameters) p.ZeroGrad();
 
@@ -148,15 +154,15 @@ public static partial class CudaParity
         be.Copy(t, master);
     }
 
-    static void LoraKindCheck(ParityContext p, LoraKind kind)
+    static void LoraKindCheck(ParityContext p, LoraKind kind, LoraPath path)
     {
-        var g = RunLoraModule(p.Gpu, kind, LoraIdentities, LoraFactors.Random);
-        var r = RunLoraModule(p.Cpu, kind, LoraIdentities, LoraFactors.Random);
+        var g = RunLoraModule(p.Gpu, kind, LoraIdentities, LoraFactors.Random, path);
+        var r = RunLoraModule(p.Cpu, kind, LoraIdentities, LoraFactors.Random, path);
         using var emulation = new Bf16EmulationBackend();
-        var e = RunLoraModule(emulation, kind, LoraIdentities, LoraFactors.Random);
+        var e = RunLoraModule(emulation, kind, LoraIdentities, LoraFactors.Random, path);
         p.Bf16("lora delta (y)", g.Delta, r.Delta, e.Delta);
         p.Bf16("lora dx", g.Dx, r.Dx, e.Dx);
-        int expected = kind.Targets.Count * (1 + 2 * (LoraIdentities.Max() + 1));   // D, then M and U per identity
+        int expected = kind.Targets.Count * ((path == LoraPath.Stacked ? 1 : 0) + 2 * (LoraIdentities.Max() + 1));   // D (stacked), then M and U per identity
         ParityContext.Require(g.Grads.Length == expected && r.Grads.Length == expected,
             $"{g.Grads.Length} GPU and {r.Grads.Length} reference gradients, expected {expected}");
         for (int i = 0; i < g.Grads.Length; i++)

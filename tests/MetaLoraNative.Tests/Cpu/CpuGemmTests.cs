@@ -3,7 +3,7 @@ using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Cpu;
 
-/// <summary>The Gemm group on the CPU (CpuBackend.Gemm.cs): Gemm in every transpose, Linear, LinearBackward.</summary>
+/// <summary>The Gemm group on the CPU (CpuBackend.Gemm.cs): Gemm and GemmSlice in every transpose, Linear, LinearBackward.</summary>
 public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
 {
     // ---------------------------------------------------------------- forward
@@ -35,6 +35,81 @@ public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
             expected[i * N + j] = 0.5 * s + 2 * c0[i * N + j];
         }
         Close(expected, _be.DownloadDouble(c), Tight, "c");
+    }
+
+    /// <summary>
+    /// GemmSlice on blocks cut from wider tensors (a column slice for c, as the fused LoRA's y += a·Uᵀ; row-and-column
+    /// blocks for a and b, as dyₛ and a group's rows): c's block against the naive product, every other element of c
+    /// bit-for-bit as it was.
+    /// </summary>
+    [Theory]
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, false)]
+    [InlineData(true, true)]
+    public void GemmSliceMatchesNaiveProductOnBlocksAndLeavesTheRestOfC(bool ta, bool tb)
+    {
+        const int M = 19, K = 37, N = 21;
+        // a's block of op(a) (M × K) stored at rows [3, ..) × cols [5, ..) of a wider tensor; b's at rows [2, ..) × cols [4, ..)
+        int aR = ta ? K : M, aC = ta ? M : K, bR = tb ? N : K, bC = tb ? K : N;
+        var a = _rand.Normal((aR + 4) * (aC + 9));
+        var b = _rand.Normal((bR + 3) * (bC + 7));
+        var c0 = _rand.Normal((M + 6) * (N + 30));
+        using var at = Up(a, aR + 4, aC + 9);
+        using var bt = Up(b, bR + 3, bC + 7);
+        using var ct = Up(c0, M + 6, N + 30);
+        double A(int i, int k) => ta ? a[(3 + k) * (aC + 9) + 5 + i] : a[(3 + i) * (aC + 9) + 5 + k];
+        double Bm(int k, int j) => tb ? b[(2 + j) * (bC + 7) + 4 + k] : b[(2 + k) * (bC + 7) + 4 + j];
+        _be.GemmSlice(new MatrixSlice(at, 3, aR, 5, aC), ta, new MatrixSlice(bt, 2, bR, 4, bC), tb, new MatrixSlice(ct, 4, M, 11, N), 0.5f, 2f);
+        var expected = (double[])c0.Clone();
+        for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++)
+        {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += A(i, k) * Bm(k, j);
+            int e = (4 + i) * (N + 30) + 11 + j;
+            expected[e] = 0.5 * s + 2 * c0[e];
+        }
+        var actual = Down(ct);
+        Close(expected, actual, Tight, "c");
+        for (int e = 0; e < c0.Length; e++)
+        {
+            int r = e / (N + 30), col = e % (N + 30);
+            if (r < 4 || r >= 4 + M || col < 11 || col >= 11 + N) Assert.Equal(c0[e], actual[e]);
+        }
+    }
+
+    [Fact]
+    public void GemmSliceOfWholeTensorsIsGemmAndContiguousBlocksAreReadInPlace()
+    {
+        // whole rows of a (a group's rows) and of c: the in-place path; the result equals Gemm on copies
+        var a = _rand.Normal(10 * 12);
+        var b = _rand.Normal(12 * 7);
+        using var at = Up(a, 10, 12);
+        using var bt = Up(b, 12, 7);
+        using var c = _be.Zeros(10, 7);
+        _be.GemmSlice(((MatrixSlice)at).RowsOf(2, 5), false, bt, false, ((MatrixSlice)c).RowsOf(3, 5));
+        using var a5 = Up(a[24..84], 5, 12);
+        using var ref5 = _be.Zeros(5, 7);
+        _be.Gemm(a5, false, bt, false, ref5);
+        var got = Down(c);
+        Close(Down(ref5), got[21..56], Tight, "rows [3, 8) of c");
+        Assert.All(got[..21].Concat(got[56..]), v => Assert.Equal(0.0, v));
+    }
+
+    [Fact]
+    public void GemmSliceRefusesBlocksOutsideTheirTensorAndMismatchedShapes()
+    {
+        using var t = _be.Zeros(4, 6);
+        var ex = Assert.Throws<ArgumentException>(() => _be.GemmSlice(new MatrixSlice(t, 0, 4, 3, 4), false, t, true, t));
+        Assert.Contains("GemmSlice", ex.Message);
+        Assert.Contains("a block", ex.Message);
+        Assert.Contains("columns [3, 7)", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _be.GemmSlice(t, false, t, true, new MatrixSlice(t, 1, 4, 0, 4)));
+        Assert.Contains("c block rows [1, 5)", ex.Message);
+        ex = Assert.Throws<ArgumentException>(() => _be.GemmSlice(MatrixSlice.ColumnsOf(t, 0, 2), false, t, false, t));
+        Assert.Contains("op(a) is (4 × 2)", ex.Message);
+        Assert.Contains("cols [0, 2) of (4, 6)", ex.Message);
     }
 
     [Fact]
@@ -129,6 +204,19 @@ public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
         var b = be.Upload(r.Normal(K * N), t.Item2 ? [N, K] : [K, N]);
         var c = be.Upload(r.Normal(M * N), M, N);
         be.Gemm(a, t.Item1, b, t.Item2, c, 0.5f, 1f);
+        return be.DownloadDouble(c);
+    })]);
+
+    [Fact]
+    public void GemmSliceFp32MatchesFp64() => Fp32MatchesFp64("GemmSlice", (be, r) => [.. new[] { (false, false), (false, true), (true, false), (true, true) }.Select(t =>
+    {
+        const int M = 70, K = 150, N = 40;
+        int[] sa = t.Item1 ? [K + 3, M + 2] : [M + 3, K + 2], sb = t.Item2 ? [N + 1, K + 5] : [K + 1, N + 5];
+        var a = be.Upload(r.Normal(sa[0] * sa[1]), sa);
+        var b = be.Upload(r.Normal(sb[0] * sb[1]), sb);
+        var c = be.Upload(r.Normal(M * (N + 20)), M, N + 20);
+        be.GemmSlice(new MatrixSlice(a, 1, t.Item1 ? K : M, 2, t.Item1 ? M : K), t.Item1, new MatrixSlice(b, 1, t.Item2 ? N : K, 3, t.Item2 ? K : N), t.Item2,
+                     MatrixSlice.ColumnsOf(c, 9, N), 0.5f, 1f);
         return be.DownloadDouble(c);
     })]);
 

@@ -12,8 +12,9 @@ namespace MetaLoraNative.Tests.Kernels;
 /// <summary>
 /// GemmRouting's rule on hand-picked problems, and on every GEMM of a real flux-dev Stage-2 step (512² and 1024²,
 /// 512 text tokens, 494 targets, r1 16, r2 1): the step runs through the real model, LoRA binding and trainer on a
-/// backend that only tracks shapes and records each product as the CUDA backend would describe it. The counts per
-/// route are printed (docs/GPU.md, "Skinny GEMMs", quotes them).
+/// backend that only tracks shapes and records each product as the CUDA backend would describe it, on the stacked
+/// and the fused LoRA path. The counts per route are printed (docs/GPU.md, "Skinny GEMMs", quotes them), and the
+/// LoRA launches, bytes and FLOPs of both paths (docs/PERF.md, "Fused Stage-2 LoRA").
 /// </summary>
 public class GemmRoutingTests(ITestOutputHelper output)
 {
@@ -104,29 +105,40 @@ public class GemmRoutingTests(ITestOutputHelper output)
 
     // ---------------------------------------------------------------- a flux-dev Stage-2 step's GEMMs
 
-    [Theory]
-    [InlineData(512)]
-    [InlineData(1024)]
-    public void FluxDevStage2StepRoutesEverySmallProductToOurKernels(int resolution)
+    /// <summary>
+    /// Every product of one flux-dev Stage-2 step (batch 1, 512 text tokens, 494 targets, r1 16, r2 1) through the
+    /// real model, LoRA binding and trainer on the shape-only backend, with the LoRA on the given path.
+    /// </summary>
+    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
         var be = new ShapeBackend();
-        var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Zeros(t.Shape)), "shapes:flux-dev");
+        var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Frozen(be.Zeros(t.Shape))), "shapes:flux-dev");
         var model = new FluxModel(weights);
         var targets = FluxNames.LoraTargets(c);
         var down = targets.Select(t => new LoraParameter(LoraAdapter.DownKey(t, LoraMode.Meta), be.Zeros([16, t.InFeatures], Precision.Master))).ToArray();
         var adapter = new LoraAdapter(be, c, targets, LoraMode.Meta, 16, 1, down);
         adapter.AddIdentity("photo", 1);
         var example = new Example(new float[grid * grid * c.InChannels], grid, grid, new float[textTokens * c.ContextInDim], textTokens, new float[c.VecInDim]);
-        var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
+        var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true, path);
         Trainer.Step(model, binding, [example], new TrainOptions { BatchSize = 1, Seed = 1, Recompute = RecomputePolicy.Off }, 0, recompute: false);
+        return (be, targets.Count, targets.Select(t => t.BflModule).Distinct().Count());
+    }
 
+    [Theory]
+    [InlineData(512, LoraPath.Stacked)]
+    [InlineData(1024, LoraPath.Stacked)]
+    [InlineData(512, LoraPath.Fused)]
+    [InlineData(1024, LoraPath.Fused)]
+    public void FluxDevStage2StepRoutesEverySmallProductToOurKernels(int resolution, LoraPath path)
+    {
+        var (be, targets, _) = Stage2Step(resolution, path);
         var products = be.Products;
         var byRoute = products.GroupBy(p => RouteOf(p.Problem)).ToDictionary(g => g.Key, g => g.Count());
         int rank1 = products.Count(p => Math.Min(p.Problem.M, Math.Min(p.Problem.N, p.Problem.K)) == 1);
         int ld1 = products.Count(p => p.Problem.Lda == 1 || p.Problem.Ldb == 1 || p.Problem.Ldc == 1);
-        output.WriteLine($"flux-dev {resolution}²: {grid * grid} image + {textTokens} text tokens, {targets.Count} targets, " +
+        output.WriteLine($"flux-dev {resolution}², {path} LoRA: {resolution * resolution / 256} image + 512 text tokens, {targets} targets, " +
                          $"{products.Count} GEMMs; {rank1} with M, N or K = 1; {ld1} with an ld of 1 element");
         foreach (var route in Enum.GetValues<GemmRoute>())
             output.WriteLine($"  {route,-9} {byRoute.GetValueOrDefault(route),5}");
@@ -134,8 +146,10 @@ public class GemmRoutingTests(ITestOutputHelper output)
             output.WriteLine($"  {g.Key.Item1,-9} {g.Count(),5}  {g.Key.Op,-15} {g.Key.Reason}");
 
         Assert.Equal(products.Count, byRoute.Values.Sum());
-        // Every target contributes at least seven rank-1 products: mid and up forward; mid again, dU, dmid, dM, ddown backward.
-        Assert.True(rank1 >= 7 * targets.Count, $"{rank1} rank-1 products for {targets.Count} targets");
+        // Stacked: every target contributes at least seven rank-1 products: mid and up forward; mid again, dU, dmid, dM,
+        // ddown backward. Fused (r2 = 1): five: A = M·D, y += a·Uᵀ forward; dU, dmid, dM backward.
+        int perTarget = path == LoraPath.Stacked ? 7 : 5;
+        Assert.True(rank1 >= perTarget * targets, $"{rank1} rank-1 products for {targets} targets");
         Assert.All(products, p =>
         {
             var d = GemmRouting.Route(p.Problem);
@@ -158,8 +172,54 @@ public class GemmRoutingTests(ITestOutputHelper output)
         Assert.Contains(products, p => p.Bias && p.Problem.M == 1 && RouteOf(p.Problem) == GemmRoute.Gemv);
     }
 
+    /// <summary>
+    /// The LoRA products of a flux-dev Stage-2 step, stacked vs fused (docs/PERF.md, "Fused Stage-2 LoRA", quotes the
+    /// figures): launches, bytes moved (operands read once, c written, and read when accumulating) and FLOPs of the
+    /// LoRA GEMMs, with every layout copy and memset of the step (the model's own are the same on both paths), and a
+    /// predicted time = launches × 4 µs + bytes / 4.3 TB/s (an H200's copy rate; a prediction, not a measurement).
+    /// The frozen products (W0's) must be the same on both paths; the fused path must issue fewer LoRA GEMMs of fewer
+    /// FLOPs, fewer launches and bytes in all, and at least one layout copy per target fewer.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(1024)]
+    public void FluxDevStage2StepLoraGemmsStackedVersusFused(int resolution)
+    {
+        var (stacked, targets, modules) = Stage2Step(resolution, LoraPath.Stacked);
+        var (fused, _, _) = Stage2Step(resolution, LoraPath.Fused);
+        static long Bytes(Product p) => p.Problem.M * p.Problem.K * p.Problem.SizeA + p.Problem.K * p.Problem.N * p.Problem.SizeB +
+                                        p.Problem.M * p.Problem.N * p.Problem.SizeC * (p.Accumulate ? 2 : 1);
+        (int Count, long Bytes, double Flops, int Launches, long AllBytes, double Ms) Lora(ShapeBackend be)
+        {
+            var l = be.Products.Where(p => !p.Frozen).ToList();
+            long bytes = l.Sum(Bytes), all = bytes + be.LayoutBytes + be.FillBytes;
+            int launches = l.Count + be.LayoutOps + be.Fills;
+            return (l.Count, bytes, l.Sum(p => 2.0 * p.Problem.M * p.Problem.N * p.Problem.K), launches, all, launches * 4e-3 + all / 4.3e9);
+        }
+        var s = Lora(stacked);
+        var f = Lora(fused);
+        output.WriteLine($"flux-dev {resolution}², {targets} targets in {modules} modules, per Stage-2 step:");
+        output.WriteLine($"  path     LoRA GEMMs (GB, GFLOP)        layout copies (GB)  memsets (GB)   launches, GB in all   predicted");
+        foreach (var (name, be, x) in new[] { ("stacked", stacked, s), ("fused", fused, f) })
+            output.WriteLine($"  {name,-8} {x.Count,5} ({x.Bytes / 1e9,6:F2}, {x.Flops / 1e9,6:F1})  {be.LayoutOps,6} ({be.LayoutBytes / 1e9,6:F2})  " +
+                             $"{be.Fills,5} ({be.FillBytes / 1e9,5:F2})  {x.Launches,6}, {x.AllBytes / 1e9,6:F2}  {x.Ms,6:F1} ms");
+        output.WriteLine($"  saving   {s.Count - f.Count} LoRA GEMMs, {s.Launches - f.Launches} launches, {(s.AllBytes - f.AllBytes) / 1e9:F2} GB: " +
+                         $"predicted {s.Ms - f.Ms:F1} ms per step (not measured on a GPU)");
+
+        var frozenS = stacked.Products.Where(p => p.Frozen).Select(p => p.Problem).ToList();
+        var frozenF = fused.Products.Where(p => p.Frozen).Select(p => p.Problem).ToList();
+        Assert.Equal(frozenS, frozenF);
+        Assert.True(f.Count < s.Count && f.Flops < s.Flops, $"fused {f.Count} LoRA GEMMs of {f.Flops} FLOP, stacked {s.Count} of {s.Flops}");
+        Assert.True(f.Launches < s.Launches && f.AllBytes < s.AllBytes, $"fused {f.Launches} launches, {f.AllBytes} B; stacked {s.Launches}, {s.AllBytes} B");
+        // The stacked path narrows dy, adds each target's delta into y and concatenates stacked downs and their
+        // gradients: at least one layout copy per target that the fused path does not make.
+        Assert.True(stacked.LayoutOps - fused.LayoutOps >= targets, $"layout copies: stacked {stacked.LayoutOps}, fused {fused.LayoutOps}");
+    }
+
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
-    sealed record Product(string Op, GemmProblem Problem, bool Bias);
+    /// <param name="Frozen">b is a frozen model weight (a W0 product); otherwise a LoRA product.</param>
+    /// <param name="Accumulate">beta ≠ 0: c is read as well as written.</param>
+    sealed record Product(string Op, GemmProblem Problem, bool Bias, bool Frozen = false, bool Accumulate = false);
 
     /// <summary>Tensors with a shape and a precision but no values: enough to run a full-size step and see its GEMMs.</summary>
     sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
@@ -176,28 +236,55 @@ public class GemmRoutingTests(ITestOutputHelper output)
     sealed class ShapeBackend : IBackend
     {
         public List<Product> Products { get; } = [];
+        /// <summary>Narrow, AddNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
+        public int LayoutOps { get; private set; }
+        public long LayoutBytes { get; private set; }
+        /// <summary>Zeros and Fill calls: each a memset on the GPU; and the bytes they write.</summary>
+        public int Fills { get; private set; }
+        public long FillBytes { get; private set; }
+        static long BytesOf(Tensor t) => t.Length * Size(t);
         public string Name => "shapes";
+        readonly HashSet<Tensor> frozen = new(ReferenceEqualityComparer.Instance);
+
+        /// <summary>Marks a model weight, so its products count as frozen ones.</summary>
+        public Tensor Frozen(Tensor weight)
+        {
+            frozen.Add(weight);
+            return weight;
+        }
 
         ShapeTensor New(int[] shape, Precision p = Precision.Compute) => new(this, (int[])shape.Clone(), p);
         static int Size(Tensor t) => ((ShapeTensor)t).Precision == Precision.Master ? 4 : 2;
         static int[] WithLast(int[] s, int last) { var r = (int[])s.Clone(); r[^1] = last; return r; }
 
-        void Record(string op, Tensor a, bool ta, Tensor b, bool tb, Tensor c, bool bias)
+        void Record(string op, Tensor a, bool ta, Tensor b, bool tb, Tensor c, bool bias, float beta = 0f)
         {
             long m = ta ? a.Cols : a.Rows, k = ta ? a.Rows : a.Cols, n = tb ? b.Rows : b.Cols;
             Shapes.Require((tb ? b.Cols : b.Rows) == k && c.Rows == m && c.Cols == n, $"{op}: {a} · {b} into {c}");
-            if (m > 0 && n > 0 && k > 0) Products.Add(new(op, new GemmProblem(m, n, k, ta, tb, a.Cols, b.Cols, c.Cols, Size(a), Size(b), Size(c), 256, 256, 256), bias));
+            if (m > 0 && n > 0 && k > 0)
+                Products.Add(new(op, new GemmProblem(m, n, k, ta, tb, a.Cols, b.Cols, c.Cols, Size(a), Size(b), Size(c), 256, 256, 256), bias,
+                                 frozen.Contains(b), beta != 0));
         }
 
-        public Tensor Zeros(params int[] shape) => New(shape);
-        public Tensor Zeros(int[] shape, Precision precision) => New(shape, precision);
+        public Tensor Zeros(params int[] shape) => Zeros(shape, Precision.Compute);
+        public Tensor Zeros(int[] shape, Precision precision)
+        {
+            var t = New(shape, precision);
+            Fills++;
+            FillBytes += BytesOf(t);
+            return t;
+        }
         public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => New(shape);
         public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision) => New(shape, precision);
         public Tensor Upload(ReadOnlySpan<double> values, params int[] shape) => New(shape);
         public float[] Download(Tensor t) => new float[t.Length];
         public double[] DownloadDouble(Tensor t) => new double[t.Length];
         public void Copy(Tensor src, Tensor dst) { }
-        public void Fill(Tensor t, float value) { }
+        public void Fill(Tensor t, float value)
+        {
+            Fills++;
+            FillBytes += BytesOf(t);
+        }
 
         // the routing counts are taken with bf16 base weights; an fp8 base runs the same GEMMs after a dequantise
         public QuantizedWeight UploadQuantized(ReadOnlySpan<byte> codes, ReadOnlySpan<float> scale, int rows, int cols) => throw Bf16Only();
@@ -206,7 +293,21 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w) => throw Bf16Only();
         static NotSupportedException Bf16Only() => new("the shape-only backend models bf16 base weights");
 
-        public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f) => Record("gemm", a, transA, b, transB, c, false);
+        public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f) => Record("gemm", a, transA, b, transB, c, false, beta);
+        public void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f)
+        {
+            a.Check("gemm_slice", "a");
+            b.Check("gemm_slice", "b");
+            c.Check("gemm_slice", "c");
+            long m = transA ? a.Columns : a.Rows, k = transA ? a.Rows : a.Columns, n = transB ? b.Rows : b.Columns;
+            Shapes.Require((transB ? b.Columns : b.Rows) == k && c.Rows == m && c.Columns == n, $"gemm_slice: {a} · {b} into {c}");
+            // a block starts at its offset from a pool block's 256-byte aligned start
+            int Align(MatrixSlice s) => GemmRouting.Alignment(0x7f0000000000UL + (ulong)(s.Offset * Size(s.Tensor)));
+            if (m > 0 && n > 0 && k > 0)
+                Products.Add(new("gemm_slice", new GemmProblem(m, n, k, transA, transB, a.Tensor.Cols, b.Tensor.Cols, c.Tensor.Cols,
+                                                               Size(a.Tensor), Size(b.Tensor), Size(c.Tensor), Align(a), Align(b), Align(c)), false,
+                                 frozen.Contains(b.Tensor), beta != 0));
+        }
         public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
         {
             var y = New(WithLast(x.Shape, w.Dim(0)));
@@ -231,15 +332,25 @@ public class GemmRoutingTests(ITestOutputHelper output)
         {
             var s = (int[])x.Shape.Clone();
             s[axis < 0 ? s.Length + axis : axis] = length;
-            return New(s, ((ShapeTensor)x).Precision);
+            var y = New(s, ((ShapeTensor)x).Precision);
+            LayoutOps++;
+            LayoutBytes += 2 * BytesOf(y);   // read the slice, write the copy
+            return y;
         }
-        public void AddNarrow(Tensor dst, Tensor src, int axis, int start) { }
+        public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
+        {
+            LayoutOps++;
+            LayoutBytes += BytesOf(src) + 2 * src.Length * Size(dst);   // read src, read and write dst's slice
+        }
         public Tensor Concat(int axis, params Tensor[] parts)
         {
             var s = (int[])parts[0].Shape.Clone();
             int ax = axis < 0 ? s.Length + axis : axis;
             s[ax] = parts.Sum(p => p.Shape[ax]);
-            return New(s, ((ShapeTensor)parts[0]).Precision);
+            var y = New(s, ((ShapeTensor)parts[0]).Precision);
+            LayoutOps++;
+            LayoutBytes += parts.Sum(BytesOf) + BytesOf(y);
+            return y;
         }
         public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
         {

@@ -48,6 +48,7 @@ public class ParityListTests
         Assert.Contains(kinds, k => k.Shape == "3072->3072+3072+3072+12288");
         Assert.Contains(kinds, k => k.Shape == "15360->3072");
         foreach (var k in kinds) Assert.Contains(CudaParity.All, c => c.Group == "Lora" && c.Name == $"lora {k.Module} {k.Shape}");
+        foreach (var k in kinds) Assert.Contains(CudaParity.All, c => c.Group == "Lora" && c.Name == $"lora fused {k.Module} {k.Shape}");
         // the D-gradient accumulation check on both stacked modules (qkv, linear1) and a single-target one
         Assert.Equal(3, CudaParity.All.Count(c => c.Name.StartsWith("lora dD fp32 ", StringComparison.Ordinal)));
         Assert.All(CudaParity.All.Where(c => c.Group == "Lora"), c => Assert.False(c.Slow));

@@ -54,7 +54,9 @@ public class MemoryPlannerTests(ITestOutputHelper output)
                          $"(weights {predicted.Weights:N0}, activations {predicted.Activations:N0}, working {predicted.WorkingSet:N0}), " +
                          $"measured {be.PeakBytes:N0} B: {error:+0.0%;-0.0%}");
         Assert.True(Math.Abs(error) <= Tolerance, $"predicted {predicted.Peak:N0} B, measured {be.PeakBytes:N0} B ({error:P1})");
-        Assert.Equal(before + predicted.OptimiserState, be.LiveBytes);    // a step leaves nothing behind but the moments
+        // a step leaves nothing behind but the moments and, on the fused LoRA path, the merged downs A = M·D
+        Assert.Equal(before + predicted.OptimiserState + predicted.MergedDowns, be.LiveBytes);
+        Assert.Equal(shape.FusedLora, predicted.MergedDowns > 0);
     }
 
     static TrainingShape TinyStage2(int imageTokens = 120, int textTokens = 24) => TrainingShape.Stage2(FluxConfig.Tiny, imageTokens, textTokens, 4, 2);

@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Gemm: the matrix products Gemm, Linear and LinearBackward, and the tile loop the Quant group's products share.
+// Gemm: the matrix products Gemm, GemmSlice, Linear and LinearBackward, and the tile loop the Quant group's products share.
 //
 // Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as A (M, K),
 // transposing into a scratch copy only when a is transposed, and op(b) as Bt (N, K), read through a row source: in
@@ -22,26 +22,57 @@ public sealed partial class CpuBackend<T>
     /// c = alpha · op(a) · op(b) + beta · c. With beta = 0, c's old contents are ignored (NaNs included).
     /// c must not share storage with a or b.
     /// </summary>
-    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    public void Gemm(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f) =>
+        SliceProduct("Gemm", a, transA, b, transB, c, alpha, beta);
+
+    /// <summary>
+    /// Gemm on blocks of wider matrices (IBackend.GemmSlice): a block whose rows are whole is read and written in
+    /// place; any other block is gathered into a contiguous copy first (and c's copy scattered back), which keeps one
+    /// tile loop for every product. Cells of c outside its block are not touched.
+    /// </summary>
+    public void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f) =>
+        SliceProduct("GemmSlice", a, transA, b, transB, c, alpha, beta);
+
+    private void SliceProduct(string op, MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha, float beta)
     {
-        const string op = "Gemm";
-        var A = Cpu(a, op, "a");
-        var B = Cpu(b, op, "b");
-        var Cm = Cpu(c, op, "c");
-        int M = transA ? a.Cols : checked((int)a.Rows), K = transA ? checked((int)a.Rows) : a.Cols;
-        int Kb = transB ? b.Cols : checked((int)b.Rows), N = transB ? checked((int)b.Rows) : b.Cols;
-        if (K != Kb || c.Rows != M || c.Cols != N)
+        var A = Cpu(a.Tensor, op, "a");
+        var B = Cpu(b.Tensor, op, "b");
+        var Cm = Cpu(c.Tensor, op, "c");
+        a.Check(op, "a");
+        b.Check(op, "b");
+        c.Check(op, "c");
+        int M = transA ? a.Columns : checked((int)a.Rows), K = transA ? checked((int)a.Rows) : a.Columns;
+        int Kb = transB ? b.Columns : checked((int)b.Rows), N = transB ? checked((int)b.Rows) : b.Columns;
+        if (K != Kb || c.Rows != M || c.Columns != N)
             throw new ArgumentException(
-                $"{op}: op(a) is ({M} × {K}) from a {S(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {S(b)}" +
-                $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Cols}) from {S(c)}; need inner dims equal and c (M × N)");
+                $"{op}: op(a) is ({M} × {K}) from a {Operand(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {Operand(b)}" +
+                $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Columns}) from {Operand(c)}; need inner dims equal and c (M × N)");
 
         // A (M, K) row-major; Bt (N, K) through its row source.
-        T[] ad = A.Data;
-        int ao = A.Offset;
-        if (transA) { ad = Transpose(A.Data, A.Offset, K, M); ao = 0; }
-        if (transB) Tiles(ad, ao, M, K, N, new InPlaceRows(B.Data, B.Offset), Cm.Data, Cm.Offset, alpha, beta);
-        else Tiles(ad, ao, M, K, N, new TransposedRows(B.Data, B.Offset, N), Cm.Data, Cm.Offset, alpha, beta);
+        var (ad, ao) = Block(A, a);
+        if (transA) { ad = Transpose(ad, ao, K, M); ao = 0; }
+        var (bd, bo) = Block(B, b);
+        bool cInPlace = c.IsContiguous;
+        var (cd, co) = cInPlace ? (Cm.Data, Cm.Offset + checked((int)c.Offset)) : (beta == 0 ? (new T[(long)M * N], 0) : Block(Cm, c));
+        if (transB) Tiles(ad, ao, M, K, N, new InPlaceRows(bd, bo), cd, co, alpha, beta);
+        else Tiles(ad, ao, M, K, N, new TransposedRows(bd, bo, N), cd, co, alpha, beta);
+        if (!cInPlace)
+            for (int i = 0; i < M; i++)
+                Array.Copy(cd, (long)i * N, Cm.Data, Cm.Offset + c.Offset + (long)i * c.Tensor.Cols, N);
     }
+
+    /// <summary>A block (rows × columns) as a contiguous row-major array and offset: the tensor's own storage when its rows are whole, else a copy.</summary>
+    private static (T[] Data, int Offset) Block(CpuTensor<T> t, MatrixSlice s)
+    {
+        if (s.IsContiguous) return (t.Data, t.Offset + checked((int)s.Offset));
+        var copy = new T[s.Rows * s.Columns];
+        for (long i = 0; i < s.Rows; i++)
+            Array.Copy(t.Data, t.Offset + s.Offset + i * s.Tensor.Cols, copy, i * s.Columns, s.Columns);
+        return (copy, 0);
+    }
+
+    /// <summary>An operand in messages: its shape when it is the whole tensor, else the block.</summary>
+    private static string Operand(MatrixSlice s) => s.IsWhole ? S(s.Tensor) : $"rows [{s.Row}, {s.Row + s.Rows}) × cols [{s.Column}, {s.Column + s.Columns}) of {S(s.Tensor)}";
 
     /// <summary>y = x·Wᵀ + b. x (.., d_in), w (d_out, d_in), bias (d_out) or null → (.., d_out).</summary>
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
