@@ -10,6 +10,17 @@
 //   p -= lr * (m / bc1) / (sqrt(v / bc2) + eps),  bc1 = 1 - b1^step, bc2 = 1 - b2^step (formed on the host in fp64).
 //   Shapes: param, m, v (n) fp32, updated in place; grad (n) fp32 or bf16 (dt_grad), read only.
 //   Launch: 1-D grid-stride, block 256.
+//
+// The device step (scalars stay on the device; IBackend's StepScalars): a step's scalars are fp64 slots
+//   scalars[0] loss, [1] sum of squares of the gradients, [2] clip scale, [3] 1 when the update applies, else 0.
+// mse_finish: scalars[0] = (sum of the REDUCE_BLOCKS partials of mse_loss, in block order) / n. One thread.
+// sum_squares_ranges: the sum of squares of up to MAX_RANGES ranges in one launch; block (x, y) reduces its share of
+//   range y into partials[y * gridDim.x + x] (fp64). Launch: grid (REDUCE_BLOCKS, ranges), block 256.
+// clip_scale: sums `count` partials in order (deterministic), then norm = sqrt(sum); applies = loss and norm finite;
+//   scale = max_norm / norm rounded to fp32 when 0 < max_norm < norm, else 1. One thread.
+// adamw_ranges: adamw_step over up to MAX_RANGES ranges in one launch (blockIdx.y the range, grid-stride inside it),
+//   each with its own bias corrections; grad_scale is scalars[2], and nothing is written unless scalars[3] != 0.
+//   Launch: grid (blocks, ranges), block 256.
 #include "common.cuh"
 
 extern "C" __global__ void mse_loss(double* partials, bf16* dpred, const void* pred, int dt_pred, const void* target, int dt_target, i64 n)
@@ -63,5 +74,94 @@ extern "C" __global__ void adamw_step(AdamWParams p)
         p.m[i] = m;
         p.v[i] = v;
         p.param[i] = w - p.lr * (m / p.bias_correction1) / (sqrtf(v / p.bias_correction2) + p.eps);
+    }
+}
+
+// ---------------------------------------------------------------- the device step
+#define MAX_RANGES 8
+
+extern "C" __global__ void mse_finish(double* scalars, const double* partials, int count, i64 n)
+{
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double s = 0.0;
+    for (int i = 0; i < count; i++) s += partials[i];
+    scalars[0] = n > 0 ? s / (double)n : 0.0;
+}
+
+struct SumSquaresRange
+{
+    const void* x;
+    i64 n;
+    int dt;
+    int pad;
+};
+struct SumSquaresRanges
+{
+    double* partials;
+    SumSquaresRange r[MAX_RANGES];
+};
+static_assert(sizeof(SumSquaresRanges) == 200, "SumSquaresRanges layout changed: update CudaBackend.SumSquaresRanges");
+
+extern "C" __global__ void sum_squares_ranges(SumSquaresRanges p)
+{
+    const SumSquaresRange r = p.r[blockIdx.y];
+    double acc = 0.0;
+    GRID_STRIDE(i, r.n)
+    {
+        double v = ldx(r.x, r.dt, i);
+        acc += v * v;
+    }
+    acc = block_sum_d(acc);
+    if (threadIdx.x == 0) p.partials[(i64)blockIdx.y * gridDim.x + blockIdx.x] = acc;
+}
+
+extern "C" __global__ void clip_scale(double* scalars, const double* partials, int count, float max_norm)
+{
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double s = 0.0;
+    for (int i = 0; i < count; i++) s += partials[i];
+    double norm = sqrt(s), loss = scalars[0];
+    bool finite = loss - loss == 0.0 && norm - norm == 0.0;   // x - x is NaN for NaN and for infinities
+    scalars[1] = s;
+    scalars[2] = max_norm > 0.0f && norm > (double)max_norm ? (double)(float)((double)max_norm / norm) : 1.0;
+    scalars[3] = finite ? 1.0 : 0.0;
+}
+
+struct AdamWRange
+{
+    float* param;
+    const void* grad;
+    float* m;
+    float* v;
+    i64 n;
+    int dt_grad;
+    float bias_correction1, bias_correction2;
+    int pad;
+};
+struct AdamWRanges
+{
+    const double* scalars;
+    float lr, beta1, beta2, eps, weight_decay;
+    int pad;
+    AdamWRange r[MAX_RANGES];
+};
+static_assert(sizeof(AdamWRange) == 56, "AdamWRange layout changed: update CudaBackend.AdamWRange");
+static_assert(sizeof(AdamWRanges) == 480, "AdamWRanges layout changed: update CudaBackend.AdamWRanges");
+
+extern "C" __global__ void adamw_ranges(AdamWRanges p)
+{
+    if (p.scalars[3] == 0.0) return;   // a non-finite step: the update is dropped on the device
+    const AdamWRange r = p.r[blockIdx.y];
+    float grad_scale = (float)p.scalars[2];
+    GRID_STRIDE(i, r.n)
+    {
+        float g = ldx(r.grad, r.dt_grad, i) * grad_scale;
+        float w = r.param[i];
+        w -= p.lr * p.weight_decay * w;
+        float m = p.beta1 * r.m[i] + (1.0f - p.beta1) * g;
+        float v = p.beta2 * r.v[i] + (1.0f - p.beta2) * g * g;
+        r.m[i] = m;
+        r.v[i] = v;
+        r.param[i] = w - p.lr * (m / r.bias_correction1) / (sqrtf(v / r.bias_correction2) + p.eps);
     }
 }

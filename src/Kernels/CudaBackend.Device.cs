@@ -75,6 +75,7 @@ public sealed partial class CudaBackend
     void AfterLaunch(int result, in LaunchRecord launch)
     {
         lastLaunch = launch;
+        Counted.Launch();
         if (result != CuDriver.CUDA_SUCCESS)
         {
             opFailed = true;
@@ -85,6 +86,7 @@ public sealed partial class CudaBackend
 
     void CheckStream(LaunchRecord? launch)
     {
+        Counted.Sync();
         int rc = CuDriver.cuStreamSynchronize(Stream);
         if (rc == CuDriver.CUDA_SUCCESS) return;
         opFailed = true;
@@ -101,6 +103,7 @@ public sealed partial class CudaBackend
     /// </summary>
     void SyncStream(string what)
     {
+        Counted.Sync();
         int rc = CuDriver.cuStreamSynchronize(Stream);
         if (rc != CuDriver.CUDA_SUCCESS)
             throw new CudaException("CUDA driver", rc, CuDriver.ErrorString(rc),
