@@ -87,7 +87,22 @@ public sealed class LaunchCounters
     public void Sync() { lock (gate) Current.Syncs++; }
     public void ReadBack() { lock (gate) Current.ReadBacks++; }
     public void Wait() { lock (gate) Current.Waits++; }
-    public void Allocation() { lock (gate) Current.Allocations++; }
+    /// <summary>
+    /// An allocation of <paramref name="bytes"/> (the pool's size class on CUDA). With <see cref="AllocationLog"/> set,
+    /// its size is appended there too: a step whose sequence of sizes repeats exactly gets the same blocks back from
+    /// the pool every step (its free lists are last-in first-out per size class), the precondition of a CUDA graph.
+    /// </summary>
+    public void Allocation(long bytes)
+    {
+        lock (gate)
+        {
+            Current.Allocations++;
+            AllocationLog?.Add(bytes);
+        }
+    }
+
+    /// <summary>When set, every allocation's size is appended in order (see <see cref="Allocation"/>).</summary>
+    public List<long>? AllocationLog { get; set; }
 
     /// <summary>The counts so far, per phase.</summary>
     public IReadOnlyDictionary<string, Counts> Snapshot()

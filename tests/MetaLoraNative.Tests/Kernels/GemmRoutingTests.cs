@@ -159,10 +159,10 @@ public class GemmRoutingTests(ITestOutputHelper output)
     }
 
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
-    sealed record Product(string Op, GemmProblem Problem, bool Bias);
+    internal sealed record Product(string Op, GemmProblem Problem, bool Bias);
 
     /// <summary>Tensors with a shape and a precision but no values: enough to run a full-size step and see its GEMMs.</summary>
-    sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
+    internal sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
     {
         public Precision Precision { get; } = precision;
         public override IBackend Backend => backend;
@@ -173,7 +173,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Every op returns a tensor of the shape (and, for the saved statistics, the fp32 precision) the CUDA backend
     /// returns; nothing is computed. Gemm, Linear and LinearBackward record their product.
     /// </summary>
-    sealed class ShapeBackend : IBackend
+    internal sealed class ShapeBackend : IBackend
     {
         public List<Product> Products { get; } = [];
         public string Name => "shapes";

@@ -12,8 +12,12 @@ public sealed partial class CpuBackend<T>
         return Mse(pred, target, out dPred);
     }
 
-    public void MseLoss(Tensor pred, Tensor target, out Tensor dPred, StepScalars scalars) =>
-        Scalars(scalars, "MseLoss").Slots[CpuStepScalars.Loss] = Mse(pred, target, out dPred);
+    public void MseLoss(Tensor pred, Tensor target, out Tensor dPred, StepScalars scalars)
+    {
+        var s = Scalars(scalars, "MseLoss").Slots;
+        s[CpuStepScalars.Loss] = Mse(pred, target, out dPred);
+        Counted.Launch();   // the GPU's mse_finish, which forms the mean from the partials on the device
+    }
 
     double Mse(Tensor pred, Tensor target, out Tensor dPred)
     {

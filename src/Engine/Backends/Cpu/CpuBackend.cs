@@ -92,7 +92,7 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
     {
         long n = Shapes.Numel(shape);
         var storage = new CpuStorage(_ledger, n * Unsafe.SizeOf<T>());
-        Counted.Allocation();
+        Counted.Allocation(n * Unsafe.SizeOf<T>());
         return new(this, storage, new T[n], 0, (int[])shape.Clone());
     }
 
