@@ -15,7 +15,9 @@ namespace MetaLoraNative.Engine.Benchmarks;
 ///   train step = 2·F_lin + 3.5·F_att (input gradients only: W0 is frozen), inference = F_lin + F_att.
 /// Before building anything the memory planner predicts the step's peak for the budget (--vram, else the device's
 /// free memory) and picks the base dtype and recomputation left on auto; after the first step the measured peak is
-/// logged beside the prediction. A --vram budget is also a hard cap on the backend's allocator.
+/// logged beside the prediction. A --vram budget is also a hard cap on the backend's allocator. The training step is
+/// the one training runs (<see cref="StepPipeline"/>); with <see cref="Options.Launches"/> the backend's counters give
+/// what one step issued, per phase, beside one step of the host path (<see cref="Trainer.Step"/>).
 /// </summary>
 public static class StepBenchmark
 {
@@ -37,6 +39,8 @@ public static class StepBenchmark
         public MemoryModel? Memory { get; init; }
         /// <summary>Print the plan and stop before building the model.</summary>
         public bool PlanOnly { get; init; }
+        /// <summary>Count what one step issues, per phase (<see cref="LaunchCounters"/>): the device step and, for comparison, the host path.</summary>
+        public bool Launches { get; init; }
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
@@ -47,6 +51,11 @@ public static class StepBenchmark
                                 double TrainMs, double InferMs, double TrainTflop, double InferTflop, long PeakBytes, double LoadSeconds,
                                 MemoryPlan Plan, long FirstStepPeakBytes)
     {
+        /// <summary>With <see cref="Options.Launches"/>: per phase, what the last timed device step issued.</summary>
+        public IReadOnlyDictionary<string, LaunchCounters.Counts>? Launches { get; init; }
+        /// <summary>With <see cref="Options.Launches"/>: the same step on the host path (<see cref="Trainer.Step"/>), for comparison.</summary>
+        public IReadOnlyDictionary<string, LaunchCounters.Counts>? HostPathLaunches { get; init; }
+
         public double TrainTflops => TrainTflop / (TrainMs / 1000);
         public double InferTflops => InferTflop / (InferMs / 1000);
     }
@@ -121,16 +130,25 @@ public static class StepBenchmark
         var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = recompute ? RecomputePolicy.On : RecomputePolicy.Off };
         var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
 
+        // The step training runs: the trained factors in flat buffers, no host synchronisation inside the step (its
+        // loss is reported during the next one); the timing synchronises after each step.
+        using var flat = FlatParameters.Create(be, [.. adapter.Identities[0].Parameters()]);
+        using var pipeline = new StepPipeline(be, flat);
+        var counters = o.Launches ? be.Counters : null;
+        IReadOnlyDictionary<string, LaunchCounters.Counts>? launches = null, hostLaunches = null;
+        void Completed(CompletedStep d) => log($"train step {d.Step + 1}: loss {d.Loss:F4}, grad norm {d.GradNorm:F4}");
         var trainMs = new List<double>();
         long firstPeak = 0;
         for (int i = 0; i < o.Warmup + o.Steps; i++)
         {
             be.Synchronize();
+            var before = counters?.Snapshot();
             var clock = Stopwatch.StartNew();
-            var (loss, _) = Trainer.Step(model, binding, [example], train, i, recompute);
+            pipeline.Step(model, binding, [example], train, i, recompute, null, Completed);
+            if (before != null) launches = LaunchCounters.Between(before, counters!.Snapshot());
             be.Synchronize();
             if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
-            log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms, loss {loss:F4}");
+            log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms");
             if (i == 0)
             {
                 firstPeak = be.PeakBytes;
@@ -138,6 +156,15 @@ public static class StepBenchmark
                     $"{MemoryCapExceededException.FormatBytes(chosen.Peak - chosen.OptimiserState)} (AdamW's moments come after it; " +
                     $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} from the second step on)");
             }
+        }
+
+        if (pipeline.Flush(null) is { } last) Completed(last);
+        if (counters != null)
+        {
+            // one step of the host path the device step replaced: what it issued, for comparison (not timed)
+            var before = counters.Snapshot();
+            Trainer.Step(model, binding, [example], train, o.Warmup + o.Steps, recompute);
+            hostLaunches = LaunchCounters.Between(before, counters.Snapshot());
         }
 
         var inferMs = new List<double>();
@@ -155,7 +182,8 @@ public static class StepBenchmark
         }
         var (fTrain, fInfer) = Flop(c, imageTokens, o.TextTokens);
         return new Result(imageTokens, o.TextTokens, targets.Count, chosen.Recompute, reason, Median(trainMs), Median(inferMs),
-                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak);
+                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak)
+        { Launches = launches, HostPathLaunches = hostLaunches };
     }
 
     static double Median(List<double> xs)
