@@ -200,6 +200,12 @@ public interface IBackend : IDisposable
     /// device behaves as a smaller one would. 0 removes the cap. Backends that do not count their memory refuse.
     /// </summary>
     void CapMemory(long bytes) => throw new NotSupportedException($"{Name} does not count its memory, so it cannot be capped");
+    /// <summary>
+    /// Records <paramref name="step"/>'s device work as one replayable graph (a CUDA graph), or null when the backend
+    /// cannot. The step must allocate only what the allocator already holds (run it before, at least twice) and must
+    /// not synchronise; every replay reuses the addresses it captured, so nothing else may allocate between replays.
+    /// </summary>
+    IStepGraph? CaptureGraph(Action step) => null;
     /// <summary>What this backend issued (launches, GEMMs, syncs, read-backs, allocations), or null when it does not count.</summary>
     Benchmarks.LaunchCounters? Counters => null;
 }
@@ -225,6 +231,12 @@ public enum Precision
 public readonly record struct AdamWStep(
     int Step, float LearningRate, float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f,
     float WeightDecay = 1e-2f, float GradScale = 1f);
+
+/// <summary>A captured step (<see cref="IBackend.CaptureGraph"/>): each <see cref="Launch"/> queues all of its work at once.</summary>
+public interface IStepGraph : IDisposable
+{
+    void Launch();
+}
 
 /// <summary>One tensor of a multi-tensor AdamW: the fp32 master, its gradient, its moments and its 1-based step count.</summary>
 public readonly record struct AdamWTensors(Tensor Param, Tensor Grad, Tensor M, Tensor V, int Step);

@@ -58,6 +58,7 @@ internal static class BenchCommand
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 }.AtLeast(0);
         var json = new Option<string?>("--json") { Description = "Also write the figures as JSON to this file." };
         var launches = new Option<bool>("--launches") { Description = "Also count what one training step issues, per phase (forward, backward, optimiser): kernel launches, GEMMs by route, host synchronisations, async read-backs and allocations, beside one step of the host path." };
+        var cudaGraph = new Option<bool>("--cuda-graph") { Description = "Capture one training step in a CUDA graph after the warm-up and time its replays (also METALORA_GRAPH=1; opt-in, not yet verified on a GPU)." };
         var planOnly = new Option<bool>("--plan-only") { Description = "Print the memory plan and stop (needs no GPU: with --device cuda it plans for the CUDA engine's storage)." };
         var cmd = new Command("bench",
             "Times a Stage-2 training step at the full model shape with random weights (batch 1, 512 text tokens, all 494 " +
@@ -65,12 +66,13 @@ internal static class BenchCommand
             "GPU memory beside the planner's prediction. Run tools/bench/torch_reference.py with the same flags in the same " +
             "session to get PyTorch's figures on the same GPU.")
         {
-            steps, warmup, json, planOnly, launches,
+            steps, warmup, json, planOnly, launches, cudaGraph,
         };
         foreach (var o in shared.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             var options = shared.Options(r, r.GetValue(steps), r.GetValue(warmup)) with { PlanOnly = r.GetValue(planOnly), Launches = r.GetValue(launches) };
+            if (r.GetValue(cudaGraph)) options = options with { CudaGraph = true };
             if (options.PlanOnly && options.Memory != null)
             {
                 // Planning for the GPU engine needs its storage rules, not a GPU.

@@ -41,6 +41,12 @@ public static class StepBenchmark
         public bool PlanOnly { get; init; }
         /// <summary>Count what one step issues, per phase (<see cref="LaunchCounters"/>): the device step and, for comparison, the host path.</summary>
         public bool Launches { get; init; }
+        /// <summary>
+        /// Capture one step in a CUDA graph after the warm-up (at least two steps) and time its replays (opt-in,
+        /// <c>--cuda-graph</c> or METALORA_GRAPH=1; not yet run on a GPU). The replays repeat the captured step's
+        /// inputs and AdamW step numbers: a timing of the step, not training.
+        /// </summary>
+        public bool CudaGraph { get; init; } = Environment.GetEnvironmentVariable("METALORA_GRAPH") is "1" or "true" or "yes";
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
@@ -139,16 +145,30 @@ public static class StepBenchmark
         void Completed(CompletedStep d) => log($"train step {d.Step + 1}: loss {d.Loss:F4}, grad norm {d.GradNorm:F4}");
         var trainMs = new List<double>();
         long firstPeak = 0;
-        for (int i = 0; i < o.Warmup + o.Steps; i++)
+        int warmup = o.CudaGraph ? Math.Max(o.Warmup, 2) : o.Warmup;   // a capture needs the pool to hold the step's blocks
+        IStepGraph? graph = null;
+        FluxInputs? fixedInputs = null;
+        Tensor? fixedTarget = null;
+        using var graphScalars = o.CudaGraph ? be.NewStepScalars() : null;
+        for (int i = 0; i < warmup + o.Steps; i++)
         {
+            if (o.CudaGraph && i == warmup && o.Steps > 0)
+            {
+                if (pipeline.Flush(null) is { } warm) Completed(warm);
+                (fixedInputs, fixedTarget) = Trainer.StepInputs(model, [example], train, i);   // the fixed device buffers replays read
+                graph = be.CaptureGraph(() => pipeline.Queue(model, binding, fixedInputs, fixedTarget, train, recompute, graphScalars!))
+                    ?? throw new RuntimeFailure("--cuda-graph", $"{be.Name} cannot capture a step in a graph");
+                log($"captured step {i + 1} in a CUDA graph after {warmup} steps; the timed steps replay it (opt-in, not yet verified on a GPU)");
+            }
             be.Synchronize();
             var before = counters?.Snapshot();
             var clock = Stopwatch.StartNew();
-            pipeline.Step(model, binding, [example], train, i, recompute, null, Completed);
+            if (graph != null) graph.Launch();
+            else pipeline.Step(model, binding, [example], train, i, recompute, null, Completed);
             if (before != null) launches = LaunchCounters.Between(before, counters!.Snapshot());
             be.Synchronize();
-            if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
-            log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms");
+            if (i >= warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
+            log($"train step {i + 1}/{warmup + o.Steps}{(i < warmup ? " (warm-up)" : graph != null ? " (graph replay)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms");
             if (i == 0)
             {
                 firstPeak = be.PeakBytes;
@@ -159,6 +179,12 @@ public static class StepBenchmark
         }
 
         if (pipeline.Flush(null) is { } last) Completed(last);
+        if (graph != null)
+        {
+            graph.Dispose();   // its blocks go back to the pool's use
+            fixedInputs!.Dispose();
+            fixedTarget!.Dispose();
+        }
         if (counters != null)
         {
             // one step of the host path the device step replaced: what it issued, for comparison (not timed)

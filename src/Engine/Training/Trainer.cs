@@ -192,21 +192,37 @@ public sealed class StepPipeline(IBackend backend, FlatParameters flat) : IDispo
     public void Step(FluxModel model, LoraBinding binding, IReadOnlyList<Example> batch, TrainOptions o, long step, bool recompute,
                      NonFiniteGuard? guard, Action<CompletedStep>? onCompleted)
     {
-        var be = backend;
-        var trained = binding.TrainableParameters().ToArray();
         var s = scalars[step & 1];
         FluxInputs inputs;
-        Tensor target, prediction, dPrediction;
+        Tensor target;
+        using (backend.Counters?.Phase(Trainer.ForwardPhase)) (inputs, target) = Trainer.StepInputs(model, batch, o, step);
+        LoraParameter[] trained;
+        using (inputs)
+        using (target)
+            trained = Queue(model, binding, inputs, target, o, recompute, s, () =>
+            {
+                if (Complete(guard) is { } done) onCompleted?.Invoke(done);
+            });
+        pending = (step, trained, s);
+    }
+
+    /// <summary>
+    /// The step on inputs already on the device, into <paramref name="s"/>, completing no other step (only
+    /// <paramref name="beforeUpdate"/> runs between the backward and the update): with inputs at fixed addresses, what
+    /// a CUDA graph captures. Returns the factors it trains; their step counts advance only when the step completes.
+    /// </summary>
+    public LoraParameter[] Queue(FluxModel model, LoraBinding binding, FluxInputs inputs, Tensor target, TrainOptions o, bool recompute,
+                                 StepScalars s, Action? beforeUpdate = null)
+    {
+        var be = backend;
+        Tensor prediction, dPrediction;
         FluxModel.State state;
         using (be.Counters?.Phase(Trainer.ForwardPhase))
         {
-            (inputs, target) = Trainer.StepInputs(model, batch, o, step);
             Flat.ZeroGrad();
             prediction = model.Forward(inputs, binding, out state, recompute);
             be.MseLoss(prediction, target, out dPrediction, s);
         }
-        using (inputs)
-        using (target)
         using (prediction)
         using (be.Counters?.Phase(Trainer.BackwardPhase))
         using (state)
@@ -214,11 +230,12 @@ public sealed class StepPipeline(IBackend backend, FlatParameters flat) : IDispo
             model.Backward(state, dPrediction, binding);
 
         using var _ = be.Counters?.Phase(Trainer.OptimiserPhase);
-        if (Complete(guard) is { } done) onCompleted?.Invoke(done);
+        beforeUpdate?.Invoke();
+        var trained = binding.TrainableParameters().ToArray();
         be.ClipScale(trained.Select(p => p.Grad).ToArray(), o.MaxGradNorm, s);
         be.AdamW(trained.Select(p => p.NextStep()).ToArray(), new AdamWStep(1, o.LearningRate, WeightDecay: o.WeightDecay), s);
         be.ReadBack(s);
-        pending = (step, trained, s);
+        return trained;
     }
 
     /// <summary>Completes the last queued step (waiting for its read-back): before a state save, at the end of a run.</summary>
