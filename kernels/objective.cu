@@ -37,7 +37,8 @@ extern "C" __global__ void mse_loss(double* partials, bf16* dpred, const void* p
     if (threadIdx.x == 0) partials[blockIdx.x] = acc;
 }
 
-extern "C" __global__ void sum_squares(double* partials, const void* x, int dt, i64 n)
+// This block's share of sum(x^2) in fp64, written to *partial by thread 0.
+__device__ __forceinline__ void block_sum_squares(double* partial, const void* x, int dt, i64 n)
 {
     double acc = 0.0;
     GRID_STRIDE(i, n)
@@ -46,7 +47,12 @@ extern "C" __global__ void sum_squares(double* partials, const void* x, int dt, 
         acc += v * v;
     }
     acc = block_sum_d(acc);
-    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+    if (threadIdx.x == 0) *partial = acc;
+}
+
+extern "C" __global__ void sum_squares(double* partials, const void* x, int dt, i64 n)
+{
+    block_sum_squares(partials + blockIdx.x, x, dt, n);
 }
 
 // ---------------------------------------------------------------- adamw
@@ -62,19 +68,24 @@ struct AdamWParams
 };
 static_assert(sizeof(AdamWParams) == 80, "AdamWParams layout changed: update CudaBackend.AdamWParams");
 
+// One element of an AdamW step; g already multiplied by the clip scale.
+__device__ __forceinline__ void adamw_element(float* param, float* m, float* v, i64 i, float g, float lr, float beta1, float beta2,
+                                              float eps, float weight_decay, float bias_correction1, float bias_correction2)
+{
+    float w = param[i];
+    w -= lr * weight_decay * w;
+    float mi = beta1 * m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = w - lr * (mi / bias_correction1) / (sqrtf(vi / bias_correction2) + eps);
+}
+
 extern "C" __global__ void adamw_step(AdamWParams p)
 {
     GRID_STRIDE(i, p.n)
-    {
-        float g = ldx(p.grad, p.dt_grad, i) * p.grad_scale;
-        float w = p.param[i];
-        w -= p.lr * p.weight_decay * w;
-        float m = p.beta1 * p.m[i] + (1.0f - p.beta1) * g;
-        float v = p.beta2 * p.v[i] + (1.0f - p.beta2) * g * g;
-        p.m[i] = m;
-        p.v[i] = v;
-        p.param[i] = w - p.lr * (m / p.bias_correction1) / (sqrtf(v / p.bias_correction2) + p.eps);
-    }
+        adamw_element(p.param, p.m, p.v, i, ldx(p.grad, p.dt_grad, i) * p.grad_scale, p.lr, p.beta1, p.beta2, p.eps,
+                      p.weight_decay, p.bias_correction1, p.bias_correction2);
 }
 
 // ---------------------------------------------------------------- the device step
@@ -105,14 +116,7 @@ static_assert(sizeof(SumSquaresRanges) == 200, "SumSquaresRanges layout changed:
 extern "C" __global__ void sum_squares_ranges(SumSquaresRanges p)
 {
     const SumSquaresRange r = p.r[blockIdx.y];
-    double acc = 0.0;
-    GRID_STRIDE(i, r.n)
-    {
-        double v = ldx(r.x, r.dt, i);
-        acc += v * v;
-    }
-    acc = block_sum_d(acc);
-    if (threadIdx.x == 0) p.partials[(i64)blockIdx.y * gridDim.x + blockIdx.x] = acc;
+    block_sum_squares(p.partials + (i64)blockIdx.y * gridDim.x + blockIdx.x, r.x, r.dt, r.n);
 }
 
 extern "C" __global__ void clip_scale(double* scalars, const double* partials, int count, float max_norm)
@@ -154,14 +158,6 @@ extern "C" __global__ void adamw_ranges(AdamWRanges p)
     const AdamWRange r = p.r[blockIdx.y];
     float grad_scale = (float)p.scalars[2];
     GRID_STRIDE(i, r.n)
-    {
-        float g = ldx(r.grad, r.dt_grad, i) * grad_scale;
-        float w = r.param[i];
-        w -= p.lr * p.weight_decay * w;
-        float m = p.beta1 * r.m[i] + (1.0f - p.beta1) * g;
-        float v = p.beta2 * r.v[i] + (1.0f - p.beta2) * g * g;
-        r.m[i] = m;
-        r.v[i] = v;
-        r.param[i] = w - p.lr * (m / r.bias_correction1) / (sqrtf(v / r.bias_correction2) + p.eps);
-    }
+        adamw_element(r.param, r.m, r.v, i, ldx(r.grad, r.dt_grad, i) * grad_scale, p.lr, p.beta1, p.beta2, p.eps,
+                      p.weight_decay, r.bias_correction1, r.bias_correction2);
 }

@@ -19,14 +19,7 @@ namespace MetaLoraNative.Tests.Training;
 /// </summary>
 public sealed class DeviceStepTests(ITestOutputHelper output) : TinyModelTest("devicestep", 2)
 {
-    static Identity WithNaN(Identity id, int example)
-    {
-        var examples = id.Examples.ToList();
-        var latents = (float[])examples[example].PackedLatents.Clone();
-        latents[3] = float.NaN;
-        examples[example] = examples[example] with { PackedLatents = latents };
-        return id with { Examples = examples };
-    }
+    static Identity WithNaN(Identity id, int example) => NonFiniteGuardTests.WithNaN(id, example);
 
     LoraAdapter Down() => LoraAdapter.Create(be, c, FluxNames.LoraTargets(c), LoraMode.Meta, 4, 1, 3);
 
