@@ -173,8 +173,7 @@ public static class StepBenchmark
             {
                 firstPeak = be.PeakBytes;
                 log($"peak after the first step: measured {MemoryCapExceededException.FormatBytes(firstPeak)}, predicted " +
-                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak - chosen.OptimiserState)} (AdamW's moments come after it; " +
-                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} from the second step on)");
+                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} (the flat buffers hold AdamW's moments from the start)");
             }
         }
 
