@@ -151,6 +151,31 @@ public interface IBackend : IDisposable
     /// </summary>
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step);
 
+    // The same step with its scalars kept on the device (Trainer's device step): the loss and the gradient norm go into
+    // a StepScalars, the clip scale and the non-finite check are formed there, and AdamW reads them there; the host
+    // sees them through one asynchronous read-back per step.
+
+    /// <summary>A step's scalars in device memory (fp64): loss, Σ g², clip scale, and whether the update applies.</summary>
+    StepScalars NewStepScalars();
+    /// <summary>As <see cref="MseLoss(Tensor, Tensor, out Tensor)"/>, the loss written to <paramref name="scalars"/> on the device instead of returned.</summary>
+    void MseLoss(Tensor pred, Tensor target, out Tensor dPred, StepScalars scalars);
+    /// <summary>
+    /// On the device: Σ g² over <paramref name="grads"/> (summed as <see cref="SumSquares(IReadOnlyList{Tensor})"/> sums
+    /// them), norm = √Σ; the update applies when the loss and the norm are finite; the clip scale is
+    /// maxNorm / norm when 0 &lt; maxNorm &lt; norm, else 1 (rounded to fp32, as AdamWStep.GradScale is).
+    /// </summary>
+    void ClipScale(IReadOnlyList<Tensor> grads, float maxNorm, StepScalars scalars);
+    /// <summary>
+    /// Multi-tensor AdamW: every entry updated as <see cref="AdamW(Tensor, Tensor, Tensor, Tensor, in AdamWStep)"/> with
+    /// <paramref name="step"/>'s hyper-parameters, the entry's own step count and the clip scale of
+    /// <paramref name="scalars"/>; nothing at all when <paramref name="scalars"/> say the update does not apply.
+    /// Entries that are consecutive views of flat buffers (<see cref="Tensor.Slice"/>) with one step count are one range:
+    /// a GPU updates all the ranges of a call in one launch.
+    /// </summary>
+    void AdamW(IReadOnlyList<AdamWTensors> tensors, in AdamWStep step, StepScalars scalars);
+    /// <summary>Queues the copy of <paramref name="scalars"/> to host memory; <see cref="StepScalars.Read"/> waits for it.</summary>
+    void ReadBack(StepScalars scalars);
+
     // ---------------------------------------------------------------- Quant (fp8 base weights, W8A16)
 
     /// <summary>
@@ -183,6 +208,14 @@ public interface IBackend : IDisposable
     /// device behaves as a smaller one would. 0 removes the cap. Backends that do not count their memory refuse.
     /// </summary>
     void CapMemory(long bytes) => throw new NotSupportedException($"{Name} does not count its memory, so it cannot be capped");
+    /// <summary>
+    /// Records <paramref name="step"/>'s device work as one replayable graph (a CUDA graph), or null when the backend
+    /// cannot. The step must allocate only what the allocator already holds (run it before, at least twice) and must
+    /// not synchronise; every replay reuses the addresses it captured, so nothing else may allocate between replays.
+    /// </summary>
+    IStepGraph? CaptureGraph(Action step) => null;
+    /// <summary>What this backend issued (launches, GEMMs, syncs, read-backs, allocations), or null when it does not count.</summary>
+    Benchmarks.LaunchCounters? Counters => null;
 }
 
 /// <summary>The range of a backend that does not profile.</summary>
@@ -244,3 +277,32 @@ public readonly record struct MatrixSlice(Tensor Tensor, long Row, long Rows, in
 public readonly record struct AdamWStep(
     int Step, float LearningRate, float Beta1 = 0.9f, float Beta2 = 0.999f, float Epsilon = 1e-8f,
     float WeightDecay = 1e-2f, float GradScale = 1f);
+
+/// <summary>A captured step (<see cref="IBackend.CaptureGraph"/>): each <see cref="Launch"/> queues all of its work at once.</summary>
+public interface IStepGraph : IDisposable
+{
+    void Launch();
+}
+
+/// <summary>One tensor of a multi-tensor AdamW: the fp32 master, its gradient, its moments and its 1-based step count.</summary>
+public readonly record struct AdamWTensors(Tensor Param, Tensor Grad, Tensor M, Tensor V, int Step);
+
+/// <summary>The host's copy of a step's scalars (<see cref="StepScalars"/>).</summary>
+/// <param name="Applied">whether the device applied the update (the loss and the norm were finite)</param>
+public readonly record struct StepValues(double Loss, double SumSquares, float Scale, bool Applied)
+{
+    public double GradNorm => Math.Sqrt(SumSquares);
+}
+
+/// <summary>
+/// A step's scalars in device memory, written by the device ops of the Objective group (MseLoss into it,
+/// ClipScale, AdamW reading it) and copied to the host by <see cref="IBackend.ReadBack"/>. The host reads the copy
+/// with <see cref="Read"/>, which waits for the copy of the last read-back (a step later it has long landed).
+/// </summary>
+public abstract class StepScalars : IDisposable
+{
+    /// <summary>The values of the last <see cref="IBackend.ReadBack"/> of these scalars, once the copy has landed.</summary>
+    public abstract StepValues Read();
+
+    public virtual void Dispose() => GC.SuppressFinalize(this);
+}

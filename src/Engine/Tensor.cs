@@ -37,6 +37,23 @@ public abstract class Tensor : IDisposable
     /// <summary>A tensor sharing this one's storage under another shape with the same element count.</summary>
     public abstract Tensor Reshape(params int[] shape);
 
+    /// <summary>
+    /// A view of elements [offset, offset + numel(shape)) of this tensor's storage under <paramref name="shape"/>: writes
+    /// through either are seen by both, and the storage lives until the last view is disposed. The trainer's flat
+    /// buffers (<see cref="Training.FlatParameters"/>) hand every trainable factor out as such a view. Backends that
+    /// keep no addressable storage refuse.
+    /// </summary>
+    public virtual Tensor Slice(long offset, params int[] shape) =>
+        throw new NotSupportedException($"{this} has no storage to view (Slice)");
+
+    /// <summary>Throws unless [offset, offset + numel(shape)) lies inside this tensor.</summary>
+    protected void CheckSlice(long offset, int[] shape)
+    {
+        long n = Shapes.Numel(shape);
+        if (offset < 0 || offset + n > Length)
+            throw new ArgumentException($"slice [{offset}, {offset + n}) of {this} lies outside its {Length} elements");
+    }
+
     public virtual void Dispose() => GC.SuppressFinalize(this);
 
     public override string ToString() => $"{Backend.Name}{Shapes.Format(Shape)}";

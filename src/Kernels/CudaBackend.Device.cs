@@ -75,6 +75,7 @@ public sealed partial class CudaBackend
     void AfterLaunch(int result, in LaunchRecord launch)
     {
         lastLaunch = launch;
+        Counted.Launch();
         if (result != CuDriver.CUDA_SUCCESS)
         {
             opFailed = true;
@@ -85,6 +86,7 @@ public sealed partial class CudaBackend
 
     void CheckStream(LaunchRecord? launch)
     {
+        Counted.Sync();
         int rc = CuDriver.cuStreamSynchronize(Stream);
         if (rc == CuDriver.CUDA_SUCCESS) return;
         opFailed = true;
@@ -101,6 +103,7 @@ public sealed partial class CudaBackend
     /// </summary>
     void SyncStream(string what)
     {
+        Counted.Sync();
         int rc = CuDriver.cuStreamSynchronize(Stream);
         if (rc != CuDriver.CUDA_SUCCESS)
             throw new CudaException("CUDA driver", rc, CuDriver.ErrorString(rc),
@@ -181,5 +184,43 @@ public sealed partial class CudaBackend
         CudaCheck.Cu(CuDriver.cuEventSynchronize(e));
         CudaCheck.Cu(CuDriver.cuEventElapsedTime(out float ms, s, e));
         return ms / repetitions;
+    }
+
+    /// <summary>
+    /// Captures <paramref name="step"/> on the backend's stream (cuStreamBeginCapture, thread-local mode) and
+    /// instantiates it. Opt-in (bench --cuda-graph, METALORA_GRAPH=1) and not yet run on a GPU. Refused with
+    /// METALORA_SYNC_CHECK, whose synchronisations a capture forbids.
+    /// </summary>
+    public Engine.IStepGraph? CaptureGraph(Action step)
+    {
+        if (SyncCheck) throw new InvalidOperationException("a CUDA graph cannot be captured with METALORA_SYNC_CHECK=1 (it synchronises after every launch)");
+        MakeCurrent();
+        SyncStream("before graph capture");
+        CudaCheck.Cu(CuGraph.cuStreamBeginCapture_v2(Stream, CuGraph.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+        try
+        {
+            step();
+        }
+        catch
+        {
+            if (CuGraph.cuStreamEndCapture(Stream, out IntPtr broken) == CuDriver.CUDA_SUCCESS && broken != IntPtr.Zero) CuGraph.cuGraphDestroy(broken);
+            throw;
+        }
+        CudaCheck.Cu(CuGraph.cuStreamEndCapture(Stream, out IntPtr graph));
+        using var captured = new CudaGraphHandle(graph, executable: false);
+        CudaCheck.Cu(CuGraph.cuGraphInstantiateWithFlags(out IntPtr exec, graph, 0));
+        return new StepGraph(this, new CudaGraphHandle(exec, executable: true));
+    }
+
+    sealed class StepGraph(CudaBackend owner, CudaGraphHandle exec) : Engine.IStepGraph
+    {
+        public void Launch()
+        {
+            owner.MakeCurrent();
+            owner.Counted.Launch();
+            CudaCheck.Cu(CuGraph.cuGraphLaunch(exec.DangerousGetHandle(), owner.Stream));
+        }
+
+        public void Dispose() => exec.Dispose();
     }
 }

@@ -97,6 +97,10 @@ public sealed partial class CudaBackend : IBackend
     public long LiveBytes => Pool.InUseBytes;
     public void CapMemory(long bytes) => Pool.CapBytes = bytes >= 0 ? bytes : throw new ArgumentOutOfRangeException(nameof(bytes));
 
+    /// <summary>What this backend issued: each cuLaunchKernel, GEMM (by route), stream synchronisation, read-back and pool allocation.</summary>
+    public Engine.Benchmarks.LaunchCounters? Counters => Counted;
+    internal Engine.Benchmarks.LaunchCounters Counted { get; } = new();
+
     public void Dispose()
     {
         if (disposed) return;

@@ -3,8 +3,9 @@ using MetaLoraNative.Engine;
 namespace MetaLoraNative.Kernels;
 
 /// <summary>
-/// A tensor in device memory: bf16 (Precision.Compute) or fp32 (Precision.Master). Reshapes share the storage;
-/// the storage goes back to the pool when the last tensor over it is disposed.
+/// A tensor in device memory: bf16 (Precision.Compute) or fp32 (Precision.Master). Reshapes and slices (a window at
+/// an element offset, how the trainer's flat buffers hand out the factors) share the storage; the storage goes back
+/// to the pool when the last tensor over it is disposed.
 /// </summary>
 public sealed class CudaTensor : Tensor
 {
@@ -12,17 +13,24 @@ public sealed class CudaTensor : Tensor
     readonly DeviceStorage storage;
     bool disposed;
 
-    internal CudaTensor(CudaBackend backend, DeviceStorage storage, int[] shape, Precision precision) : base(shape)
+    internal CudaTensor(CudaBackend backend, DeviceStorage storage, int[] shape, Precision precision, long offsetBytes = 0) : base(shape)
     {
         this.backend = backend;
         this.storage = storage;
         Precision = precision;
+        OffsetBytes = offsetBytes;
     }
 
     public Precision Precision { get; }
 
     /// <summary>Device address of element 0.</summary>
-    public ulong Ptr => disposed ? throw new ObjectDisposedException(ToString()) : storage.Ptr;
+    public ulong Ptr => disposed ? throw new ObjectDisposedException(ToString()) : storage.Ptr + (ulong)OffsetBytes;
+
+    /// <summary>Where element 0 lies in its storage (0 unless the tensor is a <see cref="Slice"/>).</summary>
+    internal long OffsetBytes { get; }
+
+    /// <summary>The pool block, shared by every reshape and slice over it.</summary>
+    internal DeviceStorage Storage => storage;
 
     public int ElementSize => Precision == Precision.Master ? 4 : 2;
     public long Bytes => Length * ElementSize;
@@ -35,7 +43,14 @@ public sealed class CudaTensor : Tensor
     public override Tensor Reshape(params int[] shape)
     {
         storage.AddRef();
-        return new CudaTensor(backend, storage, Shapes.Resolve(shape, Length), Precision);
+        return new CudaTensor(backend, storage, Shapes.Resolve(shape, Length), Precision, OffsetBytes);
+    }
+
+    public override Tensor Slice(long offset, params int[] shape)
+    {
+        CheckSlice(offset, shape);
+        storage.AddRef();
+        return new CudaTensor(backend, storage, (int[])shape.Clone(), Precision, OffsetBytes + offset * ElementSize);
     }
 
     public override void Dispose()

@@ -11,7 +11,7 @@
 #   1. machine:   nvidia-smi, metalora doctor, kernels build --arch device --dev (the images the backend loads)
 #   2. parity:    check cuda --dev (every op group, LoRA on every target kind, the tiny model, Stage 2, the flux-width
 #                 model at 256² and 512², tensor-core attention at 1,536 and 4,608 tokens), METALORA_SYNC_CHECK=1
-#   3. bench-512: metalora bench --resolution 512 --steps 2 (default attention, fused Stage-2 LoRA)
+#   3. bench-512: metalora bench --resolution 512 --steps 2 --launches (default attention, fused Stage-2 LoRA; what a step issues)
 #      bench-512-stacked: the same with METALORA_LORA=stacked, then one line comparing the two Stage-2 steps
 #      (stage 2's list holds the checks of the fused path: "gemm slice" and "lora fused <module> <shape>")
 #   4. reference: debug step at flux-dev 512² (1,024 image + 512 text tokens) with the scalar and with the
@@ -130,8 +130,9 @@ stage kernels 30 "${ML[@]}" "${KERNELS[@]}"
 # 2. parity: the first failing op is named with its shapes and kernel (METALORA_SYNC_CHECK)
 stage check-cuda 110 env METALORA_SYNC_CHECK=1 "${ML[@]}" "${CHECK[@]}" --json "$OUT/check-cuda.json"
 
-# 3. speed at 512², default attention
-stage bench-512 40 "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off --json "$OUT/bench-512.json"
+# 3. speed at 512², default attention; with --launches (the device step's launches, GEMMs, syncs and allocations
+#    per phase, beside one untimed step of the host path: bench-512.json's "launches" and "host_path_launches")
+stage bench-512 40 "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off --launches --json "$OUT/bench-512.json"
 
 # 3b. fused vs stacked Stage-2 LoRA (docs/PERF.md, "Fused Stage-2 LoRA"): the stacked path's step at 512² (its JSON
 # in $WORK) and one line comparing it with bench-512's fused step

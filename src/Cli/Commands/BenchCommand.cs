@@ -117,6 +117,8 @@ internal static class BenchCommand
         var steps = new Option<int>("--steps") { Description = "Timed steps (the median is reported); 0 loads the model and plans only, timing nothing.", DefaultValueFactory = _ => 10 }.AtLeast(0);
         var warmup = new Option<int>("--warmup") { Description = "Untimed steps first (kernel compilation, pool growth).", DefaultValueFactory = _ => 3 }.AtLeast(0);
         var json = new Option<string?>("--json") { Description = "Also write the figures as JSON to this file." };
+        var launches = new Option<bool>("--launches") { Description = "Also count what one training step issues, per phase (forward, backward, optimiser): kernel launches, GEMMs by route, host synchronisations, async read-backs and allocations, beside one step of the host path." };
+        var cudaGraph = new Option<bool>("--cuda-graph") { Description = "Capture one training step in a CUDA graph after the warm-up and time its replays (also METALORA_GRAPH=1; opt-in, not yet verified on a GPU)." };
         var planOnly = new Option<bool>("--plan-only") { Description = "Print the memory plan and stop (needs no GPU: with --device cuda it plans for the CUDA engine's storage)." };
         var cmd = new Command("bench",
             "Times a Stage-2 training step at the full model shape with random weights (batch 1, 512 text tokens, all 494 " +
@@ -124,13 +126,14 @@ internal static class BenchCommand
             "GPU memory beside the planner's prediction. Run tools/bench/torch_reference.py with the same flags in the same " +
             "session to get PyTorch's figures on the same GPU.")
         {
-            steps, warmup, json, planOnly,
+            steps, warmup, json, planOnly, launches, cudaGraph,
         };
         foreach (var o in shared.All) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
             OutputPath.CheckFile(r.GetValue(json), "--json");
-            var options = shared.Options(r, r.GetValue(steps), r.GetValue(warmup)) with { PlanOnly = r.GetValue(planOnly) };
+            var options = shared.Options(r, r.GetValue(steps), r.GetValue(warmup)) with { PlanOnly = r.GetValue(planOnly), Launches = r.GetValue(launches) };
+            if (r.GetValue(cudaGraph)) options = options with { CudaGraph = true };
             if (options.PlanOnly && options.Memory != null)
             {
                 // Planning for the GPU engine needs its storage rules, not a GPU.
@@ -150,18 +153,43 @@ internal static class BenchCommand
                 Console.WriteLine($"block swap  {res.Plan.Chosen.SwapBlocks} blocks, last step {o.CopyMs:F1} ms of copies: {o.HiddenMs:F1} ms hidden, {o.ExposedMs:F1} ms exposed " +
                                   $"({o.Bytes / (double)(1L << 30):F2} GiB)");
             Console.WriteLine($"peak memory {res.PeakBytes / (double)(1L << 30),9:F2} GiB (tensors alive at once), predicted {res.Plan.Chosen.Peak / (double)(1L << 30):F2} GiB; setup {res.LoadSeconds:F1} s");
+            if (options.Launches && res.Launches is null && r.GetValue(steps) > 0)
+                Console.WriteLine($"launches    {be.Name} does not count what it issues");
+            foreach (var (label, counts) in new[] { ("step", res.Launches), ("host path", res.HostPathLaunches) })
+            {
+                if (counts is null) continue;
+                foreach (var phase in LaunchPhases(counts)) Console.WriteLine($"launches    {label,-9} {phase,-9} {Total(counts, phase)}");
+            }
             if (r.GetValue(json) is { } path)
             {
                 var inv = CultureInfo.InvariantCulture;
+                string launchJson = res.Launches is { } l ? $", \"launches\": {LaunchJson(l)}, \"host_path_launches\": {LaunchJson(res.HostPathLaunches!)}" : "";
                 File.WriteAllText(path, string.Create(inv,
                     $"{{\"engine\": \"metalora\", \"device\": \"{be.Name}\", \"image_tokens\": {res.ImageTokens}, \"text_tokens\": {res.TextTokens}, " +
                     $"\"recompute\": {(res.Recompute ? "true" : "false")}, \"train_ms_median\": {res.TrainMs:F2}, \"train_tflops\": {res.TrainTflops:F1}, " +
                     $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}, " +
                     $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\", " +
-                    $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}}}\n"));
+                    $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}{launchJson}}}\n"));
             }
             return 0;
         });
         return cmd;
     }
+
+    /// <summary>The phases of a step in order, then "total".</summary>
+    static IEnumerable<string> LaunchPhases(IReadOnlyDictionary<string, LaunchCounters.Counts> counts) =>
+        new[] { Trainer.ForwardPhase, Trainer.BackwardPhase, Trainer.OptimiserPhase }.Concat(counts.Keys.Order()).Distinct().Where(counts.ContainsKey).Append("total");
+
+    static LaunchCounters.Counts Total(IReadOnlyDictionary<string, LaunchCounters.Counts> counts, string phase) =>
+        phase == "total" ? LaunchCounters.Sum(counts.Values) : counts[phase];
+
+    /// <summary>{"forward": {"launches": .., "gemms": {"cublaslt": ..}, "syncs": .., ...}, ..., "total": {...}}</summary>
+    static string LaunchJson(IReadOnlyDictionary<string, LaunchCounters.Counts> counts) =>
+        "{" + string.Join(", ", LaunchPhases(counts).Select(phase =>
+        {
+            var c = Total(counts, phase);
+            string gemms = string.Join(", ", c.Gemms.OrderBy(g => g.Key).Select(g => $"\"{g.Key}\": {g.Value}"));
+            return $"\"{phase}\": {{\"launches\": {c.Launches}, \"gemms\": {{{gemms}}}, \"syncs\": {c.Syncs}, \"read_backs\": {c.ReadBacks}, " +
+                   $"\"read_back_waits\": {c.Waits}, \"allocations\": {c.Allocations}}}";
+        })) + "}";
 }

@@ -15,7 +15,9 @@ namespace MetaLoraNative.Engine.Benchmarks;
 ///   train step = 2·F_lin + 3.5·F_att (input gradients only: W0 is frozen), inference = F_lin + F_att.
 /// Before building anything the memory planner predicts the step's peak for the budget (--vram, else the device's
 /// free memory) and picks the base dtype and recomputation left on auto; after the first step the measured peak is
-/// logged beside the prediction. A --vram budget is also a hard cap on the backend's allocator.
+/// logged beside the prediction. A --vram budget is also a hard cap on the backend's allocator. The training step is
+/// the one training runs (<see cref="StepPipeline"/>); with <see cref="Options.Launches"/> the backend's counters give
+/// what one step issued, per phase, beside one step of the host path (<see cref="Trainer.Step"/>).
 /// </summary>
 public static class StepBenchmark
 {
@@ -39,6 +41,14 @@ public static class StepBenchmark
         public MemoryModel? Memory { get; init; }
         /// <summary>Print the plan and stop before building the model.</summary>
         public bool PlanOnly { get; init; }
+        /// <summary>Count what one step issues, per phase (<see cref="LaunchCounters"/>): the device step and, for comparison, the host path.</summary>
+        public bool Launches { get; init; }
+        /// <summary>
+        /// Capture one step in a CUDA graph after the warm-up (at least two steps) and time its replays (opt-in,
+        /// <c>--cuda-graph</c> or METALORA_GRAPH=1; not yet run on a GPU). The replays repeat the captured step's
+        /// inputs and AdamW step numbers: a timing of the step, not training.
+        /// </summary>
+        public bool CudaGraph { get; init; } = Environment.GetEnvironmentVariable("METALORA_GRAPH") is "1" or "true" or "yes";
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
@@ -50,6 +60,11 @@ public static class StepBenchmark
                                 double TrainMs, double InferMs, double TrainTflop, double InferTflop, long PeakBytes, double LoadSeconds,
                                 MemoryPlan Plan, long FirstStepPeakBytes, SwapOverlap? Overlap = null)
     {
+        /// <summary>With <see cref="Options.Launches"/>: per phase, what the last timed device step issued.</summary>
+        public IReadOnlyDictionary<string, LaunchCounters.Counts>? Launches { get; init; }
+        /// <summary>With <see cref="Options.Launches"/>: the same step on the host path (<see cref="Trainer.Step"/>), for comparison.</summary>
+        public IReadOnlyDictionary<string, LaunchCounters.Counts>? HostPathLaunches { get; init; }
+
         public double TrainTflops => TrainTflop / (TrainMs / 1000);
         public double InferTflops => InferTflop / (InferMs / 1000);
     }
@@ -124,17 +139,40 @@ public static class StepBenchmark
         var train = new TrainOptions { BatchSize = 1, Seed = o.Seed, Recompute = recompute ? RecomputePolicy.On : RecomputePolicy.Off };
         var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true);
 
+        // The step training runs: the trained factors in flat buffers, no host synchronisation inside the step (its
+        // loss is reported during the next one); the timing synchronises after each step.
+        using var flat = FlatParameters.Create(be, [.. adapter.Identities[0].Parameters()]);
+        using var pipeline = new StepPipeline(be, flat);
+        var counters = o.Launches ? be.Counters : null;
+        IReadOnlyDictionary<string, LaunchCounters.Counts>? launches = null, hostLaunches = null;
+        void Completed(CompletedStep d) => log($"train step {d.Step + 1}: loss {d.Loss:F4}, grad norm {d.GradNorm:F4}");
         var trainMs = new List<double>();
         long firstPeak = 0;
         SwapOverlap? overlap = null;
-        for (int i = 0; i < o.Warmup + o.Steps; i++)
+        int warmup = o.CudaGraph ? Math.Max(o.Warmup, 2) : o.Warmup;   // a capture needs the pool to hold the step's blocks
+        IStepGraph? graph = null;
+        FluxInputs? fixedInputs = null;
+        Tensor? fixedTarget = null;
+        using var graphScalars = o.CudaGraph ? be.NewStepScalars() : null;
+        for (int i = 0; i < warmup + o.Steps; i++)
         {
+            if (o.CudaGraph && i == warmup && o.Steps > 0)
+            {
+                if (pipeline.Flush(null) is { } warm) Completed(warm);
+                (fixedInputs, fixedTarget) = Trainer.StepInputs(model, [example], train, i);   // the fixed device buffers replays read
+                graph = be.CaptureGraph(() => pipeline.Queue(model, binding, fixedInputs, fixedTarget, train, recompute, graphScalars!))
+                    ?? throw new RuntimeFailure("--cuda-graph", $"{be.Name} cannot capture a step in a graph");
+                log($"captured step {i + 1} in a CUDA graph after {warmup} steps; the timed steps replay it (opt-in, not yet verified on a GPU)");
+            }
             be.Synchronize();
+            var before = counters?.Snapshot();
             var clock = Stopwatch.StartNew();
-            var (loss, _) = Trainer.Step(model, binding, [example], train, i, recompute);
+            if (graph != null) graph.Launch();
+            else pipeline.Step(model, binding, [example], train, i, recompute, null, Completed);
+            if (before != null) launches = LaunchCounters.Between(before, counters!.Snapshot());
             be.Synchronize();
-            if (i >= o.Warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
-            log($"train step {i + 1}/{o.Warmup + o.Steps}{(i < o.Warmup ? " (warm-up)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms, loss {loss:F4}");
+            if (i >= warmup) trainMs.Add(clock.Elapsed.TotalMilliseconds);
+            log($"train step {i + 1}/{warmup + o.Steps}{(i < warmup ? " (warm-up)" : graph != null ? " (graph replay)" : "")}: {clock.Elapsed.TotalMilliseconds:F1} ms");
             if (model.Blocks.TakeOverlap() is { } stepOverlap)
             {
                 overlap = stepOverlap;
@@ -144,9 +182,23 @@ public static class StepBenchmark
             {
                 firstPeak = be.PeakBytes;
                 log($"peak after the first step: measured {MemoryCapExceededException.FormatBytes(firstPeak)}, predicted " +
-                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak - chosen.OptimiserState)} (AdamW's moments come after it; " +
-                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} from the second step on)");
+                    $"{MemoryCapExceededException.FormatBytes(chosen.Peak)} (the flat buffers hold AdamW's moments from the start)");
             }
+        }
+
+        if (pipeline.Flush(null) is { } last) Completed(last);
+        if (graph != null)
+        {
+            graph.Dispose();   // its blocks go back to the pool's use
+            fixedInputs!.Dispose();
+            fixedTarget!.Dispose();
+        }
+        if (counters != null)
+        {
+            // one step of the host path the device step replaced: what it issued, for comparison (not timed)
+            var before = counters.Snapshot();
+            Trainer.Step(model, binding, [example], train, o.Warmup + o.Steps, recompute);
+            hostLaunches = LaunchCounters.Between(before, counters.Snapshot());
         }
 
         var inferMs = new List<double>();
@@ -164,7 +216,8 @@ public static class StepBenchmark
         }
         var (fTrain, fInfer) = Flop(c, imageTokens, o.TextTokens);
         return new Result(imageTokens, o.TextTokens, targets.Count, chosen.Recompute, reason, Median(trainMs), Median(inferMs),
-                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak, overlap);
+                          fTrain / 1e12, fInfer / 1e12, be.PeakBytes, loadSeconds, plan, firstPeak, overlap)
+        { Launches = launches, HostPathLaunches = hostLaunches };
     }
 
     static double Median(List<double> xs)

@@ -16,9 +16,11 @@ public enum NonFinitePolicy
 public sealed class NonFiniteTrainingException(string subject, string message) : RuntimeFailure(subject, message);
 
 /// <summary>
-/// The numeric guard of a training run. After each step <see cref="Trainer.Step"/> asks <see cref="Accept"/> with the
-/// loss and the global gradient norm (both already on the host: the norm is one SumSquares read-back over the
-/// gradients). Non-finite values stop the run (<see cref="NonFinitePolicy.Stop"/>) or skip the step's update
+/// The numeric guard of a training run. Each step's loss and global gradient norm come to <see cref="Accept"/>: on the
+/// device path (<see cref="StepPipeline"/>) from the step's asynchronous read-back, during the next step and before
+/// that step's update is queued, while the device has already dropped a non-finite step's update itself (so the
+/// weights, moments and step counts never see it, and the host's verdict must agree with the device's); on the host
+/// path (<see cref="Trainer.Step"/>, data parallel) before the update. Non-finite values stop the run (<see cref="NonFinitePolicy.Stop"/>) or skip the step's update
 /// (<see cref="NonFinitePolicy.Skip"/>, at most <c>maxSkips</c> steps per run, counted across resumes). A skipped step
 /// still advances the iteration, and all randomness is a function of (seed, iteration), so a resumed run repeats the
 /// uninterrupted one exactly. Before every state save and before the result is handed back, the factors and their

@@ -35,7 +35,7 @@ public static partial class Stages
         adapter.AddIdentity(person.Name, o.Train.Seed);
         log($"standard LoRA: '{person.Name}', {person.Examples.Count} images, {targets.Count} targets, rank {o.Rank}, {o.Iterations} iterations");
 
-        Run(model, adapter, [person], "standard LoRA", "lora", o.Iterations, o.Train, RunIdentity.StandardLora(model, person, targets, o), o.StatePath, o.StateEvery, o.Monitor, log, null, i =>
+        Run(model, adapter, [person], "standard LoRA", "lora", o.Iterations, o.Train, RunIdentity.StandardLora(model, person, targets, o), o.StatePath, o.StateEvery, o.Monitor, log, null, AllFactors(adapter), i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"lora.batch.{i}");
             return (batch, ids, new LoraBinding(adapter, ids, trainDown: true, trainIdentity: true), "lora");

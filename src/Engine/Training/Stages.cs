@@ -60,7 +60,7 @@ public static partial class Stages
             (parallel != null ? $", data parallel over {parallel.WorldSize} ranks (this is rank {parallel.Rank})" : ""));
 
         var run = RunIdentity.Stage1(model, identities, targets, o);
-        Run(model, adapter, identities, "Stage 1", "stage1", o.TotalIterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, parallel, i =>
+        Run(model, adapter, identities, "Stage 1", "stage1", o.TotalIterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, parallel, AllFactors(adapter), i =>
         {
             // position inside the schedule: while i < q_total: for bucket in buckets: for batch while i_cb < q_bucket
             long visit = i / o.BucketIterations;
@@ -87,7 +87,7 @@ public static partial class Stages
         log($"Stage 2: '{person.Name}', {person.Examples.Count} images, D frozen (r1 {adapter.Rank1}), fresh M/U (r2 {o.Rank2}), {o.Iterations} iterations");
 
         var run = RunIdentity.Stage2(model, person, metaDown, o);
-        Run(model, adapter, [person], "Stage 2", "stage2", o.Iterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, null, i =>
+        Run(model, adapter, [person], "Stage 2", "stage2", o.Iterations, o.Train, run, o.StatePath, o.StateEvery, o.Monitor, log, null, [.. adapter.Identities[0].Parameters()], i =>
         {
             var (batch, ids) = Batches.Sample([person], [0], o.Train.BatchSize, o.Train.Seed, $"stage2.batch.{i}");
             return (batch, ids, new LoraBinding(adapter, ids, trainDown: false, trainIdentity: true), "person");
@@ -99,13 +99,13 @@ public static partial class Stages
     /// The loop all three trainers share (Stage 1, Stage 2, the standard LoRA): resume from the state file when it
     /// exists and belongs to this <paramref name="run"/>, decide recomputation once for the largest batch, then per
     /// iteration pick (batch, ids, binding, phase), step under the numeric guard, report it (the monitor, else one
-    /// log line) and save the state every <paramref name="stateEvery"/> iterations and at the end (after checking the
+    /// log line; a device step is judged and reported during the next one, or at the flush before a save) and save the state every <paramref name="stateEvery"/> iterations and at the end (after checking the
     /// factors are finite). With <paramref name="parallel"/> every rank reads the state, steps through it, checks that
     /// the replicas agree before each save, and only rank 0 saves.
     /// </summary>
     static void Run(FluxModel model, LoraAdapter adapter, IReadOnlyList<Identity> identities, string stage, string stateName, long total, TrainOptions train,
                     RunIdentity run, string? statePath, int stateEvery, TrainingMonitor? monitor, Action<string> log, Stage1Parallel? parallel,
-                    Func<long, (Example[] Batch, int[] Ids, LoraBinding Binding, string Phase)> pick)
+                    IReadOnlyList<LoraParameter> trained, Func<long, (Example[] Batch, int[] Ids, LoraBinding Binding, string Phase)> pick)
     {
         var (start, skipped) = run.Open(statePath, adapter, stateName, train.ForceNew, log);
         if (start > 0) log($"resumed {stage} from {statePath} at iteration {start}");
@@ -117,18 +117,38 @@ public static partial class Stages
 
         monitor?.Begin(model, adapter, train, start);
         var progress = new Trainer.Progress(total);
+        // One rank steps on the device (StepPipeline: a step is reported during the next one, or at the flush before
+        // a save); data-parallel ranks all-reduce their gradients on the host path.
+        using var pipeline = parallel == null ? new StepPipeline(model.Backend, FlatParameters.Create(model.Backend, trained)) : null;
+        using var _flat = pipeline?.Flat;
+        var queued = new Dictionary<long, (double Ms, long Tokens, string Phase)>();
+        void Report(CompletedStep d)
+        {
+            var (ms, tokens, phase) = queued[d.Step];
+            queued.Remove(d.Step);
+            var report = progress.Report(d.Step + 1, d.Loss, d.GradNorm, train.LearningRate, ms, tokens, phase);
+            if (monitor != null) monitor.Step(report, guard.LastSkipped);
+            else log(report + (guard.LastSkipped ? " | skipped (non-finite)" : ""));
+        }
         for (long i = start; i < total; i++)
         {
             var (batch, ids, binding, phase) = pick(i);
             var clock = Stopwatch.StartNew();
-            var (loss, norm) = parallel != null ? parallel.Step(model, binding, batch, ids, train, i, recompute, guard)
-                                                : Trainer.Step(model, binding, batch, train, i, recompute, guard);
-            var report = progress.Report(i + 1, loss, norm, train.LearningRate, clock.Elapsed.TotalMilliseconds,
-                                         batch.Sum(e => (long)e.ImageTokens + e.T5Length), phase);
-            if (monitor != null) monitor.Step(report, guard.LastSkipped);
-            else log(report + (guard.LastSkipped ? " | skipped (non-finite)" : ""));
+            long tokens = batch.Sum(e => (long)e.ImageTokens + e.T5Length);
+            if (pipeline != null)
+            {
+                pipeline.Step(model, binding, batch, train, i, recompute, guard, Report);
+                queued[i] = (clock.Elapsed.TotalMilliseconds, tokens, phase);
+            }
+            else
+            {
+                var (loss, norm) = parallel!.Step(model, binding, batch, ids, train, i, recompute, guard);
+                queued[i] = (clock.Elapsed.TotalMilliseconds, tokens, phase);
+                Report(new CompletedStep(i, loss, norm, !guard.LastSkipped));
+            }
             if (i == start && model.Blocks.TakeOverlap() is { } overlap) log($"first step: {overlap}");
             if ((i + 1) % stateEvery != 0 && i + 1 != total) continue;
+            if (pipeline?.Flush(guard) is { } last) Report(last);
             guard.CheckFactors(adapter, i + 1);
             parallel?.CheckReplicas(adapter, i + 1);
             if (statePath == null || !(parallel?.WritesOutputs ?? true)) continue;
@@ -137,6 +157,9 @@ public static partial class Stages
             monitor?.StateSaved(i + 1);
         }
     }
+
+    /// <summary>Every factor of the adapter, in the training state's order (D, then each identity's M and U).</summary>
+    static LoraParameter[] AllFactors(LoraAdapter a) => [.. a.Down, .. a.Identities.SelectMany(i => i.Parameters())];
 
     static Tensor Clone(IBackend be, Tensor t)
     {

@@ -120,6 +120,7 @@ public sealed partial class CudaBackend
             }
             var problem = Describe(a, transA, b, transB, c);
             var route = GemmRouting.Route(problem).Route;
+            Counted.Gemm(route.ToString().ToLowerInvariant());
             if (route != GemmRoute.CublasLt)
             {
                 var launch = GemmRouting.Plan(problem, route, a.Ptr, b.Ptr, c.Ptr, biasPtr, alpha, beta, workspace, WorkspaceBytes,

@@ -25,6 +25,7 @@ public sealed partial class CudaBackend : IBlockTransferSource
         long numel = Shapes.Numel(shape);
         long bytes = numel * (precision == Precision.Master ? 4 : 2);
         ulong ptr = Pool.Rent(bytes, out long cls);
+        Counted.Allocation(cls);
         return new CudaTensor(this, new DeviceStorage(Pool, ptr, cls), (int[])shape.Clone(), precision);
     }
 

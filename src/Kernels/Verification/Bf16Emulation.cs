@@ -30,6 +30,7 @@ public sealed class Bf16EmulationBackend : IBackend
         public Precision Precision { get; } = precision;
         public override IBackend Backend => owner;
         public override Tensor Reshape(params int[] shape) => new EmuTensor(owner, Inner.Reshape(shape), Precision);
+        public override Tensor Slice(long offset, params int[] shape) => new EmuTensor(owner, Inner.Slice(offset, shape), Precision);
         public override void Dispose()
         {
             Inner.Dispose();
@@ -293,6 +294,23 @@ public sealed class Bf16EmulationBackend : IBackend
 
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step) =>
         inner.AdamW(I(param), I(grad), I(m), I(v), step);
+
+    // the step's scalars are the inner engine's (fp64 there and on the GPU)
+    public StepScalars NewStepScalars() => inner.NewStepScalars();
+
+    public void MseLoss(Tensor pred, Tensor target, out Tensor dPred, StepScalars scalars)
+    {
+        inner.MseLoss(I(pred), I(target), out var d, scalars);
+        dPred = Out(d);
+    }
+
+    public void ClipScale(IReadOnlyList<Tensor> grads, float maxNorm, StepScalars scalars) =>
+        inner.ClipScale([.. grads.Select(I)], maxNorm, scalars);
+
+    public void AdamW(IReadOnlyList<AdamWTensors> tensors, in AdamWStep step, StepScalars scalars) =>
+        inner.AdamW([.. tensors.Select(t => new AdamWTensors(I(t.Param), I(t.Grad), I(t.M), I(t.V), t.Step))], step, scalars);
+
+    public void ReadBack(StepScalars scalars) => inner.ReadBack(scalars);
 
     // ---------------------------------------------------------------- Quant (decoded to bf16, then the bf16 GEMM)
 

@@ -82,6 +82,14 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
             Assert.True(ms > 0 && tms > 0);
             Assert.Equal(Math.Round(tms / ms, 3), ours.GetProperty("speedup_vs_torch_eager").GetDouble(), 3);
         }
+        // bench-512 counted its step: no host synchronisation in the device step, the host path's two
+        using (var bench = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "bench-512.json"))))
+        {
+            var total = bench.RootElement.GetProperty("launches").GetProperty("total");
+            Assert.Equal(0, total.GetProperty("syncs").GetInt32());
+            Assert.Equal(1, total.GetProperty("read_backs").GetInt32());
+            Assert.Equal(2, bench.RootElement.GetProperty("host_path_launches").GetProperty("total").GetProperty("syncs").GetInt32());
+        }
         string log = File.ReadAllText(Path.Combine(outDir, "first-contact.log"));
         Assert.Contains("x eager", log);
         Assert.Contains("reference 512² (mma attention)", log);

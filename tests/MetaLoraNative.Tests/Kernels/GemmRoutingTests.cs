@@ -219,10 +219,10 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
     /// <param name="Frozen">b is a frozen model weight (a W0 product); otherwise a LoRA product.</param>
     /// <param name="Accumulate">beta ≠ 0: c is read as well as written.</param>
-    sealed record Product(string Op, GemmProblem Problem, bool Bias, bool Frozen = false, bool Accumulate = false);
+    internal sealed record Product(string Op, GemmProblem Problem, bool Bias, bool Frozen = false, bool Accumulate = false);
 
     /// <summary>Tensors with a shape and a precision but no values: enough to run a full-size step and see its GEMMs.</summary>
-    sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
+    internal sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
     {
         public Precision Precision { get; } = precision;
         public override IBackend Backend => backend;
@@ -233,7 +233,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Every op returns a tensor of the shape (and, for the saved statistics, the fp32 precision) the CUDA backend
     /// returns; nothing is computed. Gemm, Linear and LinearBackward record their product.
     /// </summary>
-    sealed class ShapeBackend : IBackend
+    internal sealed class ShapeBackend : IBackend
     {
         public List<Product> Products { get; } = [];
         /// <summary>Narrow, AddNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
@@ -396,6 +396,15 @@ public class GemmRoutingTests(ITestOutputHelper output)
         }
         public double SumSquares(Tensor t) => 0;
         public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStep step) { }
+        public StepScalars NewStepScalars() => new ShapeScalars();
+        public void MseLoss(Tensor pred, Tensor target, out Tensor dPred, StepScalars scalars) => dPred = New(pred.Shape);
+        public void ClipScale(IReadOnlyList<Tensor> grads, float maxNorm, StepScalars scalars) { }
+        public void AdamW(IReadOnlyList<AdamWTensors> tensors, in AdamWStep step, StepScalars scalars) { }
+        public void ReadBack(StepScalars scalars) { }
+        sealed class ShapeScalars : StepScalars
+        {
+            public override StepValues Read() => new(0, 0, 1, true);
+        }
         public void Dispose() { }
     }
 }

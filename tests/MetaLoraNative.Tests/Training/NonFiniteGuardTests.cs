@@ -12,7 +12,8 @@ namespace MetaLoraNative.Tests.Training;
 /// <summary>The numeric guard of both stages on the tiny model: NaN data, divergence, poisoned states, skip mode.</summary>
 public sealed class NonFiniteGuardTests() : TinyModelTest("guard", 2)
 {
-    static Identity WithNaN(Identity id, int example)
+    /// <summary>The identity with one NaN in the latents of one example.</summary>
+    internal static Identity WithNaN(Identity id, int example)
     {
         var examples = id.Examples.ToList();
         var latents = (float[])examples[example].PackedLatents.Clone();

@@ -9,6 +9,7 @@ public sealed partial class CpuBackend<T>
     /// </summary>
     public Tensor RopeTable(Tensor ids, int[] axesDim, float theta)
     {
+        Counted.Launch();
         const string op = "RopeTable";
         var I = Cpu(ids, op, "ids");
         ArgumentNullException.ThrowIfNull(axesDim);
@@ -46,6 +47,7 @@ public sealed partial class CpuBackend<T>
 
     private CpuTensor<T> Rotate(Tensor x, Tensor pe, string op, int sign)
     {
+        Counted.Launch();
         var X = Cpu(x, op, "x");
         var Pe = Cpu(pe, op, "pe");
         if (x.Rank != 4 || x.Shape[3] % 2 != 0 || pe.Rank != 4 || pe.Shape[1] != x.Shape[2] ||
@@ -78,6 +80,7 @@ public sealed partial class CpuBackend<T>
     /// </summary>
     public Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse)
     {
+        Counted.Launch();
         const string op = "Attention";
         var Q = Cpu(q, op, "q");
         var K = Cpu(k, op, "k");
@@ -127,6 +130,7 @@ public sealed partial class CpuBackend<T>
     public (Tensor Dq, Tensor Dk, Tensor Dv) AttentionBackward(
         Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse)
     {
+        Counted.Launch();
         const string op = "AttentionBackward";
         var G = Cpu(dOut, op, "dOut");
         var Q = Cpu(q, op, "q");

@@ -9,6 +9,7 @@ public sealed partial class CpuBackend<T>
     /// </summary>
     public Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f)
     {
+        Counted.Launch();
         const string op = "TimestepEmbedding";
         var Tt = Cpu(t, op, "t");
         if (t.Rank != 1 || dim <= 0) throw new ArgumentException($"{op}: t {S(t)} must be (B) and dim > 0 (got {dim})");
@@ -38,6 +39,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>out = x + gate[b] · y. x, y (B, L, C); gate (B, C) (or any B·C shape with last dim C).</summary>
     public Tensor GatedResidual(Tensor x, Tensor gate, Tensor y)
     {
+        Counted.Launch();
         const string op = "GatedResidual";
         var X = Cpu(x, op, "x");
         var Gt = Cpu(gate, op, "gate");
@@ -63,6 +65,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>dy = gate·dOut (B, L, C); dgate = Σ_L dOut·y, shaped like gate. dx is dOut itself.</summary>
     public (Tensor Dy, Tensor DGate) GatedResidualBackward(Tensor dOut, Tensor gate, Tensor y)
     {
+        Counted.Launch();
         const string op = "GatedResidualBackward";
         var G = Cpu(dOut, op, "dOut");
         var Gt = Cpu(gate, op, "gate");

@@ -7,6 +7,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>acc += alpha · x (same element count).</summary>
     public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
     {
+        Counted.Launch();
         var a = Cpu(acc, "AddInPlace", "acc");
         var b = Cpu(x, "AddInPlace", "x");
         if (a.Length != b.Length)
@@ -22,6 +23,7 @@ public sealed partial class CpuBackend<T>
 
     public void ScaleInPlace(Tensor t, float alpha)
     {
+        Counted.Launch();
         var a = Cpu(t, "ScaleInPlace", "t");
         T[] ad = a.Data;
         int ao = a.Offset;
@@ -51,6 +53,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>y = f(x) elementwise, same shape as x.</summary>
     private CpuTensor<T> Map(Tensor x, string op, Func<double, double> f)
     {
+        Counted.Launch();
         var a = Cpu(x, op, "x");
         var y = New(x.Shape);
         T[] ad = a.Data, yd = y.Data;
@@ -65,6 +68,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>y = f(x, dy) elementwise; x and dy must have the same shape.</summary>
     private CpuTensor<T> Map2(Tensor x, Tensor dy, string op, Func<double, double, double> f)
     {
+        Counted.Launch();
         var a = Cpu(x, op, "x");
         var g = Cpu(dy, op, "dy");
         Shapes.SameShape(x, dy, $"{op} (x vs dy)");

@@ -48,6 +48,7 @@ public sealed partial class CpuBackend<T>
                 $"{op}: op(a) is ({M} × {K}) from a {Operand(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {Operand(b)}" +
                 $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Columns}) from {Operand(c)}; need inner dims equal and c (M × N)");
 
+        if (M > 0 && N > 0 && K > 0) Counted.Gemm(CpuRoute);
         // A (M, K) row-major; Bt (N, K) through its row source.
         var (ad, ao) = Block(A, a);
         if (transA) { ad = Transpose(ad, ao, K, M); ao = 0; }
@@ -107,9 +108,11 @@ public sealed partial class CpuBackend<T>
         if (bias is not null && bias.Length != dOut)
             throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {dOut} elements (w {weightShape})");
         var y = New(WithLast(x.Shape, dOut));
+        if (x.Rows > 0 && dOut > 0 && dIn > 0) Counted.Gemm(CpuRoute);
         Tiles(X.Data, X.Offset, checked((int)x.Rows), dIn, dOut, weightRows, y.Data, 0, 1f, 0f);
         if (bias is not null)
         {
+            Counted.Launch();
             var bs = Cpu(bias, op, "bias");
             T[] yd = y.Data, bd = bs.Data;
             int bo = bs.Offset;
@@ -131,6 +134,7 @@ public sealed partial class CpuBackend<T>
         if (dy.Rank < 1 || dy.Cols != dOut)
             throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {weightShape} must be (d_out, d_in)");
         var dx = New(WithLast(dy.Shape, dIn));
+        if (dy.Rows > 0 && dOut > 0 && dIn > 0) Counted.Gemm(CpuRoute);
         Tiles(G.Data, G.Offset, checked((int)dy.Rows), dOut, dIn, transposedRows, dx.Data, 0, 1f, 0f);
         return dx;
     }

@@ -8,6 +8,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>A copy of x restricted to [start, start+length) along axis.</summary>
     public Tensor Narrow(Tensor x, int axis, int start, int length)
     {
+        Counted.Launch();
         const string op = "Narrow";
         var a = Cpu(x, op, "x");
         int ax = Shapes.Axis(axis, x.Rank, op);
@@ -26,6 +27,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>dst[.., start:start+src.Dim(axis), ..] += src along axis.</summary>
     public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
     {
+        Counted.Launch();
         const string op = "AddNarrow";
         var d = Cpu(dst, op, "dst");
         var s = Cpu(src, op, "src");
@@ -51,6 +53,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>Concatenation along axis; every other dimension must agree.</summary>
     public Tensor Concat(int axis, params Tensor[] parts)
     {
+        Counted.Launch();
         const string op = "Concat";
         if (parts.Length == 0) throw new ArgumentException($"{op}: no parts");
         var first = parts[0];
@@ -85,6 +88,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>qkv (B, L, 3·H·D) → q, k, v each (B, H, L, D): "B L (K H D) -> K B H L D".</summary>
     public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
     {
+        Counted.Launch();
         const string op = "SplitQkv";
         var x = Cpu(qkv, op, "qkv");
         if (qkv.Rank != 3 || heads <= 0 || qkv.Shape[2] % (3 * heads) != 0)
@@ -108,6 +112,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>dq, dk, dv (B, H, L, D) → (B, L, 3·H·D); the exact inverse of <see cref="SplitQkv"/>.</summary>
     public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv)
     {
+        Counted.Launch();
         const string op = "MergeQkv";
         var parts = new[] { Cpu(dq, op, "dq"), Cpu(dk, op, "dk"), Cpu(dv, op, "dv") };
         if (dq.Rank != 4) throw new ArgumentException($"{op}: dq {S(dq)} must be (B, H, L, D)");

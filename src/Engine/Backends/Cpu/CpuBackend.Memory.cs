@@ -48,6 +48,7 @@ public sealed partial class CpuBackend<T>
 
     public float[] Download(Tensor t)
     {
+        Counted.Sync();
         var s = Cpu(t, "Download", "t").Span;
         var r = new float[s.Length];
         for (int i = 0; i < s.Length; i++) r[i] = (float)Wide(s[i]);
@@ -56,6 +57,7 @@ public sealed partial class CpuBackend<T>
 
     public double[] DownloadDouble(Tensor t)
     {
+        Counted.Sync();
         var s = Cpu(t, "DownloadDouble", "t").Span;
         var r = new double[s.Length];
         for (int i = 0; i < s.Length; i++) r[i] = Wide(s[i]);
@@ -64,6 +66,7 @@ public sealed partial class CpuBackend<T>
 
     public void Copy(Tensor src, Tensor dst)
     {
+        Counted.Launch();
         var a = Cpu(src, "Copy", "src");
         var b = Cpu(dst, "Copy", "dst");
         if (a.Length != b.Length)
@@ -71,7 +74,11 @@ public sealed partial class CpuBackend<T>
         a.Span.CopyTo(b.Span); // Span.CopyTo is safe for overlapping views of one array
     }
 
-    public void Fill(Tensor t, float value) => Cpu(t, "Fill", "t").Span.Fill(Store(value));
+    public void Fill(Tensor t, float value)
+    {
+        Counted.Launch();
+        Cpu(t, "Fill", "t").Span.Fill(Store(value));
+    }
 }
 
 /// <summary>Live and peak bytes of one CPU backend, with an optional hard cap. Safe from several threads.</summary>

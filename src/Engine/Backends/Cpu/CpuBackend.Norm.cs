@@ -11,6 +11,7 @@ public sealed partial class CpuBackend<T>
     /// </summary>
     public Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats)
     {
+        Counted.Launch();
         const string op = "LayerNormModulate";
         var X = Cpu(x, op, "x");
         var Sh = Cpu(shift, op, "shift");
@@ -54,6 +55,7 @@ public sealed partial class CpuBackend<T>
     public (Tensor Dx, Tensor DShift, Tensor DScale) LayerNormModulateBackward(
         Tensor dy, Tensor x, Tensor scale, Tensor stats)
     {
+        Counted.Launch();
         const string op = "LayerNormModulateBackward";
         var G = Cpu(dy, op, "dy");
         var X = Cpu(x, op, "x");
@@ -133,6 +135,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>y = x · rsqrt(mean(x²) + eps) · weight over the last dim. rstd has shape x.Shape[..^1].</summary>
     public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
     {
+        Counted.Launch();
         const string op = "RmsNorm";
         var X = Cpu(x, op, "x");
         var W = Cpu(weight, op, "weight");
@@ -160,6 +163,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>dx = r·(w·dy − x·r²·mean(dy·w·x)), r = rstd. The weight is frozen (no dweight).</summary>
     public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd)
     {
+        Counted.Launch();
         const string op = "RmsNormBackward";
         var G = Cpu(dy, op, "dy");
         var X = Cpu(x, op, "x");

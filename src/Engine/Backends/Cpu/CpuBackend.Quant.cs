@@ -22,6 +22,7 @@ public sealed partial class CpuBackend<T>
     /// <summary>The dequantised weight (d_out, d_in), exact in fp64.</summary>
     public Tensor Dequantize(QuantizedWeight w)
     {
+        Counted.Launch();
         var q = Quantized(w, "Dequantize");
         var y = New(q.Rows, q.Cols);
         for (int j = 0; j < q.Rows; j++) DecodeRow(q.Codes.AsSpan(j * q.Cols, q.Cols), q.Scale[j], y.Data.AsSpan(j * q.Cols, q.Cols));

@@ -1,6 +1,7 @@
 using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using MetaLoraNative.Engine.Benchmarks;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
@@ -26,6 +27,8 @@ public static class CpuBackend
 /// The op bodies live in the partial files next to this one, one op group of IBackend (forward and backward ops
 /// side by side) per file, named by the group: CpuBackend.Memory, .Gemm, .Elementwise, .Layout, .Norm, .Attention,
 /// .Conditioning, .Objective, .Quant.
+/// - Every op is counted as the GPU issues it (<see cref="Counters"/>): one launch per op that runs as kernels there,
+///   a GEMM per product, a synchronisation per value handed to the host, an allocation per tensor.
 /// - Memory is counted as the CUDA pool counts it: every tensor's array (and every quantised weight) from its
 ///   allocation until its last view is disposed (<see cref="PeakBytes"/>, <see cref="LiveBytes"/>, a cap from
 ///   <see cref="CapMemory"/>). Scratch that an op allocates and drops inside itself (Gemm's transposed operand
@@ -45,6 +48,12 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
     }
 
     public string Name { get; }
+
+    /// <summary>The ops this backend ran, counted as a GPU would issue them (<see cref="LaunchCounters"/>).</summary>
+    public LaunchCounters? Counters => Counted;
+    internal LaunchCounters Counted { get; } = new();
+    /// <summary>The route the counters give the CPU's GEMMs.</summary>
+    const string CpuRoute = "cpu";
 
     public void Dispose() { }
 
@@ -83,6 +92,7 @@ public sealed partial class CpuBackend<T> : IBackend where T : unmanaged, IFloat
     {
         long n = Shapes.Numel(shape);
         var storage = new CpuStorage(_ledger, n * Unsafe.SizeOf<T>());
+        Counted.Allocation(n * Unsafe.SizeOf<T>());
         return new(this, storage, new T[n], 0, (int[])shape.Clone());
     }
 

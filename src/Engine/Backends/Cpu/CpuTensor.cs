@@ -4,7 +4,7 @@ namespace MetaLoraNative.Engine.Backends.Cpu;
 
 /// <summary>
 /// A CPU tensor: a window [Offset, Offset + Length) of a managed array. <see cref="Reshape"/> shares the array, so a
-/// reshaped view and its source see each other's writes. The array is counted in its backend's memory ledger until
+/// reshaped view (or a <see cref="Slice"/>) and its source see each other's writes. The array is counted in its backend's memory ledger until
 /// the last tensor over it is disposed, as a device block goes back to its pool (the GC owns the array itself).
 /// </summary>
 public sealed class CpuTensor<T> : Tensor where T : unmanaged, IFloatingPointIeee754<T>
@@ -37,6 +37,14 @@ public sealed class CpuTensor<T> : Tensor where T : unmanaged, IFloatingPointIee
     public override Tensor Reshape(params int[] shape)
     {
         var view = new CpuTensor<T>(_backend, _storage, Data, Offset, (int[])Shapes.Resolve(shape, Length).Clone());
+        _storage.AddRef();
+        return view;
+    }
+
+    public override Tensor Slice(long offset, params int[] shape)
+    {
+        CheckSlice(offset, shape);
+        var view = new CpuTensor<T>(_backend, _storage, Data, checked(Offset + (int)offset), (int[])shape.Clone());
         _storage.AddRef();
         return view;
     }
