@@ -3,11 +3,15 @@
 # H100/H200 in under 10 minutes. Run from the repository root with publish/linux-x64 (tools/gpu/publish.sh)
 # carried; needs no .NET SDK, and python3 with PyTorch 2.x (CUDA) for the reference and the PyTorch benchmark.
 #
-#   OUT=./gpu-out tools/gpu/first-contact.sh         # on the GPU machine
-#   DRY_RUN=1 OUT=/tmp/fc tools/gpu/first-contact.sh # here, on the CPU: tiny shapes, same stages, table and JSON
+#   OUT=./gpu-out tools/gpu/first-contact.sh          # on the GPU machine: part 1, the checks and core figures
+#   PART=2 OUT=./gpu-out tools/gpu/first-contact.sh   # part 2: the further measurements (next call or next machine)
+#   DRY_RUN=1 OUT=/tmp/fc tools/gpu/first-contact.sh  # here, on the CPU: both parts, tiny shapes, same table and JSON
 #
-# Stages, most important first, each under its own `timeout` and under one overall deadline (TOTAL seconds, 630 by
-# default): a stage that would run past the deadline is cut to what is left, and skipped when under 5 s are left.
+# Two parts, because a lent machine's 15 minutes hold one part and a rerun: part 1 (450 s) is stages 1-6, part 2
+# (560 s) is bench-512 and bench-1024-mma again (the references of its ratios), 3b, 5b, 7, 8 and the PyTorch stage 6,
+# so each part's figures sit beside PyTorch's from the same call. Stages, most important first, each under its own
+# `timeout` and under one overall deadline (TOTAL seconds, the part's figure by default): a stage that would run past
+# the deadline is cut to what is left, and skipped when under 5 s are left.
 #   1. machine:   nvidia-smi, metalora doctor, kernels build --arch device --dev (the images the backend loads)
 #   2. parity:    check cuda --dev (every op group, LoRA on every target kind, the tiny model, Stage 2, the flux-width
 #                 model at 256² and 512², tensor-core attention at 1,536 and 4,608 tokens), METALORA_SYNC_CHECK=1
@@ -18,6 +22,7 @@
 #                 tensor-core attention, each compared by tools/reference/compare.py with the PyTorch fp32 step,
 #                 PyTorch's bf16 step as the baseline (docs/REFERENCE_CHECK.md)
 #   5. bench-1024-mma: metalora bench --resolution 1024 --steps 2, METALORA_ATTENTION=mma
+#   5b. kernels-bench (part 2, GPU only): attention versions 1, 2 and 3 timed at FLUX.1-dev's size
 #   6. torch:     tools/bench/torch_reference.py at 512² and 1024², eager and compiled, in one call
 #   7. vram-24, vram-16, vram-10: metalora bench at 1024² under --vram 24/16/10 (plan, ms/step against bench-1024-mma's
 #                 unconstrained 80 GB plan, peak, block swap's hidden and exposed copy time), a table in the log
@@ -29,7 +34,8 @@
 # reference case and the step outputs (about 100 MB each) go to $WORK (a temporary folder by default), not $OUT.
 #
 # Environment: OUT (./gpu-out), METALORA (publish/linux-x64/metalora; in a dry run the built CLI through dotnet
-# when there is no publish), PYTHON (python3; /usr/bin/python3 in a dry run), SEED (1), TOTAL (630), WORK, DRY_RUN,
+# when there is no publish), PYTHON (python3; /usr/bin/python3 in a dry run), SEED (1), PART (1; all in a dry run),
+# TOTAL (450 for part 1, 560 for part 2), WORK, DRY_RUN,
 # LIMIT_SCALE (multiplies every stage's limit and TOTAL; 10 in a dry run, 1 otherwise).
 # Exit 0 when every stage passed; 1 otherwise (the table says which).
 set -u
@@ -39,7 +45,17 @@ OUT=${OUT:-./gpu-out}
 SEED=${SEED:-1}
 # A dry run's CPU stand-ins on a small shared machine are slower than the GPU's real stages: its limits are scaled.
 if [[ $DRY_RUN == 1 ]]; then SCALE=${LIMIT_SCALE:-10}; else SCALE=${LIMIT_SCALE:-1}; fi
-TOTAL=${TOTAL:-$((630 * SCALE))}
+# PART: 1 (default) the checks and the core figures, 2 the further measurements, all both (a dry run's default). A
+# lent machine's 15 minutes hold one part and its rerun, so each part is one call of its own.
+if [[ $DRY_RUN == 1 ]]; then PART=${PART:-all}; else PART=${PART:-1}; fi
+case $PART in
+    1) PART_TOTAL=450 ;;
+    2) PART_TOTAL=560 ;;
+    all) PART_TOTAL=1010 ;;
+    *) echo "PART must be 1, 2 or all, not '$PART'" >&2; exit 2 ;;
+esac
+in_part() { [[ $PART == all || $PART == "$1" ]]; }
+TOTAL=${TOTAL:-$((PART_TOTAL * SCALE))}
 if [[ $DRY_RUN == 1 ]]; then
     PYTHON=${PYTHON:-/usr/bin/python3}
     if [[ -z ${METALORA:-} ]]; then
@@ -125,15 +141,20 @@ else
     echo; echo "nvidia-smi: not on this machine"; printf 'nvidia-smi\tABSENT\t0\t0\n' >> "$STAGES"
 fi
 stage doctor 15 "${ML[@]}" doctor
+if in_part 1; then
 stage kernels 30 "${ML[@]}" "${KERNELS[@]}"
+fi
 
+if in_part 1; then
 # 2. parity: the first failing op is named with its shapes and kernel (METALORA_SYNC_CHECK)
 stage check-cuda 110 env METALORA_SYNC_CHECK=1 "${ML[@]}" "${CHECK[@]}" --json "$OUT/check-cuda.json"
+fi
 
 # 3. speed at 512², default attention; with --launches (the device step's launches, GEMMs, syncs and allocations
 #    per phase, beside one untimed step of the host path: bench-512.json's "launches" and "host_path_launches")
 stage bench-512 40 "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off --launches --json "$OUT/bench-512.json"
 
+if in_part 2; then
 # 3b. fused vs stacked Stage-2 LoRA (docs/PERF.md, "Fused Stage-2 LoRA"): the stacked path's step at 512² (its JSON
 # in $WORK) and one line comparing it with bench-512's fused step
 stage bench-512-stacked 40 env METALORA_LORA=stacked "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off \
@@ -150,7 +171,9 @@ if fused and stacked:
 else:
     print(f"Stage-2 LoRA at 512²: fused {fused} ms/step, stacked {stacked} ms/step (a bench did not finish)")
 PY
+fi
 
+if in_part 1; then
 # 4. the whole model at flux-dev 512² against the independent PyTorch FLUX, with both attention kernels
 : > "$OUT/compare.txt"
 stage ref-case 15 "$PYTHON" $R/make_case.py "${CASE_ARGS[@]}" --seed "$SEED" --out "$CASE" --batch 1
@@ -168,14 +191,22 @@ for attn in scalar mma; do
         --baseline "$CASE/ref_bf16.safetensors" --factor 2 --strict --quiet
     cat "$WORK/compare-$attn.txt" >> "$OUT/compare.txt" 2>/dev/null || true
 done
+fi
 
 # 5. speed at 1024², tensor-core attention
 stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution 1024 --recompute off \
     --json "$OUT/bench-1024-mma.json"
 
+# 5b. the attention versions side by side at FLUX.1-dev's size (version 1, 2 and the pipelined version 3), each bench
+#     checking its outputs against closed-form values; GPU only (a dry run has no kernels to time)
+if in_part 2 && [[ $DRY_RUN != 1 ]]; then
+    stage kernels-bench 40 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3"
+fi
+
 # 6. PyTorch on the same GPU, eager and compiled, both resolutions in one call (one JSON line per configuration)
 KEEP="$OUT/torch.jsonl" stage torch 95 "$PYTHON" tools/bench/torch_reference.py "${TORCH[@]}" --device "$TORCH_DEV" --json
 
+if in_part 2; then
 # 7. memory levels: the 1024² step under a 24, 16 and 10 GiB budget (--vram caps the allocator there; the planner
 #    picks base dtype, recomputation and block swap), tensor-core attention as in bench-1024-mma, whose unconstrained
 #    run (bf16, no recomputation: the 80 GB cards' plan) is the reference of the ratios. Few steps each; the table
@@ -191,7 +222,7 @@ fi
 for level in "${SWAP_LEVELS[@]}"; do
     # shellcheck disable=SC2206
     extra=(${level#*:})
-    stage "vram-${level%%:*}" 60 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution "$SWAP_RES" "${extra[@]}" \
+    stage "vram-${level%%:*}" 45 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution "$SWAP_RES" "${extra[@]}" \
         --json "$WORK/vram-${level%%:*}.json"
 done
 SWAP_JSON=()
@@ -213,7 +244,9 @@ for name, r in rows:
     print(f"{name:<14} {plan:<34} {r['train_ms_median']:>9.1f} {ratio or float('nan'):>8.2f} {r['peak_gib']:>9.2f} "
           f"{r['predicted_peak_gib']:>10.2f} {r.get('swap_copy_ms', 0):>10.1f} {r.get('swap_exposed_ms', 0):>8.1f}")
 PY
+fi
 
+if in_part 2; then
 # 8. multi-GPU wiring on one GPU (docs/DISTRIBUTED.md "First GPU check"): a one-rank NCCL Stage 1 (`--gpus 0` joins
 #    NCCL even alone; its log names the NCCL version and file and what the gradient all-reduces moved), then a
 #    two-person queue on GPU 0 (`train stage2 --queue`, docs/TRAINING.md) with the D it wrote. The dry run takes the
@@ -226,13 +259,15 @@ else PROOF=('joined over NCCL: [0-9]+[.][0-9]+' 'gradient all-reduce[(]s[)], the
 proves() { local file=$1 ok=0; shift; for p in "$@"; do grep -E "$p" "$file" || { echo "missing in $file: $p"; ok=1; }; done; return $ok; }
 export -f proves
 stage queue-data 15 "${ML[@]}" data synth --out "$Q/ids" --identities 2 --images 2
-KEEP="$WORK/nccl-stage1.txt" stage nccl-stage1 60 "${ML[@]}" train stage1 --device "$DEVICE" --gpus 0 --model "random:tiny:$SEED" \
+KEEP="$WORK/nccl-stage1.txt" stage nccl-stage1 45 "${ML[@]}" train stage1 --device "$DEVICE" --gpus 0 --model "random:tiny:$SEED" \
     --data "$Q/ids" --out "$Q/d.safetensors" --iterations 4 --bucket-iterations 2 --warmup-iterations 1 --batch-size 2 --rank1 4
 stage nccl-proof 5 bash -c 'proves "$@"' proves "$WORK/nccl-stage1.txt" "${PROOF[@]}"
 printf '%s\n' "{\"data\": \"$Q/ids/person000\", \"out\": \"$Q/lora/a/lora.safetensors\"}" \
     "{\"data\": \"$Q/ids/person001\", \"out\": \"$Q/lora/b/lora.safetensors\", \"seed\": 2, \"trigger\": \"sks person\"}" > "$Q/people.jsonl"
-stage queue-2 90 "${ML[@]}" train stage2 --queue "$Q/people.jsonl" --device "$DEVICE" "${QUEUE_SLOTS[@]}" --model "random:tiny:$SEED" \
+stage queue-2 60 "${ML[@]}" train stage2 --queue "$Q/people.jsonl" --device "$DEVICE" "${QUEUE_SLOTS[@]}" --model "random:tiny:$SEED" \
     --down "$Q/d.safetensors" --iterations 3
+fi
+
 
 echo
 echo "==================================================================== summary (+$((SECONDS - START))s)"
