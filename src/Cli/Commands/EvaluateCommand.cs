@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
 using MetaLoraNative.Engine.Sampling;
@@ -91,6 +92,8 @@ public static class EvaluateCommand
             if (lorasDir is null) components.Add(ModelsFolder.VaeEncoder);
             if (clip) components.AddRange([ModelsFolder.ClipB32Image, ModelsFolder.ClipB32Text]);
 
+            // one run per method folder at a time: a second evaluate into it stops here, naming the first
+            using var runLock = RunLock.Acquire(methodDir, [], Common.Log);
             using var loaded = f.Load(r, downPath, components);
             var set = loaded.Models;
             var scorer = new ScoreRunner(set.OpenFaceDetector(), set.OpenFaceEmbedder(), clip ? set.OpenClipScorer() : null, Common.Log);

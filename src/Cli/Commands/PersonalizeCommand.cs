@@ -212,6 +212,8 @@ internal static class PersonalizeCommand
             var (_, downPath, iterations) = f.Mode(r);
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var selection = f.Shared.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");
+            string lockedOut = r.GetValue(f.Shared.Out)!;
+            using var runLock = f.Shared.Lock(r, Path.ChangeExtension(lockedOut, ".kohya.safetensors"), LoraFiles.UnmergedPath(lockedOut), MonitorFlags.BestPath(lockedOut));
             var phases = new PhaseClock();
             Identity? person = null;   // prepared first, so the memory planner sees the step it plans for
             using var loaded = f.Load(r, downPath, planFor: models =>

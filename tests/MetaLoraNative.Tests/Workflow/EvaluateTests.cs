@@ -3,6 +3,7 @@ using MetaLoraNative.Cli.Commands;
 using MetaLoraNative.Engine.Backends.Cpu;
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Training;
 using MetaLoraNative.Onnx.Models;
 using MetaLoraNative.Onnx.Scoring;
 using MetaLoraNative.Tests.Testing;
@@ -163,6 +164,18 @@ public sealed class EvaluateTests() : TempFolderTest("evaluate")
         Assert.Contains("[3/3] given/cal: skipped, results exist", rerun.Out);
         Assert.Equal(3, Csv(Path.Combine(output, "results.csv")).Count(r => r[0] == "identity"));
         Assert.DoesNotContain("## Failed", File.ReadAllText(Path.Combine(output, "results.md")));
+    }
+
+    [Fact]
+    public void ASecondRunIntoTheSameMethodFolderIsRefusedNamingTheFirst()
+    {
+        string data = WriteData("ann"), output = Path.Combine(dir, "eval"), loras = WriteLoras("ann");
+        using var first = RunLock.Acquire(Path.Combine(output, "given"), [], _ => { });
+        var run = Run("evaluate", "--data", data, "--out", output, "--models", Path.Combine(dir, "no-models"), "--loras", loras, "--label", "given");
+        Assert.True(run.Code == 2, run.Err);
+        Assert.Contains("another run holds", run.Err);
+        Assert.Contains(first.Path, run.Err);
+        Assert.False(Directory.Exists(Path.Combine(output, "given")));   // nothing written into the held folder
     }
 
     [Fact]
