@@ -126,7 +126,7 @@ public static class EvaluateCommand
                         {
                             string path = Path.Combine(lorasDir, person.Name + ".safetensors");
                             if (!File.Exists(path)) throw new InputException("--loras", $"{path}: no LoRA for identity '{person.Name}'");
-                            var adapter = LoraFiles.Load(path, loaded.Weights.Config, loaded.Backend);
+                            var adapter = LoraFiles.Load(path, loaded.Weights.Config, loaded.Backend, Common.Log);
                             try { LoraCommand.RequireIdentity(adapter, path); }
                             catch { adapter.Dispose(); throw; }
                             return adapter;

@@ -57,7 +57,7 @@ internal static class GenerateCommand
                 if (weights.Blocks.Swapped.Count > 0)
                     throw new Engine.InputException("--swap-blocks", $"baking --lora into the base needs every block on the device, but {weights.Blocks.Swapped.Count} " +
                                                                      "were swapped to host memory; pass --swap-blocks 0 on a device with room for the bf16 base");
-                using var adapter = LoraFiles.Load(loraPath, weights.Config, be);
+                using var adapter = LoraFiles.Load(loraPath, weights.Config, be, Common.Log);
                 LoraCommand.RequireIdentity(adapter, loraPath);
                 LoraFiles.Bake(weights, adapter, 0, r.GetValue(strength));
                 Console.WriteLine($"baked {LoraFiles.Describe(adapter)} at strength {r.GetValue(strength)}");
