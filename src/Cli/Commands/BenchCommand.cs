@@ -53,8 +53,8 @@ internal static class BenchCommand
         public static TrainingShape Step(FluxConfig c, IEnumerable<Example> examples, int batch, LoraMode mode, int rank1, int rank2,
                                          bool trainDown, int identitiesInBatch, int identitiesHeld)
         {
-            var e = examples.ToArray();
-            return new TrainingShape(c, batch, e.Max(x => x.ImageTokens), e.Max(x => x.T5Length), FluxNames.LoraTargets(c), mode, rank1, rank2,
+            var (image, text) = Common.Tokens(examples);
+            return new TrainingShape(c, batch, image, text, FluxNames.LoraTargets(c), mode, rank1, rank2,
                                      trainDown, TrainIdentity: true, identitiesInBatch, identitiesHeld);
         }
 

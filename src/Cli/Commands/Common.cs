@@ -47,6 +47,10 @@ internal static class Common
         HostMemory.Check(FluxLoader.Inspect(model), memory, tokens.Image, tokens.Text, training, available, flag, instead, recompute);
     }
 
+    /// <summary>The largest image and text token counts of a dataset's examples: the step the memory check sizes.</summary>
+    public static (int Image, int Text) Tokens(IEnumerable<Engine.Training.Example> examples) =>
+        examples.Aggregate((Image: 0, Text: 0), (t, e) => (Math.Max(t.Image, e.ImageTokens), Math.Max(t.Text, e.T5Length)));
+
     // Flag checks, run by the parser before any work: a failing value is one `error: --flag: ...` line and exit 2.
     // Each returns its option so a declaration reads `new Option<int>("--rank1") {...}.AtLeast(1)`.
 

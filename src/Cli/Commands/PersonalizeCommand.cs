@@ -72,19 +72,17 @@ internal static class PersonalizeCommand
             {
                 loaded.Models = new ModelSet(dir);
                 loaded.Backend = Common.CreateBackend(r.GetValue(Shared.Device)!);
-                int px = r.GetValue(Resolution) / FluxConfig.PixelsPerToken;
-                Common.CheckHostMemory(r, loaded.Backend, loaded.ModelPath, (px * px, MaxT5Tokens), recompute: r.GetValue(Shared.Recompute) == "on");
                 loaded.MetaDown = downPath is null ? null : LoraFiles.Load(downPath, FluxLoader.Inspect(loaded.ModelPath), loaded.Backend, Common.Log);
                 var examples = planFor?.Invoke(loaded.Models);
+                // The step the memory check and the planner size: the examples' own, or without them (evaluate plans once
+                // for every identity) a square crop at --resolution with the longest T5 context, erring on the side of fitting.
+                int side = r.GetValue(Resolution) / FluxConfig.PixelsPerToken;
+                var (image, text) = examples is { Count: > 0 } ? Common.Tokens(examples) : (side * side, MaxT5Tokens);
+                Common.CheckHostMemory(r, loaded.Backend, loaded.ModelPath, (image, text), recompute: r.GetValue(Shared.Recompute) == "on");
                 var mode = downPath is null ? LoraMode.Standard : LoraMode.Meta;
                 int rank2 = r.GetValue(Rank), rank1 = loaded.MetaDown?.Rank1 ?? rank2;
-                int side = r.GetValue(Resolution) / FluxConfig.PixelsPerToken;
-                // Without the examples (evaluate plans once for every identity) the step is a square crop at
-                // --resolution with the longest T5 context: the planner then errs on the side of fitting.
-                loaded.Weights = Shared.Placement.Load(r, loaded.ModelPath, loaded.Backend, c => examples is { Count: > 0 }
-                        ? BenchCommand.Placement.Step(c, examples, 1, mode, rank1, rank2, mode == LoraMode.Standard, 1, 1)
-                        : new TrainingShape(c, 1, side * side, MaxT5Tokens, FluxNames.LoraTargets(c), mode, rank1, rank2, mode == LoraMode.Standard,
-                                            TrainIdentity: true, 1, 1),
+                loaded.Weights = Shared.Placement.Load(r, loaded.ModelPath, loaded.Backend,
+                    c => new TrainingShape(c, 1, image, text, FluxNames.LoraTargets(c), mode, rank1, rank2, mode == LoraMode.Standard, TrainIdentity: true, 1, 1),
                     RecomputePolicy.Parse(r.GetValue(Shared.Recompute)!));
                 return loaded;
             }

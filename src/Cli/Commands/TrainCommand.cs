@@ -86,8 +86,8 @@ internal static class TrainCommand
             using var _be = be;
             using var _comm = comm;
             using var runLock = comm is null or { Rank: 0 } ? s1.Lock(r) : null;   // rank 0 owns the outputs
-            Common.CheckHostMemory(r, be, r.GetValue(s1.Model)!, LatentDataset.Tokens(r.GetValue(s1.Data)!) ?? (1024, 512), recompute: r.GetValue(s1.Recompute) == "on");
             var people = LatentDataset.LoadIdentities(r.GetValue(s1.Data)!);
+            Common.CheckHostMemory(r, be, r.GetValue(s1.Model)!, Common.Tokens(people.SelectMany(p => p.Examples)), recompute: r.GetValue(s1.Recompute) == "on");
             int batch1 = r.GetValue(bs);
             using var weights = s1.Placement.Load(r, r.GetValue(s1.Model)!, be, c => BenchCommand.Placement.Step(c, people.SelectMany(p => p.Examples), batch1,
                 LoraMode.Meta, r.GetValue(r1), r.GetValue(r2), true, Math.Min(batch1, r.GetValue(perBucket)), people.Count), RecomputePolicy.Parse(r.GetValue(s1.Recompute)!));
@@ -151,8 +151,8 @@ internal static class TrainCommand
             var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
             using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
-            Common.CheckHostMemory(r, be, r.GetValue(s2.Model)!, LatentDataset.Tokens(r.GetValue(s2.Data)!) ?? (1024, 512), recompute: r.GetValue(s2.Recompute) == "on");
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
+            Common.CheckHostMemory(r, be, r.GetValue(s2.Model)!, Common.Tokens(person.Examples), recompute: r.GetValue(s2.Recompute) == "on");
             using var metaDown = LoraFiles.Load(r.GetValue(down)!, FluxLoader.Inspect(r.GetValue(s2.Model)!), be, Common.Log);
             if (metaDown.Mode != LoraMode.Meta)
                 throw new Engine.InputException(r.GetValue(down)!, "is a merged LoRA; --down needs the Meta-Down (lora_down) file Stage 1 wrote");
@@ -200,8 +200,8 @@ internal static class TrainCommand
             var selection = sl.Monitor.PlanSelection(r, null, r.GetValue(lTrigger));
             using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), MonitorFlags.BestPath(outFile));
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
-            Common.CheckHostMemory(r, be, r.GetValue(sl.Model)!, LatentDataset.Tokens(r.GetValue(sl.Data)!) ?? (1024, 512), recompute: r.GetValue(sl.Recompute) == "on");
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
+            Common.CheckHostMemory(r, be, r.GetValue(sl.Model)!, Common.Tokens(person.Examples), recompute: r.GetValue(sl.Recompute) == "on");
             using var weights = sl.Placement.Load(r, r.GetValue(sl.Model)!, be, c => BenchCommand.Placement.Step(c, person.Examples, 1, LoraMode.Standard,
                 r.GetValue(lRank), r.GetValue(lRank), true, 1, 1), RecomputePolicy.Parse(r.GetValue(sl.Recompute)!));
             var opts = new StandardLoraOptions

@@ -49,25 +49,6 @@ public static class LatentDataset
         return new Example(f.ReadFiniteFloats(latentsKey), gh, gw, f.ReadFiniteFloats(t5Key), t5.Shape[0], f.ReadFiniteFloats(pooledKey), path);
     }
 
-    /// <summary>
-    /// The image and text tokens of the first example under <paramref name="folder"/> (an identity folder or a
-    /// Stage-1 root), read from its header alone, for planning before anything is loaded; null when there is no
-    /// readable example (loading then reports what is wrong).
-    /// </summary>
-    public static (int Image, int Text)? Tokens(string folder)
-    {
-        if (!Directory.Exists(folder)) return null;
-        string? first = Directory.EnumerateFiles(folder, "*.safetensors", SearchOption.AllDirectories).Order(StringComparer.Ordinal).FirstOrDefault();
-        if (first is null) return null;
-        try
-        {
-            using var f = SafetensorsFile.Open(first);
-            string? lat = new[] { PackedLatentsKey, OldPackedLatentsKey }.FirstOrDefault(f.Contains), t5 = new[] { T5Key, OldT5Key }.FirstOrDefault(f.Contains);
-            return lat != null && t5 != null && f[lat].Shape is [int l, _] && f[t5].Shape is [int t, _] ? (l, t) : null;
-        }
-        catch (InputException) { return null; }
-    }
-
     public static void SaveIdentity(string folder, Identity id)
     {
         Directory.CreateDirectory(folder);
