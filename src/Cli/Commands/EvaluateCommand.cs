@@ -219,9 +219,7 @@ public static class EvaluateCommand
                 var embedding = text.Encode(prompt);
                 encoded[prompt] = e = (embedding, TrainingOutputs.T5Length(embedding, weights.Config));
             }
-            const int side = FluxConfig.PixelsPerToken;
-            var packed = FluxSampler.Sample(model, e.Embedding.T5, e.T5Length, e.Embedding.Pooled, size / side, size / side, steps, guidance, seed, lora: lora);
-            var image = vae.DecodePacked(packed, size, size);
+            var image = SnapshotSelection.Render(model, lora, e.Embedding, e.T5Length, size, steps, guidance, seed, vae);
             TrainingOutputs.SavePng(image, path);
             return image;
         }
