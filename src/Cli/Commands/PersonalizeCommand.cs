@@ -206,12 +206,12 @@ internal static class PersonalizeCommand
         foreach (var o in f.Shared.WithoutData.Concat(f.Shared.Monitor.Selection)) cmd.Options.Add(o);
         cmd.SetAction(r =>
         {
-            OutputPath.CheckFile(r.GetValue(f.Shared.Out), "--out"); OutputPath.CheckFile(f.Shared.StatePath(r), "--state");
-            var (_, downPath, iterations) = f.Mode(r);
+            string outPath = r.GetValue(f.Shared.Out)!;
+            f.Shared.ProbeOutputs(r);
+            var (standard, downPath, iterations) = f.Mode(r);
             var sweep = ParseSteps(r.GetValue(snapshots), iterations);
             var selection = f.Shared.Monitor.PlanSelection(r, r.GetValue(photo), r.GetValue(prompt), sweep.Length, "--save-every N or --snapshots STEPS");
-            string lockedOut = r.GetValue(f.Shared.Out)!;
-            using var runLock = f.Shared.Lock(r, Path.ChangeExtension(lockedOut, ".kohya.safetensors"), LoraFiles.UnmergedPath(lockedOut), MonitorFlags.BestPath(lockedOut));
+            using var runLock = f.Shared.LockLora(r, unmerged: !standard);
             var phases = new PhaseClock();
             Identity? person = null;   // prepared first, so the memory planner sees the step it plans for
             using var loaded = f.Load(r, downPath, planFor: models =>
@@ -221,7 +221,6 @@ internal static class PersonalizeCommand
             });
             phases.Done("load");
 
-            string outPath = r.GetValue(f.Shared.Out)!;
             var job = f.Job(r, loaded, r.GetValue(photo)!, r.GetValue(prompt)!, outPath, f.Shared.StatePath(r), iterations);
             using var adapter = Personalize(loaded, job, (p, save) => f.Shared.Monitor.Create(r, outPath, loaded.Weights.Config, p.Examples, save, sweep, selection), phases.Done, person);
             phases.PrintTable();

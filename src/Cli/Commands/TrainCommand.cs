@@ -53,6 +53,20 @@ internal static class TrainCommand
         /// <summary>The lock on --out, taken before anything is loaded (<see cref="RunLock"/>); <paramref name="written"/> are the other files the run writes.</summary>
         public RunLock Lock(ParseResult r, params string[] written) => RunLock.Acquire(r.GetValue(Out)!, [StatePath(r), .. written], Common.Log);
 
+        /// <summary>--out and the state file can be written: a probe write in each folder before any work.</summary>
+        public void ProbeOutputs(ParseResult r)
+        {
+            OutputPath.CheckFile(r.GetValue(Out), "--out");
+            OutputPath.CheckFile(StatePath(r), "--state");
+        }
+
+        /// <summary>The lock of a run writing a LoRA to --out: beside it the kohya copy, the selection's best and, with <paramref name="unmerged"/>, the D/M/U file.</summary>
+        public RunLock LockLora(ParseResult r, bool unmerged)
+        {
+            string o = r.GetValue(Out)!;
+            return Lock(r, [Path.ChangeExtension(o, ".kohya.safetensors"), MonitorFlags.BestPath(o), .. unmerged ? [LoraFiles.UnmergedPath(o)] : Array.Empty<string>()]);
+        }
+
         public string StatePath(ParseResult r) => r.GetValue(State) ?? Path.ChangeExtension(r.GetValue(Out)!, ".state.safetensors");
     }
 
@@ -81,7 +95,7 @@ internal static class TrainCommand
             int q = r.GetValue(bucket), qWarmup = r.GetValue(warm) ?? (int)(0.4 * q);
             CheckLeavesWarmup(r.GetValue(total), q, qWarmup, r.GetValue(warmupOnly));
             if (Workers.LaunchIds(r, gpus, ranks) is { } ids) return Workers.Launch(ids);
-            OutputPath.CheckFile(r.GetValue(s1.Out), "--out"); OutputPath.CheckFile(s1.StatePath(r), "--state");
+            s1.ProbeOutputs(r);
             var (be, comm) = Workers.Open(r.GetValue(s1.Device)!);
             using var _be = be;
             using var _comm = comm;
@@ -146,10 +160,9 @@ internal static class TrainCommand
                 throw new Engine.InputException(r.GetValue(s2.Data) is null ? "--data" : "--out", "is required (or --queue FILE, one person per line)");
             if (r.GetValue(queueGpus) is not null || r.GetValue(queueWorkers) is not null)
                 throw new Engine.InputException("--gpus", "--gpus and --workers go with --queue FILE");
-            string outFile = r.GetValue(s2.Out)!;
-            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(s2.StatePath(r), "--state");
+            s2.ProbeOutputs(r);
             var selection = s2.Monitor.PlanSelection(r, null, r.GetValue(trigger2));
-            using var runLock = s2.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), LoraFiles.UnmergedPath(outFile), MonitorFlags.BestPath(outFile));
+            using var runLock = s2.LockLora(r, unmerged: true);
             using var be = Common.CreateBackend(r.GetValue(s2.Device)!);
             var person = LatentDataset.LoadIdentity(r.GetValue(s2.Data)!);
             Common.CheckHostMemory(r, be, r.GetValue(s2.Model)!, Common.Tokens(person.Examples), recompute: r.GetValue(s2.Recompute) == "on");
@@ -195,10 +208,9 @@ internal static class TrainCommand
         foreach (var o in sl.All.Concat(sl.Monitor.Selection)) lora.Options.Add(o);
         lora.SetAction(r =>
         {
-            string outFile = r.GetValue(sl.Out)!;
-            OutputPath.CheckFile(outFile, "--out"); OutputPath.CheckFile(sl.StatePath(r), "--state");
+            sl.ProbeOutputs(r);
             var selection = sl.Monitor.PlanSelection(r, null, r.GetValue(lTrigger));
-            using var runLock = sl.Lock(r, Path.ChangeExtension(outFile, ".kohya.safetensors"), MonitorFlags.BestPath(outFile));
+            using var runLock = sl.LockLora(r, unmerged: false);
             using var be = Common.CreateBackend(r.GetValue(sl.Device)!);
             var person = LatentDataset.LoadIdentity(r.GetValue(sl.Data)!);
             Common.CheckHostMemory(r, be, r.GetValue(sl.Model)!, Common.Tokens(person.Examples), recompute: r.GetValue(sl.Recompute) == "on");
