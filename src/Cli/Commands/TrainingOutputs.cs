@@ -100,13 +100,13 @@ internal static class TrainingOutputs
 /// <summary>The monitor's options (--eval-every, --sample-every, --sample-prompts, --save-every, --keep ...), one set per command.</summary>
 internal sealed class MonitorFlags
 {
-    public Option<int> EvalEvery = new("--eval-every") { Description = "Steps between evaluations (fixed timesteps and noise over the training images), logged as eval_loss in metrics.jsonl; 0: none.", DefaultValueFactory = _ => 0 };
-    public Option<int> SampleEvery = new("--sample-every") { Description = "Steps between sample images (samples/stepNNNNNN_KK.png and a contact sheet per step, FLUX sampler + VAE of the models folder); 0: none.", DefaultValueFactory = _ => 0 };
+    public Option<int> EvalEvery = new Option<int>("--eval-every") { Description = "Steps between evaluations (fixed timesteps and noise over the training images), logged as eval_loss in metrics.jsonl; 0: none.", DefaultValueFactory = _ => 0 }.AtLeast(0);
+    public Option<int> SampleEvery = new Option<int>("--sample-every") { Description = "Steps between sample images (samples/stepNNNNNN_KK.png and a contact sheet per step, FLUX sampler + VAE of the models folder); 0: none.", DefaultValueFactory = _ => 0 }.AtLeast(0);
     public Option<string?> SamplePrompts = new("--sample-prompts") { Description = "Text file with one sample prompt per line (prompt K is sampled with seed K)." };
     public Option<int> SampleSize = new("--sample-size") { Description = $"Sample width and height in pixels (a multiple of {FluxConfig.PixelsPerToken}).", DefaultValueFactory = _ => 512 };
     public Option<int> SampleSteps = new("--sample-steps") { Description = "Euler steps per sample.", DefaultValueFactory = _ => 20 };
-    public Option<int> SaveEvery = new("--save-every") { Description = "Steps between merged LoRA snapshots (OUT.stepNNNNNN.safetensors); 0: none.", DefaultValueFactory = _ => 0 };
-    public Option<int> Keep = new("--keep") { Description = "Keep only the K newest --save-every snapshots; 0 keeps all.", DefaultValueFactory = _ => 0 };
+    public Option<int> SaveEvery = new Option<int>("--save-every") { Description = "Steps between merged LoRA snapshots (OUT.stepNNNNNN.safetensors); 0: none.", DefaultValueFactory = _ => 0 }.AtLeast(0);
+    public Option<int> Keep = new Option<int>("--keep") { Description = "Keep only the K newest --save-every snapshots; 0 keeps all.", DefaultValueFactory = _ => 0 }.AtLeast(0);
     public Option<string?> Models;
     public Option<string?> SelectBy = new Option<string?>("--select-by") { Description = "Score every snapshot (--save-every / --snapshots) by identity and copy the best to OUT.best.safetensors: rfacesim (R-FaceSim against the other photos of --select-photos, FaceSim against the reference when there are none; CLIP-T beside it). Writes selection.csv, selection.md, selection.png; --out stays the last iteration." }
         .AcceptOnlyFromAmong(SnapshotSelection.RFaceSimName);
@@ -150,18 +150,12 @@ internal sealed class MonitorFlags
     public Scope Create(ParseResult r, string outPath, FluxConfig config, IReadOnlyList<Example> evalExamples,
                         Action<LoraAdapter, string> saveSnapshot, IReadOnlyCollection<long>? snapshotSteps = null, SelectionPlan? selection = null)
     {
-        int Positive(Option<int> o)
-        {
-            int v = r.GetValue(o);
-            if (v < 0) throw new InputException(o.Name, $"must be 0 or more, got {v}");
-            return v;
-        }
         string folder = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
         string stem = Path.GetFileNameWithoutExtension(outPath);
         Directory.CreateDirectory(folder);
         var scope = new Scope();
         Action<FluxModel, LoraBinding, long>? sample = null;
-        int sampleEvery = Positive(SampleEvery);
+        int sampleEvery = r.GetValue(SampleEvery);
         if (sampleEvery > 0)
             sample = scope.Sampler(r.GetValue(SamplePrompts), OnnxCommandSupport.ModelsDir(r.GetValue(Models)), config, Path.Combine(folder, "samples"),
                                    r.GetValue(SampleSize), r.GetValue(SampleSteps));
@@ -171,10 +165,10 @@ internal sealed class MonitorFlags
         var options = new MonitorOptions
         {
             MetricsPath = Path.Combine(folder, "metrics.jsonl"),
-            EvalEvery = Positive(EvalEvery), EvalExamples = evalExamples.Take(8).ToList(),
+            EvalEvery = r.GetValue(EvalEvery), EvalExamples = evalExamples.Take(8).ToList(),
             LossPlotPath = Path.Combine(folder, "loss.png"), DrawLossPlot = TrainingOutputs.DrawLoss,
             SampleEvery = sample is null ? 0 : sampleEvery, Sample = sample,
-            SaveEvery = Positive(SaveEvery), Keep = Positive(Keep), SnapshotSteps = snapshotSteps ?? [],
+            SaveEvery = r.GetValue(SaveEvery), Keep = r.GetValue(Keep), SnapshotSteps = snapshotSteps ?? [],
             SnapshotPath = step => Path.Combine(folder, $"{stem}.step{step:D6}.safetensors"), SaveSnapshot = saveSnapshot,
             ScoreSnapshot = scope.Selection is { } s ? s.Score : null,
             LiveLine = Console.IsOutputRedirected ? null : line => Console.Write(line == "\n" ? line : "\r" + line + "\u001b[K"),
