@@ -10,9 +10,11 @@ namespace MetaLoraNative.Engine.Flux;
 public sealed class DoubleBlock
 {
     readonly int heads;
+    readonly Fusions fusions;
 
-    public DoubleBlock(FluxWeights w, int index)
+    public DoubleBlock(FluxWeights w, int index, Fusions fusions = Fusions.None)
     {
+        this.fusions = fusions;
         string p = $"double_blocks.{index}";
         heads = w.Config.NumHeads;
         Img = new StreamWeights(w, $"{p}.img");

@@ -25,8 +25,10 @@ public sealed record FluxInputs(Tensor Img, Tensor ImgIds, Tensor Txt, Tensor Tx
 /// </summary>
 public sealed class FluxModel
 {
-    public FluxModel(FluxWeights weights)
+    /// <param name="fusions">Which fused elementwise forms to issue; null reads METALORA_FUSE (unset: none).</param>
+    public FluxModel(FluxWeights weights, Fusions? fusions = null)
     {
+        Fusions = fusions ?? FusionSettings.FromEnvironment();
         Config = weights.Config;
         Backend = weights.Backend;
         ImgIn = Linear.From(weights, "img_in");
@@ -36,13 +38,15 @@ public sealed class FluxModel
         TxtIn = Linear.From(weights, "txt_in");
         Blocks = weights.Blocks;
         BaseDType = weights.BaseDType;
-        DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(Blocks.For(BlockId.Double(i), weights), i)).ToArray();
-        SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(Blocks.For(BlockId.Single(i), weights), i)).ToArray();
+        DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(Blocks.For(BlockId.Double(i), weights), i, Fusions)).ToArray();
+        SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(Blocks.For(BlockId.Single(i), weights), i, Fusions)).ToArray();
         FinalLayer = new LastLayer(weights);
     }
 
     public FluxConfig Config { get; }
     public IBackend Backend { get; }
+    /// <summary>The fused elementwise forms this model issues (<see cref="Flux.Fusions"/>); the blocks read it.</summary>
+    public Fusions Fusions { get; }
     public Linear ImgIn { get; }
     public MlpEmbedder TimeIn { get; }
     public MlpEmbedder VectorIn { get; }

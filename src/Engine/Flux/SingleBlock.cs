@@ -7,8 +7,9 @@ namespace MetaLoraNative.Engine.Flux;
 /// linear2 maps [attention, gelu(mlp)] back to C. Names follow BFL's SingleStreamBlock.
 /// Shapes: B batch, L = L_txt + L_img, C hidden, mlp the MLP width.
 /// </summary>
-public sealed class SingleBlock(FluxWeights w, int index)
+public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusions.None)
 {
+    readonly Fusions fusions = fusions;
     readonly int hidden = w.Config.HiddenSize, mlpHidden = w.Config.MlpHiddenDim, heads = w.Config.NumHeads;
 
     public Modulation Modulation { get; } = new(Linear.From(w, $"single_blocks.{index}.modulation.lin"));
