@@ -63,6 +63,16 @@ public interface IBackend : IDisposable
     /// </summary>
     void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f);
 
+    /// <summary>
+    /// Many independent <see cref="GemmSlice"/> products in one call: for each entry, c's block = alpha · op(a's block)
+    /// · op(b's block) + beta · c's block. No entry's c may overlap another entry's a, b or c (the entries may run in any
+    /// order, or all at once). With beta = 0, c's old contents are ignored. The fused Stage-2 LoRA forms every
+    /// target's A = M·D in one call and makes every dM += Gⱼ·Dᵀ of a backward in another
+    /// (<c>METALORA_LORA_GROUPED=1</c>, FusedStage2Cache); on CUDA the fp32 entries are one launch of
+    /// kernels/dev/gemm/02_grouped.cu when <c>CudaBackend.GroupedGemm</c> is on.
+    /// </summary>
+    void GemmGroup(IReadOnlyList<GemmEntry> entries);
+
     // ---------------------------------------------------------------- Elementwise
 
     /// <summary>acc += alpha · x (same element count).</summary>
@@ -270,6 +280,15 @@ public readonly record struct MatrixSlice(Tensor Tensor, long Row, long Rows, in
     }
 
     public override string ToString() => $"rows [{Row}, {Row + Rows}) × cols [{Column}, {Column + Columns}) of {Tensor}";
+}
+
+/// <summary>One product of <see cref="IBackend.GemmGroup"/>: c = alpha · op(a) · op(b) + beta · c on the three blocks.</summary>
+public readonly record struct GemmEntry(MatrixSlice A, bool TransA, MatrixSlice B, bool TransB, MatrixSlice C, float Alpha = 1f, float Beta = 0f)
+{
+    /// <summary>(M, N, K) of the product: op(a) (M × K), op(b) (K × N), c (M × N).</summary>
+    public (long M, long N, long K) Dims => (TransA ? A.Columns : A.Rows, TransB ? B.Rows : B.Columns, TransA ? A.Rows : A.Columns);
+
+    public override string ToString() => $"c {C} = {Alpha}·a{(TransA ? "ᵀ" : "")} {A} · b{(TransB ? "ᵀ" : "")} {B} + {Beta}·c";
 }
 
 /// <summary>Hyper-parameters of one AdamW update.</summary>

@@ -80,6 +80,8 @@ public sealed partial class CudaBackend
         Expect(nameof(AdamWParams), sizeof(AdamWParams), 80);
         Expect(nameof(SumSquaresRanges), sizeof(SumSquaresRanges), 200);
         Expect(nameof(AdamWRanges), sizeof(AdamWRanges), 480);
+        Expect(nameof(GroupedEntry), sizeof(GroupedEntry), 64);
+        Expect(nameof(GroupedParams), sizeof(GroupedParams), 16);
     }
 
     /// <summary>A kernel argument: any 4- or 8-byte scalar held in a 64-bit slot (little-endian, so 32-bit reads work).</summary>

@@ -108,6 +108,7 @@ public sealed partial class CudaBackend : IBackend
         catch (CudaException) { /* a sticky error: release what we can */ }
         disposed = true;
         DisposeGemmCache();
+        DisposeGroupedTables();
         DisposeModules();
         blasLt.Dispose();
         Pool.Dispose();

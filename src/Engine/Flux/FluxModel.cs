@@ -252,6 +252,7 @@ public sealed class FluxModel
         dJoint.Dispose();
         (dImg, dTxt) = DoubleBlocksBackward(s, dImg, dTxt, lora);
         dTxt.Dispose();             // txt_in is not trained
+        lora?.FinishBackward();     // the LoRA's deferred products (grouped dM), before anyone reads the gradients
         return dImg;
     }
 

@@ -6,6 +6,8 @@ namespace MetaLoraNative.Engine.Lora;
 // slice [s, s+rows) and a's columns [o, o+r2):
 //   forward   a = x·Aᵀ (n, Σ r2): one GEMM per module     y[:, s:s+rows] += a[:, o:o+r2]·Uᵀ
 //   backward  dU += dyₛᵀ·aⱼ   dmid[:, o:o+r2] = dyₛ·U   G = dmidᵀ·x (Σ r2, d_in)   dM += Gⱼ·Dᵀ (r2, r1)   dx += dmid·A
+// With METALORA_LORA_GROUPED=1 (FusedStage2Cache.Grouped) every target's A is formed in one GemmGroup and the dM
+// products wait for FinishBackward, the end of the backward, to run as one more.
 // since (x·Dᵀ)·Mᵀ = x·(M·D)ᵀ and dmidᵀ·(x·Dᵀ) = (dmidᵀ·x)·Dᵀ. At r1 16, r2 1 no (n, r1) product is made: the down
 // product's FLOPs drop r1/r2-fold, and every slice (y's and dy's columns, a group's rows, a target's rows of A or G)
 // is read or written in place through GemmSlice, so no Narrow, Concat or AddNarrow copy is made. A training forward
@@ -59,7 +61,20 @@ public sealed partial class LoraBinding
                 if (a != null) be.GemmSlice(dyS, true, MatrixSlice.ColumnsOf(a, o, r2), false, U.Grad, 1f, 1f);   // dU += dyₛᵀ·aⱼ
                 be.GemmSlice(dyS, false, U.Value, false, MatrixSlice.ColumnsOf(dmid, o, r2));      // dmidⱼ = dyₛ·U
             }
-            if (TrainIdentity)
+            if (TrainIdentity && Adapter.MergedDowns.Grouped)
+            {
+                // G kept by the cache until FinishBackward issues every dM += Gⱼ·Dᵀ of the backward as one GemmGroup
+                var cache = Adapter.MergedDowns;
+                var g = cache.DeferredG(module, gi, A.Shape[0], A.Shape[1]);                       // (Σ r2, d_in), reused
+                be.GemmSlice(dmid, true, xg, false, g);                                            // G = dmidᵀ·x (beta 0: all of g)
+                for (int j = 0, o = 0; j < targets.Length; o += factors.Up[targets[j]].Shape[1], j++)
+                {
+                    var M = factors.Mid[targets[j]]!;                                              // (r2, r1)
+                    cache.Defer(new GemmEntry(new MatrixSlice(g, o, M.Shape[0], 0, A.Shape[1]), false,
+                                              Adapter.Down[targets[j]].Value, true, M.Grad, 1f, 1f));   // dM += Gⱼ·Dᵀ, deferred
+                }
+            }
+            else if (TrainIdentity)
             {
                 using var g = be.Zeros([A.Shape[0], A.Shape[1]], Precision.Master);                // (Σ r2, d_in)
                 be.GemmSlice(dmid, true, xg, false, g);                                            // G = dmidᵀ·x
@@ -72,6 +87,16 @@ public sealed partial class LoraBinding
             }
             if (dx != null) be.GemmSlice(dmid, false, A, false, GroupRows(dx, start, count), 1f, 1f);   // dx += dmid·A
         }
+    }
+
+    /// <summary>
+    /// Ends a backward: the fused path's deferred dM products (METALORA_LORA_GROUPED=1) are issued, as one GemmGroup.
+    /// FluxModel's backward calls it; a caller that runs <see cref="Backward"/> module by module calls it before it
+    /// reads the M gradients. Nothing to do on the stacked path or with grouping off.
+    /// </summary>
+    public void FinishBackward()
+    {
+        if (Path == LoraPath.Fused) Adapter.MergedDowns.FinishBackward();
     }
 
     /// <summary>

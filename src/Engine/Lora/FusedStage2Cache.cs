@@ -17,6 +17,17 @@ namespace MetaLoraNative.Engine.Lora;
 /// n·Σ r2 values per module (about 8 MB for a flux-dev step at 1024²). A kept a is handed only to the backward of the
 /// same binding, module, group and x tensor (a recomputed block passes a new x, so it recomputes a); a new forward
 /// of the module replaces it, and the adapter's disposal frees what no backward took.
+///
+/// Grouped (<see cref="Grouped"/>, METALORA_LORA_GROUPED=1; off by default): the first stale lookup of a step forms
+/// the A of every module of the identity whose factors moved in one <see cref="IBackend.GemmGroup"/> call (494
+/// products in one launch at flux-dev instead of 494 launches), into stacked A tensors kept from step to step (formed
+/// again in place, so the grouped kernel's table of pointers stays the same and is not uploaded again). And the
+/// backward's dM += Gⱼ·Dᵀ are deferred (<see cref="DeferredG"/>, <see cref="Defer"/>) to one GemmGroup at the end
+/// of the backward (<see cref="FinishBackward"/>, which FluxModel's backward calls through its binding): G then
+/// has to outlive its module's backward, so each (module, group) keeps its G (Σ r2, d_in) in fp32 here from step to
+/// step (about 8 MB at flux-dev with r2 1), instead of a fresh one per module backward that the per-module products
+/// read at once. A second backward of the same module and group before the flush flushes first, so a G is never
+/// overwritten while products that read it are pending.
 /// </summary>
 public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
 {
@@ -28,20 +39,50 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
     /// <param name="Versions">M's and D's version of each target, in target order (M_0, D_0, M_1, D_1, ...).</param>
     sealed record Entry(Tensor A, (int, int)[] Versions);
 
-    /// <summary>Targets' A formed so far (each formation is one GEMM): the tests and the launch count read it.</summary>
+    readonly Dictionary<(string Module, int Group), Tensor> gradients = [];
+    readonly HashSet<(string Module, int Group)> deferredSlots = [];
+    readonly List<GemmEntry> deferred = [];
+
+    /// <summary>Targets' A formed so far (each formation is one GEMM, or one entry of a grouped call): the tests and the launch count read it.</summary>
     public long Formations { get; private set; }
 
-    /// <summary>The stacked A (Σ r2, d_in) of one identity's targets in a module, formed when any of its M or D moved.</summary>
-    public Tensor StackedA(int identity, string module, ReadOnlySpan<int> targets)
+    /// <summary>GemmGroup calls made: grouped A formations and flushes of deferred dM products.</summary>
+    public long GroupCalls { get; private set; }
+
+    /// <summary>Whether A formation and the backward's dM products are grouped (see the class summary); default from METALORA_LORA_GROUPED.</summary>
+    public bool Grouped { get; set; } = GroupedFromEnvironment();
+
+    /// <summary>METALORA_LORA_GROUPED: unset, "" or "0" → off (today's path); "1" → grouped.</summary>
+    public static bool GroupedFromEnvironment() => Environment.GetEnvironmentVariable("METALORA_LORA_GROUPED") switch
     {
-        var factors = adapter.Identities[identity];
+        null or "" or "0" => false,
+        "1" => true,
+        var v => throw new InputException("METALORA_LORA_GROUPED", $"METALORA_LORA_GROUPED={v}: expected 0 or 1"),
+    };
+
+    (int, int)[] VersionsOf(IdentityFactors factors, ReadOnlySpan<int> targets)
+    {
         var versions = new (int, int)[2 * targets.Length];
         for (int j = 0; j < targets.Length; j++)
         {
             versions[2 * j] = Mid(factors, targets[j]).Version;
             versions[2 * j + 1] = adapter.Down[targets[j]].Version;
         }
+        return versions;
+    }
+
+    /// <summary>The stacked A (Σ r2, d_in) of one identity's targets in a module, formed when any of its M or D moved.</summary>
+    public Tensor StackedA(int identity, string module, ReadOnlySpan<int> targets)
+    {
+        var factors = adapter.Identities[identity];
+        var versions = VersionsOf(factors, targets);
         var key = (identity, module);
+        if (Grouped)
+        {
+            if (entries.TryGetValue(key, out var current) && current.Versions.AsSpan().SequenceEqual(versions)) return current.A;
+            FormAll(identity);
+            return entries[key].A;
+        }
         if (entries.TryGetValue(key, out var cached))
         {
             if (cached.Versions.AsSpan().SequenceEqual(versions)) return cached.A;
@@ -60,6 +101,79 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
         Formations += targets.Length;
         entries[key] = new(a, versions);
         return a;
+    }
+
+    /// <summary>
+    /// Grouped formation: A = M·D for every target of every module of the identity whose M or D moved, in one
+    /// GemmGroup. A module's stacked A is kept and written again in place (beta 0) when its shape is unchanged.
+    /// </summary>
+    void FormAll(int identity)
+    {
+        var factors = adapter.Identities[identity];
+        var be = adapter.Backend;
+        var products = new List<GemmEntry>();
+        foreach (var module in adapter.Modules)
+        {
+            var targets = adapter.TargetsOf(module);
+            var versions = VersionsOf(factors, targets);
+            var key = (identity, module);
+            int dIn = adapter.Down[targets[0]].Shape[1], rows = 0;
+            foreach (int t in targets) rows += Mid(factors, t).Shape[0];
+            Tensor a;
+            if (entries.TryGetValue(key, out var cached))
+            {
+                if (cached.Versions.AsSpan().SequenceEqual(versions)) continue;
+                if (cached.A.Shape[0] == rows && cached.A.Shape[1] == dIn) a = cached.A;
+                else
+                {
+                    cached.A.Dispose();
+                    a = be.Zeros([rows, dIn], Precision.Master);
+                }
+            }
+            else a = be.Zeros([rows, dIn], Precision.Master);
+            for (int j = 0, row = 0; j < targets.Length; row += Mid(factors, targets[j]).Shape[0], j++)
+            {
+                var m = Mid(factors, targets[j]).Value;                                             // (r2, r1)
+                products.Add(new(m, false, adapter.Down[targets[j]].Value, false, new MatrixSlice(a, row, m.Shape[0], 0, dIn)));   // A_j = M·D
+            }
+            Formations += targets.Length;
+            entries[key] = new(a, versions);
+        }
+        if (products.Count == 0) return;
+        be.GemmGroup(products);
+        GroupCalls++;
+    }
+
+    /// <summary>
+    /// Grouped backward: the G (Σ r2, d_in), fp32, of a module's group, kept here so that the dM products that read it
+    /// can wait for <see cref="FinishBackward"/>. When this slot still has pending products they are issued first.
+    /// </summary>
+    public Tensor DeferredG(string module, int group, int rows, int dIn)
+    {
+        var slot = (module, group);
+        if (deferredSlots.Contains(slot)) FinishBackward();
+        deferredSlots.Add(slot);
+        if (gradients.TryGetValue(slot, out var g))
+        {
+            if (g.Shape[0] == rows && g.Shape[1] == dIn) return g;
+            g.Dispose();
+        }
+        return gradients[slot] = adapter.Backend.Zeros([rows, dIn], Precision.Master);
+    }
+
+    /// <summary>Queues one dM += Gⱼ·Dᵀ (reading a <see cref="DeferredG"/>) for <see cref="FinishBackward"/>.</summary>
+    public void Defer(in GemmEntry product) => deferred.Add(product);
+
+    /// <summary>The deferred dM products of the backward so far, as one GemmGroup; nothing when none is pending.</summary>
+    public void FinishBackward()
+    {
+        if (deferred.Count > 0)
+        {
+            adapter.Backend.GemmGroup(deferred);
+            GroupCalls++;
+        }
+        deferred.Clear();
+        deferredSlots.Clear();
     }
 
     /// <summary>Drops the entries of identities not in <paramref name="identities"/> (the current binding's).</summary>
@@ -99,5 +213,9 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
         entries.Clear();
         foreach (var k in kept.Values) k.A.Dispose();
         kept.Clear();
+        foreach (var g in gradients.Values) g.Dispose();
+        gradients.Clear();
+        deferred.Clear();
+        deferredSlots.Clear();
     }
 }

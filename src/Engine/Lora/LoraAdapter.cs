@@ -43,6 +43,7 @@ public sealed class LoraAdapter : IDisposable
 {
     readonly List<IdentityFactors> identities = [];
     readonly Dictionary<string, int[]> targetsByModule;
+    readonly string[] modules;
 
     public LoraAdapter(IBackend backend, FluxConfig config, IReadOnlyList<LoraTarget> targets, LoraMode mode, int rank1, int rank2, LoraParameter[] down)
     {
@@ -56,6 +57,7 @@ public sealed class LoraAdapter : IDisposable
         Down = down;
         targetsByModule = Enumerable.Range(0, targets.Count).GroupBy(i => targets[i].BflModule)
                                     .ToDictionary(g => g.Key, g => g.ToArray());
+        modules = [.. targets.Select(t => t.BflModule).Distinct()];
     }
 
     public IBackend Backend { get; }
@@ -71,6 +73,9 @@ public sealed class LoraAdapter : IDisposable
     /// <summary>The fused Stage-2 path's merged downs A = M·D, made on first use and freed with the adapter.</summary>
     public FusedStage2Cache MergedDowns => mergedDowns ??= new(this);
     FusedStage2Cache? mergedDowns;
+
+    /// <summary>The BFL linears that hold at least one target, in target order.</summary>
+    public IReadOnlyList<string> Modules => modules;
 
     /// <summary>Target indices living in one BFL linear, or empty.</summary>
     public ReadOnlySpan<int> TargetsOf(string bflModule) =>

@@ -63,6 +63,33 @@ public sealed partial class CudaBackend
         Matmul("gemm_slice", OperandOf(a, "a"), transA, OperandOf(b, "b"), transB, OperandOf(c, "c"), alpha, beta, null);
     }
 
+    /// <summary>
+    /// The entries of a GemmGroup: with <see cref="GroupedGemm"/> the fp32 ones in one launch of version 2
+    /// (kernels/dev/gemm/02_grouped.cu, src/Kernels/Dev/CudaBackend.GemmGrouped.cs); otherwise each entry as GemmSlice runs it.
+    /// </summary>
+    public void GemmGroup(IReadOnlyList<GemmEntry> entries)
+    {
+        using var _ = Op("gemm_group");
+        var ops = new (Operand A, bool TransA, Operand B, bool TransB, Operand C, float Alpha, float Beta)[entries.Count];
+        for (int i = 0; i < entries.Count; i++)
+        {
+            var e = entries[i];
+            e.A.Check("gemm_group", "a");
+            e.B.Check("gemm_group", "b");
+            e.C.Check("gemm_group", "c");
+            var (m, n, k) = e.Dims;
+            long kb = e.TransB ? e.B.Columns : e.B.Rows;
+            Shapes.Require(k == kb && e.C.Rows == m && e.C.Columns == n, $"gemm_group: entry {i}: op(a) {m}×{k} · op(b) {kb}×{n} into c {e.C.Rows}×{e.C.Columns}");
+            ops[i] = (OperandOf(e.A, "a"), e.TransA, OperandOf(e.B, "b"), e.TransB, OperandOf(e.C, "c"), e.Alpha, e.Beta);
+        }
+        if (GroupedGemm)
+        {
+            GemmGroupGrouped("gemm_group", ops);
+            return;
+        }
+        foreach (var o in ops) Matmul("gemm_group", o.A, o.TransA, o.B, o.TransB, o.C, o.Alpha, o.Beta, null);
+    }
+
     Operand OperandOf(MatrixSlice s, string what) => Slice(T(s.Tensor, what), s);
 
     static Operand Slice(CudaTensor t, MatrixSlice s) => new(t, s.Offset, s.Rows, s.Columns, s.Tensor.Cols);

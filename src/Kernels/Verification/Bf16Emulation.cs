@@ -115,6 +115,12 @@ public sealed class Bf16EmulationBackend : IBackend
         if (E(c.Tensor).Precision == Precision.Compute) RoundInPlace(ic.Tensor);   // the rest of c is bf16 already
     }
 
+    /// <summary>The entries one by one, each stored as GemmSlice stores it (the grouped kernel reads and writes fp32 entries as they are).</summary>
+    public void GemmGroup(IReadOnlyList<GemmEntry> entries)
+    {
+        foreach (var e in entries) GemmSlice(e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta);
+    }
+
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
     {
         using var rx = Bf16(x);

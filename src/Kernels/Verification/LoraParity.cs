@@ -121,6 +121,7 @@ public static partial class CudaParity
         using var dy = be.Upload(SampleRows("lora.dy", samples, dOut), samples, LoraTokens, dOut);
         using var dx = be.Zeros(samples, LoraTokens, dIn);
         binding.Backward(kind.Module, x, dy, dx);
+        binding.FinishBackward();
         return new LoraRun(be.DownloadDouble(y), be.DownloadDouble(dx),
             [.. parameters.Select(p => (p.Name, be.DownloadDouble(p.Grad)))]);
 

@@ -1,4 +1,6 @@
 using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Backends.Cpu;
+using MetaLoraNative.Tests.Testing;
 using Xunit.Abstractions;
 
 namespace MetaLoraNative.Tests.Cpu;
@@ -229,4 +231,116 @@ public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
         var dy = be.Upload(r.Normal(B * L * 2 * C), B, L, 2 * C);
         return [be.DownloadDouble(be.Linear(x, w, bias)), be.DownloadDouble(be.LinearBackward(dy, w))];
     });
+
+    // ---------------------------------------------------------------- GemmGroup
+
+    /// <summary>(M, N, K, transA, transB, alpha, beta): every transpose, beta 0 and 1, the fused Stage-2 LoRA's two uses.</summary>
+    static readonly (int M, int N, int K, bool TA, bool TB, float Alpha, float Beta)[] GroupSpecs =
+    [
+        (1, 40, 6, false, false, 1f, 0f),     // A = M·D (r2 1)
+        (2, 40, 6, false, false, 1f, 0f),     // A = M·D (r2 2)
+        (1, 6, 40, false, true, 1f, 1f),      // dM += G·Dᵀ
+        (5, 9, 13, true, false, 0.5f, 1f),
+        (4, 7, 3, true, true, -2f, 0f),
+        (3, 11, 17, false, true, 1f, 0f),
+        (6, 5, 8, false, false, 1f, 1f),
+    ];
+
+    /// <summary>
+    /// The specs' operands as blocks of wider tensors (a and b at row 1, column 2; every c a row block of one shared c
+    /// at column 1, as the stacked A is) and the entries; c starts random, so beta 1 reads it and beta 0 must ignore it.
+    /// </summary>
+    static (Tensor[] Owned, Tensor C, GemmEntry[] Entries) GroupCase(IBackend be, TestData r)
+    {
+        int rows = GroupSpecs.Sum(s => s.M), width = GroupSpecs.Max(s => s.N) + 3;
+        var c = be.Upload(r.Normal(rows * width), rows, width);
+        var owned = new List<Tensor> { c };
+        var entries = new List<GemmEntry>();
+        int row = 0;
+        foreach (var (m, n, k, ta, tb, alpha, beta) in GroupSpecs)
+        {
+            int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+            var a = be.Upload(r.Normal((ar + 2) * (ac + 3)), ar + 2, ac + 3);
+            var b = be.Upload(r.Normal((br + 2) * (bc + 3)), br + 2, bc + 3);
+            owned.Add(a);
+            owned.Add(b);
+            entries.Add(new GemmEntry(new MatrixSlice(a, 1, ar, 2, ac), ta, new MatrixSlice(b, 1, br, 2, bc), tb, new MatrixSlice(c, row, m, 1, n), alpha, beta));
+            row += m;
+        }
+        return ([.. owned], c, [.. entries]);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void GemmGroupEqualsEntryByEntryGemmSlice(bool fp64)
+    {
+        using var be = fp64 ? CpuBackend.F64() : CpuBackend.F32();
+        var (grouped, gc, ge) = GroupCase(be, new TestData(5));
+        var (single, sc, se) = GroupCase(be, new TestData(5));
+        be.GemmGroup(ge);
+        foreach (var e in se) be.GemmSlice(e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta);
+        var expected = be.DownloadDouble(sc);
+        Assert.Equal(expected, be.DownloadDouble(gc));   // the same products in the same order: bit for bit
+        var (_, fresh, _) = GroupCase(be, new TestData(5));
+        Assert.NotEqual(be.DownloadDouble(fresh), expected);
+        foreach (var t in grouped.Concat(single)) t.Dispose();
+    }
+
+    [Fact]
+    public void GemmGroupMatchesTheNaiveProductAndLeavesTheRestOfCUntouched()
+    {
+        var (owned, c, entries) = GroupCase(_be, new TestData(8));
+        var before = Down(c);
+        var expected = (double[])before.Clone();
+        int width = c.Shape[1];
+        foreach (var e in entries)
+        {
+            var a = Down(e.A.Tensor);
+            var b = Down(e.B.Tensor);
+            var (m, n, k) = e.Dims;
+            double A(long i, long p) => e.TransA ? a[(e.A.Row + p) * e.A.Tensor.Cols + e.A.Column + i] : a[(e.A.Row + i) * e.A.Tensor.Cols + e.A.Column + p];
+            double Bm(long p, long j) => e.TransB ? b[(e.B.Row + j) * e.B.Tensor.Cols + e.B.Column + p] : b[(e.B.Row + p) * e.B.Tensor.Cols + e.B.Column + j];
+            for (long i = 0; i < m; i++)
+                for (long j = 0; j < n; j++)
+                {
+                    double dot = 0;
+                    for (long p = 0; p < k; p++) dot += A(i, p) * Bm(p, j);
+                    long ci = (e.C.Row + i) * width + e.C.Column + j;
+                    expected[ci] = e.Alpha * dot + (e.Beta != 0 ? e.Beta * before[ci] : 0);
+                }
+        }
+        _be.GemmGroup(entries);
+        Close(expected, Down(c), Tight, "c of every entry, and the cells around them");
+        Assert.Contains(entries, e => e.Beta == 0);
+        Assert.Contains(entries, e => e.Beta == 1);
+        foreach (var t in owned) t.Dispose();
+    }
+
+    [Fact]
+    public void GemmGroupFp32MatchesFp64() => Fp32MatchesFp64("GemmGroup", (be, r) =>
+    {
+        var (_, c, entries) = GroupCase(be, r);
+        be.GemmGroup(entries);
+        return [be.DownloadDouble(c)];
+    });
+
+    [Fact]
+    public void GemmGroupChecksEveryEntryBeforeComputingAndCountsOneGemm()
+    {
+        using var be = CpuBackend.F64();
+        var (owned, c, entries) = GroupCase(be, new TestData(2));
+        var before = be.DownloadDouble(c);
+        var bad = entries[0] with { C = new MatrixSlice(c, c.Shape[0] - 1, 2, 0, entries[0].C.Columns) };   // one row past the end
+        var e = Assert.Throws<ArgumentException>(() => be.GemmGroup([.. entries, bad]));
+        Assert.Contains("GemmGroup", e.Message);
+        Assert.Equal(before, be.DownloadDouble(c));   // nothing written
+        var counters = be.Counters!;
+        var snap = counters.Snapshot();
+        be.GemmGroup(entries);
+        var counted = Engine.Benchmarks.LaunchCounters.Sum(Engine.Benchmarks.LaunchCounters.Between(snap, counters.Snapshot()).Values);
+        Assert.Equal(1, counted.GemmCount);   // one launch on a GPU, however many entries
+        be.GemmGroup([]);
+        foreach (var t in owned) t.Dispose();
+    }
 }

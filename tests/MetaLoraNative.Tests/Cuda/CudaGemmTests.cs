@@ -15,6 +15,13 @@ public class CudaGemmTests(ITestOutputHelper output)
     [MemberData(nameof(Checks))]
     public void MatchesTheOracle(string check) => Parity.Run(check, output);
 
+    public static TheoryData<string> DevChecks() => Parity.DevChecks("Gemm");
+
+    /// <summary>The GEMM group's version 2 (kernels/dev/gemm/02_grouped.cu): mixed entries and FLUX.1-dev's 494 targets.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(DevChecks))]
+    public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);
+
     [SkippableFact]
     public void MismatchedShapesFailNamingTheOp()
     {

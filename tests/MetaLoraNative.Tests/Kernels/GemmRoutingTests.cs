@@ -109,7 +109,9 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Every product of one flux-dev Stage-2 step (batch 1, 512 text tokens, 494 targets, r1 16, r2 1) through the
     /// real model, LoRA binding and trainer on the shape-only backend, with the LoRA on the given path.
     /// </summary>
-    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path)
+    /// <param name="grouped">FusedStage2Cache.Grouped (METALORA_LORA_GROUPED=1): A formation and dM as two GemmGroups.</param>
+    /// <param name="steps">steps run; the backend counts only the last (2: a steady step, whose A is formed again after AdamW).</param>
+    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, bool grouped = false, int steps = 1)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
@@ -120,9 +122,14 @@ public class GemmRoutingTests(ITestOutputHelper output)
         var down = targets.Select(t => new LoraParameter(LoraAdapter.DownKey(t, LoraMode.Meta), be.Zeros([16, t.InFeatures], Precision.Master))).ToArray();
         var adapter = new LoraAdapter(be, c, targets, LoraMode.Meta, 16, 1, down);
         adapter.AddIdentity("photo", 1);
+        adapter.MergedDowns.Grouped = grouped;
         var example = new Example(new float[grid * grid * c.InChannels], grid, grid, new float[textTokens * c.ContextInDim], textTokens, new float[c.VecInDim]);
-        var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true, path);
-        Trainer.Step(model, binding, [example], new TrainOptions { BatchSize = 1, Seed = 1, Recompute = RecomputePolicy.Off }, 0, recompute: false);
+        for (int step = 0; step < steps; step++)
+        {
+            if (step == steps - 1) be.Reset();
+            var binding = new LoraBinding(adapter, [0], trainDown: false, trainIdentity: true, path);
+            Trainer.Step(model, binding, [example], new TrainOptions { BatchSize = 1, Seed = 1, Recompute = RecomputePolicy.Off }, step, recompute: false);
+        }
         return (be, targets.Count, targets.Select(t => t.BflModule).Distinct().Count());
     }
 
@@ -216,10 +223,45 @@ public class GemmRoutingTests(ITestOutputHelper output)
         Assert.True(stacked.LayoutOps - fused.LayoutOps >= targets, $"layout copies: stacked {stacked.LayoutOps}, fused {fused.LayoutOps}");
     }
 
+    /// <summary>
+    /// Grouping (METALORA_LORA_GROUPED=1) on the fused path of a steady flux-dev Stage-2 step (the second, after an
+    /// AdamW update moved every M): the same LoRA products (shapes, transposes, accumulation), but the 494 A = M·D
+    /// formations and the 494 dM += Gⱼ·Dᵀ are one GemmGroup each, so 986 launches fewer; and the stacked A and G
+    /// kept from step to step take 608 memsets out (the ungrouped path allocates both afresh each step).
+    /// docs/PERF.md, "Grouped A formation and dM", quotes the printed figures.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(1024)]
+    public void FluxDevStage2StepGroupsFormationAndDm(int resolution)
+    {
+        var (plain, targets, modules) = Stage2Step(resolution, LoraPath.Fused, grouped: false, steps: 2);
+        var (grouped, _, _) = Stage2Step(resolution, LoraPath.Fused, grouped: true, steps: 2);
+        static int GemmLaunches(ShapeBackend be) => be.Products.Count(p => !p.Grouped) + be.GroupCalls;
+        int lp = GemmLaunches(plain), lg = GemmLaunches(grouped);
+        int allP = lp + plain.LayoutOps + plain.Fills, allG = lg + grouped.LayoutOps + grouped.Fills;
+        output.WriteLine($"flux-dev {resolution}², fused path, a steady Stage-2 step ({targets} targets in {modules} modules):");
+        output.WriteLine($"  grouping  GEMMs  GEMM launches  grouped calls (entries)  layout copies  memsets  launches in all");
+        foreach (var (name, be, l, all) in new[] { ("off", plain, lp, allP), ("on", grouped, lg, allG) })
+            output.WriteLine($"  {name,-8}  {be.Products.Count,5}  {l,13}  {be.GroupCalls,5} ({be.Products.Count(p => p.Grouped),4})  {be.LayoutOps,13}  {be.Fills,7}  {all,15}");
+        output.WriteLine($"  saving    {lp - lg} GEMM launches, {plain.Fills - grouped.Fills} memsets: {allP - allG} launches per step");
+
+        // the same products, in any order: only how they are issued changes
+        static string Key(Product p) => $"{p.Problem} {p.Frozen} {p.Accumulate}";
+        Assert.Equal(plain.Products.Select(Key).Order(), grouped.Products.Select(Key).Order());
+        Assert.Equal(2, grouped.GroupCalls);
+        Assert.Equal(2 * targets, grouped.Products.Count(p => p.Grouped));
+        Assert.Equal(2 * targets - 2, lp - lg);
+        Assert.Equal(plain.LayoutOps, grouped.LayoutOps);
+        Assert.Equal(2 * modules, plain.Fills - grouped.Fills);   // a fresh A and a fresh G per module and step
+        Assert.Equal(0, plain.GroupCalls);
+    }
+
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
     /// <param name="Frozen">b is a frozen model weight (a W0 product); otherwise a LoRA product.</param>
     /// <param name="Accumulate">beta ≠ 0: c is read as well as written.</param>
-    internal sealed record Product(string Op, GemmProblem Problem, bool Bias, bool Frozen = false, bool Accumulate = false);
+    /// <param name="Grouped">an entry of a GemmGroup: the group is one launch, counted by <see cref="ShapeBackend.GroupCalls"/>.</param>
+    internal sealed record Product(string Op, GemmProblem Problem, bool Bias, bool Frozen = false, bool Accumulate = false, bool Grouped = false);
 
     /// <summary>Tensors with a shape and a precision but no values: enough to run a full-size step and see its GEMMs.</summary>
     internal sealed class ShapeTensor(ShapeBackend backend, int[] shape, Precision precision) : Tensor(shape)
@@ -251,6 +293,14 @@ public class GemmRoutingTests(ITestOutputHelper output)
         {
             frozen.Add(weight);
             return weight;
+        }
+
+        /// <summary>Forgets every count so far (a test counts only a step's last run).</summary>
+        public void Reset()
+        {
+            Products.Clear();
+            LayoutOps = Fills = GroupCalls = 0;
+            LayoutBytes = FillBytes = 0;
         }
 
         ShapeTensor New(int[] shape, Precision p = Precision.Compute) => new(this, (int[])shape.Clone(), p);
@@ -307,6 +357,15 @@ public class GemmRoutingTests(ITestOutputHelper output)
                 Products.Add(new("gemm_slice", new GemmProblem(m, n, k, transA, transB, a.Tensor.Cols, b.Tensor.Cols, c.Tensor.Cols,
                                                                Size(a.Tensor), Size(b.Tensor), Size(c.Tensor), Align(a), Align(b), Align(c)), false,
                                  frozen.Contains(b.Tensor), beta != 0));
+        }
+        /// <summary>GemmGroup calls: each one launch on the GPU (the grouped kernel); their entries are recorded as products.</summary>
+        public int GroupCalls { get; private set; }
+        public void GemmGroup(IReadOnlyList<GemmEntry> entries)
+        {
+            int before = Products.Count;
+            foreach (var e in entries) GemmSlice(e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta);
+            for (int i = before; i < Products.Count; i++) Products[i] = Products[i] with { Op = "gemm_group", Grouped = true };
+            if (entries.Count > 0) GroupCalls++;
         }
         public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
         {

@@ -33,7 +33,23 @@ public sealed partial class CpuBackend<T>
     public void GemmSlice(MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha = 1f, float beta = 0f) =>
         SliceProduct("GemmSlice", a, transA, b, transB, c, alpha, beta);
 
-    private void SliceProduct(string op, MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha, float beta)
+    /// <summary>
+    /// IBackend.GemmGroup: the entries one after another through GemmSlice's product (the reference of the grouped
+    /// kernel), counted as the one GEMM launch a GPU issues for them. Every entry is checked before any is computed.
+    /// </summary>
+    public void GemmGroup(IReadOnlyList<GemmEntry> entries)
+    {
+        foreach (var e in entries)
+        {
+            e.A.Check("GemmGroup", "a");
+            e.B.Check("GemmGroup", "b");
+            e.C.Check("GemmGroup", "c");
+        }
+        if (entries.Count > 0) Counted.Gemm(CpuRoute);
+        foreach (var e in entries) SliceProduct("GemmGroup", e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta, count: false);
+    }
+
+    private void SliceProduct(string op, MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha, float beta, bool count = true)
     {
         var A = Cpu(a.Tensor, op, "a");
         var B = Cpu(b.Tensor, op, "b");
@@ -48,7 +64,7 @@ public sealed partial class CpuBackend<T>
                 $"{op}: op(a) is ({M} × {K}) from a {Operand(a)}{(transA ? "ᵀ" : "")}, op(b) is ({Kb} × {N}) from b {Operand(b)}" +
                 $"{(transB ? "ᵀ" : "")}, c is ({c.Rows} × {c.Columns}) from {Operand(c)}; need inner dims equal and c (M × N)");
 
-        if (M > 0 && N > 0 && K > 0) Counted.Gemm(CpuRoute);
+        if (count && M > 0 && N > 0 && K > 0) Counted.Gemm(CpuRoute);
         // A (M, K) row-major; Bt (N, K) through its row source.
         var (ad, ao) = Block(A, a);
         if (transA) { ad = Transpose(ad, ao, K, M); ao = 0; }
