@@ -244,6 +244,7 @@ public sealed class CpuGemmTests(ITestOutputHelper output) : CpuOpTests(output)
         (4, 7, 3, true, true, -2f, 0f),
         (3, 11, 17, false, true, 1f, 0f),
         (6, 5, 8, false, false, 1f, 1f),
+        (3, 4, 0, false, false, 1f, 1f),      // an empty reduction: c = beta·c
     ];
 
     /// <summary>

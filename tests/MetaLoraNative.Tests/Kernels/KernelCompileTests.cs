@@ -43,11 +43,15 @@ public class KernelCompileTests(ITestOutputHelper output)
         var dev = KernelCompiler.DevKernelFiles();
         Assert.Contains("dev/attention/02_mma_forward.cu", dev);
         Assert.Contains("dev/attention/02_mma_backward.cu", dev);
+        Assert.Contains("dev/gemm/02_grouped.cu", dev);
         Assert.All(dev, f => Assert.StartsWith("dev/", f));
         Assert.DoesNotContain(KernelCompiler.KernelFiles(), f => f.Contains('/'));
         // The engine holds only version 1 of attention: the tensor-core kernels live in the playground.
         Assert.DoesNotContain("_mma", KernelCompiler.ReadSource("attention.cu"));
         Assert.Contains("attention_forward_mma", KernelCompiler.ReadSource("dev/attention/02_mma_forward.cu"));
+        // The grouped GEMM is version 2 of the Gemm group: not in the engine's gemm.cu yet.
+        Assert.DoesNotContain("gemm_grouped", KernelCompiler.ReadSource("gemm.cu"));
+        Assert.Contains("extern \"C\" __global__ void __launch_bounds__(GG_THREADS) gemm_grouped", KernelCompiler.ReadSource("dev/gemm/02_grouped.cu"));
     }
 
     [SkippableTheory]
