@@ -21,7 +21,8 @@ public sealed class LaunchCounters
 
     /// <summary>The counts of one phase (or of a whole step, <see cref="Sum"/>).</summary>
     /// <param name="Launches">kernel launches (our kernels, GEMM kernels of our routes included; cuBLASLt's own are not seen)</param>
-    /// <param name="Gemms">GEMMs by route: "cublaslt", "skinny", "gemv", "rankk" on CUDA; "cpu" on the CPU</param>
+    /// <param name="Gemms">GEMMs by route: "cublaslt", "skinny", "gemv", "rankk" on CUDA, and "grouped" for one launch of
+    /// a GemmGroup's fp32 entries (kernels/dev/gemm/02_grouped.cu); "cpu" on the CPU, where a GemmGroup counts once</param>
     /// <param name="Syncs">host synchronisations: stream synchronisations and blocking device→host reads</param>
     /// <param name="ReadBacks">asynchronous device→host copies into pinned memory (a step's scalars)</param>
     /// <param name="Waits">waits on such a read-back, which was queued a step earlier</param>

@@ -25,7 +25,7 @@ namespace MetaLoraNative.Engine.Lora;
 /// backward's dM += Gⱼ·Dᵀ are deferred (<see cref="DeferredG"/>, <see cref="Defer"/>) to one GemmGroup at the end
 /// of the backward (<see cref="FinishBackward"/>, which FluxModel's backward calls through its binding): G then
 /// has to outlive its module's backward, so each (module, group) keeps its G (Σ r2, d_in) in fp32 here from step to
-/// step (about 8 MB at flux-dev with r2 1), instead of a fresh one per module backward that the per-module products
+/// step (9.3 MB at flux-dev with r2 1), instead of a fresh one per module backward that the per-module products
 /// read at once. A second backward of the same module and group before the flush flushes first, so a G is never
 /// overwritten while products that read it are pending.
 /// </summary>

@@ -241,7 +241,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
         int lp = GemmLaunches(plain), lg = GemmLaunches(grouped);
         int allP = lp + plain.LayoutOps + plain.Fills, allG = lg + grouped.LayoutOps + grouped.Fills;
         output.WriteLine($"flux-dev {resolution}², fused path, a steady Stage-2 step ({targets} targets in {modules} modules):");
-        output.WriteLine($"  grouping  GEMMs  GEMM launches  grouped calls (entries)  layout copies  memsets  launches in all");
+        output.WriteLine($"  grouping  GEMMs  GEMM launches  grouped calls (entries)  layout copies  memsets  their launches in all");
         foreach (var (name, be, l, all) in new[] { ("off", plain, lp, allP), ("on", grouped, lg, allG) })
             output.WriteLine($"  {name,-8}  {be.Products.Count,5}  {l,13}  {be.GroupCalls,5} ({be.Products.Count(p => p.Grouped),4})  {be.LayoutOps,13}  {be.Fills,7}  {all,15}");
         output.WriteLine($"  saving    {lp - lg} GEMM launches, {plain.Fills - grouped.Fills} memsets: {allP - allG} launches per step");
