@@ -1,4 +1,5 @@
 using MetaLoraNative.Engine.IO;
+using MetaLoraNative.Kernels;
 using Xunit.Abstractions;
 using static MetaLoraNative.Tests.Kernels.MmaEmulation;
 using Problem = MetaLoraNative.Tests.Kernels.AttentionMmaEmulationTests.Problem;
@@ -282,6 +283,19 @@ public class AttentionOnePassEmulationTests(ITestOutputHelper output)
             Check("dq (other order)", other.Dq, p.Dq);
         }
         output.WriteLine($"largest dq_acc difference between block orders: {maxDiff:G3}");
+    }
+
+    /// <summary>METALORA_ATTENTION=onepass selects version 4 (version 3's forward with it); the other values keep their meaning.</summary>
+    [Fact]
+    public void TheSwitchSelectsVersion4()
+    {
+        Assert.Equal(AttentionKernel.OnePass, AttentionKernels.Parse("onepass"));
+        Assert.Equal(AttentionKernel.Pipelined, AttentionKernels.Parse("pipelined"));
+        Assert.Equal(AttentionKernel.TensorCore, AttentionKernels.Parse("mma"));
+        Assert.Equal(AttentionKernel.Scalar, AttentionKernels.Parse(null));
+        Assert.Equal(AttentionKernel.Scalar, AttentionKernels.Parse("OnePass"));   // exact values only, as before
+        Assert.Equal("onepass", AttentionKernel.OnePass.Tag());
+        Assert.Equal(4, new[] { AttentionKernel.Scalar, AttentionKernel.TensorCore, AttentionKernel.Pipelined, AttentionKernel.OnePass }.Select(k => k.Tag()).Distinct().Count());
     }
 
     void Check(string name, ushort[] got, double[] want)
