@@ -1,6 +1,6 @@
-// mma.cuh: the tensor-core building blocks of attention versions 2 and 3 (02_mma_forward.cu, 02_mma_backward.cu,
-// 03_pipelined_forward.cu): mma.sync m16n8k16 (bf16 in, fp32 accumulate, sm_80+), bf16 packing, the padded shared
-// row, and the forwards' online-softmax step.
+// mma.cuh: the tensor-core building blocks of attention versions 2 to 4 (02_mma_forward.cu, 02_mma_backward.cu,
+// 03_pipelined_forward.cu, 04_onepass_backward.cu): mma.sync m16n8k16 (bf16 in, fp32 accumulate, sm_80+), bf16
+// packing, the padded shared row, cp.async and ldmatrix (sm_80+), and the forwards' online-softmax step.
 // Fragment layouts (PTX ISA, m16n8k16 .bf16): g = lane / 4, t = lane % 4.
 //   A (16x16, row): regs {r g, c 2t..2t+1}, {r g+8, c 2t..}, {r g, c 2t+8..}, {r g+8, c 2t+8..}
 //   B (16x8, col):  regs {k 2t..2t+1, n g}, {k 2t+8..2t+9, n g}
@@ -132,4 +132,52 @@ __device__ __forceinline__ void p_fragment(const float (&s)[NT][4], int kk, unsi
     a1 = pack_bf16(f2bf(s[2 * kk][2]), f2bf(s[2 * kk][3]));
     a2 = pack_bf16(f2bf(s[2 * kk + 1][0]), f2bf(s[2 * kk + 1][1]));
     a3 = pack_bf16(f2bf(s[2 * kk + 1][2]), f2bf(s[2 * kk + 1][3]));
+}
+
+// cp.async and ldmatrix (versions 3 and 4). ldmatrix (PTX ISA, m8n8 .b16): lanes 8i..8i+7 give the row addresses of
+// matrix i; lane l receives, per matrix, (row l/4, cols 2(l%4), 2(l%4)+1), or with .trans (rows 2(l%4), 2(l%4)+1, col l/4).
+__device__ __forceinline__ unsigned smem_addr(const void* p)
+{
+    unsigned a;
+    asm("{ .reg .u64 s; cvta.to.shared.u64 s, %1; cvt.u32.u64 %0, s; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+// 16 bytes global -> shared, asynchronously; bytes past src_bytes (0 or 16) are zero-filled.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most N committed groups are still in flight.
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const bf16* row)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], const bf16* row)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
+#endif
 }

@@ -65,7 +65,7 @@ internal static class BenchCommand
             int? swap = BlockOrder.ParseSwap(r.GetValue(Swap)!);
             if (dtype == null || swap == null)
             {
-                var memory = be is CudaBackend ? MemoryModel.Cuda(DevicePool.SizeClass) : MemoryModel.For(be)
+                var memory = be is CudaBackend cuda ? MemoryModel.Cuda(DevicePool.SizeClass, attentionDqAccumulator: cuda.AttentionBackwardKernel == AttentionKernel.OnePass) : MemoryModel.For(be)
                     ?? throw new InvalidOperationException($"no memory model for {be.Name}");
                 bool? fixedRecompute = recompute == RecomputePolicy.On ? true : recompute == RecomputePolicy.Off ? false : null;
                 var plan = MemoryPlanner.Choose(shape(FluxLoader.Inspect(model)), memory, MemoryPlanner.Budget(be, null), dtype, fixedRecompute, swap);
@@ -100,7 +100,7 @@ internal static class BenchCommand
             Config = FluxConfig.Preset(r.GetValue(Preset)!), Weights = r.GetValue(Weights), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
             Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), BaseDType = BaseDTypes.Parse(r.GetValue(BaseDType)!),
             SwapBlocks = BlockOrder.ParseSwap(r.GetValue(Swap)!), VramBytes = VramBytes(r.GetValue(Vram)),
-            Memory = r.GetValue(Device) == "cuda" ? MemoryModel.Cuda(DevicePool.SizeClass) : null, Steps = steps, Warmup = warmup,
+            Memory = r.GetValue(Device) == "cuda" ? MemoryModel.Cuda(DevicePool.SizeClass, attentionDqAccumulator: AttentionKernels.FromEnvironment() == AttentionKernel.OnePass) : null, Steps = steps, Warmup = warmup,
         };
 
         static long? VramBytes(double? gib) => gib switch

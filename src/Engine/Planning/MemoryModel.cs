@@ -11,8 +11,10 @@ namespace MetaLoraNative.Engine.Planning;
 /// <param name="GemmWorkspaceBytes">held from creation for the GEMMs (cuBLASLt's workspace on CUDA; none on the CPU)</param>
 /// <param name="DequantizeScratch">whether fp8 products decode into a bf16 copy of the largest layer (CUDA) rather than block by block (CPU)</param>
 /// <param name="AttentionRowSums">whether the attention backward allocates its rowsum(dO ∘ O) as a tensor (CUDA: (B, H, L) fp32)</param>
+/// <param name="AttentionDqAccumulator">whether the attention backward also holds an fp32 (B, H, L, D) dq accumulator while
+/// it runs (CUDA with attention version 4, METALORA_ATTENTION=onepass: kernels/dev/attention/04_onepass_backward.cu)</param>
 public sealed record MemoryModel(string Name, int ComputeBytes, int MasterBytes, int StatsBytes, Func<long, long> Allocation,
-                                 long GemmWorkspaceBytes, bool DequantizeScratch, bool AttentionRowSums)
+                                 long GemmWorkspaceBytes, bool DequantizeScratch, bool AttentionRowSums, bool AttentionDqAccumulator = false)
 {
     /// <summary>CudaBackend.Gemm's cuBLASLt workspace, rented from the pool when the backend is created.</summary>
     public const long CublasWorkspaceBytes = 32L << 20;
@@ -25,10 +27,11 @@ public sealed record MemoryModel(string Name, int ComputeBytes, int MasterBytes,
 
     /// <summary>
     /// The CUDA engine: bf16 compute, fp32 masters and statistics, the pool's size classes
-    /// (<paramref name="sizeClass"/>: DevicePool.SizeClass) and what the backend held at creation.
+    /// (<paramref name="sizeClass"/>: DevicePool.SizeClass) and what the backend held at creation;
+    /// <paramref name="attentionDqAccumulator"/> when the one-pass attention backward (version 4) is switched on.
     /// </summary>
-    public static MemoryModel Cuda(Func<long, long> sizeClass, long gemmWorkspaceBytes = CublasWorkspaceBytes) =>
-        new("cuda", 2, 4, 4, sizeClass, gemmWorkspaceBytes, true, true);
+    public static MemoryModel Cuda(Func<long, long> sizeClass, long gemmWorkspaceBytes = CublasWorkspaceBytes, bool attentionDqAccumulator = false) =>
+        new("cuda", 2, 4, 4, sizeClass, gemmWorkspaceBytes, true, true, attentionDqAccumulator);
 
     /// <summary>The model of a CPU backend by its name; null for any other backend (CUDA needs its pool's rule: <see cref="Cuda"/>).</summary>
     public static MemoryModel? For(IBackend backend) => backend.Name switch

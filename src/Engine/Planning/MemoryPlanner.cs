@@ -132,6 +132,8 @@ public static class MemoryPlanner
         var (peak, kept) = new StepWalk(m, s).Run(recompute);
         int L = s.ImageTokens + s.TextTokens;
         long attention = m.AttentionRowSums ? m.Stats((long)s.Batch * c.NumHeads * L) : 0;
+        // version 4's fp32 dq accumulator (B, H, L, D), held beside the row sums for the length of the backward
+        if (m.AttentionDqAccumulator) attention += m.Master((long)s.Batch * c.NumHeads * L * c.HeadDim);
         long gemm = m.GemmWorkspaceBytes + (baseDType == BaseDType.Fp8 && m.DequantizeScratch ? m.Compute(largestQuantized) : 0);
         var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks, merged);
         _ = e.Swapped;                                                        // checks the block count

@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Kernels.Verification;
 
-// The parity checks of attention versions 2 and 3 (kernels/dev/attention), in CudaParity.Dev: `metalora check cuda --dev`.
+// The parity checks of attention versions 2 to 4 (kernels/dev/attention), in CudaParity.Dev: `metalora check cuda --dev`.
 public static partial class CudaParity
 {
     /// <summary>
@@ -30,18 +30,28 @@ public static partial class CudaParity
         (1, 1, 1, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
         (1, 2, 33, 128, AttentionKernel.Pipelined, AttentionKernel.Scalar),
         (2, 2, 65, 128, AttentionKernel.Pipelined, AttentionKernel.Pipelined),
+        // Version 4's backward (one pass, fp32 atomic dq) after both forwards: lengths off its 64-key block and 16-query
+        // tile, a single token, one tile plus one (17), and D 64 where version 1 runs instead.
+        (1, 2, 130, 128, AttentionKernel.TensorCore, AttentionKernel.OnePass),
+        (1, 2, 300, 128, AttentionKernel.Scalar, AttentionKernel.OnePass),
+        (1, 1, 1, 128, AttentionKernel.OnePass, AttentionKernel.OnePass),
+        (1, 1, 17, 128, AttentionKernel.OnePass, AttentionKernel.OnePass),
+        (2, 2, 65, 128, AttentionKernel.OnePass, AttentionKernel.OnePass),
+        (1, 2, 300, 128, AttentionKernel.OnePass, AttentionKernel.OnePass),
+        (2, 3, 77, 64, AttentionKernel.OnePass, AttentionKernel.OnePass),
     ];
 
     /// <summary>
     /// (B, H, L, D) at FLUX.1-dev's attention sizes: 24 heads of 128 over 1,536 tokens (512² with 512 text tokens) and
-    /// 4,608 (1024²). Too large for the fp64 oracle, so version 2 is held against version 1 on the same GPU.
+    /// 4,608 (1024²). Too large for the fp64 oracle, so versions 2 to 4 are held against version 1 on the same GPU (the
+    /// same Bf16AgainstKernel rule for all; version 4's dq is not bitwise reproducible, which that rule allows).
     /// </summary>
     public static readonly (int B, int H, int L, int D)[] AttentionAtScaleCases = [(1, 24, 1536, 128), (1, 24, 4608, 128)];
 
     static IEnumerable<ParityCheck> AttentionMmaChecks() =>
     [
         .. AttentionMmaCases.Select(c => AttentionCheck((c.B, c.H, c.L, c.D), c.Forward, c.Backward)),
-        .. from kernel in new[] { AttentionKernel.TensorCore, AttentionKernel.Pipelined }
+        .. from kernel in new[] { AttentionKernel.TensorCore, AttentionKernel.Pipelined, AttentionKernel.OnePass }
            from c in AttentionAtScaleCases
            select new ParityCheck($"attention {kernel.Tag()} vs scalar {c.B}x{c.H}x{c.L}x{c.D}",
                $"attention {kernel} (kernels/dev) against version 1 on the GPU at FLUX.1-dev's size, B {c.B}, H {c.H}, L {c.L}, D {c.D}: " +
@@ -87,7 +97,7 @@ public static partial class CudaParity
     }
 }
 
-// The bench of attention version 2, in KernelBenches.Dev: `metalora kernels bench --dev` puts it beside version 1.
+// The benches of attention versions 2 to 4, in KernelBenches.Dev: `metalora kernels bench --dev` puts it beside version 1.
 public static partial class KernelBenches
 {
     static IEnumerable<KernelBench> AttentionMmaBenches() =>
@@ -96,5 +106,7 @@ public static partial class KernelBenches
             gpu => Attention(gpu, AttentionKernel.TensorCore)),
         new("attention p3", $"attention version 3 (kernels/dev/attention, pipelined tensor-core forward; version 2's backward), (1, {Heads}, {Tokens}, {HeadDim}): forward, backward",
             gpu => Attention(gpu, AttentionKernel.Pipelined)),
+        new("attention onepass", $"attention version 3's forward and version 4's one-pass backward (kernels/dev/attention, fp32 atomic dq), (1, {Heads}, {Tokens}, {HeadDim}): forward, backward",
+            gpu => Attention(gpu, AttentionKernel.OnePass)),
     ];
 }

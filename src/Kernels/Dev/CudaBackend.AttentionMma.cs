@@ -1,3 +1,7 @@
+using System.Runtime.InteropServices;
+using MetaLoraNative.Engine;
+using MetaLoraNative.Kernels.Native;
+
 namespace MetaLoraNative.Kernels;
 
 /// <summary>Which version of the attention kernels runs (the same contract; see kernels/dev/README.md).</summary>
@@ -16,29 +20,46 @@ public enum AttentionKernel
     /// setting it means version 2's backward (version 3 has no backward of its own). Opt-in until a GPU run has passed it.
     /// </summary>
     Pipelined,
+    /// <summary>
+    /// Version 4's backward (kernels/dev/attention/04_onepass_backward.cu): one key-centric pass that forms S, P, dP and
+    /// dS once and accumulates dq in an fp32 (B, H, L, D) scratch with atomics (so dq is not bitwise reproducible run
+    /// to run); D = 128, sm_80+, else version 1. As a forward setting it means version 3's forward. Opt-in until a
+    /// GPU run has passed it.
+    /// </summary>
+    OnePass,
 }
 
 public static class AttentionKernels
 {
-    /// <summary>The short name in check and bench names: scalar, tc (version 2), p3 (version 3).</summary>
+    /// <summary>The short name in check and bench names: scalar, tc (version 2), p3 (version 3), onepass (version 3 forward, 4 backward).</summary>
     public static string Tag(this AttentionKernel k) => k switch
     {
         AttentionKernel.Scalar => "scalar",
         AttentionKernel.TensorCore => "tc",
-        _ => "p3",
+        AttentionKernel.Pipelined => "p3",
+        _ => "onepass",
     };
 
-    /// <summary>METALORA_ATTENTION: "mma" or "tensorcore" selects version 2, "pipelined" version 3, anything else version 1.</summary>
-    public static AttentionKernel FromEnvironment() => Environment.GetEnvironmentVariable("METALORA_ATTENTION") switch
+    /// <summary>
+    /// METALORA_ATTENTION: "mma" or "tensorcore" selects version 2, "pipelined" version 3 (with version 2's backward),
+    /// "onepass" version 3's forward with version 4's backward, anything else version 1. One value sets both the
+    /// forward and the backward property, as for the other versions.
+    /// </summary>
+    public static AttentionKernel FromEnvironment() => Parse(Environment.GetEnvironmentVariable("METALORA_ATTENTION"));
+
+    /// <summary>The kernel a METALORA_ATTENTION value selects (<see cref="FromEnvironment"/>).</summary>
+    public static AttentionKernel Parse(string? value) => value switch
     {
         "mma" or "tensorcore" => AttentionKernel.TensorCore,
         "pipelined" => AttentionKernel.Pipelined,
+        "onepass" => AttentionKernel.OnePass,
         _ => AttentionKernel.Scalar,
     };
 }
 
-// Attention versions 2 and 3 from the kernel playground (kernels/dev/attention/02_mma_forward.cu, 02_mma_backward.cu,
-// 03_pipelined_forward.cu): selected by METALORA_ATTENTION=mma or =pipelined (or the two properties), checked by `metalora check cuda --dev`
+// Attention versions 2 to 4 from the kernel playground (kernels/dev/attention/02_mma_forward.cu, 02_mma_backward.cu,
+// 03_pipelined_forward.cu, 04_onepass_backward.cu): selected by METALORA_ATTENTION=mma, =pipelined or =onepass (or the
+// two properties), checked by `metalora check cuda --dev`
 // (CudaParity.Dev) and timed by `metalora kernels bench --dev`. Promotion moves the kernels into kernels/attention.cu
 // and these launches into Ops/CudaBackend.Attention.cs.
 public sealed partial class CudaBackend
@@ -46,6 +67,15 @@ public sealed partial class CudaBackend
     const string AttentionMmaForwardFile = "dev/attention/02_mma_forward.cu";
     const string AttentionMmaBackwardFile = "dev/attention/02_mma_backward.cu";
     const string AttentionPipelinedForwardFile = "dev/attention/03_pipelined_forward.cu";
+    const string AttentionOnePassBackwardFile = "dev/attention/04_onepass_backward.cu";
+
+    /// <summary>Mirrors OnePassParams in 04_onepass_backward.cu: version 1/2's parameters and the fp32 dq accumulator.</summary>
+    [StructLayout(LayoutKind.Sequential)]
+    struct OnePassParams
+    {
+        public AttnParams A;
+        public ulong DqAcc;
+    }
 
     /// <summary>The forward attention kernel: version 1 unless METALORA_ATTENTION selects another (<see cref="AttentionKernels.FromEnvironment"/>).</summary>
     public AttentionKernel AttentionForwardKernel { get; set; } = AttentionKernels.FromEnvironment();
@@ -55,11 +85,17 @@ public sealed partial class CudaBackend
 
     bool UsesTensorCoreAttentionForward(int d) => AttentionForwardKernel == AttentionKernel.TensorCore && d % 16 == 0;
 
-    bool UsesPipelinedAttentionForward(int d) => AttentionForwardKernel == AttentionKernel.Pipelined && d % 16 == 0 && Device.Major >= 8;
+    /// <summary>Version 3's forward, which the one-pass setting uses too.</summary>
+    bool UsesPipelinedAttentionForward(int d) =>
+        AttentionForwardKernel is AttentionKernel.Pipelined or AttentionKernel.OnePass && d % 16 == 0 && Device.Major >= 8;
 
     /// <summary>Version 2's backward, which version 3 uses too.</summary>
     bool UsesTensorCoreAttentionBackward(int d) =>
         AttentionBackwardKernel is AttentionKernel.TensorCore or AttentionKernel.Pipelined && d == AttentionMaxHeadDim && Device.Major >= 8;
+
+    /// <summary>Version 4's backward.</summary>
+    bool UsesOnePassAttentionBackward(int d) =>
+        AttentionBackwardKernel == AttentionKernel.OnePass && d == AttentionMaxHeadDim && Device.Major >= 8;
 
     /// <summary>out and lse from q, k, v: 4 warps × 16 query rows per block.</summary>
     void AttentionForwardMma(in AttnParams p) =>
@@ -78,5 +114,19 @@ public sealed partial class CudaBackend
         var grid = (CeilDiv(p.L, 64), (uint)(p.B * p.H), 1u);
         LaunchParams(AttentionMmaBackwardFile, "attention_backward_dq_mma", grid, (128, 1, 1), p);
         LaunchParams(AttentionMmaBackwardFile, "attention_backward_dkdv_mma", grid, (128, 1, 1), p);
+    }
+
+    /// <summary>
+    /// dq, dk, dv in one key-centric pass once drow is formed: the fp32 dq accumulator (B, H, L, 128) is rented from the
+    /// pool and zeroed, 4 warps × 16 keys per block add into it with atomics, and a grid-stride pass writes dq = bf16(acc
+    /// · scale). dk and dv are written directly. The accumulator goes back to the pool after the conversion.
+    /// </summary>
+    void AttentionBackwardOnePass(in AttnParams p)
+    {
+        using var acc = Alloc([p.B, p.H, p.L, p.D], Precision.Master);
+        CudaCheck.Cu(CuDriver.cuMemsetD8Async(acc.Ptr, 0, (nuint)acc.Bytes, Stream));
+        var op = new OnePassParams { A = p, DqAcc = acc.Ptr };
+        LaunchParams(AttentionOnePassBackwardFile, "attention_backward_onepass", (CeilDiv(p.L, 64), (uint)(p.B * p.H), 1), (128, 1, 1), op);
+        LaunchParams(AttentionOnePassBackwardFile, "attention_backward_onepass_convert", (Grid1D(acc.Length), 1, 1), (Block, 1, 1), op);
     }
 }

@@ -106,6 +106,7 @@ public sealed partial class CudaBackend
         if ((long)B * H * L == 0) return (dq, dk, dv);
         LaunchParams("attention.cu", "attention_backward_preprocess", (CeilDiv((long)B * H * L, Block / 32), 1, 1), (Block, 1, 1), p);
         if (UsesTensorCoreAttentionBackward(D)) AttentionBackwardMma(p);   // opt-in version 2 (also version 3's)
+        else if (UsesOnePassAttentionBackward(D)) AttentionBackwardOnePass(p);   // opt-in version 4
         else
         {
             LaunchParams("attention.cu", "attention_backward_dq", (CeilDiv(L, 8), (uint)(B * H), 1), (Block, 1, 1), p);

@@ -22,7 +22,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
 
     // ------------------------------------------------------------------ inputs and the fp64 reference
 
-    sealed class Problem
+    internal sealed class Problem
     {
         public int B, H, L;
         public ushort[] Q = [], K = [], V = [], Dout = [];   // q, k, v (B, H, L, D); dout (B, L, H*D)
@@ -33,7 +33,7 @@ public class AttentionMmaEmulationTests(ITestOutputHelper output)
         public long Blhd(int b, int h, int l, int d) => (((long)b * L + l) * H + h) * D + d;
     }
 
-    static Problem Make(int B, int H, int L, int seed)
+    internal static Problem Make(int B, int H, int L, int seed)
     {
         var rng = new Random(seed);
         ushort[] R(float scale) => [.. Enumerable.Range(0, B * H * L * D).Select(_ => HalfPrecision.FloatToBFloat16((float)(rng.NextDouble() * 2 - 1) * scale))];

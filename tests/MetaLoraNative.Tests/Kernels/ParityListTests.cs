@@ -27,12 +27,12 @@ public class ParityListTests
     public void EveryAttentionCaseIsACheck()
     {
         Assert.Equal(CudaParity.AttentionCases.Length, CudaParity.All.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        // the at-scale comparison runs for both playground versions
-        Assert.Equal(CudaParity.AttentionMmaCases.Length + 2 * CudaParity.AttentionAtScaleCases.Length,
+        // the at-scale comparison runs for the three playground versions (2, 3, and 3 + 4)
+        Assert.Equal(CudaParity.AttentionMmaCases.Length + 3 * CudaParity.AttentionAtScaleCases.Length,
                      CudaParity.Dev.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        // The engine's list runs version 1 only; every playground check runs a playground version (attention 2 or 3,
-        // the GEMM group's 2) in at least one direction.
-        string[] playground = ["tc", "p3", "g2"];
+        // The engine's list runs version 1 only; every playground check runs a playground version (attention 2, 3
+        // or 4, the GEMM group's 2) in at least one direction.
+        string[] playground = ["tc", "p3", "onepass", "g2"];
         Assert.All(CudaParity.All, c => Assert.Empty(c.Name.Split(' ', '/').Intersect(playground)));
         Assert.All(CudaParity.Dev, c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
     }
@@ -64,6 +64,9 @@ public class ParityListTests
         Assert.All(CudaParity.AttentionAtScaleCases, c => Assert.Equal((24, 128), (c.H, c.D)));
         Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention tc vs scalar ", StringComparison.Ordinal) && c.Slow));
         Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention p3 vs scalar ", StringComparison.Ordinal) && c.Slow));
+        Assert.Equal(2, CudaParity.Dev.Count(c => c.Name.StartsWith("attention onepass vs scalar ", StringComparison.Ordinal) && c.Slow));
+        // version 4's backward under the oracle at the edges of its 64-key block and 16-query tile, and a D it leaves to version 1
+        Assert.Equal([1, 17, 65, 77, 130, 300], CudaParity.AttentionMmaCases.Where(c => c.Backward == AttentionKernel.OnePass).Select(c => c.L).Distinct().Order());
         // version 3's forward under the oracle at every edge its tiles have (128 queries, 32 keys)
         Assert.Equal([1, 5, 33, 65, 77, 130, 300], CudaParity.AttentionMmaCases.Where(c => c.Forward == AttentionKernel.Pipelined).Select(c => c.L).Distinct().Order());
     }
@@ -77,5 +80,6 @@ public class ParityListTests
         Assert.Contains("attention scalar", KernelBenches.All.Select(b => b.Name));
         Assert.Contains("attention tc", KernelBenches.Dev.Select(b => b.Name));
         Assert.Contains("attention p3", KernelBenches.Dev.Select(b => b.Name));
+        Assert.Contains("attention onepass", KernelBenches.Dev.Select(b => b.Name));
     }
 }

@@ -111,6 +111,23 @@ public class MemoryPlannerTests(ITestOutputHelper output)
         Assert.Equal(MemoryModel.CublasWorkspaceBytes + DevicePool.SizeClass(2L * (3 * c.HiddenSize + c.MlpHiddenDim) * c.HiddenSize), fp8.GemmWorkspace);
     }
 
+    /// <summary>
+    /// The one-pass attention backward (version 4) holds an fp32 (B, H, L, D) dq accumulator beside the row sums: at
+    /// flux-dev's 1024² (L 4,608, 24 heads of 128) that is 4,608 · 24 · 128 · 4 bytes, one pool allocation, and nothing else moves.
+    /// </summary>
+    [Fact]
+    public void TheOnePassAttentionBackwardCountsItsFp32DqAccumulator()
+    {
+        var c = FluxConfig.FluxDev;
+        var s = TrainingShape.Stage2(c, 4096, 512, 16, 1);
+        var off = MemoryPlanner.Estimate(s, MemoryModel.Cuda(DevicePool.SizeClass), BaseDType.Bf16, false);
+        var on = MemoryPlanner.Estimate(s, MemoryModel.Cuda(DevicePool.SizeClass, attentionDqAccumulator: true), BaseDType.Bf16, false);
+        long bytes = (long)s.Batch * c.NumHeads * (4096 + 512) * c.HeadDim * 4;
+        Assert.Equal(DevicePool.SizeClass(bytes), on.AttentionWorkspace - off.AttentionWorkspace);
+        Assert.Equal(on.AttentionWorkspace - off.AttentionWorkspace, on.Peak - off.Peak);
+        Assert.Equal((off.Activations, off.WorkingSet, off.GemmWorkspace), (on.Activations, on.WorkingSet, on.GemmWorkspace));
+    }
+
     [Fact]
     public void ACapRefusesTheAllocationThatWouldPassItNamingCapAndRequest()
     {
