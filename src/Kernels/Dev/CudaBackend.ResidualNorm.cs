@@ -26,7 +26,7 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>One thread per 8 columns (a 16-byte vector), rounded up to a warp.</summary>
-    static uint ResidualNormThreads(int c) => (uint)(CeilDiv(c / 8, 32) * 32);
+    internal static uint ResidualNormThreads(int c) => (uint)(CeilDiv(c / 8, 32) * 32);
 
     /// <summary>
     /// What version 2 covers: C a multiple of 8 up to 8,192 (one 16-byte vector per thread, 1,024 threads), every
@@ -45,8 +45,10 @@ public sealed partial class CudaBackend
     /// Rows per backward block: enough blocks for about four per multiprocessor (the grid is (chunks, B)), at least 8
     /// rows so the partials stay a small fraction of the traffic (3·4 bytes per column per chunk against 12 per row).
     /// </summary>
-    int ResidualNormRowsPerBlock(int b, int l) =>
-        (int)Math.Clamp(CeilDiv((long)b * l, 4L * Device.Multiprocessors), 8, Math.Max(8, l));
+    int ResidualNormRowsPerBlock(int b, int l) => ResidualNormRowsPerBlock(b, l, Device.Multiprocessors);
+
+    internal static int ResidualNormRowsPerBlock(int b, int l, int multiprocessors) =>
+        (int)Math.Clamp(CeilDiv((long)b * l, 4L * multiprocessors), 8, Math.Max(8, l));
 
     void ResidualNormForward(in ResidualNormParams p) =>
         LaunchParams(ResidualNormFile, "residual_norm_forward", ((uint)(p.B * p.L), 1, 1), (ResidualNormThreads(p.C), 1, 1), p);
