@@ -1,4 +1,4 @@
-// residual_norm/02_fused.cu: the gated residual fused with the LayerNorm-modulate it feeds, forward and backward.
+// 02_fused.cu: the gated residual fused with the LayerNorm-modulate it feeds, forward and backward.
 // Version 01 is the engine's pair of ops: gated_residual_* (kernels/conditioning.cu) then layernorm_modulate_*
 // (kernels/norm.cu), which write x1 and read it back, and whose backward takes eight launches and a memset.
 //

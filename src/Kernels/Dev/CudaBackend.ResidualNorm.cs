@@ -42,13 +42,14 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>
-    /// Rows per backward block: enough blocks for about four per multiprocessor (the grid is (chunks, B)), at least 8
-    /// rows so the partials stay a small fraction of the traffic (3·4 bytes per column per chunk against 12 per row).
+    /// Rows per backward block: about two blocks per multiprocessor (the grid is (chunks, B)), which at FLUX's width
+    /// (384 threads, 72 registers: two blocks resident per SM) is one full wave; at least 8 rows, so the partials
+    /// (3·4 bytes per column per chunk, written and read again) stay below 3/8 of the 2·12 bytes a row moves per column.
     /// </summary>
     int ResidualNormRowsPerBlock(int b, int l) => ResidualNormRowsPerBlock(b, l, Device.Multiprocessors);
 
     internal static int ResidualNormRowsPerBlock(int b, int l, int multiprocessors) =>
-        (int)Math.Clamp(CeilDiv((long)b * l, 4L * multiprocessors), 8, Math.Max(8, l));
+        (int)Math.Clamp(CeilDiv((long)b * l, 2L * multiprocessors), 8, Math.Max(8, l));
 
     void ResidualNormForward(in ResidualNormParams p) =>
         LaunchParams(ResidualNormFile, "residual_norm_forward", ((uint)(p.B * p.L), 1, 1), (ResidualNormThreads(p.C), 1, 1), p);

@@ -184,7 +184,7 @@ public class ResidualNormEmulationTests(ITestOutputHelper output)
     [InlineData(2, 70, 200, 132)]   // 7 of 32 threads idle; 8 rows per block, the last chunk 6 rows
     [InlineData(3, 33, 64, 132)]    // a block of one warp, 8 active threads
     [InlineData(1, 9, 3072, 132)]   // FLUX's width: 384 threads; 8 rows per block, so chunks of 8 and 1
-    [InlineData(2, 70, 200, 2)]     // few SMs: 18 rows per block, 4 chunks, the last 16 rows
+    [InlineData(2, 70, 200, 3)]     // few SMs: 24 rows per block, chunks of 24, 24 and 22
     public void KernelsMatchTheOracle(int B, int L, int C, int sms)
     {
         int rows = CudaBackend.ResidualNormRowsPerBlock(B, L, sms);
@@ -243,9 +243,11 @@ public class ResidualNormEmulationTests(ITestOutputHelper output)
         Assert.Equal(384u, CudaBackend.ResidualNormThreads(3072));   // FLUX.1-dev: one 16-byte vector per thread
         Assert.Equal(32u, CudaBackend.ResidualNormThreads(64));
         Assert.Equal(1024u, CudaBackend.ResidualNormThreads(8192));  // the widest row version 2 takes
-        // 1024²: 4,608 rows over 4 × 132 blocks → 9 rows per block, 512 blocks; the txt stream's 512 rows → 8 (the floor)
-        Assert.Equal(9, CudaBackend.ResidualNormRowsPerBlock(1, 4608, 132));
+        // 1024²: the img stream's 4,096 rows over 2 × 132 blocks → 16 rows per block, 256 blocks (one wave at two per
+        // SM); the txt stream's 512 rows → 8 (the floor); a batch of two images doubles the rows per block
+        Assert.Equal(16, CudaBackend.ResidualNormRowsPerBlock(1, 4096, 132));
         Assert.Equal(8, CudaBackend.ResidualNormRowsPerBlock(1, 512, 132));
+        Assert.Equal(32, CudaBackend.ResidualNormRowsPerBlock(2, 4096, 132));
         Assert.Equal(8, CudaBackend.ResidualNormRowsPerBlock(1, 5, 132));
     }
 }
