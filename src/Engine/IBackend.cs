@@ -106,6 +106,21 @@ public interface IBackend : IDisposable
     Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats);
     (Tensor Dx, Tensor DShift, Tensor DScale) LayerNormModulateBackward(Tensor dy, Tensor x, Tensor scale, Tensor stats);
 
+    /// <summary>
+    /// <see cref="GatedResidual"/> then <see cref="LayerNormModulate"/> in one pass: x1 = x + gate[b] · y, and
+    /// modulated = (1 + scale[b]) · LN(x1) + shift[b], where a block half's residual feeds the next half's norm.
+    /// x, y (B, L, C); gate, shift, scale (B, C). stats (B·L, 2) are (mean, rstd) of x1 as stored.
+    /// </summary>
+    (Tensor X1, Tensor Modulated) ResidualLayerNormModulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale, float eps,
+                                                            out Tensor stats);
+    /// <summary>
+    /// Its backward in one pass. dModulated (B, L, C); dOut (B, L, C) the gradient already reaching x1 along the
+    /// residual. Dx1 = dOut + the LayerNormModulate backward of dModulated (also d x, the residual's input);
+    /// Dy = gate·Dx1; DGate = Σ_L Dx1·y, DShift = Σ_L dModulated, DScale = Σ_L dModulated·x̂, each shaped like scale.
+    /// </summary>
+    (Tensor Dx1, Tensor Dy, Tensor DGate, Tensor DShift, Tensor DScale) ResidualLayerNormModulateBackward(
+        Tensor dModulated, Tensor dOut, Tensor x1, Tensor scale, Tensor stats, Tensor gate, Tensor y);
+
     /// <summary>y = x · rsqrt(mean(x²) + eps) · weight over the last dim (QK norm). rstd has one value per row.</summary>
     Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd);
     Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd);

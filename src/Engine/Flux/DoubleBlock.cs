@@ -93,11 +93,23 @@ public sealed class DoubleBlock
         var attn = QkvAttention.Forward(q, k, v, pe, out var joint);           // (B, L_txt + L_img, C), owned by joint
 
         // calculate the img and txt blocks
-        var imgOut = Finish(Img, imgPrepared, be.Narrow(attn, 1, lt, li), lora, out var imgSaved);
-        var txtOut = Finish(Txt, txtPrepared, be.Narrow(attn, 1, 0, lt), lora, out var txtSaved);
+        var imgOut = Finish(Img, imgPrepared, StreamRows(attn, lt, li), lora, out var imgSaved);
+        var txtOut = Finish(Txt, txtPrepared, StreamRows(attn, 0, lt), lora, out var txtSaved);
         saved = new BlockActivations { Img = imgSaved, Txt = txtSaved, V = v, Joint = joint };
         return (imgOut, txtOut);
     }
+
+    /// <summary>
+    /// With <see cref="Fusions.ResidualNorm"/> and B = 1 a stream's rows of the joint attention output and of its
+    /// gradient are contiguous, so they are views (<see cref="Tensor.Slice"/>) of the joint tensor; for B &gt; 1 they are
+    /// strided, and copies.
+    /// </summary>
+    bool JoinsAsViews(int batch) => fusions.HasFlag(Fusions.ResidualNorm) && batch == 1;
+
+    /// <summary>Rows [start, start + length) of a joint (B, L_txt + L_img, C) tensor: a view or a copy (<see cref="JoinsAsViews"/>).</summary>
+    Tensor StreamRows(Tensor joint, int start, int length) =>
+        JoinsAsViews(joint.Dim(0)) ? joint.Slice((long)start * joint.Dim(2), 1, length, joint.Dim(2))
+                                   : joint.Backend.Narrow(joint, 1, start, length);
 
     /// <summary>The forward again, for recomputation: only its activations, rebuilt from the same inputs.</summary>
     public BlockActivations Recompute(Tensor img, Tensor txt, Tensor siluVec, Tensor pe, LoraBinding? lora)
@@ -118,13 +130,22 @@ public sealed class DoubleBlock
         return new PreparedStream { X = x, Mod1 = mod1, Mod2 = mod2, Stats1 = stats1, Modulated1 = modulated1, Qkv = split };
     }
 
-    /// <summary>x_out = x1 + gate2 · mlp(LNmod2(x1)), x1 = x + gate1 · proj(attn). attnOut becomes the record's.</summary>
-    static Tensor Finish(StreamWeights w, PreparedStream p, Tensor attnOut, LoraBinding? lora, out StreamActivations saved)
+    /// <summary>
+    /// x_out = x1 + gate2 · mlp(LNmod2(x1)), x1 = x + gate1 · proj(attn). attnOut becomes the record's. With
+    /// <see cref="Fusions.ResidualNorm"/>, x1 and LNmod2(x1) come from one op (one pass over the rows).
+    /// </summary>
+    Tensor Finish(StreamWeights w, PreparedStream p, Tensor attnOut, LoraBinding? lora, out StreamActivations saved)
     {
         var be = attnOut.Backend;
         var proj = w.Proj.Forward(attnOut, lora);
-        var x1 = be.GatedResidual(p.X, p.Mod1.Gate, proj);
-        var modulated2 = be.LayerNormModulate(x1, p.Mod2.Shift, p.Mod2.Scale, FluxConfig.NormEps, out var stats2);
+        Tensor x1, modulated2, stats2;
+        if (fusions.HasFlag(Fusions.ResidualNorm))
+            (x1, modulated2) = be.ResidualLayerNormModulate(p.X, p.Mod1.Gate, proj, p.Mod2.Shift, p.Mod2.Scale, FluxConfig.NormEps, out stats2);
+        else
+        {
+            x1 = be.GatedResidual(p.X, p.Mod1.Gate, proj);
+            modulated2 = be.LayerNormModulate(x1, p.Mod2.Shift, p.Mod2.Scale, FluxConfig.NormEps, out stats2);
+        }
         var hidden = w.Mlp0.Forward(modulated2, lora);
         var act = be.GeluTanh(hidden);
         var mlp = w.Mlp2.Forward(act, lora);
@@ -142,12 +163,15 @@ public sealed class DoubleBlock
     public (Tensor DImg, Tensor DTxt) Backward(BlockActivations s, Tensor dImgOut, Tensor dTxtOut, Tensor siluVec, Tensor pe, LoraBinding? lora)
     {
         var be = dImgOut.Backend;
-        // the img and txt blocks, back to each stream's attention output
-        var img = FinishBackward(Img, s.Img, dImgOut, lora);
-        var txt = FinishBackward(Txt, s.Txt, dTxtOut, lora);
+        // the img and txt blocks, back to each stream's attention output: straight into its rows of the joint
+        // gradient when those are views (JoinsAsViews), else into copies joined below
+        int jt = s.Txt.AttnOut.Dim(1), ji = s.Img.AttnOut.Dim(1);
+        var joint = JoinsAsViews(dImgOut.Dim(0)) ? be.Zeros(1, jt + ji, dImgOut.Dim(2)) : null;   // (1, L_txt + L_img, C)
+        var img = FinishBackward(Img, s.Img, dImgOut, lora, joint == null ? null : StreamRows(joint, jt, ji));
+        var txt = FinishBackward(Txt, s.Txt, dTxtOut, lora, joint == null ? null : StreamRows(joint, 0, jt));
 
         // back through the joint attention
-        using var dAttn = be.Concat(1, txt.DAttn, img.DAttn);
+        using var dAttn = joint ?? be.Concat(1, txt.DAttn, img.DAttn);
         img.DAttn.Dispose();
         txt.DAttn.Dispose();
         var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
@@ -166,30 +190,47 @@ public sealed class DoubleBlock
     /// </summary>
     readonly record struct FinishGradients(Tensor Dx, Tensor DAttn, Tensor DGate1, ModulationOut DMod2);
 
-    static FinishGradients FinishBackward(StreamWeights w, StreamActivations s, Tensor dOut, LoraBinding? lora)
+    /// <summary>
+    /// <paramref name="dAttnInto"/>, when given, is where d attention output is written (a view of the joint gradient);
+    /// it is then the returned DAttn. With <see cref="Fusions.ResidualNorm"/> the backward of LNmod2 and of
+    /// x1 = x + gate1 · proj is one op.
+    /// </summary>
+    FinishGradients FinishBackward(StreamWeights w, StreamActivations s, Tensor dOut, LoraBinding? lora, Tensor? dAttnInto)
     {
         var be = dOut.Backend;
         var p = s.Prepared;
+        bool fused = fusions.HasFlag(Fusions.ResidualNorm);
         // x_out = x1 + gate2 · mlp(LNmod2(x1))
         var (dMlp, dGate2) = be.GatedResidualBackward(dOut, p.Mod2.Gate, s.Mlp);
-        var dx1 = be.Zeros(dOut.Shape);
-        be.AddInPlace(dx1, dOut);
+        Tensor? dx1 = null, dProj = null, dGate1 = null;
+        if (!fused)
+        {
+            dx1 = be.Zeros(dOut.Shape);
+            be.AddInPlace(dx1, dOut);
+        }
         Tensor dShift2, dScale2;
         using (var dAct = w.Mlp2.Backward(s.Act, dMlp, lora))
         using (var dHidden = be.GeluTanhBackward(s.Hidden, dAct))
         using (var dModulated2 = w.Mlp0.Backward(s.Modulated2, dHidden, lora))
         {
-            (var dxn, dShift2, dScale2) = be.LayerNormModulateBackward(dModulated2, s.X1, p.Mod2.Scale, s.Stats2);
-            be.AddInPlace(dx1, dxn);
-            dxn.Dispose();
+            if (fused)   // dx1 = dOut + LNmod2's backward, then x1 = x + gate1 · proj(attn)'s: one op
+                (dx1, dProj, dGate1, dShift2, dScale2) =
+                    be.ResidualLayerNormModulateBackward(dModulated2, dOut, s.X1, p.Mod2.Scale, s.Stats2, p.Mod1.Gate, s.Proj);
+            else
+            {
+                (var dxn, dShift2, dScale2) = be.LayerNormModulateBackward(dModulated2, s.X1, p.Mod2.Scale, s.Stats2);
+                be.AddInPlace(dx1!, dxn);
+                dxn.Dispose();
+            }
         }
         dMlp.Dispose();
         // x1 = x + gate1 · proj(attn)
-        var (dProj, dGate1) = be.GatedResidualBackward(dx1, p.Mod1.Gate, s.Proj);
-        var dAttn = w.Proj.Backward(s.AttnOut, dProj, lora);
-        dProj.Dispose();
+        if (!fused) (dProj, dGate1) = be.GatedResidualBackward(dx1!, p.Mod1.Gate, s.Proj);
+        if (dAttnInto != null) w.Proj.Backward(s.AttnOut, dProj!, lora, dAttnInto);
+        var dAttn = dAttnInto ?? w.Proj.Backward(s.AttnOut, dProj!, lora);
+        dProj!.Dispose();
         // dx1 is also d x through the residual; the preparation's backward adds to it
-        return new FinishGradients(dx1, dAttn, dGate1, new ModulationOut(dShift2, dScale2, dGate2));
+        return new FinishGradients(dx1!, dAttn, dGate1!, new ModulationOut(dShift2, dScale2, dGate2));
     }
 
     /// <summary>Back through q/k norm, qkv and the first modulated LayerNorm of one stream (rows [start, start+length) of the joint dq, dk, dv); adds into g.Dx.</summary>

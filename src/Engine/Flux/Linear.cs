@@ -55,6 +55,21 @@ public sealed class Linear
     }
 
     /// <summary>
+    /// As <see cref="Backward(Tensor, Tensor, LoraBinding?)"/>, dx (.., d_in) written into the given tensor (a view of a
+    /// wider one: a stream's rows of the joint attention gradient), which the LoRA deltas then accumulate into.
+    /// </summary>
+    public void Backward(Tensor x, Tensor dy, LoraBinding? lora, Tensor dx)
+    {
+        if (Weight is { } w) Backend.Gemm(dy, false, w, false, dx);   // dx = dy·W0, the product LinearBackward forms
+        else
+        {
+            using var d = Backend.LinearQuantizedBackward(dy, Quantized!);
+            Backend.Copy(d, dx);
+        }
+        lora?.Backward(Name, x, dy, dx);
+    }
+
+    /// <summary>
     /// Only the LoRA gradients, no dx: for the modulation linears, whose input silu(vec) feeds nothing trained.
     /// </summary>
     public void AccumulateLoraGradients(Tensor x, Tensor dy, LoraBinding lora) => lora.Backward(Name, x, dy, null);

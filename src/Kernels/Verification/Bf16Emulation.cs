@@ -221,6 +221,36 @@ public sealed class Bf16EmulationBackend : IBackend
         return (Out(dx), Out(dsh), Out(dsc));
     }
 
+    /// <summary>As the fused kernel: x1 rounded to bf16 as it is stored, and the statistics taken over the stored x1.</summary>
+    public (Tensor X1, Tensor Modulated) ResidualLayerNormModulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale,
+                                                                   float eps, out Tensor stats)
+    {
+        using var rx = Bf16(x);
+        using var rg = Bf16(gate);
+        using var ry = Bf16(y);
+        using var rsh = Bf16(shift);
+        using var rsc = Bf16(scale);
+        var x1 = Out(inner.GatedResidual(rx.Tensor, rg.Tensor, ry.Tensor));
+        var m = Out(inner.LayerNormModulate(I(x1), rsh.Tensor, rsc.Tensor, eps, out var s));
+        stats = OutF32(s);
+        return (x1, m);
+    }
+
+    /// <summary>As the fused kernel: dx1 is rounded only where it is stored; dy and dgate use it unrounded.</summary>
+    public (Tensor Dx1, Tensor Dy, Tensor DGate, Tensor DShift, Tensor DScale) ResidualLayerNormModulateBackward(
+        Tensor dModulated, Tensor dOut, Tensor x1, Tensor scale, Tensor stats, Tensor gate, Tensor y)
+    {
+        using var rdm = Bf16(dModulated);
+        using var rdo = Bf16(dOut);
+        using var rx1 = Bf16(x1);
+        using var rsc = Bf16(scale);
+        using var rg = Bf16(gate);
+        using var ry = Bf16(y);
+        var (dx1, dy, dg, dsh, dsc) = inner.ResidualLayerNormModulateBackward(rdm.Tensor, rdo.Tensor, rx1.Tensor, rsc.Tensor, I(stats),
+                                                                               rg.Tensor, ry.Tensor);
+        return (Out(dx1), Out(dy), Out(dg), Out(dsh), Out(dsc));
+    }
+
     public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
     {
         using var rx = Bf16(x);

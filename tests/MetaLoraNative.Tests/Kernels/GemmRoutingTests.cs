@@ -269,6 +269,11 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public Precision Precision { get; } = precision;
         public override IBackend Backend => backend;
         public override Tensor Reshape(params int[] shape) => new ShapeTensor(backend, Shapes.Resolve(shape, Length), Precision);
+        public override Tensor Slice(long offset, params int[] shape)
+        {
+            CheckSlice(offset, shape);
+            return new ShapeTensor(backend, (int[])shape.Clone(), Precision);
+        }
     }
 
     /// <summary>
@@ -425,6 +430,15 @@ public class GemmRoutingTests(ITestOutputHelper output)
         }
         public (Tensor Dx, Tensor DShift, Tensor DScale) LayerNormModulateBackward(Tensor dy, Tensor x, Tensor scale, Tensor stats) =>
             (New(x.Shape), New(scale.Shape), New(scale.Shape));
+        public (Tensor X1, Tensor Modulated) ResidualLayerNormModulate(Tensor x, Tensor gate, Tensor y, Tensor shift, Tensor scale,
+                                                                       float eps, out Tensor stats)
+        {
+            stats = New([(int)x.Rows, 2], Precision.Master);
+            return (New(x.Shape), New(x.Shape));
+        }
+        public (Tensor Dx1, Tensor Dy, Tensor DGate, Tensor DShift, Tensor DScale) ResidualLayerNormModulateBackward(
+            Tensor dModulated, Tensor dOut, Tensor x1, Tensor scale, Tensor stats, Tensor gate, Tensor y) =>
+            (New(x1.Shape), New(x1.Shape), New(gate.Shape), New(scale.Shape), New(scale.Shape));
         public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
         {
             rstd = New(x.Shape[..^1], Precision.Master);

@@ -34,7 +34,23 @@ public class ParityListTests
         // or 4, the GEMM group's 2) in at least one direction.
         string[] playground = ["tc", "p3", "onepass", "g2"];
         Assert.All(CudaParity.All, c => Assert.Empty(c.Name.Split(' ', '/').Intersect(playground)));
-        Assert.All(CudaParity.Dev, c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
+        Assert.All(CudaParity.Dev.Where(c => c.Group == "Attention"), c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
+    }
+
+    [Fact]
+    public void EveryResidualNormCaseIsACheckAndTheFluxShapeIsOne()
+    {
+        var checks = CudaParity.Dev.Where(c => c.Name.StartsWith("residual-norm ", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(CudaParity.ResidualNormCases.Length, checks.Length);
+        Assert.All(checks, c => Assert.Equal("Norm", c.Group));
+        Assert.All(CudaParity.All, c => Assert.DoesNotContain("residual-norm", c.Name));
+        // FLUX.1-dev at 1024² against fp64, slow; version 1 (the engine's ops) and a C off the 16-byte rule checked too
+        Assert.Contains(CudaParity.ResidualNormCases, c => (c.B, c.L, c.C, c.Version) == (1, 4608, 3072, 2));
+        Assert.True(CudaParity.Find("residual-norm v2 1x4608x3072").Slow);
+        Assert.Contains(CudaParity.ResidualNormCases, c => c.Version == 1);
+        Assert.Contains(CudaParity.ResidualNormCases, c => c.C % 8 != 0);
+        Assert.Contains(CudaParity.Dev, c => c.Name == "model residual-norm v2" && c.Group == "Norm");
+        Assert.Contains("residual-norm v2", KernelBenches.Dev.Select(b => b.Name));
     }
 
     /// <summary>The real shapes: every LoRA kind at flux-dev's widths, the flux-width model at 256² and 512², attention at 1,536 and 4,608.</summary>
