@@ -321,6 +321,25 @@ public class GemmRoutingTests(ITestOutputHelper output)
             return dx;
         }
 
+        /// <summary>The GELU-fused products record their GEMM as "linear_gelu" / "linear_backward_gelu" (beta = 1 with a c0).</summary>
+        public (Tensor Pre, Tensor Act) LinearGelu(Tensor x, Tensor w, Tensor? bias, Tensor? c0)
+        {
+            var pre = New(WithLast(x.Shape, w.Dim(0)));
+            Record("linear_gelu", x, false, w, true, pre, bias != null, c0 != null ? 1f : 0f);
+            return (pre, New(pre.Shape));
+        }
+        public Tensor LinearBackwardGelu(Tensor dy, Tensor w, Tensor pre, Tensor? c0)
+        {
+            var dPre = New(WithLast(dy.Shape, w.Dim(1)));
+            Record("linear_backward_gelu", dy, false, w, false, dPre, false, c0 != null ? 1f : 0f);
+            return dPre;
+        }
+
+        /// <summary>Strided GELU forward and backward calls: each one kernel on the GPU.</summary>
+        public int GeluSlices { get; private set; }
+        public void GeluTanhSlice(MatrixSlice x, MatrixSlice y) => GeluSlices++;
+        public void GeluTanhBackwardSlice(MatrixSlice x, MatrixSlice dy, MatrixSlice dx) => GeluSlices++;
+
         public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f) { }
         public void ScaleInPlace(Tensor t, float alpha) { }
         public Tensor Silu(Tensor x) => New(x.Shape);
