@@ -1,4 +1,4 @@
-// gelu/02_strided.cu: tanh-GELU forward and backward on blocks of wider row-major matrices (the strided forms,
+// 02_strided.cu: tanh-GELU forward and backward on blocks of wider row-major matrices (the strided forms,
 // IBackend.GeluTanhSlice / GeluTanhBackwardSlice). Version 01 is kernels/elementwise.cu's gelu_tanh_forward /
 // gelu_tanh_backward, which read and write whole contiguous tensors; these read a block in place instead, so the
 // single block's GELU reads linear1's MLP columns (row stride 3C + mlp) and writes the MLP columns of cat

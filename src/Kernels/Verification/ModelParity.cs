@@ -49,12 +49,12 @@ public static partial class CudaParity
     /// One forward and backward of a case, Stage-1 style (D, M and U all train) with a random Meta LoRA on every
     /// target whose U is nonzero: output, loss and every factor gradient. All weights and inputs are bf16-exact.
     /// </summary>
-    internal static ModelRun RunModel(IBackend be, ModelCase mc)
+    internal static ModelRun RunModel(IBackend be, ModelCase mc, Fusions? fusions = null)
     {
         var c = mc.Config;
         int B = mc.Batch, gh = mc.GridH, gw = mc.GridW, lt = mc.TextTokens;
         using var weights = Bf16RandomWeights(c, be, WeightSeed);
-        var model = new FluxModel(weights);
+        var model = new FluxModel(weights, fusions);
         using var adapter = LoraAdapter.Random(be, c, LoraMode.Meta, mc.Rank1, mc.Rank2, B, AdapterSeed);
         var binding = new LoraBinding(adapter, [.. Enumerable.Range(0, B)], trainDown: true, trainIdentity: true);
         float[] R(string name, int n) => ParityContext.RoundBf16(RandomWeights.Normal(name, InputSeed, n));

@@ -15,6 +15,13 @@ public class CudaGemmTests(ITestOutputHelper output)
     [MemberData(nameof(Checks))]
     public void MatchesTheOracle(string check) => Parity.Run(check, output);
 
+    public static TheoryData<string> DevChecks() => Parity.DevChecks("Gemm");
+
+    /// <summary>The GELU fusions (kernels/dev/gelu, the cuBLASLt GELU epilogues): CudaParity.Dev's checks of this group.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(DevChecks))]
+    public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);
+
     [SkippableFact]
     public void MismatchedShapesFailNamingTheOp()
     {

@@ -109,13 +109,13 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Every product of one flux-dev Stage-2 step (batch 1, 512 text tokens, 494 targets, r1 16, r2 1) through the
     /// real model, LoRA binding and trainer on the shape-only backend, with the LoRA on the given path.
     /// </summary>
-    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path)
+    internal static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, Fusions? fusions = null)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
         var be = new ShapeBackend();
         var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Frozen(be.Zeros(t.Shape))), "shapes:flux-dev");
-        var model = new FluxModel(weights);
+        var model = new FluxModel(weights, fusions);
         var targets = FluxNames.LoraTargets(c);
         var down = targets.Select(t => new LoraParameter(LoraAdapter.DownKey(t, LoraMode.Meta), be.Zeros([16, t.InFeatures], Precision.Master))).ToArray();
         var adapter = new LoraAdapter(be, c, targets, LoraMode.Meta, 16, 1, down);
