@@ -73,6 +73,21 @@ public interface IBackend : IDisposable
     /// </summary>
     void GemmGroup(IReadOnlyList<GemmEntry> entries);
 
+    /// <summary>
+    /// A linear followed by FLUX's MLP activation, in one product (the GELU epilogue): pre = x·Wᵀ + b + c0 and
+    /// act = gelu_tanh(pre). x (.., d_in), w (d_out, d_in), bias (d_out) or null, c0 (.., d_out) or null: a tensor
+    /// already holding the LoRA delta, added before the GELU (the LoRA delta is formed first and the product
+    /// accumulates onto it). Both outputs are new, (.., d_out); pre is what <see cref="LinearBackwardGelu"/> reads.
+    /// </summary>
+    (Tensor Pre, Tensor Act) LinearGelu(Tensor x, Tensor w, Tensor? bias, Tensor? c0);
+
+    /// <summary>
+    /// The input gradient of a linear whose input was gelu_tanh(pre), through the GELU: dPre = (dy·W + c0) ⊙ gelu_tanh'(pre).
+    /// dy (.., d_out), w (d_out, d_in), pre (.., d_in), c0 (.., d_in) or null: the LoRA part of d act, formed first.
+    /// Returns a new dPre (.., d_in).
+    /// </summary>
+    Tensor LinearBackwardGelu(Tensor dy, Tensor w, Tensor pre, Tensor? c0);
+
     // ---------------------------------------------------------------- Elementwise
 
     /// <summary>acc += alpha · x (same element count).</summary>
@@ -83,6 +98,13 @@ public interface IBackend : IDisposable
     /// <summary>GELU with the tanh approximation, as FLUX's MLPs use it.</summary>
     Tensor GeluTanh(Tensor x);
     Tensor GeluTanhBackward(Tensor x, Tensor dy);
+    /// <summary>
+    /// y's block = gelu_tanh(x's block): the strided form, on blocks of wider matrices (<see cref="MatrixSlice"/>, same
+    /// Rows × Columns), e.g. linear1's MLP columns into the MLP columns of the single block's cat. Writes (=) only y's block.
+    /// </summary>
+    void GeluTanhSlice(MatrixSlice x, MatrixSlice y);
+    /// <summary>dx's block = gelu_tanh'(x's block) ⊙ dy's block (=): the strided form of <see cref="GeluTanhBackward"/>.</summary>
+    void GeluTanhBackwardSlice(MatrixSlice x, MatrixSlice dy, MatrixSlice dx);
 
     // ---------------------------------------------------------------- Layout
 

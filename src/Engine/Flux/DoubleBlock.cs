@@ -146,8 +146,7 @@ public sealed class DoubleBlock
             x1 = be.GatedResidual(p.X, p.Mod1.Gate, proj);
             modulated2 = be.LayerNormModulate(x1, p.Mod2.Shift, p.Mod2.Scale, FluxConfig.NormEps, out stats2);
         }
-        var hidden = w.Mlp0.Forward(modulated2, lora);
-        var act = be.GeluTanh(hidden);
+        var (hidden, act) = MlpHidden(w, modulated2, lora);
         var mlp = w.Mlp2.Forward(act, lora);
         saved = new StreamActivations
         {
@@ -155,6 +154,28 @@ public sealed class DoubleBlock
             Hidden = hidden, Act = act, Mlp = mlp,
         };
         return be.GatedResidual(x1, p.Mod2.Gate, mlp);
+    }
+
+    /// <summary>
+    /// hidden = mlp.0(modulated2) (B, L, mlp) and act = gelu_tanh(hidden): with Fusions.GeluEpilogue one product, the
+    /// GELU in mlp.0's epilogue.
+    /// </summary>
+    (Tensor Hidden, Tensor Act) MlpHidden(StreamWeights w, Tensor modulated2, LoraBinding? lora)
+    {
+        if (fusions.HasFlag(Fusions.GeluEpilogue)) return w.Mlp0.ForwardGelu(modulated2, lora);
+        var hidden = w.Mlp0.Forward(modulated2, lora);
+        return (hidden, modulated2.Backend.GeluTanh(hidden));
+    }
+
+    /// <summary>
+    /// d hidden (B, L, mlp) from d mlp: mlp.2's input gradient, then the GELU's backward; with Fusions.GeluEpilogue one
+    /// product, the GELU's derivative in mlp.2's dx epilogue.
+    /// </summary>
+    Tensor MlpHiddenBackward(StreamWeights w, StreamActivations s, Tensor dMlp, LoraBinding? lora)
+    {
+        if (fusions.HasFlag(Fusions.GeluEpilogue)) return w.Mlp2.BackwardGelu(s.Act, s.Hidden, dMlp, lora);
+        using var dAct = w.Mlp2.Backward(s.Act, dMlp, lora);
+        return dMlp.Backend.GeluTanhBackward(s.Hidden, dAct);
     }
 
     /// <summary>
@@ -209,8 +230,7 @@ public sealed class DoubleBlock
             be.AddInPlace(dx1, dOut);
         }
         Tensor dShift2, dScale2;
-        using (var dAct = w.Mlp2.Backward(s.Act, dMlp, lora))
-        using (var dHidden = be.GeluTanhBackward(s.Hidden, dAct))
+        using (var dHidden = MlpHiddenBackward(w, s, dMlp, lora))
         using (var dModulated2 = w.Mlp0.Backward(s.Modulated2, dHidden, lora))
         {
             if (fused)   // dx1 = dOut + LNmod2's backward, then x1 = x + gate1 · proj(attn)'s: one op

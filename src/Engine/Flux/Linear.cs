@@ -70,6 +70,41 @@ public sealed class Linear
     }
 
     /// <summary>
+    /// The forward with FLUX's GELU after it, fused (Fusions.GeluEpilogue, mlp.0): x (.., d_in) → pre (.., d_out), the
+    /// value <see cref="Forward"/> returns, and act = gelu_tanh(pre). The LoRA deltas are formed first (c0, LoraBinding.Delta)
+    /// and the frozen product accumulates onto them inside <see cref="IBackend.LinearGelu"/>, so the GELU sees
+    /// x·W0ᵀ + b + Σ deltas as in the unfused form. An fp8 weight runs Forward and GeluTanh.
+    /// </summary>
+    public (Tensor Pre, Tensor Act) ForwardGelu(Tensor x, LoraBinding? lora)
+    {
+        if (Weight is not { } w)
+        {
+            var pre = Forward(x, lora);
+            return (pre, Backend.GeluTanh(pre));
+        }
+        using var delta = lora?.Delta(Name, x, w.Dim(0));                     // (.., d_out) Σ deltas, or null
+        return Backend.LinearGelu(x, w, Bias, delta);
+    }
+
+    /// <summary>
+    /// The backward of a linear whose input is act = gelu_tanh(pre) (mlp.2 after mlp.0's <see cref="ForwardGelu"/>),
+    /// through the GELU: x = act (.., d_in), pre (.., d_in), dy (.., d_out) → d pre = (dy·W0 + LoRA dx) ⊙ gelu'(pre).
+    /// The LoRA part of dx is formed first (c0, LoraBinding.InputGradient: what <see cref="Backward"/> adds to dx) and the
+    /// frozen product accumulates onto it inside <see cref="IBackend.LinearBackwardGelu"/>; the LoRA gradients accumulate as
+    /// in Backward. An fp8 weight runs Backward and GeluTanhBackward.
+    /// </summary>
+    public Tensor BackwardGelu(Tensor x, Tensor pre, Tensor dy, LoraBinding? lora)
+    {
+        if (Weight is not { } w)
+        {
+            using var dAct = Backward(x, dy, lora);
+            return Backend.GeluTanhBackward(pre, dAct);
+        }
+        using var loraDx = lora?.InputGradient(Name, x, dy);                  // (.., d_in) the LoRA part of d act, or null
+        return Backend.LinearBackwardGelu(dy, w, pre, loraDx);
+    }
+
+    /// <summary>
     /// Only the LoRA gradients, no dx: for the modulation linears, whose input silu(vec) feeds nothing trained.
     /// </summary>
     public void AccumulateLoraGradients(Tensor x, Tensor dy, LoraBinding lora) => lora.Backward(Name, x, dy, null);

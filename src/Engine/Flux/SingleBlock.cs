@@ -25,13 +25,14 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         public required ModulationOut Mod { get; init; }           // shift, scale, gate, each (B, C)
         public required Tensor Stats { get; init; }                // (B·L, 2) mean, rstd of LayerNorm(x)
         public required Tensor Modulated { get; init; }            // (B, L, C) (1 + scale)·LN(x) + shift, the linear1 input
-        public required Tensor MlpIn { get; init; }                // (B, L, mlp) the MLP rows of linear1's output
+        public required Tensor? MlpIn { get; init; }               // (B, L, mlp) the MLP rows of linear1's output (a copy), or null when sliced
+        public Tensor? Lin1 { get; init; }                         // (B, L, 3C + mlp) linear1's output, kept when sliced (Fusions.GeluEpilogue): the GELU's input is its MLP columns
         public required QkvAttention.Stream Qkv { get; init; }     // q, k (normalised), v from linear1's first 3C rows
         public required QkvAttention.Joint Joint { get; init; }    // the attention over the whole sequence
         public required Tensor Cat { get; init; }                  // (B, L, C + mlp) [attention, gelu(MlpIn)], the linear2 input
         public required Tensor Out { get; init; }                  // (B, L, C) linear2 output
 
-        protected override IEnumerable<IDisposable?> Owned() => [Mod, Stats, Modulated, MlpIn, Qkv, Joint, Cat, Out];
+        protected override IEnumerable<IDisposable?> Owned() => [Mod, Stats, Modulated, MlpIn, Lin1, Qkv, Joint, Cat, Out];
     }
 
     /// <summary>x (B, L, C) joint sequence → x + gate · linear2([attn, gelu(mlp)]).</summary>
@@ -40,20 +41,41 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         var be = x.Backend;
         var mod = Modulation.Forward(siluVec, lora);
         var modulated = be.LayerNormModulate(x, mod.Shift, mod.Scale, FluxConfig.NormEps, out var stats);
-        using var lin1 = Linear1.Forward(modulated, lora);                    // (B, L, 3C + mlp)
+        bool sliced = fusions.HasFlag(Fusions.GeluEpilogue);
+        var lin1 = Linear1.Forward(modulated, lora);                          // (B, L, 3C + mlp)
         using var qkv = be.Narrow(lin1, -1, 0, 3 * hidden);
-        var mlpIn = be.Narrow(lin1, -1, 3 * hidden, mlpHidden);
+        var mlpIn = sliced ? null : be.Narrow(lin1, -1, 3 * hidden, mlpHidden);   // sliced: read in place from lin1
 
         var split = QkvAttention.Split(qkv, heads, QueryNorm, KeyNorm);
         var attn = QkvAttention.Forward(split.QNorm, split.KNorm, split.V, pe, out var joint);   // owned by joint
-        using var act = be.GeluTanh(mlpIn);
-        var cat = be.Concat(-1, attn, act);                                   // (B, L, C + mlp)
+        var cat = sliced ? SlicedCat(attn, lin1) : Cat(attn, mlpIn!);        // (B, L, C + mlp) [attn, gelu(mlp)]
+        if (!sliced) lin1.Dispose();
         var output = Linear2.Forward(cat, lora);
         saved = new BlockActivations
         {
-            X = x, Mod = mod, Stats = stats, Modulated = modulated, MlpIn = mlpIn, Qkv = split, Joint = joint, Cat = cat, Out = output,
+            X = x, Mod = mod, Stats = stats, Modulated = modulated, MlpIn = mlpIn, Lin1 = sliced ? lin1 : null, Qkv = split, Joint = joint,
+            Cat = cat, Out = output,
         };
         return be.GatedResidual(x, mod.Gate, output);
+    }
+
+    static Tensor Cat(Tensor attn, Tensor mlpIn)
+    {
+        using var act = mlpIn.Backend.GeluTanh(mlpIn);
+        return mlpIn.Backend.Concat(-1, attn, act);
+    }
+
+    /// <summary>
+    /// cat (B, L, C + mlp) with no Narrow and no Concat: the attention output copied into columns [0, C) (one strided
+    /// add onto the zero buffer), gelu of linear1's MLP columns [3C, 3C + mlp) written straight into columns [C, C + mlp).
+    /// </summary>
+    Tensor SlicedCat(Tensor attn, Tensor lin1)
+    {
+        var be = attn.Backend;
+        var cat = be.Zeros([.. attn.Shape[..^1], hidden + mlpHidden]);
+        be.AddNarrow(cat, attn, -1, 0);
+        be.GeluTanhSlice(MatrixSlice.ColumnsOf(lin1, 3 * hidden, mlpHidden), MatrixSlice.ColumnsOf(cat, hidden, mlpHidden));
+        return cat;
     }
 
     /// <summary>The forward again, for recomputation: only its activations, rebuilt from the same input.</summary>
@@ -74,13 +96,21 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         using var dCat = Linear2.Backward(s.Cat, dOut, lora);
         dOut.Dispose();
         using var dAttn = be.Narrow(dCat, -1, 0, hidden);
-        using var dAct = be.Narrow(dCat, -1, hidden, mlpHidden);
-        using var dMlpIn = be.GeluTanhBackward(s.MlpIn, dAct);
+        // d linear1's MLP columns: sliced, the GELU's backward reads dcat's columns [C, C + mlp) and writes dlin1's
+        // [3C, 3C + mlp) in place (dlin1 is one whole buffer, its qkv columns filled below); else a Narrow, then a Concat
+        bool sliced = s.Lin1 != null;
+        var dLin1Whole = sliced ? be.Zeros([.. dy.Shape[..^1], 3 * hidden + mlpHidden]) : null;
+        if (sliced)
+            be.GeluTanhBackwardSlice(MatrixSlice.ColumnsOf(s.Lin1!, 3 * hidden, mlpHidden), MatrixSlice.ColumnsOf(dCat, hidden, mlpHidden),
+                                     MatrixSlice.ColumnsOf(dLin1Whole!, 3 * hidden, mlpHidden));
+        using var dAct = sliced ? null : be.Narrow(dCat, -1, hidden, mlpHidden);
+        using var dMlpIn = sliced ? null : be.GeluTanhBackward(s.MlpIn!, dAct!);
 
         var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
         using var dQkv = QkvAttention.SplitBackward(s.Qkv, dq, dk, dv);
         dq.Dispose(); dk.Dispose(); dv.Dispose();
-        using var dLin1 = be.Concat(-1, dQkv, dMlpIn);                       // (B, L, 3C + mlp)
+        using var dLin1 = dLin1Whole ?? be.Concat(-1, dQkv, dMlpIn!);         // (B, L, 3C + mlp)
+        if (sliced) be.AddNarrow(dLin1, dQkv, -1, 0);                         // dlin1[:, :, :3C] = d qkv
         using var dModulated = Linear1.Backward(s.Modulated, dLin1, lora);
         var (dxn, dShift, dScale) = be.LayerNormModulateBackward(dModulated, s.X, s.Mod.Scale, s.Stats);
         be.AddInPlace(dx, dxn);

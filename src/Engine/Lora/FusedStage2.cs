@@ -38,10 +38,14 @@ public sealed partial class LoraBinding
         }
     }
 
-    /// <summary>The fused backward: dU, dM (when the identity trains) and dx += dmid·A (when dx is given).</summary>
-    void FusedBackward(string module, ReadOnlySpan<int> targets, Tensor x, Tensor dy, Tensor? dx)
+    /// <summary>
+    /// The fused backward: dU, dM (when the identity trains) and dx += dmid·A (when dx is given); with freshDx (one
+    /// group only) it returns dmid·A as a new tensor of x's shape instead (<see cref="InputGradient"/>).
+    /// </summary>
+    Tensor? FusedBackward(string module, ReadOnlySpan<int> targets, Tensor x, Tensor dy, Tensor? dx, bool freshDx = false)
     {
-        if (!TrainIdentity && dx == null) return;
+        if (!TrainIdentity && dx == null && !freshDx) return null;
+        Tensor? fresh = null;
         var be = Adapter.Backend;
         var fused = FusedGroups(module, targets);
         for (int gi = 0; gi < fused.Length; gi++)
@@ -86,7 +90,28 @@ public sealed partial class LoraBinding
                 }
             }
             if (dx != null) be.GemmSlice(dmid, false, A, false, GroupRows(dx, start, count), 1f, 1f);   // dx += dmid·A
+            if (freshDx)
+            {
+                using var flat = be.LinearBackward(dmid, A);                                       // dx = dmid·A (n, d_in)
+                fresh = flat.Reshape(x.Shape);
+            }
         }
+        return fresh;
+    }
+
+    /// <summary>
+    /// The fused forward's delta U·A·x as a new tensor (B, .., d_out), for one target covering all of y and one group
+    /// (<see cref="Delta"/>): a = x·Aᵀ, delta = a·Uᵀ written (=); a kept for the backward as FusedAddDelta keeps it.
+    /// </summary>
+    Tensor FusedDelta(string module, ReadOnlySpan<int> targets, Tensor x)
+    {
+        var be = Adapter.Backend;
+        var (factors, A, start, count) = FusedGroups(module, targets)[0];                          // A (r2, d_in)
+        var a = Merged(x, A, start, count);                                                        // (B, .., r2)
+        var delta = be.Linear(a, factors.Up[targets[0]].Value, null);                              // (B, .., d_out) = a·Uᵀ
+        if (TrainIdentity) Adapter.MergedDowns.Keep(this, module, 0, x, a);                        // for the backward's dU
+        else a.Dispose();
+        return delta;
     }
 
     /// <summary>

@@ -184,6 +184,41 @@ public sealed partial class LoraBinding
         }
     }
 
+    /// <summary>
+    /// The module's LoRA delta as a new tensor (B, .., d_out), what <see cref="AddDelta"/> adds to y; null when the module
+    /// has no targets. For a product that accumulates the frozen weight's onto it (Linear.ForwardGelu, beta = 1): on the
+    /// fused path with one target covering all of y and one identity group, the last product writes it (=), so no zero
+    /// fill and no read of it happen; otherwise AddDelta into a zero tensor.
+    /// </summary>
+    public Tensor? Delta(string module, Tensor x, int dOut)
+    {
+        var targets = Adapter.TargetsOf(module);
+        if (targets.Length == 0) return null;
+        if (Path == LoraPath.Fused && groups.Length == 1 && targets.Length == 1
+            && Adapter.Targets[targets[0]].RowStart == 0 && Adapter.Targets[targets[0]].Rows == dOut)
+            return FusedDelta(module, targets, x);
+        int[] shape = (int[])x.Shape.Clone();
+        shape[^1] = dOut;
+        var y = Adapter.Backend.Zeros(shape);
+        AddDelta(module, x, y);
+        return y;
+    }
+
+    /// <summary>
+    /// <see cref="Backward"/>'s input gradient as a new tensor (the shape of x), the factor gradients accumulated as
+    /// Backward does; null when the module has no targets. On the fused path with one identity group the last product
+    /// writes it (=); otherwise Backward into a zero tensor.
+    /// </summary>
+    public Tensor? InputGradient(string module, Tensor x, Tensor dy)
+    {
+        var targets = Adapter.TargetsOf(module);
+        if (targets.Length == 0) return null;
+        if (Path == LoraPath.Fused && groups.Length == 1) return FusedBackward(module, targets, x, dy, null, freshDx: true);
+        var dx = Adapter.Backend.Zeros(x.Shape);
+        Backward(module, x, dy, dx);
+        return dx;
+    }
+
     /// <summary>The samples [start, start+count) of a batch-major tensor: the tensor itself (borrowed) when that is all of it.</summary>
     Borrowed<Tensor> Rows(Tensor x, int start, int count) =>
         count == batch ? Borrowed<Tensor>.Of(x) : Borrowed<Tensor>.Owned(x.Backend.Narrow(x, 0, start, count));

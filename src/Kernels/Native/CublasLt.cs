@@ -31,10 +31,15 @@ public static unsafe partial class CublasLt
     public const int CUBLASLT_MATMUL_DESC_EPILOGUE = 7;
     public const int CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8;
     public const int CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26;
+    public const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11;
+    public const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12;
 
     // cublasLtEpilogue_t
     public const int CUBLASLT_EPILOGUE_DEFAULT = 1;
     public const int CUBLASLT_EPILOGUE_BIAS = 4;
+    public const int CUBLASLT_EPILOGUE_GELU_AUX = 32 | 128;
+    public const int CUBLASLT_EPILOGUE_GELU_AUX_BIAS = CUBLASLT_EPILOGUE_GELU_AUX | CUBLASLT_EPILOGUE_BIAS;
+    public const int CUBLASLT_EPILOGUE_DGELU = 64 | 128;
 
     // cublasLtMatmulPreferenceAttributes_t
     public const int CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1;

@@ -25,8 +25,11 @@ public sealed partial class CudaBackend
     readonly ulong workspace;
     readonly Dictionary<GemmKey, GemmPlan> gemmPlans = [];
 
+    /// <param name="Epilogue">0: the bias epilogue when Bias, else none; otherwise a GELU epilogue (Dev/CudaBackend.GeluFusion.cs)
+    /// with its aux matrix's ld and pointer alignment.</param>
     readonly record struct GemmKey(int TypeAB, int TypeC, bool TransA, bool TransB, long M, long N, long K, bool Bias,
-                                   long Lda, long Ldb, long Ldc, int AlignA, int AlignB, int AlignC);
+                                   long Lda, long Ldb, long Ldc, int AlignA, int AlignB, int AlignC,
+                                   int Epilogue = 0, long AuxLd = 0, int AlignAux = 0);
 
     /// <summary>One GEMM operand: a block (Rows × Cols) of a tensor seen as a row-major matrix, leading dimension Ld.</summary>
     readonly record struct Operand(CudaTensor Tensor, long Offset, long Rows, long Cols, long Ld)
@@ -213,15 +216,21 @@ public sealed partial class CudaBackend
             $"no algorithm ran ({plan.Candidates.Length} heuristic candidates{(bias != null ? $" with the bias epilogue, {plain.Candidates.Length} without" : "")})");
     }
 
-    /// <summary>Runs the first candidate that does not answer NOT_SUPPORTED; false when none does.</summary>
-    unsafe bool TryMatmul(string op, in GemmProblem problem, GemmPlan plan, ulong a, ulong b, ulong c, float alpha, float beta, ulong bias)
+    /// <summary>
+    /// Runs the first candidate that does not answer NOT_SUPPORTED; false when none does. D is c unless
+    /// <paramref name="d"/> is given; <paramref name="aux"/> is a GELU epilogue's aux matrix.
+    /// </summary>
+    unsafe bool TryMatmul(string op, in GemmProblem problem, GemmPlan plan, ulong a, ulong b, ulong c, float alpha, float beta, ulong bias,
+                          ulong d = 0, ulong aux = 0)
     {
+        if (d == 0) d = c;
         if (bias != 0) CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(ulong)));
+        if (aux != 0) CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(ulong)));
         for (; plan.Next < plan.Candidates.Length; plan.Next++)
         {
             var algo = plan.Candidates[plan.Next];
             int status = cublasLtMatmul(blasLt.DangerousGetHandle(), plan.Desc, &alpha, b, plan.LayoutA, a, plan.LayoutB,
-                                        &beta, c, plan.LayoutC, c, plan.LayoutC, &algo, workspace, (nuint)WorkspaceBytes, Stream);
+                                        &beta, c, plan.LayoutC, d, plan.LayoutC, &algo, workspace, (nuint)WorkspaceBytes, Stream);
             if (status == CUBLAS_STATUS_SUCCESS) return true;
             if (status != CUBLAS_STATUS_NOT_SUPPORTED)
                 throw new CudaException("cuBLASLt", status, ErrorString(status), $"{op}: cublasLtMatmul({problem}), candidate {plan.Next}");
@@ -230,7 +239,8 @@ public sealed partial class CudaBackend
     }
 
     /// <param name="bRows">cuBLASLt's A layout = our b's block seen column-major: (b.Cols × b.Rows), ld key.Ldb.</param>
-    unsafe GemmPlan Plan(GemmKey key, long bRows, long bCols, long aRows, long aCols)
+    /// <param name="aux">A GELU epilogue's aux pointer: the heuristic reads its alignment from it.</param>
+    unsafe GemmPlan Plan(GemmKey key, long bRows, long bCols, long aRows, long aCols, ulong aux = 0)
     {
         if (gemmPlans.TryGetValue(key, out var plan)) return plan;
         plan = new GemmPlan();
@@ -239,10 +249,16 @@ public sealed partial class CudaBackend
         int opB = key.TransA ? CUBLAS_OP_T : CUBLAS_OP_N;
         CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(int)));
         CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(int)));
-        if (key.Bias)
+        if (key.Bias || key.Epilogue != 0)
         {
-            int epilogue = CUBLASLT_EPILOGUE_BIAS;
+            int epilogue = key.Epilogue != 0 ? key.Epilogue : CUBLASLT_EPILOGUE_BIAS;
             CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(int)));
+        }
+        if (key.AuxLd != 0)
+        {
+            long auxLd = key.AuxLd;
+            CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &auxLd, sizeof(long)));
+            CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof(ulong)));
         }
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutA, key.TypeAB, (ulong)bRows, (ulong)bCols, key.Ldb));
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, key.TypeAB, (ulong)aRows, (ulong)aCols, key.Lda));

@@ -136,6 +136,27 @@ public sealed class Bf16EmulationBackend : IBackend
         return Out(inner.LinearBackward(rdy.Tensor, rw.Tensor));
     }
 
+    /// <summary>As the GELU epilogue: pre and act from the fp32 accumulator (c0 and the bias added there), each rounded once to bf16.</summary>
+    public (Tensor Pre, Tensor Act) LinearGelu(Tensor x, Tensor w, Tensor? bias, Tensor? c0)
+    {
+        using var rx = Bf16(x);
+        using var rw = Bf16(w);
+        using Borrowed<Tensor>? rb = bias == null ? null : Bf16(bias);
+        using Borrowed<Tensor>? rc = c0 == null ? null : Bf16(c0);
+        var (pre, act) = inner.LinearGelu(rx.Tensor, rw.Tensor, rb?.Tensor, rc?.Tensor);
+        return (Out(pre), Out(act));
+    }
+
+    /// <summary>As the DGELU epilogue: (dy·W + c0) in fp32 times gelu'(pre) of the bf16 pre, rounded once.</summary>
+    public Tensor LinearBackwardGelu(Tensor dy, Tensor w, Tensor pre, Tensor? c0)
+    {
+        using var rdy = Bf16(dy);
+        using var rw = Bf16(w);
+        using var rp = Bf16(pre);
+        using Borrowed<Tensor>? rc = c0 == null ? null : Bf16(c0);
+        return Out(inner.LinearBackwardGelu(rdy.Tensor, rw.Tensor, rp.Tensor, rc?.Tensor));
+    }
+
     // ---------------------------------------------------------------- Elementwise (fp32 inputs read directly)
 
     public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
@@ -166,6 +187,22 @@ public sealed class Bf16EmulationBackend : IBackend
     public Tensor Silu(Tensor x) => Unary(x, inner.Silu);
     public Tensor GeluTanh(Tensor x) => Unary(x, inner.GeluTanh);
     public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Binary(x, dy, inner.GeluTanhBackward);
+
+    // the strided forms read bf16 blocks and write a bf16 block (the rest of the output is bf16 already)
+    public void GeluTanhSlice(MatrixSlice x, MatrixSlice y)
+    {
+        using var rx = Bf16(x.Tensor);
+        inner.GeluTanhSlice(x with { Tensor = rx.Tensor }, y with { Tensor = I(y.Tensor) });
+        if (E(y.Tensor).Precision == Precision.Compute) RoundInPlace(I(y.Tensor));
+    }
+
+    public void GeluTanhBackwardSlice(MatrixSlice x, MatrixSlice dy, MatrixSlice dx)
+    {
+        using var rx = Bf16(x.Tensor);
+        using var rdy = Bf16(dy.Tensor);
+        inner.GeluTanhBackwardSlice(x with { Tensor = rx.Tensor }, dy with { Tensor = rdy.Tensor }, dx with { Tensor = I(dx.Tensor) });
+        if (E(dx.Tensor).Precision == Precision.Compute) RoundInPlace(I(dx.Tensor));
+    }
 
     // ---------------------------------------------------------------- Layout
 

@@ -79,7 +79,11 @@ public static partial class CudaParity
     static ParityCheck[]? all;
 
     /// <summary>The playground's checks (kernels/dev): what a GPU run must pass before a version is promoted.</summary>
-    public static IReadOnlyList<ParityCheck> Dev => dev ??= [.. In("Gemm", GroupedGemmChecks()), .. In("Norm", ResidualNormChecks()), .. In("Attention", AttentionMmaChecks())];
+    public static IReadOnlyList<ParityCheck> Dev => dev ??=
+    [
+        .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Elementwise", GeluStridedChecks()),
+        .. In("Norm", ResidualNormChecks()), .. In("Attention", AttentionMmaChecks()), .. In("Model", GeluModelChecks()),
+    ];
     static ParityCheck[]? dev;
 
     /// <summary>A check of <see cref="All"/> or <see cref="Dev"/> by name.</summary>

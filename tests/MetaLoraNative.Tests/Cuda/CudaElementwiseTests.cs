@@ -11,4 +11,11 @@ public class CudaElementwiseTests(ITestOutputHelper output)
     [SkippableTheory]
     [MemberData(nameof(Checks))]
     public void MatchesTheOracle(string check) => Parity.Run(check, output);
+
+    public static TheoryData<string> DevChecks() => Parity.DevChecks("Elementwise");
+
+    /// <summary>The GELU fusions (kernels/dev/gelu, the cuBLASLt GELU epilogues): CudaParity.Dev's checks of this group.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(DevChecks))]
+    public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);
 }

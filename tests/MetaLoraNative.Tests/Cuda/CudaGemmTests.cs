@@ -17,7 +17,8 @@ public class CudaGemmTests(ITestOutputHelper output)
 
     public static TheoryData<string> DevChecks() => Parity.DevChecks("Gemm");
 
-    /// <summary>The GEMM group's version 2 (kernels/dev/gemm/02_grouped.cu): mixed entries and FLUX.1-dev's 494 targets.</summary>
+    /// <summary>The Gemm group's playground checks: GemmGroup version 2 (kernels/dev/gemm/02_grouped.cu: mixed entries and
+    /// FLUX.1-dev's 494 targets) and the GELU fusions (kernels/dev/gelu, the cuBLASLt GELU epilogues).</summary>
     [SkippableTheory]
     [MemberData(nameof(DevChecks))]
     public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);

@@ -111,13 +111,14 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// </summary>
     /// <param name="grouped">FusedStage2Cache.Grouped (METALORA_LORA_GROUPED=1): A formation and dM as two GemmGroups.</param>
     /// <param name="steps">steps run; the backend counts only the last (2: a steady step, whose A is formed again after AdamW).</param>
-    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, bool grouped = false, int steps = 1)
+    /// <param name="fusions">the model's fused forms (null: none unless METALORA_FUSE says otherwise).</param>
+    internal static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, bool grouped = false, int steps = 1, Fusions? fusions = null)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
         var be = new ShapeBackend();
         var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Frozen(be.Zeros(t.Shape))), "shapes:flux-dev");
-        var model = new FluxModel(weights);
+        var model = new FluxModel(weights, fusions);
         var targets = FluxNames.LoraTargets(c);
         var down = targets.Select(t => new LoraParameter(LoraAdapter.DownKey(t, LoraMode.Meta), be.Zeros([16, t.InFeatures], Precision.Master))).ToArray();
         var adapter = new LoraAdapter(be, c, targets, LoraMode.Meta, 16, 1, down);
@@ -384,6 +385,25 @@ public class GemmRoutingTests(ITestOutputHelper output)
             Record("linear_backward", dy, false, w, false, dx, false);
             return dx;
         }
+
+        /// <summary>The GELU-fused products record their GEMM as "linear_gelu" / "linear_backward_gelu" (beta = 1 with a c0).</summary>
+        public (Tensor Pre, Tensor Act) LinearGelu(Tensor x, Tensor w, Tensor? bias, Tensor? c0)
+        {
+            var pre = New(WithLast(x.Shape, w.Dim(0)));
+            Record("linear_gelu", x, false, w, true, pre, bias != null, c0 != null ? 1f : 0f);
+            return (pre, New(pre.Shape));
+        }
+        public Tensor LinearBackwardGelu(Tensor dy, Tensor w, Tensor pre, Tensor? c0)
+        {
+            var dPre = New(WithLast(dy.Shape, w.Dim(1)));
+            Record("linear_backward_gelu", dy, false, w, false, dPre, false, c0 != null ? 1f : 0f);
+            return dPre;
+        }
+
+        /// <summary>Strided GELU forward and backward calls: each one kernel on the GPU.</summary>
+        public int GeluSlices { get; private set; }
+        public void GeluTanhSlice(MatrixSlice x, MatrixSlice y) => GeluSlices++;
+        public void GeluTanhBackwardSlice(MatrixSlice x, MatrixSlice dy, MatrixSlice dx) => GeluSlices++;
 
         public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f) { }
         public void ScaleInPlace(Tensor t, float alpha) { }

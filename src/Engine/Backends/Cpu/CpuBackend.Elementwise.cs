@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Elementwise: AddInPlace, ScaleInPlace, SiLU, and GELU (tanh) with its backward.
+// Elementwise: AddInPlace, ScaleInPlace, SiLU, and GELU (tanh) with its backward, whole or on blocks (the strided forms).
 // Each element is widened to fp64, computed, and rounded once on store.
 public sealed partial class CpuBackend<T>
 {
@@ -44,11 +44,71 @@ public sealed partial class CpuBackend<T>
 
     public Tensor GeluTanh(Tensor x) => Map(x, "GeluTanh", v => 0.5 * v * (1 + Math.Tanh(GeluK * (v + GeluC * v * v * v))));
 
-    public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Map2(x, dy, "GeluTanhBackward", (v, g) =>
+    public Tensor GeluTanhBackward(Tensor x, Tensor dy) => Map2(x, dy, "GeluTanhBackward", (v, g) => g * GeluTanhGrad(v));
+
+    /// <summary>gelu'(v), the factor the backward multiplies dy by.</summary>
+    internal static double GeluTanhGrad(double v)
     {
         double th = Math.Tanh(GeluK * (v + GeluC * v * v * v));
-        return g * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GeluK * (1 + 3 * GeluC * v * v));
-    });
+        return 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GeluK * (1 + 3 * GeluC * v * v);
+    }
+
+    /// <summary>y's block = gelu(x's block) (IBackend.GeluTanhSlice): row by row, each block's rows at its own stride.</summary>
+    public void GeluTanhSlice(MatrixSlice x, MatrixSlice y)
+    {
+        const string op = "GeluTanhSlice";
+        var a = Cpu(x.Tensor, op, "x");
+        var o = Cpu(y.Tensor, op, "y");
+        x.Check(op, "x");
+        y.Check(op, "y");
+        SameBlock(op, x, y, "y");
+        Counted.Launch();
+        T[] ad = a.Data, od = o.Data;
+        ForChunks(checked((int)x.Rows), 8L * x.Columns, (r0, r1) =>
+        {
+            for (int r = r0; r < r1; r++)
+            {
+                long ai = a.Offset + x.Offset + (long)r * x.Tensor.Cols, oi = o.Offset + y.Offset + (long)r * y.Tensor.Cols;
+                for (int j = 0; j < x.Columns; j++)
+                {
+                    double v = Wide(ad[ai + j]);
+                    od[oi + j] = Store(0.5 * v * (1 + Math.Tanh(GeluK * (v + GeluC * v * v * v))));
+                }
+            }
+        });
+    }
+
+    /// <summary>dx's block = gelu'(x's block)·dy's block (IBackend.GeluTanhBackwardSlice).</summary>
+    public void GeluTanhBackwardSlice(MatrixSlice x, MatrixSlice dy, MatrixSlice dx)
+    {
+        const string op = "GeluTanhBackwardSlice";
+        var a = Cpu(x.Tensor, op, "x");
+        var g = Cpu(dy.Tensor, op, "dy");
+        var o = Cpu(dx.Tensor, op, "dx");
+        x.Check(op, "x");
+        dy.Check(op, "dy");
+        dx.Check(op, "dx");
+        SameBlock(op, x, dy, "dy");
+        SameBlock(op, x, dx, "dx");
+        Counted.Launch();
+        T[] ad = a.Data, gd = g.Data, od = o.Data;
+        ForChunks(checked((int)x.Rows), 8L * x.Columns, (r0, r1) =>
+        {
+            for (int r = r0; r < r1; r++)
+            {
+                long ai = a.Offset + x.Offset + (long)r * x.Tensor.Cols, gi = g.Offset + dy.Offset + (long)r * dy.Tensor.Cols;
+                long oi = o.Offset + dx.Offset + (long)r * dx.Tensor.Cols;
+                for (int j = 0; j < x.Columns; j++) od[oi + j] = Store(GeluTanhGrad(Wide(ad[ai + j])) * Wide(gd[gi + j]));
+            }
+        });
+    }
+
+    /// <summary>Throws unless two blocks of an elementwise op have the same rows × columns.</summary>
+    private static void SameBlock(string op, MatrixSlice x, MatrixSlice other, string name)
+    {
+        if (x.Rows != other.Rows || x.Columns != other.Columns)
+            throw new ArgumentException($"{op}: {name} block ({other.Rows} × {other.Columns}, {other}) must match x's ({x.Rows} × {x.Columns}, {x})");
+    }
 
     /// <summary>y = f(x) elementwise, same shape as x.</summary>
     private CpuTensor<T> Map(Tensor x, string op, Func<double, double> f)

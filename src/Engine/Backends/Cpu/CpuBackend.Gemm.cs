@@ -3,7 +3,7 @@ using System.Runtime.InteropServices;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Gemm: the matrix products Gemm, GemmSlice, Linear and LinearBackward, and the tile loop the Quant group's products share.
+// Gemm: the matrix products Gemm, GemmSlice, Linear and LinearBackward, the GELU-fused LinearGelu(Backward), and the tile loop the Quant group's products share.
 //
 // Every product is reduced to "each c[i, j] is a dot product of two contiguous rows": op(a) is laid out as A (M, K),
 // transposing into a scratch copy only when a is transposed, and op(b) as Bt (N, K), read through a row source: in
@@ -109,6 +109,82 @@ public sealed partial class CpuBackend<T>
         if (w.Rank != 2)
             throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {S(w)} must be (d_out, d_in)");
         return InputGradient(op, dy, w.Dim(0), w.Dim(1), S(w), new TransposedRows(W.Data, W.Offset, w.Dim(1)));
+    }
+
+    /// <summary>
+    /// pre = x·Wᵀ + b + c0, act = gelu(pre) (IBackend.LinearGelu): pre starts as c0 + b (one pass), the tile loop
+    /// accumulates the product onto it (beta = 1, as the GPU's epilogue adds beta·C before the GELU), and act is
+    /// gelu of the stored pre.
+    /// </summary>
+    public (Tensor Pre, Tensor Act) LinearGelu(Tensor x, Tensor w, Tensor? bias, Tensor? c0)
+    {
+        const string op = "LinearGelu";
+        var X = Cpu(x, op, "x");
+        var W = Cpu(w, op, "w");
+        if (w.Rank != 2 || x.Rank < 1 || x.Cols != w.Dim(1))
+            throw new ArgumentException($"{op}: x {S(x)} needs last dim d_in, w {S(w)} must be (d_out, d_in)");
+        int dOut = w.Dim(0), dIn = w.Dim(1);
+        if (bias is not null && bias.Length != dOut)
+            throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {dOut} elements (w {S(w)})");
+        var pre = New(WithLast(x.Shape, dOut));
+        if (c0 is not null && !c0.Shape.SequenceEqual(pre.Shape))
+            throw new ArgumentException($"{op}: c0 {S(c0)} must have the output's shape {S(pre)}");
+        bool start = InitialTerm(op, pre, bias, c0);
+        if (x.Rows > 0 && dOut > 0 && dIn > 0) Counted.Gemm(CpuRoute);
+        Tiles(X.Data, X.Offset, checked((int)x.Rows), dIn, dOut, new InPlaceRows(W.Data, W.Offset), pre.Data, 0, 1f, start ? 1f : 0f);
+        return (pre, GeluTanh(pre));
+    }
+
+    /// <summary>
+    /// dPre = (dy·W + c0) ⊙ gelu'(pre) (IBackend.LinearBackwardGelu): dPre starts as c0, the tile loop accumulates
+    /// dy·W onto it, and the GELU's derivative multiplies it in place.
+    /// </summary>
+    public Tensor LinearBackwardGelu(Tensor dy, Tensor w, Tensor pre, Tensor? c0)
+    {
+        const string op = "LinearBackwardGelu";
+        var G = Cpu(dy, op, "dy");
+        var W = Cpu(w, op, "w");
+        var P = Cpu(pre, op, "pre");
+        if (w.Rank != 2 || dy.Rank < 1 || dy.Cols != w.Dim(0))
+            throw new ArgumentException($"{op}: dy {S(dy)} needs last dim d_out, w {S(w)} must be (d_out, d_in)");
+        int dOut = w.Dim(0), dIn = w.Dim(1);
+        var dPre = New(WithLast(dy.Shape, dIn));
+        if (!pre.Shape.SequenceEqual(dPre.Shape))
+            throw new ArgumentException($"{op}: pre {S(pre)} must have the input gradient's shape {S(dPre)}");
+        if (c0 is not null && !c0.Shape.SequenceEqual(dPre.Shape))
+            throw new ArgumentException($"{op}: c0 {S(c0)} must have the input gradient's shape {S(dPre)}");
+        bool start = InitialTerm(op, dPre, null, c0);
+        if (dy.Rows > 0 && dOut > 0 && dIn > 0) Counted.Gemm(CpuRoute);
+        Tiles(G.Data, G.Offset, checked((int)dy.Rows), dOut, dIn, new TransposedRows(W.Data, W.Offset, dIn), dPre.Data, 0, 1f, start ? 1f : 0f);
+        Counted.Launch();
+        T[] od = dPre.Data, pd = P.Data;
+        int po = P.Offset;
+        ForChunks((int)dPre.Length, 8, (i0, i1) =>
+        {
+            for (int i = i0; i < i1; i++) od[i] = Store(Wide(od[i]) * GeluTanhGrad(Wide(pd[po + i])));
+        });
+        return dPre;
+    }
+
+    /// <summary>
+    /// out = c0 + bias along the rows (either may be absent): the term a fused product accumulates onto; false when
+    /// both are absent (the product then starts from zero).
+    /// </summary>
+    private bool InitialTerm(string op, CpuTensor<T> output, Tensor? bias, Tensor? c0)
+    {
+        if (bias is null && c0 is null) return false;
+        Counted.Launch();
+        var cs = c0 is null ? null : Cpu(c0, op, "c0");
+        var bs = bias is null ? null : Cpu(bias, op, "bias");
+        T[] od = output.Data;
+        int n = output.Cols;
+        ForChunks(checked((int)output.Rows), n, (r0, r1) =>
+        {
+            for (int r = r0; r < r1; r++)
+            for (int j = 0; j < n; j++)
+                od[r * n + j] = Store((cs is null ? 0 : Wide(cs.Data[cs.Offset + r * n + j])) + (bs is null ? 0 : Wide(bs.Data[bs.Offset + j])));
+        });
+        return true;
     }
 
     /// <summary>
