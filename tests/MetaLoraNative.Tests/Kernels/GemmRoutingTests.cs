@@ -239,6 +239,18 @@ public class GemmRoutingTests(ITestOutputHelper output)
         /// <summary>Narrow, AddNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
         public int LayoutOps { get; private set; }
         public long LayoutBytes { get; private set; }
+        /// <summary>
+        /// The q/k/v ops between the qkv linear and the attention (SplitQkv, RmsNorm, ApplyRope, MergeQkv and their
+        /// backwards, or the fused QkvNormRope and its backward): each one launch on the GPU; and the bytes each reads
+        /// and writes (tensors once, the RoPE table once per call, rstd in fp32).
+        /// </summary>
+        public int QkvOps { get; private set; }
+        public long QkvBytes { get; private set; }
+        void Qkv(long bytes)
+        {
+            QkvOps++;
+            QkvBytes += bytes;
+        }
         /// <summary>Zeros and Fill calls: each a memset on the GPU; and the bytes they write.</summary>
         public int Fills { get; private set; }
         public long FillBytes { get; private set; }
@@ -355,9 +367,14 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
         {
             int B = qkv.Shape[0], L = qkv.Shape[1], D = qkv.Shape[2] / 3 / heads;
+            Qkv(2 * BytesOf(qkv));
             return (New([B, heads, L, D]), New([B, heads, L, D]), New([B, heads, L, D]));
         }
-        public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv) => New([dq.Shape[0], dq.Shape[2], 3 * dq.Shape[1] * dq.Shape[3]]);
+        public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv)
+        {
+            Qkv(2 * (BytesOf(dq) + BytesOf(dk) + BytesOf(dv)));
+            return New([dq.Shape[0], dq.Shape[2], 3 * dq.Shape[1] * dq.Shape[3]]);
+        }
 
         public Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats)
         {
@@ -369,13 +386,40 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
         {
             rstd = New(x.Shape[..^1], Precision.Master);
+            Qkv(2 * BytesOf(x) + BytesOf(rstd));
             return New(x.Shape);
         }
-        public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd) => New(x.Shape);
+        public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+        {
+            Qkv(3 * BytesOf(x) + BytesOf(rstd));
+            return New(x.Shape);
+        }
 
         public Tensor RopeTable(Tensor ids, int[] axesDim, float theta) => New([ids.Shape[0], ids.Shape[1], axesDim.Sum() / 2, 2], Precision.Master);
-        public Tensor ApplyRope(Tensor x, Tensor pe) => New(x.Shape);
-        public Tensor ApplyRopeBackward(Tensor dy, Tensor pe) => New(dy.Shape);
+        public Tensor ApplyRope(Tensor x, Tensor pe)
+        {
+            Qkv(2 * BytesOf(x) + BytesOf(pe));
+            return New(x.Shape);
+        }
+        public Tensor ApplyRopeBackward(Tensor dy, Tensor pe)
+        {
+            Qkv(2 * BytesOf(dy) + BytesOf(pe));
+            return New(dy.Shape);
+        }
+        public (Tensor QRstd, Tensor KRstd) QkvNormRope(MatrixSlice qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start)
+        {
+            var g = QkvGeometry.Of("qkv_norm_rope", qkv, norm, pe, joint, start);
+            long values = qkv.Rows * qkv.Columns, pairs = (long)g.B * g.H * g.L;
+            Qkv(2 * values * Size(qkv.Tensor) + (long)g.L * g.D * 4 + 2 * pairs * 4);   // qkv read, q, k, v written; pe rows; rstd
+            return (New([g.B, g.H, g.L], Precision.Master), New([g.B, g.H, g.L], Precision.Master));
+        }
+        public void QkvNormRopeBackward(QkvJoint grads, int start, MatrixSlice qkv, QkNorm norm, Tensor pe, Tensor qRstd, Tensor kRstd, MatrixSlice dQkv)
+        {
+            var g = QkvGeometry.Of("qkv_norm_rope_backward", qkv, norm, pe, grads, start);
+            long values = qkv.Rows * qkv.Columns, pairs = (long)g.B * g.H * g.L;
+            // dq, dk, dv rows read, q and k of qkv read, d qkv written; pe rows; rstd
+            Qkv(values * Size(grads.Q) + 2 * values / 3 * Size(qkv.Tensor) + values * Size(dQkv.Tensor) + (long)g.L * g.D * 4 + 2 * pairs * 4);
+        }
         public Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse)
         {
             lse = New([q.Shape[0], q.Shape[1], q.Shape[2]], Precision.Master);
