@@ -1,4 +1,4 @@
-// qkv_norm_rope version 2: one stream's split-qkv + QK RMSNorm + RoPE in one pass, written into the joint q, k, v,
+// 02_fused.cu: qkv_norm_rope version 2, one stream's split-qkv + QK RMSNorm + RoPE in one pass, written into the joint q, k, v,
 // and its backward. Replaces the engine's unfused sequence (version 1): layout.cu split_qkv, norm.cu rmsnorm_forward
 // (q and k), layout.cu concat (txt and img along tokens), attention.cu rope_apply (q and k); backward rope_apply
 // (sign -1), layout.cu narrow (dq, dk, dv per stream), norm.cu rmsnorm_backward, layout.cu merge_qkv.

@@ -12,11 +12,11 @@ namespace MetaLoraNative.Kernels;
 public sealed partial class CudaBackend
 {
     const string QkvNormRopeFile = "dev/qkv_norm_rope/02_fused.cu";
-    const int QkvNormRopeWarps = 8;   // QNR_WARPS: one warp per (token, head) pair
+    internal const int QkvNormRopeWarps = 8;   // QNR_WARPS: one warp per (token, head) pair
 
     /// <summary>Mirrors QkvNormRopeParams in 02_fused.cu (shapes there).</summary>
     [StructLayout(LayoutKind.Sequential)]
-    struct QkvNormRopeParams
+    internal struct QkvNormRopeParams
     {
         public ulong Qkv, DQkv, Q, K, V, Wq, Wk, Pe, QRstd, KRstd;
         public int B, H, L, D, LJ, Start, PeBatch;
