@@ -39,8 +39,8 @@ public sealed class DoubleBlock
     /// <summary>
     /// What one stream keeps from "prepare for attention": modulation, modulated LayerNorm, q, k, v. Unfused: the
     /// stream's own q, k (before and after the norm) and v, per token 5C values + 2H fp32. Fused (Fusions.QkvNormRope):
-    /// its qkv rows and the rstd, 3C + 2H; its q, k, v live in the block's joint tensors, which the unfused form
-    /// builds again by Concat (and ApplyRope) from these, so the fused form keeps 4C values per token per stream fewer.
+    /// its qkv rows and the rstd, 3C + 2H. Both keep the joint roped q, k and v besides (3C per token, the block's
+    /// Joint and V), so the fused block keeps 2C values per token fewer (12 KiB in bf16 at C = 3072).
     /// </summary>
     public sealed class PreparedStream : Activations
     {

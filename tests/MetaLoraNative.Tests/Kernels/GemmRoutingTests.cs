@@ -109,13 +109,13 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Every product of one flux-dev Stage-2 step (batch 1, 512 text tokens, 494 targets, r1 16, r2 1) through the
     /// real model, LoRA binding and trainer on the shape-only backend, with the LoRA on the given path.
     /// </summary>
-    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path)
+    static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, Fusions fusions = Fusions.None)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
         var be = new ShapeBackend();
         var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Frozen(be.Zeros(t.Shape))), "shapes:flux-dev");
-        var model = new FluxModel(weights);
+        var model = new FluxModel(weights, fusions);
         var targets = FluxNames.LoraTargets(c);
         var down = targets.Select(t => new LoraParameter(LoraAdapter.DownKey(t, LoraMode.Meta), be.Zeros([16, t.InFeatures], Precision.Master))).ToArray();
         var adapter = new LoraAdapter(be, c, targets, LoraMode.Meta, 16, 1, down);
@@ -214,6 +214,43 @@ public class GemmRoutingTests(ITestOutputHelper output)
         // The stacked path narrows dy, adds each target's delta into y and concatenates stacked downs and their
         // gradients: at least one layout copy per target that the fused path does not make.
         Assert.True(stacked.LayoutOps - fused.LayoutOps >= targets, $"layout copies: stacked {stacked.LayoutOps}, fused {fused.LayoutOps}");
+    }
+
+    /// <summary>
+    /// The fused split-qkv + QK norm + RoPE (Fusions.QkvNormRope) against the op sequence, over a whole flux-dev
+    /// Stage-2 step on the fused LoRA path (docs/PERF.md, "Fused split-qkv + QK RMSNorm + RoPE", quotes the figures):
+    /// the q/k/v ops (split, norms, RoPE, merge, or the fused op) with the layout copies and memsets, launches and
+    /// bytes, and a predicted time = launches × 4 µs + bytes / 4.3 TB/s (not a measurement). The GEMMs must be the same;
+    /// the fused step must issue fewer layout copies, fewer launches and fewer bytes of this traffic.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(1024)]
+    public void FluxDevStage2StepQkvFusionRemovesLayoutTraffic(int resolution)
+    {
+        var (plain, _, _) = Stage2Step(resolution, LoraPath.Fused, Fusions.None);
+        var (fused, _, _) = Stage2Step(resolution, LoraPath.Fused, Fusions.QkvNormRope);
+        static (int Launches, long Bytes, double Ms) Traffic(ShapeBackend be)
+        {
+            int launches = be.LayoutOps + be.QkvOps + be.Fills;
+            long bytes = be.LayoutBytes + be.QkvBytes + be.FillBytes;
+            return (launches, bytes, launches * 4e-3 + bytes / 4.3e9);
+        }
+        var p = Traffic(plain);
+        var f = Traffic(fused);
+        output.WriteLine($"flux-dev {resolution}², Stage 2, fused LoRA, per step:");
+        output.WriteLine("  fusions  layout copies (GB)  q/k/v ops (GB)  memsets (GB)   launches, GB of these   predicted");
+        foreach (var (name, be, x) in new[] { ("none", plain, p), ("qkv", fused, f) })
+            output.WriteLine($"  {name,-8} {be.LayoutOps,6} ({be.LayoutBytes / 1e9,6:F2})  {be.QkvOps,5} ({be.QkvBytes / 1e9,6:F2})  " +
+                             $"{be.Fills,5} ({be.FillBytes / 1e9,5:F2})  {x.Launches,6}, {x.Bytes / 1e9,6:F2}  {x.Ms,6:F1} ms");
+        output.WriteLine($"  saving   {plain.LayoutOps - fused.LayoutOps} layout copies, {p.Launches - f.Launches} launches, {(p.Bytes - f.Bytes) / 1e9:F2} GB: " +
+                         $"predicted {p.Ms - f.Ms:F1} ms per step (not measured on a GPU)");
+
+        Assert.Equal(plain.Products.Select(x => x.Problem), fused.Products.Select(x => x.Problem));
+        // per double block 3 Concats forward and 6 Narrows backward go; per single block none were there
+        var c = FluxConfig.FluxDev;
+        Assert.Equal(9 * c.Depth, plain.LayoutOps - fused.LayoutOps);
+        Assert.True(f.Launches < p.Launches && f.Bytes < p.Bytes, $"fused {f.Launches} launches, {f.Bytes} B; unfused {p.Launches}, {p.Bytes} B");
     }
 
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
