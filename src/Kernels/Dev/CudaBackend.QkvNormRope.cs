@@ -70,7 +70,8 @@ public sealed partial class CudaBackend
         using var fpe = F32(pe, "pe");
         var qr = Alloc([g.B, g.H, g.L], Precision.Master);
         var kr = Alloc([g.B, g.H, g.L], Precision.Master);
-        var p = QkvParams(op, g, SlicePtr(bx.Tensor, qkv), qkv.Tensor.Length, qkv.Tensor.Cols, SlicePtr(bx.Tensor, qkv), 0, 8,
+        // the forward writes no d qkv: null, with qkv's row stride so the 16-byte rule reads only qkv's
+        var p = QkvParams(op, g, SlicePtr(bx.Tensor, qkv), qkv.Tensor.Length, qkv.Tensor.Cols, 0, 0, qkv.Tensor.Cols,
                           T(joint.Q, "q"), T(joint.K, "k"), T(joint.V, "v"), wq.Tensor, wk.Tensor, fpe.Tensor, norm.Eps);
         p.QRstd = qr.Ptr;
         p.KRstd = kr.Ptr;
