@@ -33,7 +33,11 @@ public class ParityListTests
         // The engine's list runs version 1 only; every playground check runs version 2 or 3 in at least one direction.
         string[] playground = ["tc", "p3"];
         Assert.All(CudaParity.All, c => Assert.Empty(c.Name.Split(' ', '/').Intersect(playground)));
-        Assert.All(CudaParity.Dev, c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
+        var attentionDev = CudaParity.Dev.Where(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)).ToList();
+        Assert.All(attentionDev, c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
+        // the playground's other op is qkv_norm_rope version 2: one check per case, and nothing else in the list
+        Assert.All(CudaParity.Dev.Except(attentionDev), c => Assert.StartsWith("qkv_norm_rope ", c.Name));
+        Assert.Equal(CudaParity.QkvNormRopeCases.Length, CudaParity.Dev.Count(c => c.Name.StartsWith("qkv_norm_rope ", StringComparison.Ordinal)));
     }
 
     /// <summary>The real shapes: every LoRA kind at flux-dev's widths, the flux-width model at 256² and 512², attention at 1,536 and 4,608.</summary>
