@@ -166,6 +166,21 @@ public interface IBackend : IDisposable
     Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse);
     (Tensor Dq, Tensor Dk, Tensor Dv) AttentionBackward(Tensor dOut, Tensor q, Tensor k, Tensor v, Tensor output, Tensor lse);
 
+    /// <summary>
+    /// One stream's split-qkv, QK RMSNorm and RoPE in one pass, written into the joint sequence (the fused form of
+    /// SplitQkv → RmsNorm(q), RmsNorm(k) → Concat → ApplyRope(q), ApplyRope(k)). qkv: B·L rows of 3·H·D columns read as
+    /// "B L (K H D)", a block of a wider matrix allowed (the single block's linear1 columns [0, 3C)); joint q, k, v
+    /// (B, H, L_joint, D) get tokens [start, start + L) written (=): q = rope(q·rstd_q·queryScale), k likewise,
+    /// v copied; the rest of them is untouched. pe (B or 1, L_joint, D/2, 2). Returns rstd of every q and k row, (B, H, L).
+    /// </summary>
+    (Tensor QRstd, Tensor KRstd) QkvNormRope(MatrixSlice qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start);
+    /// <summary>
+    /// Backward of <see cref="QkvNormRope"/>: gradients w.r.t. the joint roped q, k and v (what AttentionBackward
+    /// returns), tokens [start, start + L) → d qkv written (=) into <paramref name="dQkv"/> (B·L rows of 3·H·D, a
+    /// block of a wider matrix allowed). qkv is the forward's input (q, k before the norm are re-read from it).
+    /// </summary>
+    void QkvNormRopeBackward(QkvJoint grads, int start, MatrixSlice qkv, QkNorm norm, Tensor pe, Tensor qRstd, Tensor kRstd, MatrixSlice dQkv);
+
     // ---------------------------------------------------------------- Conditioning (timestep embedding, gated residual)
 
     /// <summary>
@@ -327,6 +342,21 @@ public readonly record struct GemmEntry(MatrixSlice A, bool TransA, MatrixSlice 
 
     public override string ToString() => $"c {C} = {Alpha}·a{(TransA ? "ᵀ" : "")} {A} · b{(TransB ? "ᵀ" : "")} {B} + {Beta}·c";
 }
+
+/// <summary>The joint q, k, v of one attention (or their gradients), each (B, H, L_joint, D).</summary>
+public readonly record struct QkvJoint(Tensor Q, Tensor K, Tensor V) : IDisposable
+{
+    /// <summary>Disposes the three (for the holder that owns them).</summary>
+    public void Dispose()
+    {
+        Q.Dispose();
+        K.Dispose();
+        V.Dispose();
+    }
+}
+
+/// <summary>BFL's QKNorm of one stream: the frozen query_norm and key_norm scales (D each) and the RMS epsilon.</summary>
+public readonly record struct QkNorm(Tensor QueryScale, Tensor KeyScale, float Eps);
 
 /// <summary>Hyper-parameters of one AdamW update.</summary>
 /// <param name="Step">1-based step count of this tensor (for bias correction).</param>

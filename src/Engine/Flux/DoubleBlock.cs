@@ -36,7 +36,12 @@ public sealed class DoubleBlock
     public StreamWeights Img { get; }
     public StreamWeights Txt { get; }
 
-    /// <summary>What one stream keeps from "prepare for attention": modulation, modulated LayerNorm, q, k, v.</summary>
+    /// <summary>
+    /// What one stream keeps from "prepare for attention": modulation, modulated LayerNorm, q, k, v. Unfused: the
+    /// stream's own q, k (before and after the norm) and v, per token 5C values + 2H fp32. Fused (Fusions.QkvNormRope):
+    /// its qkv rows and the rstd, 3C + 2H. Both keep the joint roped q, k and v besides (3C per token, the block's
+    /// Joint and V), so the fused block keeps 2C values per token fewer (12 KiB in bf16 at C = 3072).
+    /// </summary>
     public sealed class PreparedStream : Activations
     {
         public required Tensor X { get; init; }                    // (B, L, C) stream input: borrowed (the model state's)
@@ -44,9 +49,10 @@ public sealed class DoubleBlock
         public required ModulationOut Mod2 { get; init; }          // MLP half: shift, scale, gate, each (B, C)
         public required Tensor Stats1 { get; init; }               // (B·L, 2) mean, rstd of LayerNorm(x)
         public required Tensor Modulated1 { get; init; }           // (B, L, C) (1 + scale1)·LN(x) + shift1, the qkv input
-        public required QkvAttention.Stream Qkv { get; init; }     // this stream's q, k (normalised), v
+        public QkvAttention.Stream? Qkv { get; init; }             // unfused: this stream's q, k (normalised), v
+        public QkvAttention.FusedStream? Fused { get; init; }      // fused: this stream's qkv (B, L, 3C) and q/k rstd
 
-        protected override IEnumerable<IDisposable?> Owned() => [Mod1, Mod2, Stats1, Modulated1, Qkv];
+        protected override IEnumerable<IDisposable?> Owned() => [Mod1, Mod2, Stats1, Modulated1, Qkv, Fused];
     }
 
     /// <summary>What one stream keeps: its prepared half, then "calculate the block" (projection and MLP).</summary>
@@ -71,7 +77,7 @@ public sealed class DoubleBlock
         public required StreamActivations Img { get; init; }
         public required StreamActivations Txt { get; init; }
         public required Tensor V { get; init; }                    // (B, H, L_txt + L_img, D) joint v, read by Joint
-        public required QkvAttention.Joint Joint { get; init; }    // the joint attention (text first)
+        public required QkvAttention.Joint Joint { get; init; }    // the joint attention (text first); owns the roped q, k
 
         protected override IEnumerable<IDisposable?> Owned() => [Img, Txt, V, Joint];
     }
@@ -81,21 +87,33 @@ public sealed class DoubleBlock
     {
         var be = img.Backend;
         int lt = txt.Dim(1), li = img.Dim(1);
+        // fused: the joint q, k, v, into which each stream writes its tokens (normalised, roped) as it is prepared
+        QkvJoint? joint = fusions.HasFlag(Fusions.QkvNormRope) ? QkvAttention.NewJoint(be, img.Dim(0), heads, lt + li, img.Dim(2) / heads) : null;
 
         // prepare image and text for attention
-        var imgPrepared = PrepareAttention(Img, img, siluVec, lora);
-        var txtPrepared = PrepareAttention(Txt, txt, siluVec, lora);
+        var imgPrepared = PrepareAttention(Img, img, siluVec, pe, joint, lt, lora);
+        var txtPrepared = PrepareAttention(Txt, txt, siluVec, pe, joint, 0, lora);
 
         // run actual attention on the joint sequence, text first
-        using var q = be.Concat(2, txtPrepared.Qkv.QNorm, imgPrepared.Qkv.QNorm);
-        using var k = be.Concat(2, txtPrepared.Qkv.KNorm, imgPrepared.Qkv.KNorm);
-        var v = be.Concat(2, txtPrepared.Qkv.V, imgPrepared.Qkv.V);
-        var attn = QkvAttention.Forward(q, k, v, pe, out var joint);           // (B, L_txt + L_img, C), owned by joint
+        Tensor v, attn;
+        QkvAttention.Joint jointSaved;
+        if (joint is { } roped)
+        {
+            v = roped.V;
+            attn = QkvAttention.Attend(roped, out jointSaved);                 // (B, L_txt + L_img, C), owned by jointSaved
+        }
+        else
+        {
+            using var q = be.Concat(2, txtPrepared.Qkv!.QNorm, imgPrepared.Qkv!.QNorm);
+            using var k = be.Concat(2, txtPrepared.Qkv.KNorm, imgPrepared.Qkv.KNorm);
+            v = be.Concat(2, txtPrepared.Qkv.V, imgPrepared.Qkv.V);
+            attn = QkvAttention.Forward(q, k, v, pe, out jointSaved);           // (B, L_txt + L_img, C), owned by jointSaved
+        }
 
         // calculate the img and txt blocks
         var imgOut = Finish(Img, imgPrepared, StreamRows(attn, lt, li), lora, out var imgSaved);
         var txtOut = Finish(Txt, txtPrepared, StreamRows(attn, 0, lt), lora, out var txtSaved);
-        saved = new BlockActivations { Img = imgSaved, Txt = txtSaved, V = v, Joint = joint };
+        saved = new BlockActivations { Img = imgSaved, Txt = txtSaved, V = v, Joint = jointSaved };
         return (imgOut, txtOut);
     }
 
@@ -120,14 +138,23 @@ public sealed class DoubleBlock
         return saved;
     }
 
-    PreparedStream PrepareAttention(StreamWeights w, Tensor x, Tensor siluVec, LoraBinding? lora)
+    /// <summary>Modulation, modulated LayerNorm, qkv and q/k norm of one stream; fused (joint given), its tokens from start of the joint q, k, v.</summary>
+    PreparedStream PrepareAttention(StreamWeights w, Tensor x, Tensor siluVec, Tensor pe, QkvJoint? joint, int start, LoraBinding? lora)
     {
         var be = x.Backend;
         var (mod1, mod2) = w.Mod.ForwardDouble(siluVec, lora);
         var modulated1 = be.LayerNormModulate(x, mod1.Shift, mod1.Scale, FluxConfig.NormEps, out var stats1);
-        using var qkv = w.Qkv.Forward(modulated1, lora);                      // (B, L, 3C)
-        var split = QkvAttention.Split(qkv, heads, w.QueryNorm, w.KeyNorm);
-        return new PreparedStream { X = x, Mod1 = mod1, Mod2 = mod2, Stats1 = stats1, Modulated1 = modulated1, Qkv = split };
+        var qkv = w.Qkv.Forward(modulated1, lora);                            // (B, L, 3C)
+        if (joint is { } j)
+        {
+            var fused = QkvAttention.SplitInto(qkv, new QkNorm(w.QueryNorm, w.KeyNorm, FluxConfig.NormEps), pe, j, start);   // owns qkv
+            return new PreparedStream { X = x, Mod1 = mod1, Mod2 = mod2, Stats1 = stats1, Modulated1 = modulated1, Fused = fused };
+        }
+        using (qkv)
+        {
+            var split = QkvAttention.Split(qkv, heads, w.QueryNorm, w.KeyNorm);
+            return new PreparedStream { X = x, Mod1 = mod1, Mod2 = mod2, Stats1 = stats1, Modulated1 = modulated1, Qkv = split };
+        }
     }
 
     /// <summary>
@@ -195,13 +222,20 @@ public sealed class DoubleBlock
         using var dAttn = joint ?? be.Concat(1, txt.DAttn, img.DAttn);
         img.DAttn.Dispose();
         txt.DAttn.Dispose();
-        var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
+        // unfused: dq, dk before RoPE; fused: w.r.t. the roped q, k (RoPE's backward is in each stream's)
+        QkvJoint grads;
+        if (s.Img.Prepared.Fused != null) grads = QkvAttention.AttendBackward(s.Joint, dAttn);
+        else
+        {
+            var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
+            grads = new QkvJoint(dq, dk, dv);
+        }
         int lt = s.Txt.Prepared.X.Dim(1), li = s.Img.Prepared.X.Dim(1);
 
         // back through the preparation of each stream
-        PrepareBackward(Img, s.Img.Prepared, dq, dk, dv, lt, li, img, siluVec, lora);
-        PrepareBackward(Txt, s.Txt.Prepared, dq, dk, dv, 0, lt, txt, siluVec, lora);
-        dq.Dispose(); dk.Dispose(); dv.Dispose();
+        PrepareBackward(Img, s.Img.Prepared, grads, lt, li, img, siluVec, pe, lora);
+        PrepareBackward(Txt, s.Txt.Prepared, grads, 0, lt, txt, siluVec, pe, lora);
+        grads.Dispose();
         return (img.Dx, txt.Dx);
     }
 
@@ -253,15 +287,15 @@ public sealed class DoubleBlock
         return new FinishGradients(dx1!, dAttn, dGate1!, new ModulationOut(dShift2, dScale2, dGate2));
     }
 
-    /// <summary>Back through q/k norm, qkv and the first modulated LayerNorm of one stream (rows [start, start+length) of the joint dq, dk, dv); adds into g.Dx.</summary>
-    static void PrepareBackward(StreamWeights w, PreparedStream s, Tensor dq, Tensor dk, Tensor dv, int start, int length,
-                                FinishGradients g, Tensor siluVec, LoraBinding? lora)
+    /// <summary>
+    /// Back through q/k norm, qkv and the first modulated LayerNorm of one stream (rows [start, start+length) of the
+    /// joint dq, dk, dv: before RoPE unfused, w.r.t. the roped q, k fused); adds into g.Dx.
+    /// </summary>
+    static void PrepareBackward(StreamWeights w, PreparedStream s, QkvJoint grads, int start, int length,
+                                FinishGradients g, Tensor siluVec, Tensor pe, LoraBinding? lora)
     {
-        var be = dq.Backend;
-        using var dqs = be.Narrow(dq, 2, start, length);
-        using var dks = be.Narrow(dk, 2, start, length);
-        using var dvs = be.Narrow(dv, 2, start, length);
-        using var dQkv = QkvAttention.SplitBackward(s.Qkv, dqs, dks, dvs);
+        var be = grads.Q.Backend;
+        using var dQkv = s.Fused is { } fused ? QkvAttention.SplitIntoBackward(fused, grads, pe) : StreamQkvBackward(s.Qkv!, grads, start, length);
         using var dModulated1 = w.Qkv.Backward(s.Modulated1, dQkv, lora);
         var (dxn, dShift1, dScale1) = be.LayerNormModulateBackward(dModulated1, s.X, s.Mod1.Scale, s.Stats1);
         be.AddInPlace(g.Dx, dxn);
@@ -269,5 +303,15 @@ public sealed class DoubleBlock
         using var dMod1 = new ModulationOut(dShift1, dScale1, g.DGate1);
         using var dMod2 = g.DMod2;
         w.Mod.Backward(siluVec, dMod1, dMod2, lora);
+    }
+
+    /// <summary>Unfused: this stream's rows of the joint dq, dk, dv (before RoPE), then the q/k norm backward and MergeQkv.</summary>
+    static Tensor StreamQkvBackward(QkvAttention.Stream s, QkvJoint grads, int start, int length)
+    {
+        var be = grads.Q.Backend;
+        using var dqs = be.Narrow(grads.Q, 2, start, length);
+        using var dks = be.Narrow(grads.K, 2, start, length);
+        using var dvs = be.Narrow(grads.V, 2, start, length);
+        return QkvAttention.SplitBackward(s, dqs, dks, dvs);
     }
 }

@@ -46,6 +46,64 @@ public static class QkvAttention
         return be.MergeQkv(dq, dk, dv);
     }
 
+    // ---------------------------------------------------------------- the fused form (Fusions.QkvNormRope)
+    // One op per stream writes its q, k (normalised and roped) and v straight into the joint tensors, and its backward
+    // reads the joint gradients at the stream's tokens and writes d qkv: no SplitQkv, RmsNorm, Concat, ApplyRope,
+    // Narrow or MergeQkv, and per stream the record keeps qkv and two rstd instead of Q, K, V, QNorm, KNorm.
+
+    /// <summary>What <see cref="SplitInto"/> keeps for the backward of one stream.</summary>
+    public sealed class FusedStream : Activations
+    {
+        public required Tensor Qkv { get; init; }     // (B, L, 3C) the stream's qkv, re-read by the backward (q, k before the norm)
+        public required Tensor QRstd { get; init; }   // (B, H, L) 1 / rms of each q row
+        public required Tensor KRstd { get; init; }   // (B, H, L)
+        public required QkNorm Norm { get; init; }    // query_norm, key_norm scales: borrowed (frozen weights)
+        public required int Start { get; init; }      // the stream's first token in the joint sequence
+
+        protected override IEnumerable<IDisposable?> Owned() => [Qkv, QRstd, KRstd];
+    }
+
+    /// <summary>The joint q, k, v (B, H, L_joint, D) the streams write into; the caller owns them.</summary>
+    public static QkvJoint NewJoint(IBackend be, int batch, int heads, int length, int headDim) =>
+        new(be.Zeros(batch, heads, length, headDim), be.Zeros(batch, heads, length, headDim), be.Zeros(batch, heads, length, headDim));
+
+    /// <summary>
+    /// qkv (B, L, 3C) → tokens [start, start + L) of the joint q, k (normalised, then roped with pe's rows) and v.
+    /// The record takes qkv (the backward reads it again).
+    /// </summary>
+    public static FusedStream SplitInto(Tensor qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start)
+    {
+        var (qRstd, kRstd) = qkv.Backend.QkvNormRope(qkv, norm, pe, joint, start);
+        return new FusedStream { Qkv = qkv, QRstd = qRstd, KRstd = kRstd, Norm = norm, Start = start };
+    }
+
+    /// <summary>Joint dq, dk (w.r.t. the roped q, k) and dv → this stream's d qkv (B, L, 3C).</summary>
+    public static Tensor SplitIntoBackward(FusedStream s, QkvJoint grads, Tensor pe)
+    {
+        var be = s.Qkv.Backend;
+        var dQkv = be.Zeros(s.Qkv.Shape);
+        be.QkvNormRopeBackward(grads, s.Start, s.Qkv, s.Norm, pe, s.QRstd, s.KRstd, dQkv);
+        return dQkv;
+    }
+
+    /// <summary>
+    /// The attention of the fused form, on q, k already roped: output (B, L, H·D), owned by <paramref name="saved"/>,
+    /// which takes q and k (as QRope, KRope); v stays the caller's.
+    /// </summary>
+    public static Tensor Attend(QkvJoint roped, out Joint saved)
+    {
+        var output = roped.Q.Backend.Attention(roped.Q, roped.K, roped.V, out var lse);
+        saved = new Joint { QRope = roped.Q, KRope = roped.K, V = roped.V, Output = output, Lse = lse };
+        return output;
+    }
+
+    /// <summary>Backward of <see cref="Attend"/>: d output → dq, dk w.r.t. the roped q, k, and dv, all (B, H, L, D).</summary>
+    public static QkvJoint AttendBackward(Joint s, Tensor dOut)
+    {
+        var (dq, dk, dv) = dOut.Backend.AttentionBackward(dOut, s.QRope, s.KRope, s.V, s.Output, s.Lse);
+        return new QkvJoint(dq, dk, dv);
+    }
+
     /// <summary>What <see cref="Forward"/> keeps for the attention backward.</summary>
     public sealed class Joint : Activations
     {

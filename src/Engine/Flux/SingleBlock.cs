@@ -27,12 +27,14 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         public required Tensor Modulated { get; init; }            // (B, L, C) (1 + scale)·LN(x) + shift, the linear1 input
         public required Tensor? MlpIn { get; init; }               // (B, L, mlp) the MLP rows of linear1's output (a copy), or null when sliced
         public Tensor? Lin1 { get; init; }                         // (B, L, 3C + mlp) linear1's output, kept when sliced (Fusions.GeluEpilogue): the GELU's input is its MLP columns
-        public required QkvAttention.Stream Qkv { get; init; }     // q, k (normalised), v from linear1's first 3C rows
+        public QkvAttention.Stream? Qkv { get; init; }             // unfused: q, k (normalised), v from linear1's first 3C columns
+        public QkvAttention.FusedStream? Fused { get; init; }      // fused (Fusions.QkvNormRope): those columns (B, L, 3C) and the q/k rstd
+        public Tensor? V { get; init; }                            // fused: (B, H, L, D) v, read by Joint (unfused: Qkv's)
         public required QkvAttention.Joint Joint { get; init; }    // the attention over the whole sequence
         public required Tensor Cat { get; init; }                  // (B, L, C + mlp) [attention, gelu(MlpIn)], the linear2 input
         public required Tensor Out { get; init; }                  // (B, L, C) linear2 output
 
-        protected override IEnumerable<IDisposable?> Owned() => [Mod, Stats, Modulated, MlpIn, Lin1, Qkv, Joint, Cat, Out];
+        protected override IEnumerable<IDisposable?> Owned() => [Mod, Stats, Modulated, MlpIn, Lin1, Qkv, Fused, V, Joint, Cat, Out];
     }
 
     /// <summary>x (B, L, C) joint sequence → x + gate · linear2([attn, gelu(mlp)]).</summary>
@@ -43,17 +45,37 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         var modulated = be.LayerNormModulate(x, mod.Shift, mod.Scale, FluxConfig.NormEps, out var stats);
         bool sliced = fusions.HasFlag(Fusions.GeluEpilogue);
         var lin1 = Linear1.Forward(modulated, lora);                          // (B, L, 3C + mlp)
-        using var qkv = be.Narrow(lin1, -1, 0, 3 * hidden);
+        var qkv = be.Narrow(lin1, -1, 0, 3 * hidden);
         var mlpIn = sliced ? null : be.Narrow(lin1, -1, 3 * hidden, mlpHidden);   // sliced: read in place from lin1
 
-        var split = QkvAttention.Split(qkv, heads, QueryNorm, KeyNorm);
-        var attn = QkvAttention.Forward(split.QNorm, split.KNorm, split.V, pe, out var joint);   // owned by joint
+        // q, k normalised and roped, v: fused into one op that writes the joint tensors, or the op sequence
+        QkvAttention.Stream? split = null;
+        QkvAttention.FusedStream? fused = null;
+        Tensor? v = null;
+        Tensor attn;
+        QkvAttention.Joint joint;
+        if (fusions.HasFlag(Fusions.QkvNormRope))
+        {
+            // The record keeps this (B, L, 3C) copy of linear1's q/k/v columns (3C per token, against the 5C of the
+            // unfused Q, K, V, QNorm, KNorm and the 2C of QRope, KRope that Joint keeps now as the joint q, k);
+            // reading the columns in place (the op takes a MatrixSlice of lin1) would mean keeping all of lin1.
+            var qkvJoint = QkvAttention.NewJoint(be, x.Dim(0), heads, x.Dim(1), hidden / heads);
+            fused = QkvAttention.SplitInto(qkv, new QkNorm(QueryNorm, KeyNorm, FluxConfig.NormEps), pe, qkvJoint, 0);   // owns qkv
+            v = qkvJoint.V;
+            attn = QkvAttention.Attend(qkvJoint, out joint);                  // owned by joint
+        }
+        else
+        {
+            using (qkv) split = QkvAttention.Split(qkv, heads, QueryNorm, KeyNorm);
+            attn = QkvAttention.Forward(split.QNorm, split.KNorm, split.V, pe, out joint);   // owned by joint
+        }
         var cat = sliced ? SlicedCat(attn, lin1) : Cat(attn, mlpIn!);        // (B, L, C + mlp) [attn, gelu(mlp)]
         if (!sliced) lin1.Dispose();
         var output = Linear2.Forward(cat, lora);
         saved = new BlockActivations
         {
-            X = x, Mod = mod, Stats = stats, Modulated = modulated, MlpIn = mlpIn, Lin1 = sliced ? lin1 : null, Qkv = split, Joint = joint,
+            X = x, Mod = mod, Stats = stats, Modulated = modulated, MlpIn = mlpIn, Lin1 = sliced ? lin1 : null,
+            Qkv = split, Fused = fused, V = v, Joint = joint,
             Cat = cat, Out = output,
         };
         return be.GatedResidual(x, mod.Gate, output);
@@ -106,9 +128,7 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         using var dAct = sliced ? null : be.Narrow(dCat, -1, hidden, mlpHidden);
         using var dMlpIn = sliced ? null : be.GeluTanhBackward(s.MlpIn!, dAct!);
 
-        var (dq, dk, dv) = QkvAttention.Backward(s.Joint, dAttn, pe);
-        using var dQkv = QkvAttention.SplitBackward(s.Qkv, dq, dk, dv);
-        dq.Dispose(); dk.Dispose(); dv.Dispose();
+        using var dQkv = s.Fused is { } fused ? FusedQkvBackward(fused, s.Joint, dAttn, pe) : QkvBackward(s.Qkv!, s.Joint, dAttn, pe);
         using var dLin1 = dLin1Whole ?? be.Concat(-1, dQkv, dMlpIn!);         // (B, L, 3C + mlp)
         if (sliced) be.AddNarrow(dLin1, dQkv, -1, 0);                         // dlin1[:, :, :3C] = d qkv
         using var dModulated = Linear1.Backward(s.Modulated, dLin1, lora);
@@ -118,5 +138,20 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         using var dMod = new ModulationOut(dShift, dScale, dGate);
         Modulation.Backward(siluVec, dMod, lora);
         return dx;
+    }
+
+    /// <summary>Unfused: back through attention, RoPE, the q/k norm and the split → d qkv (B, L, 3C).</summary>
+    static Tensor QkvBackward(QkvAttention.Stream s, QkvAttention.Joint joint, Tensor dAttn, Tensor pe)
+    {
+        var (dq, dk, dv) = QkvAttention.Backward(joint, dAttn, pe);
+        using var grads = new QkvJoint(dq, dk, dv);
+        return QkvAttention.SplitBackward(s, dq, dk, dv);
+    }
+
+    /// <summary>Fused: back through attention (w.r.t. the roped q, k), then RoPE, q/k norm and split in one op → d qkv (B, L, 3C).</summary>
+    static Tensor FusedQkvBackward(QkvAttention.FusedStream s, QkvAttention.Joint joint, Tensor dAttn, Tensor pe)
+    {
+        using var grads = QkvAttention.AttendBackward(joint, dAttn);
+        return QkvAttention.SplitIntoBackward(s, grads, pe);
     }
 }

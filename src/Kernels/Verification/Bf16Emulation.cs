@@ -332,6 +332,32 @@ public sealed class Bf16EmulationBackend : IBackend
         return (Out(dq), Out(dk), Out(dv));
     }
 
+    public (Tensor QRstd, Tensor KRstd) QkvNormRope(MatrixSlice qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start)
+    {
+        using var rx = Bf16(qkv.Tensor);
+        using var rq = Bf16(norm.QueryScale);
+        using var rk = Bf16(norm.KeyScale);
+        var (qr, kr) = inner.QkvNormRope(qkv with { Tensor = rx.Tensor }, norm with { QueryScale = rq.Tensor, KeyScale = rk.Tensor }, I(pe),
+                                         new QkvJoint(I(joint.Q), I(joint.K), I(joint.V)), start);
+        // the kernel stores q, k, v once, in bf16 (rounding the rows it did not write leaves them as they were)
+        foreach (var t in new[] { joint.Q, joint.K, joint.V })
+            if (E(t).Precision == Precision.Compute) RoundInPlace(I(t));
+        return (OutF32(qr), OutF32(kr));
+    }
+
+    public void QkvNormRopeBackward(QkvJoint grads, int start, MatrixSlice qkv, QkNorm norm, Tensor pe, Tensor qRstd, Tensor kRstd, MatrixSlice dQkv)
+    {
+        using var gq = Bf16(grads.Q);
+        using var gk = Bf16(grads.K);
+        using var gv = Bf16(grads.V);
+        using var rx = Bf16(qkv.Tensor);
+        using var rq = Bf16(norm.QueryScale);
+        using var rk = Bf16(norm.KeyScale);
+        inner.QkvNormRopeBackward(new QkvJoint(gq.Tensor, gk.Tensor, gv.Tensor), start, qkv with { Tensor = rx.Tensor },
+                                  norm with { QueryScale = rq.Tensor, KeyScale = rk.Tensor }, I(pe), I(qRstd), I(kRstd), dQkv with { Tensor = I(dQkv.Tensor) });
+        if (E(dQkv.Tensor).Precision == Precision.Compute) RoundInPlace(I(dQkv.Tensor));   // the rest of dQkv is bf16 already
+    }
+
     // ---------------------------------------------------------------- Conditioning
 
     public Tensor TimestepEmbedding(Tensor t, int dim, float timeFactor = 1000f, float maxPeriod = 10000f) =>

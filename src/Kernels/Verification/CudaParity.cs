@@ -82,7 +82,7 @@ public static partial class CudaParity
     public static IReadOnlyList<ParityCheck> Dev => dev ??=
     [
         .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Elementwise", GeluStridedChecks()),
-        .. In("Norm", ResidualNormChecks()), .. In("Attention", AttentionMmaChecks()), .. In("Model", GeluModelChecks()),
+        .. In("Norm", ResidualNormChecks()), .. In("Attention", [.. AttentionMmaChecks(), .. QkvNormRopeChecks()]), .. In("Model", GeluModelChecks()),
     ];
     static ParityCheck[]? dev;
 

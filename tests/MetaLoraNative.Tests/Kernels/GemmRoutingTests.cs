@@ -258,6 +258,43 @@ public class GemmRoutingTests(ITestOutputHelper output)
         Assert.Equal(0, plain.GroupCalls);
     }
 
+    /// <summary>
+    /// The fused split-qkv + QK norm + RoPE (Fusions.QkvNormRope) against the op sequence, over a whole flux-dev
+    /// Stage-2 step on the fused LoRA path (docs/PERF.md, "Fused split-qkv + QK RMSNorm + RoPE", quotes the figures):
+    /// the q/k/v ops (split, norms, RoPE, merge, or the fused op) with the layout copies and memsets, launches and
+    /// bytes, and a predicted time = launches × 4 µs + bytes / 4.3 TB/s (not a measurement). The GEMMs must be the same;
+    /// the fused step must issue fewer layout copies, fewer launches and fewer bytes of this traffic.
+    /// </summary>
+    [Theory]
+    [InlineData(512)]
+    [InlineData(1024)]
+    public void FluxDevStage2StepQkvFusionRemovesLayoutTraffic(int resolution)
+    {
+        var (plain, _, _) = Stage2Step(resolution, LoraPath.Fused, fusions: Fusions.None);
+        var (fused, _, _) = Stage2Step(resolution, LoraPath.Fused, fusions: Fusions.QkvNormRope);
+        static (int Launches, long Bytes, double Ms) Traffic(ShapeBackend be)
+        {
+            int launches = be.LayoutOps + be.QkvOps + be.Fills;
+            long bytes = be.LayoutBytes + be.QkvBytes + be.FillBytes;
+            return (launches, bytes, launches * 4e-3 + bytes / 4.3e9);
+        }
+        var p = Traffic(plain);
+        var f = Traffic(fused);
+        output.WriteLine($"flux-dev {resolution}², Stage 2, fused LoRA, per step:");
+        output.WriteLine("  fusions  layout copies (GB)  q/k/v ops (GB)  memsets (GB)   launches, GB of these   predicted");
+        foreach (var (name, be, x) in new[] { ("none", plain, p), ("qkv", fused, f) })
+            output.WriteLine($"  {name,-8} {be.LayoutOps,6} ({be.LayoutBytes / 1e9,6:F2})  {be.QkvOps,5} ({be.QkvBytes / 1e9,6:F2})  " +
+                             $"{be.Fills,5} ({be.FillBytes / 1e9,5:F2})  {x.Launches,6}, {x.Bytes / 1e9,6:F2}  {x.Ms,6:F1} ms");
+        output.WriteLine($"  saving   {plain.LayoutOps - fused.LayoutOps} layout copies, {p.Launches - f.Launches} launches, {(p.Bytes - f.Bytes) / 1e9:F2} GB: " +
+                         $"predicted {p.Ms - f.Ms:F1} ms per step (not measured on a GPU)");
+
+        Assert.Equal(plain.Products.Select(x => x.Problem), fused.Products.Select(x => x.Problem));
+        // per double block 3 Concats forward and 6 Narrows backward go; per single block none were there
+        var c = FluxConfig.FluxDev;
+        Assert.Equal(9 * c.Depth, plain.LayoutOps - fused.LayoutOps);
+        Assert.True(f.Launches < p.Launches && f.Bytes < p.Bytes, $"fused {f.Launches} launches, {f.Bytes} B; unfused {p.Launches}, {p.Bytes} B");
+    }
+
     /// <summary>One product as the CUDA backend would describe it: every tensor starts a pool block (256-byte aligned).</summary>
     /// <param name="Frozen">b is a frozen model weight (a W0 product); otherwise a LoRA product.</param>
     /// <param name="Accumulate">beta ≠ 0: c is read as well as written.</param>
@@ -287,6 +324,18 @@ public class GemmRoutingTests(ITestOutputHelper output)
         /// <summary>Narrow, AddNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
         public int LayoutOps { get; private set; }
         public long LayoutBytes { get; private set; }
+        /// <summary>
+        /// The q/k/v ops between the qkv linear and the attention (SplitQkv, RmsNorm, ApplyRope, MergeQkv and their
+        /// backwards, or the fused QkvNormRope and its backward): each one launch on the GPU; and the bytes each reads
+        /// and writes (tensors once, the RoPE table once per call, rstd in fp32).
+        /// </summary>
+        public int QkvOps { get; private set; }
+        public long QkvBytes { get; private set; }
+        void Qkv(long bytes)
+        {
+            QkvOps++;
+            QkvBytes += bytes;
+        }
         /// <summary>Zeros and Fill calls: each a memset on the GPU; and the bytes they write.</summary>
         public int Fills { get; private set; }
         public long FillBytes { get; private set; }
@@ -439,9 +488,14 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
         {
             int B = qkv.Shape[0], L = qkv.Shape[1], D = qkv.Shape[2] / 3 / heads;
+            Qkv(2 * BytesOf(qkv));
             return (New([B, heads, L, D]), New([B, heads, L, D]), New([B, heads, L, D]));
         }
-        public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv) => New([dq.Shape[0], dq.Shape[2], 3 * dq.Shape[1] * dq.Shape[3]]);
+        public Tensor MergeQkv(Tensor dq, Tensor dk, Tensor dv)
+        {
+            Qkv(2 * (BytesOf(dq) + BytesOf(dk) + BytesOf(dv)));
+            return New([dq.Shape[0], dq.Shape[2], 3 * dq.Shape[1] * dq.Shape[3]]);
+        }
 
         public Tensor LayerNormModulate(Tensor x, Tensor shift, Tensor scale, float eps, out Tensor stats)
         {
@@ -462,13 +516,40 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public Tensor RmsNorm(Tensor x, Tensor weight, float eps, out Tensor rstd)
         {
             rstd = New(x.Shape[..^1], Precision.Master);
+            Qkv(2 * BytesOf(x) + BytesOf(rstd));
             return New(x.Shape);
         }
-        public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd) => New(x.Shape);
+        public Tensor RmsNormBackward(Tensor dy, Tensor x, Tensor weight, Tensor rstd)
+        {
+            Qkv(3 * BytesOf(x) + BytesOf(rstd));
+            return New(x.Shape);
+        }
 
         public Tensor RopeTable(Tensor ids, int[] axesDim, float theta) => New([ids.Shape[0], ids.Shape[1], axesDim.Sum() / 2, 2], Precision.Master);
-        public Tensor ApplyRope(Tensor x, Tensor pe) => New(x.Shape);
-        public Tensor ApplyRopeBackward(Tensor dy, Tensor pe) => New(dy.Shape);
+        public Tensor ApplyRope(Tensor x, Tensor pe)
+        {
+            Qkv(2 * BytesOf(x) + BytesOf(pe));
+            return New(x.Shape);
+        }
+        public Tensor ApplyRopeBackward(Tensor dy, Tensor pe)
+        {
+            Qkv(2 * BytesOf(dy) + BytesOf(pe));
+            return New(dy.Shape);
+        }
+        public (Tensor QRstd, Tensor KRstd) QkvNormRope(MatrixSlice qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start)
+        {
+            var g = QkvGeometry.Of("qkv_norm_rope", qkv, norm, pe, joint, start);
+            long values = qkv.Rows * qkv.Columns, pairs = (long)g.B * g.H * g.L;
+            Qkv(2 * values * Size(qkv.Tensor) + (long)g.L * g.D * 4 + 2 * pairs * 4);   // qkv read, q, k, v written; pe rows; rstd
+            return (New([g.B, g.H, g.L], Precision.Master), New([g.B, g.H, g.L], Precision.Master));
+        }
+        public void QkvNormRopeBackward(QkvJoint grads, int start, MatrixSlice qkv, QkNorm norm, Tensor pe, Tensor qRstd, Tensor kRstd, MatrixSlice dQkv)
+        {
+            var g = QkvGeometry.Of("qkv_norm_rope_backward", qkv, norm, pe, grads, start);
+            long values = qkv.Rows * qkv.Columns, pairs = (long)g.B * g.H * g.L;
+            // dq, dk, dv rows read, q and k of qkv read, d qkv written; pe rows; rstd
+            Qkv(values * Size(grads.Q) + 2 * values / 3 * Size(qkv.Tensor) + values * Size(dQkv.Tensor) + (long)g.L * g.D * 4 + 2 * pairs * 4);
+        }
         public Tensor Attention(Tensor q, Tensor k, Tensor v, out Tensor lse)
         {
             lse = New([q.Shape[0], q.Shape[1], q.Shape[2]], Precision.Master);

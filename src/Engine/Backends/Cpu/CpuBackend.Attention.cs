@@ -190,6 +190,125 @@ public sealed partial class CpuBackend<T>
         return (dq, dk, dv);
     }
 
+    /// <summary>
+    /// The fused split-qkv + QK RMSNorm + RoPE of one stream (IBackend.QkvNormRope). One work item per (b, l) row of
+    /// qkv; per head h: x = qkv[row, K·C + h·D + d] (K = 0, 1, 2 for q, k, v), r = 1/√(mean x² + eps),
+    /// x̂ = x·r·w, then the pair rotation of ApplyRope with pe's row start + l. All in fp64, one rounding per store.
+    /// </summary>
+    public (Tensor QRstd, Tensor KRstd) QkvNormRope(MatrixSlice qkv, QkNorm norm, Tensor pe, QkvJoint joint, int start)
+    {
+        Counted.Launch();
+        const string op = "QkvNormRope";
+        var g = QkvGeometry.Of(op, qkv, norm, pe, joint, start);
+        var X = Cpu(qkv.Tensor, op, "qkv");
+        var Wq = Cpu(norm.QueryScale, op, "queryScale");
+        var Wk = Cpu(norm.KeyScale, op, "keyScale");
+        var Pe = Cpu(pe, op, "pe");
+        var Q = Cpu(joint.Q, op, "q");
+        var K = Cpu(joint.K, op, "k");
+        var V = Cpu(joint.V, op, "v");
+        int B = g.B, H = g.H, L = g.L, D = g.D, C = H * D;
+        var qr = New(B, H, L);
+        var kr = New(B, H, L);
+        double eps = norm.Eps;
+        ForChunks(B * L, 12L * C, (r0, r1) =>
+        {
+            for (int r = r0; r < r1; r++)
+            {
+                int b = r / L, l = r % L;
+                int src = X.Offset + checked((int)(qkv.Offset + (long)r * qkv.Tensor.Cols));
+                int po = Pe.Offset + g.PeRow(b, l) * D;
+                for (int h = 0; h < H; h++)
+                {
+                    int dst = g.JointRow(b, h, l) * D, st = (b * H + h) * L + l;
+                    qr.Data[st] = NormRope(X.Data, src + h * D, Wq, Pe.Data, po, Q, dst, D, eps);
+                    kr.Data[st] = NormRope(X.Data, src + C + h * D, Wk, Pe.Data, po, K, dst, D, eps);
+                    for (int d = 0; d < D; d++) V.Data[V.Offset + dst + d] = X.Data[src + 2 * C + h * D + d];
+                }
+            }
+        });
+        return (qr, kr);
+    }
+
+    /// <summary>y[dst..] = rope(x[src..]·r·w) for one head row of D; returns r.</summary>
+    private static T NormRope(T[] x, int src, CpuTensor<T> w, T[] pe, int po, CpuTensor<T> y, int dst, int D, double eps)
+    {
+        var xr = new ReadOnlySpan<T>(x, src, D);
+        double r = 1 / Math.Sqrt(Dot(xr, xr) / D + eps);
+        for (int p = 0; p < D / 2; p++)
+        {
+            double c = Wide(pe[po + 2 * p]), s = Wide(pe[po + 2 * p + 1]);
+            double x0 = Wide(xr[2 * p]) * r * Wide(w.Data[w.Offset + 2 * p]);
+            double x1 = Wide(xr[2 * p + 1]) * r * Wide(w.Data[w.Offset + 2 * p + 1]);
+            y.Data[y.Offset + dst + 2 * p] = Store(c * x0 - s * x1);
+            y.Data[y.Offset + dst + 2 * p + 1] = Store(s * x0 + c * x1);
+        }
+        return Store(r);
+    }
+
+    /// <summary>
+    /// Backward of <see cref="QkvNormRope"/>: per head row, u = the transpose rotation of the roped gradient, then
+    /// RmsNormBackward's dx = r·(w·u − x·r²·mean(u·w·x)) with x re-read from qkv; dv copied. dQkv written with =.
+    /// </summary>
+    public void QkvNormRopeBackward(QkvJoint grads, int start, MatrixSlice qkv, QkNorm norm, Tensor pe, Tensor qRstd, Tensor kRstd, MatrixSlice dQkv)
+    {
+        Counted.Launch();
+        const string op = "QkvNormRopeBackward";
+        var g = QkvGeometry.Of(op, qkv, norm, pe, grads, start);
+        int B = g.B, H = g.H, L = g.L, D = g.D, C = H * D;
+        dQkv.Check(op, "dQkv");
+        if (dQkv.Rows != qkv.Rows || dQkv.Columns != qkv.Columns)
+            throw new ArgumentException($"{op}: dQkv {dQkv} must match qkv {qkv}");
+        if (qRstd.Length != (long)B * H * L || kRstd.Length != (long)B * H * L)
+            throw new ArgumentException($"{op}: rstd {S(qRstd)}, {S(kRstd)} must be (B, H, L) = ({B}, {H}, {L})");
+        var X = Cpu(qkv.Tensor, op, "qkv");
+        var Dx = Cpu(dQkv.Tensor, op, "dQkv");
+        var Wq = Cpu(norm.QueryScale, op, "queryScale");
+        var Wk = Cpu(norm.KeyScale, op, "keyScale");
+        var Pe = Cpu(pe, op, "pe");
+        var Gq = Cpu(grads.Q, op, "dq");
+        var Gk = Cpu(grads.K, op, "dk");
+        var Gv = Cpu(grads.V, op, "dv");
+        var Rq = Cpu(qRstd, op, "qRstd");
+        var Rk = Cpu(kRstd, op, "kRstd");
+        ForChunks(B * L, 16L * C, (r0, r1) =>
+        {
+            var u = new double[D];
+            for (int r = r0; r < r1; r++)
+            {
+                int b = r / L, l = r % L;
+                int src = X.Offset + checked((int)(qkv.Offset + (long)r * qkv.Tensor.Cols));
+                int dst = Dx.Offset + checked((int)(dQkv.Offset + (long)r * dQkv.Tensor.Cols));
+                int po = Pe.Offset + g.PeRow(b, l) * D;
+                for (int h = 0; h < H; h++)
+                {
+                    int gi = g.JointRow(b, h, l) * D, st = (b * H + h) * L + l;
+                    NormRopeBackward(Gq, gi, X.Data, src + h * D, Wq, Wide(Rq.Data[Rq.Offset + st]), Pe.Data, po, Dx.Data, dst + h * D, u);
+                    NormRopeBackward(Gk, gi, X.Data, src + C + h * D, Wk, Wide(Rk.Data[Rk.Offset + st]), Pe.Data, po, Dx.Data, dst + C + h * D, u);
+                    for (int d = 0; d < D; d++) Dx.Data[dst + 2 * C + h * D + d] = Gv.Data[Gv.Offset + gi + d];
+                }
+            }
+        });
+    }
+
+    /// <summary>dx[dst..] for one head row: u = Rᵀ·g (the transpose rotation), then the RMSNorm backward.</summary>
+    private static void NormRopeBackward(CpuTensor<T> g, int gi, T[] x, int src, CpuTensor<T> w, double r, T[] pe, int po, T[] dx, int dst, double[] u)
+    {
+        int D = u.Length;
+        double m = 0;
+        for (int p = 0; p < D / 2; p++)
+        {
+            double c = Wide(pe[po + 2 * p]), s = Wide(pe[po + 2 * p + 1]);
+            double g0 = Wide(g.Data[g.Offset + gi + 2 * p]), g1 = Wide(g.Data[g.Offset + gi + 2 * p + 1]);
+            u[2 * p] = c * g0 + s * g1;
+            u[2 * p + 1] = -s * g0 + c * g1;
+        }
+        for (int d = 0; d < D; d++) m += u[d] * Wide(w.Data[w.Offset + d]) * Wide(x[src + d]);
+        m /= D;
+        for (int d = 0; d < D; d++)
+            dx[dst + d] = Store(r * (Wide(w.Data[w.Offset + d]) * u[d] - Wide(x[src + d]) * r * r * m));
+    }
+
     private static void CheckAttention(string op, Tensor q, Tensor k, Tensor v)
     {
         if (q.Rank != 4 || k.Rank != 4 || q.Shape[0] != k.Shape[0] || q.Shape[1] != k.Shape[1] ||
