@@ -79,7 +79,7 @@ public static partial class CudaParity
     static ParityCheck[]? all;
 
     /// <summary>The playground's checks (kernels/dev): what a GPU run must pass before a version is promoted.</summary>
-    public static IReadOnlyList<ParityCheck> Dev => dev ??= [.. In("Attention", AttentionMmaChecks())];
+    public static IReadOnlyList<ParityCheck> Dev => dev ??= [.. In("Attention", AttentionMmaChecks()), .. In("Quant", Fp8MatmulChecks())];
     static ParityCheck[]? dev;
 
     /// <summary>A check of <see cref="All"/> or <see cref="Dev"/> by name.</summary>
