@@ -1,4 +1,4 @@
-// dev/quant/02_fp8_activations.cu: the activation side of the W8A8 forward product of an fp8 base weight (version 2
+// 02_fp8_activations.cu: the activation side of the W8A8 forward product of an fp8 base weight (version 2
 // of the Quant group's forward; version 1, quant.cu, decodes the weight to bf16 and runs a bf16 GEMM).
 //   y (M, N) bf16 = s_x · s_w[n] · Σ_k q_x[m, k] · q_w[n, k] + b[n]
 // q_w (N, K) are the weight's E4M3 codes with one fp32 scale s_w[n] per output row (as uploaded); q_x (M, K) are the
