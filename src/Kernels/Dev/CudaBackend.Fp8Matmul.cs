@@ -18,9 +18,9 @@ public sealed partial class CudaBackend
 
     long CublasLtVersion => cublasLtVersion ??= (long)cublasLtGetVersion();
 
-    void Fp8Note(string line)
+    void Fp8Note(string line, string instead = "running the W8A16 dequantise path instead")
     {
-        if (fp8Notes.Add(line)) Log($"note: W8A8 (METALORA_FP8_MATMUL): {line}; running the W8A16 dequantise path instead");
+        if (fp8Notes.Add(line)) Log($"note: W8A8 (METALORA_FP8_MATMUL): {line}; {instead}");
     }
 
     /// <summary>y = s_x·s_w[n]·Σ q_x·q_w + b as a new bf16 tensor, or null when this product must take the W8A16 path.</summary>
@@ -123,9 +123,20 @@ public sealed partial class CudaBackend
         CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(int)));
         if (d.Mode == Fp8GemmMode.OuterVector)
         {
-            // only set where needed: an older cuBLASLt does not know the attribute (the choice never asks it to)
-            CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &aMode, sizeof(int)));
-            CudaCheck.Blas(cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bMode, sizeof(int)));
+            // only set where needed: a cuBLASLt that refuses the attribute or the mode leaves this plan without
+            // candidates, so the scale-epilogue mode runs instead
+            int status = cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &aMode, sizeof(int));
+            if (status == CUBLAS_STATUS_SUCCESS) status = cublasLtMatmulDescSetAttribute(plan.Desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &bMode, sizeof(int));
+            if (status != CUBLAS_STATUS_SUCCESS)
+            {
+                plan.HeuristicStatus = status;
+                CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutA, d.TypeA, (ulong)d.Inner, (ulong)d.Rows, d.Inner));
+                CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, d.TypeB, (ulong)d.Inner, (ulong)d.Cols, d.Inner));
+                CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutC, d.TypeD, (ulong)d.Rows, (ulong)d.Cols, d.Rows));
+                Fp8Note($"cuBLASLt {CublasLtVersion} refused the outer-vector scale mode ({ErrorString(status)})", "the fp32 GEMM and the column-scale kernel run instead");
+                gemmPlans[key] = plan;
+                return plan;
+            }
         }
         if (d.BiasEpilogue)
         {

@@ -93,7 +93,7 @@ public sealed class Fp8TrainingTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void W8A8NeedsAnFp8BaseAndReachesEveryBlockLinear()
+    public void W8A8NeedsAnFp8BaseReachesEveryBlockLinearAndIsRecordedInTheRunIdentity()
     {
         using var be = CpuBackend.F64();
         using var bf16 = FluxWeights.Random(FluxConfig.Tiny, be, 6);
@@ -107,6 +107,14 @@ public sealed class Fp8TrainingTests(ITestOutputHelper output) : IDisposable
         Assert.False(on.ImgIn.QuantizeActivations);
         var off = new FluxModel(fp8, fp8Matmul: false);
         Assert.All(off.BlockLinears(), l => Assert.False(l.QuantizeActivations, l.Name));
+        // the run identity records it when on, and only then (states saved before the switch existed match W8A16 runs)
+        var person = new Identity("p", [new Example(new float[4 * FluxConfig.Tiny.InChannels], 2, 2, new float[3 * FluxConfig.Tiny.ContextInDim], 3, new float[FluxConfig.Tiny.VecInDim])]);
+        var targets = FluxNames.LoraTargets(FluxConfig.Tiny);
+        var idOn = RunIdentity.StandardLora(on, person, targets, new StandardLoraOptions());
+        var idOff = RunIdentity.StandardLora(off, person, targets, new StandardLoraOptions());
+        Assert.Equal("w8a8", idOn.Options["fp8_matmul"]);
+        Assert.False(idOff.Options.ContainsKey("fp8_matmul"));
+        Assert.Contains(idOn.Differences(idOff.Options), d => d.StartsWith("fp8_matmul", StringComparison.Ordinal));
         Assert.True(Fp8Activations.Parse("1") && !Fp8Activations.Parse(null) && !Fp8Activations.Parse("0"));
         Assert.Throws<InputException>(() => Fp8Activations.Parse("yes please"));
     }
