@@ -251,6 +251,13 @@ public interface IBackend : IDisposable
     Tensor LinearQuantized(Tensor x, QuantizedWeight w, Tensor? bias);
     /// <summary>dx = dy·W. dy (.., d_out) → (.., d_in). The weight is frozen.</summary>
     Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w);
+    /// <summary>
+    /// W8A8 forward (opt-in, <see cref="Quantization.Fp8Activations"/>): y = x·Wᵀ + b with x quantised to E4M3 on the
+    /// fly under one per-tensor scale s_x = amax(|x|)/448: y[m, n] = s_x · s_w[n] · Σ_k q_x[m, k]·q_w[n, k] + b[n].
+    /// x (.., d_in), bias (d_out) or null → (.., d_out). Its backward is <see cref="LinearQuantizedBackward"/> (the
+    /// straight-through gradient: the activation rounding is treated as the identity).
+    /// </summary>
+    Tensor LinearQuantizedW8A8(Tensor x, QuantizedWeight w, Tensor? bias);
 
     // ---------------------------------------------------------------- device services (defaults fit the CPU)
 

@@ -129,6 +129,7 @@ internal static class BenchCommand
             steps, warmup, json, planOnly, launches, cudaGraph,
         };
         foreach (var o in shared.All) cmd.Options.Add(o);
+        cmd.Subcommands.Add(LossCurveCommand());
         cmd.SetAction(r =>
         {
             OutputPath.CheckFile(r.GetValue(json), "--json");
@@ -171,6 +172,53 @@ internal static class BenchCommand
                     $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\", " +
                     $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}{launchJson}}}\n"));
             }
+            return 0;
+        });
+        return cmd;
+    }
+
+    /// <summary>
+    /// bench loss-curve: the fp8 adoption rule (<see cref="LossCurve"/>): N seeds of Stage-2 runs on a bf16 base, an
+    /// fp8 base, and an fp8 base with W8A8 forward products, on the same data; prints the windowed means, the bf16
+    /// seed-to-seed spread and whether each fp8 variant stays within it.
+    /// </summary>
+    static Command LossCurveCommand()
+    {
+        var device = new Option<string>("--device") { Description = "cuda (default) or cpu (the tiny preset).", DefaultValueFactory = _ => "cuda" }.AcceptOnlyFromAmong("cpu", "cuda");
+        var preset = new Option<string>("--preset") { Description = "Model shape with random weights: tiny (default), micro, flux-dev, flux-schnell.", DefaultValueFactory = _ => "tiny" }.PresetName();
+        var weights = new Option<string?>("--weights") { Description = "A checkpoint to train against instead of random weights of --preset." };
+        var steps = new Option<int>("--steps") { Description = "Training steps per run.", DefaultValueFactory = _ => 200 }.AtLeast(1);
+        var window = new Option<int>("--window") { Description = "Steps per window of the windowed mean loss.", DefaultValueFactory = _ => 20 }.AtLeast(1);
+        var seeds = new Option<int>("--seeds") { Description = "Runs per variant (seed 1, 2, ...); the spread needs at least 2.", DefaultValueFactory = _ => 3 }.AtLeast(1);
+        var examples = new Option<int>("--examples") { Description = "Synthetic examples the steps cycle over (the same for every run).", DefaultValueFactory = _ => 4 }.AtLeast(1);
+        var resolution = new Option<int>("--resolution") { Description = "Image side in pixels of the synthetic examples (a multiple of 16; 1024 for FLUX.1-dev's setting).", DefaultValueFactory = _ => 64 }.AtLeast(16);
+        var text = new Option<int>("--txt") { Description = "Text tokens of the synthetic examples.", DefaultValueFactory = _ => 8 }.AtLeast(1);
+        var lr = new Option<float>("--lr") { Description = "Learning rate (Stage 2's default 4e-4).", DefaultValueFactory = _ => 4e-4f };
+        var recompute = new Option<bool>("--recompute") { Description = "Per-block recomputation in the backward (for FLUX.1-dev at 1024² on smaller cards)." };
+        var json = new Option<string?>("--json") { Description = "Also write every run's losses, the windowed means, the spread and the verdicts as JSON to this file." };
+        var cmd = new Command("loss-curve",
+            "The fp8 adoption rule: Stage-2 runs of N seeds on a bf16 base, an fp8 base (W8A16) and an fp8 base with W8A8 " +
+            "forward products (METALORA_FP8_MATMUL), same data; prints per-run windowed mean loss, the bf16 seed-to-seed " +
+            "spread (max − min of the windowed means across seeds) and whether each fp8 variant's seed-mean stays within it in every window.")
+        {
+            device, preset, weights, steps, window, seeds, examples, resolution, text, lr, recompute, json,
+        };
+        cmd.SetAction(r =>
+        {
+            OutputPath.CheckFile(r.GetValue(json), "--json");
+            int px = r.GetValue(resolution);
+            if (px % FluxConfig.PixelsPerToken != 0)
+                throw new InputException("--resolution", $"resolution {px} is not a multiple of {FluxConfig.PixelsPerToken}");
+            var options = new LossCurve.Options
+            {
+                Config = FluxConfig.Preset(r.GetValue(preset)!), Weights = r.GetValue(weights), Steps = r.GetValue(steps), Window = r.GetValue(window),
+                Seeds = r.GetValue(seeds), Examples = r.GetValue(examples), Grid = px / FluxConfig.PixelsPerToken, TextTokens = r.GetValue(text),
+                LearningRate = r.GetValue(lr), Recompute = r.GetValue(recompute),
+            };
+            using var be = Common.CreateBackend(r.GetValue(device)!);
+            var result = LossCurve.Measure(be, options, Common.Log);
+            foreach (var line in LossCurve.Lines(result)) Console.WriteLine(line);
+            if (r.GetValue(json) is { } path) File.WriteAllText(path, LossCurve.ToJson(result));
             return 0;
         });
         return cmd;

@@ -165,6 +165,7 @@ internal static class PersonalizeCommand
         if (job.IdentityName is { } name) person = person with { Name = name };
         var meta = TrainingOutputs.RunMetadata(job.Standard ? "lora" : "2", job.Train, job.Iterations, loaded.ModelPath, person, job.Caption, loaded.DownPath);
         meta["metalora.base_dtype"] = Engine.Quantization.BaseDTypes.Name(loaded.Weights.BaseDType);
+        if (Engine.Quantization.Fp8Activations.FromEnvironment()) meta["metalora.fp8_matmul"] = "w8a8";   // the model read the same switch
         using var monitor = monitorFor(person, (a, path) => TrainingOutputs.WriteLora(a, path, job.Format, job.DType, meta, unmerged: false));
         var model = new FluxModel(loaded.Weights);
         var adapter = job.Standard

@@ -116,6 +116,7 @@ internal static class TrainCommand
             var parallel = comm != null ? new Stage1Parallel(comm) : null;
             var meta = TrainingOutputs.RunMetadata("1", opts.Train, opts.TotalIterations, r.GetValue(s1.Model)!, null, null, null);
             meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
+            if (Engine.Quantization.Fp8Activations.FromEnvironment()) meta["metalora.fp8_matmul"] = "w8a8";   // the model read the same switch
             // only rank 0 writes outputs: metrics, samples and snapshots included
             using var monitor = parallel is { WritesOutputs: false } ? null
                 : s1.Monitor.Create(r, r.GetValue(s1.Out)!, weights.Config, people[0].Examples, (a, path) => LoraFiles.SaveMeta(a, null, path, meta));
@@ -181,6 +182,7 @@ internal static class TrainCommand
             var dt = LoraCommand.ParseDType(r.GetValue(dtype)!);
             var meta = TrainingOutputs.RunMetadata("2", opts.Train, opts.Iterations, r.GetValue(s2.Model)!, person, r.GetValue(trigger2), r.GetValue(down));
             meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
+            if (Engine.Quantization.Fp8Activations.FromEnvironment()) meta["metalora.fp8_matmul"] = "w8a8";   // the model read the same switch
             using var monitor = s2.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
                                                   selection: selection);
             using var adapter = Stages.Stage2(new FluxModel(weights), metaDown, person, opts with { Monitor = monitor.Monitor }, Common.Log);
@@ -225,6 +227,7 @@ internal static class TrainCommand
             var dt = LoraCommand.ParseDType(r.GetValue(lDtype)!);
             var meta = TrainingOutputs.RunMetadata("lora", opts.Train, opts.Iterations, r.GetValue(sl.Model)!, person, r.GetValue(lTrigger), null);
             meta["metalora.base_dtype"] = BaseDTypes.Name(weights.BaseDType);
+            if (Engine.Quantization.Fp8Activations.FromEnvironment()) meta["metalora.fp8_matmul"] = "w8a8";   // the model read the same switch
             using var monitor = sl.Monitor.Create(r, outPath, weights.Config, person.Examples, (a, path) => TrainingOutputs.WriteLora(a, path, fmt, dt, meta, unmerged: false),
                                                   selection: selection);
             using var adapter = Stages.StandardLora(new FluxModel(weights), person, opts with { Monitor = monitor.Monitor }, Common.Log);

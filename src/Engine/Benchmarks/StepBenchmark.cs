@@ -124,6 +124,7 @@ public static class StepBenchmark
         using var _w = weights;
         var c = weights.Config;
         var model = new FluxModel(weights);
+        if (model.Fp8Matmul) log("W8A8 forward products for the fp8 block linears (METALORA_FP8_MATMUL=1; the backward stays W8A16)");
         var targets = FluxNames.LoraTargets(c);
         using var adapter = LoraAdapter.Create(be, c, targets, LoraMode.Meta, o.Rank1, o.Rank2, o.Seed);
         adapter.AddIdentity("bench", o.Seed);

@@ -26,7 +26,11 @@ public sealed record FluxInputs(Tensor Img, Tensor ImgIds, Tensor Txt, Tensor Tx
 public sealed class FluxModel
 {
     /// <param name="fusions">Which fused elementwise forms to issue; null reads METALORA_FUSE (unset: none).</param>
-    public FluxModel(FluxWeights weights, Fusions? fusions = null)
+    /// <param name="fp8Matmul">
+    /// W8A8 forward products for the fp8 block linears (<see cref="Linear.QuantizeActivations"/>); null reads
+    /// METALORA_FP8_MATMUL (unset: off). It needs an fp8 base: on a bf16 base it fails naming the variable.
+    /// </param>
+    public FluxModel(FluxWeights weights, Fusions? fusions = null, bool? fp8Matmul = null)
     {
         Fusions = fusions ?? FusionSettings.FromEnvironment();
         Config = weights.Config;
@@ -41,6 +45,40 @@ public sealed class FluxModel
         DoubleBlocks = Enumerable.Range(0, Config.Depth).Select(i => new DoubleBlock(Blocks.For(BlockId.Double(i), weights), i, Fusions)).ToArray();
         SingleBlocks = Enumerable.Range(0, Config.DepthSingleBlocks).Select(i => new SingleBlock(Blocks.For(BlockId.Single(i), weights), i, Fusions)).ToArray();
         FinalLayer = new LastLayer(weights);
+        Fp8Matmul = fp8Matmul ?? Fp8Activations.FromEnvironment();
+        if (Fp8Matmul)
+        {
+            if (BaseDType != BaseDType.Fp8)
+                throw new InputException(Fp8Activations.EnvironmentVariable,
+                    $"{Fp8Activations.EnvironmentVariable}=1 (W8A8 forward products) needs an fp8 base (--base-dtype fp8); this base is {BaseDTypes.Name(BaseDType)}");
+            foreach (var l in BlockLinears()) l.QuantizeActivations = l.Quantized != null;
+        }
+    }
+
+    /// <summary>
+    /// Whether the fp8 block linears run W8A8 forward products (x quantised to E4M3 per tensor) rather than W8A16;
+    /// the backward is W8A16's either way (<see cref="Linear.QuantizeActivations"/>).
+    /// </summary>
+    public bool Fp8Matmul { get; }
+
+    /// <summary>The linears inside the double and single blocks (the ones an fp8 base holds in E4M3).</summary>
+    public IEnumerable<Linear> BlockLinears()
+    {
+        foreach (var b in DoubleBlocks)
+            foreach (var s in new[] { b.Img, b.Txt })
+            {
+                yield return s.Mod.Lin;
+                yield return s.Qkv;
+                yield return s.Proj;
+                yield return s.Mlp0;
+                yield return s.Mlp2;
+            }
+        foreach (var b in SingleBlocks)
+        {
+            yield return b.Modulation.Lin;
+            yield return b.Linear1;
+            yield return b.Linear2;
+        }
     }
 
     public FluxConfig Config { get; }

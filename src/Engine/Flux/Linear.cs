@@ -32,6 +32,14 @@ public sealed class Linear
     public QuantizedWeight? Quantized { get; }    // (d_out, d_in) E4M3 with a scale per row, or null
     public Tensor? Bias { get; }                  // (d_out)
 
+    /// <summary>
+    /// On an fp8 weight, whether the forward product quantises x too (W8A8, <see cref="IBackend.LinearQuantizedW8A8"/>)
+    /// instead of dequantising the weight (W8A16). The backward is W8A16's either way: dx = dy·W0 through the
+    /// dequantised weight, the activation rounding taken as the identity (straight-through). The model sets it
+    /// (<see cref="FluxModel.Fp8Matmul"/>); it means nothing on a bf16 weight.
+    /// </summary>
+    public bool QuantizeActivations { get; set; }
+
     IBackend Backend => Weight?.Backend ?? Quantized!.Backend;
 
     public static Linear From(FluxWeights w, string name) =>
@@ -41,7 +49,9 @@ public sealed class Linear
     /// <summary>x (.., d_in) → (.., d_out).</summary>
     public Tensor Forward(Tensor x, LoraBinding? lora)
     {
-        var y = Weight is { } w ? Backend.Linear(x, w, Bias) : Backend.LinearQuantized(x, Quantized!, Bias);
+        var y = Weight is { } w ? Backend.Linear(x, w, Bias)
+            : QuantizeActivations ? Backend.LinearQuantizedW8A8(x, Quantized!, Bias)
+            : Backend.LinearQuantized(x, Quantized!, Bias);
         lora?.AddDelta(Name, x, y);
         return y;
     }

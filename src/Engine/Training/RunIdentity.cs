@@ -71,6 +71,8 @@ public sealed class RunIdentity
             ["timesteps"] = t.Sampling.ToString().ToLowerInvariant(), ["guidance"] = Text(t.Guidance),
             ["base_dtype"] = BaseDTypes.Name(model.BaseDType),    // fp8 rounds the frozen base: another model to train against
         };
+        // W8A8 forward products round the activations too: recorded only when on, so earlier states match W8A16 runs
+        if (model.Fp8Matmul) d["fp8_matmul"] = "w8a8";
         using (var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
         {
             foreach (var target in targets) Add(h, target.Name);

@@ -17,6 +17,7 @@ public static unsafe partial class CublasLt
     public const int CUDA_R_32F = 0;
     public const int CUDA_R_16F = 2;
     public const int CUDA_R_16BF = 14;
+    public const int CUDA_R_8F_E4M3 = 28;
 
     // cublasComputeType_t
     public const int CUBLAS_COMPUTE_32F = 68;
@@ -33,6 +34,14 @@ public static unsafe partial class CublasLt
     public const int CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26;
     public const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER = 11;
     public const int CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD = 12;
+    public const int CUBLASLT_MATMUL_DESC_A_SCALE_POINTER = 17;   // const float*: the scale(s) A is multiplied by
+    public const int CUBLASLT_MATMUL_DESC_B_SCALE_POINTER = 18;
+    public const int CUBLASLT_MATMUL_DESC_A_SCALE_MODE = 31;      // cublasLtMatmulMatrixScale_t (cuBLASLt 12.8+)
+    public const int CUBLASLT_MATMUL_DESC_B_SCALE_MODE = 32;
+
+    // cublasLtMatmulMatrixScale_t
+    public const int CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F = 0;
+    public const int CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F = 3;  // one fp32 per row of op(A) (cuBLASLt 12.9+)
 
     // cublasLtEpilogue_t
     public const int CUBLASLT_EPILOGUE_DEFAULT = 1;

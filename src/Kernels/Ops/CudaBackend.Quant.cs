@@ -53,6 +53,22 @@ public sealed partial class CudaBackend
         return Linear(x, weight, bias);
     }
 
+    /// <summary>
+    /// W8A8 (opt-in: the model issues it only under METALORA_FP8_MATMUL=1): the FP8 GEMM of Dev/CudaBackend.Fp8Matmul.cs
+    /// on sm_89+, otherwise (or when cuBLASLt has no FP8 algorithm for the shape) today's W8A16 product, noted once.
+    /// </summary>
+    public Tensor LinearQuantizedW8A8(Tensor x, QuantizedWeight w, Tensor? bias)
+    {
+        using var _ = Op("linear_quantized_w8a8");
+        var q = Q(w, "linear_quantized_w8a8");
+        var cx = T(x, "x");
+        Shapes.Require(cx.Cols == q.Cols, $"linear_quantized_w8a8: x {cx} against w {q}");
+        if (bias != null) Shapes.Require(bias.Length == q.Rows, $"linear_quantized_w8a8: bias {bias} for d_out {q.Rows}");
+        if (TryLinearW8A8(cx, q, bias == null ? null : T(bias, "bias")) is { } y) return y;
+        using var weight = Decoded(q);
+        return Linear(x, weight, bias);
+    }
+
     public Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w)
     {
         using var _ = Op("linear_quantized_backward");

@@ -438,6 +438,14 @@ public sealed class Bf16EmulationBackend : IBackend
         return Linear(x, weight, bias);
     }
 
+    /// <summary>The GPU's W8A8 product: x as bf16, quantised as the device does, the exact sum, the output rounded to bf16.</summary>
+    public Tensor LinearQuantizedW8A8(Tensor x, QuantizedWeight w, Tensor? bias)
+    {
+        using var rx = Bf16(x);
+        using Borrowed<Tensor>? rb = bias == null ? null : Bf16(bias);
+        return Out(inner.LinearQuantizedW8A8(rx.Tensor, Q(w), rb?.Tensor));
+    }
+
     public Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w)
     {
         using var weight = Dequantize(w);

@@ -82,7 +82,8 @@ public static partial class CudaParity
     public static IReadOnlyList<ParityCheck> Dev => dev ??=
     [
         .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Elementwise", GeluStridedChecks()),
-        .. In("Norm", ResidualNormChecks()), .. In("Attention", [.. AttentionMmaChecks(), .. QkvNormRopeChecks()]), .. In("Model", GeluModelChecks()),
+        .. In("Norm", ResidualNormChecks()), .. In("Attention", [.. AttentionMmaChecks(), .. QkvNormRopeChecks()]), .. In("Quant", Fp8MatmulChecks()),
+        .. In("Model", GeluModelChecks()),
     ];
     static ParityCheck[]? dev;
 

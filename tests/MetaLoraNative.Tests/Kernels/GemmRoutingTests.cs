@@ -395,6 +395,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public QuantizedWeight UploadQuantized(ReadOnlySpan<byte> codes, ReadOnlySpan<float> scale, int rows, int cols) => throw Bf16Only();
         public Tensor Dequantize(QuantizedWeight w) => throw Bf16Only();
         public Tensor LinearQuantized(Tensor x, QuantizedWeight w, Tensor? bias) => throw Bf16Only();
+        public Tensor LinearQuantizedW8A8(Tensor x, QuantizedWeight w, Tensor? bias) => throw Bf16Only();
         public Tensor LinearQuantizedBackward(Tensor dy, QuantizedWeight w) => throw Bf16Only();
         static NotSupportedException Bf16Only() => new("the shape-only backend models bf16 base weights");
 

@@ -30,11 +30,24 @@ public class ParityListTests
         // the at-scale comparison runs for the three playground versions (2, 3, and 3 + 4)
         Assert.Equal(CudaParity.AttentionMmaCases.Length + 3 * CudaParity.AttentionAtScaleCases.Length,
                      CudaParity.Dev.Count(c => c.Name.StartsWith("attention ", StringComparison.Ordinal)));
-        // The engine's list runs version 1 only; every playground check runs a playground version (attention 2, 3
-        // or 4, the GEMM group's 2) in at least one direction.
-        string[] playground = ["tc", "p3", "onepass", "g2"];
-        Assert.All(CudaParity.All, c => Assert.Empty(c.Name.Split(' ', '/').Intersect(playground)));
-        Assert.All(CudaParity.Dev.Where(c => c.Group == "Attention"), c => Assert.NotEmpty(c.Name.Split(' ', '/').Intersect(playground)));
+    }
+
+    /// <summary>
+    /// Every playground check names the playground version it runs, and no engine check names one: the tags of
+    /// kernels/dev/README.md's table (attention versions 2, 3 and 4; the GEMM group's 2; the GELU fusions; the
+    /// fused residual-norm and qkv_norm_rope; the W8A8 product).
+    /// </summary>
+    [Fact]
+    public void EveryPlaygroundCheckNamesItsVersionAndNoEngineCheckDoes()
+    {
+        string[] playground = ["tc", "p3", "onepass", "g2", "gelu", "gelu-epilogue", "residual-norm", "qkv_norm_rope", "w8a8"];
+        static IEnumerable<string> Tokens(ParityCheck c) => c.Name.Split(' ', '/');
+        Assert.All(CudaParity.All, c => Assert.Empty(Tokens(c).Intersect(playground)));
+        Assert.All(CudaParity.Dev, c => Assert.NotEmpty(Tokens(c).Intersect(playground)));
+        // and every tag has at least one check: a version no check exercises cannot be promoted
+        Assert.All(playground, tag => Assert.Contains(CudaParity.Dev, c => Tokens(c).Contains(tag)));
+        // the qkv_norm_rope cases are all registered
+        Assert.Equal(CudaParity.QkvNormRopeCases.Length, CudaParity.Dev.Count(c => c.Name.StartsWith("qkv_norm_rope ", StringComparison.Ordinal)));
     }
 
     [Fact]

@@ -45,6 +45,62 @@ public sealed partial class CpuBackend<T>
         return InputGradient(op, dy, q.Rows, q.Cols, Shapes.Format(q.Shape), new DequantizedColumns(q.Codes, q.Scale, q.Cols));
     }
 
+    /// <summary>
+    /// W8A8: y[m, n] = s_x · s_w[n] · Σ_k q_x[m, k]·q_w[n, k] + b[n], x quantised to E4M3 with one per-tensor scale
+    /// (<see cref="Fp8Activations"/>: amax and the scale in fp32, the division in fp32, nearest-even, saturating).
+    /// The sum runs in fp64 over the decoded codes and is exact: each product has at most 8 significant bits and
+    /// magnitudes in [2^-18, 448²], so a sum of K &lt; 2^18 of them needs at most 8 + 35 + 18 bits ≤ 53 (fp64's).
+    /// Then s_x · s_w[n] · sum + b[n] in fp64, stored once as T. x (.., d_in) → (.., d_out).
+    /// </summary>
+    public Tensor LinearQuantizedW8A8(Tensor x, QuantizedWeight w, Tensor? bias)
+    {
+        const string op = "LinearQuantizedW8A8";
+        var q = Quantized(w, op);
+        var X = Cpu(x, op, "x");
+        int K = q.Cols, N = q.Rows;
+        if (x.Rank < 1 || x.Cols != K)
+            throw new ArgumentException($"{op}: x {S(x)} needs last dim d_in, w {Shapes.Format(q.Shape)} must be (d_out, d_in)");
+        if (bias is not null && bias.Length != N)
+            throw new ArgumentException($"{op}: bias {S(bias)} must have d_out = {N} elements (w {Shapes.Format(q.Shape)})");
+        var y = New(WithLast(x.Shape, N));
+        int M = checked((int)x.Rows);
+        // the activations as the device holds them (fp32), their amax and scale, then the decoded codes
+        Counted.Launch();
+        var xf = new float[(long)M * K];
+        for (int i = 0; i < xf.Length; i++) xf[i] = (float)Wide(X.Data[X.Offset + i]);
+        float sx = Fp8Activations.Scale(Fp8Activations.Amax(xf));
+        Counted.Launch();
+        var qx = new double[xf.Length];
+        for (int i = 0; i < xf.Length; i++) qx[i] = HalfPrecision.Float8E4M3ToFloat(Fp8Activations.Quantize(xf[i], sx));
+        var qw = new double[(long)N * K];
+        for (int i = 0; i < qw.Length; i++) qw[i] = HalfPrecision.Float8E4M3ToFloat(q.Codes[i]);
+        double[]? b = null;
+        if (bias is not null)
+        {
+            var bs = Cpu(bias, op, "bias");
+            b = new double[N];
+            for (int j = 0; j < N; j++) b[j] = Wide(bs.Data[bs.Offset + j]);
+        }
+        if (M > 0 && N > 0 && K > 0) Counted.Gemm(CpuRoute);
+        T[] yd = y.Data;
+        float[] sw = q.Scale;
+        ForChunks(M, (long)N * K, (r0, r1) =>
+        {
+            for (int m = r0; m < r1; m++)
+            {
+                var xr = qx.AsSpan(m * K, K);
+                for (int n = 0; n < N; n++)
+                {
+                    var wr = qw.AsSpan(n * K, K);
+                    double acc = 0;
+                    for (int k = 0; k < K; k++) acc += xr[k] * wr[k];
+                    yd[(long)m * N + n] = Store((double)sx * sw[n] * acc + (b?[n] ?? 0.0));
+                }
+            }
+        });
+        return y;
+    }
+
     private CpuQuantizedWeight<T> Quantized(QuantizedWeight w, string op)
     {
         ArgumentNullException.ThrowIfNull(w);
