@@ -93,13 +93,16 @@ internal static class BenchCommand
         public Option<string> Swap = SwapBlocksOption();
         public Option<double?> Vram = new("--vram") { Description = "Memory budget in GiB for the planner, and a hard cap on the allocator, so a large GPU behaves as a card of this size (default: the device's free memory, no cap)." };
 
-        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Weights, Text, BaseDType, Swap, Vram];
+        public Option<string?> Fuse = new("--fuse") { Description = "Fused elementwise forms of the model: none, all, or a comma list of qkv (split-qkv + QK norm + RoPE), residual-norm (gated residual + LayerNorm-modulate), gelu (GELU as a GEMM epilogue). Default: METALORA_FUSE, unset = none. Opt-in until a GPU run has passed their parity checks (check cuda --dev)." };
+
+        public IEnumerable<Option> All => [Resolution, Recompute, Device, Preset, Weights, Text, BaseDType, Swap, Vram, Fuse];
 
         public StepBenchmark.Options Options(ParseResult r, int steps, int warmup) => new()
         {
             Config = FluxConfig.Preset(r.GetValue(Preset)!), Weights = r.GetValue(Weights), Resolution = r.GetValue(Resolution), TextTokens = r.GetValue(Text),
             Recompute = RecomputePolicy.Parse(r.GetValue(Recompute)!), BaseDType = BaseDTypes.Parse(r.GetValue(BaseDType)!),
             SwapBlocks = BlockOrder.ParseSwap(r.GetValue(Swap)!), VramBytes = VramBytes(r.GetValue(Vram)),
+            Fusions = r.GetValue(Fuse) is { } fuse ? FusionSettings.Parse(fuse, "--fuse") : FusionSettings.FromEnvironment(),
             Memory = r.GetValue(Device) == "cuda" ? MemoryModel.Cuda(DevicePool.SizeClass, attentionDqAccumulator: AttentionKernels.FromEnvironment() == AttentionKernel.OnePass) : null, Steps = steps, Warmup = warmup,
         };
 
@@ -170,7 +173,7 @@ internal static class BenchCommand
                     $"\"recompute\": {(res.Recompute ? "true" : "false")}, \"train_ms_median\": {res.TrainMs:F2}, \"train_tflops\": {res.TrainTflops:F1}, " +
                     $"\"infer_ms_median\": {res.InferMs:F2}, \"infer_tflops\": {res.InferTflops:F1}, \"peak_gib\": {res.PeakBytes / (double)(1L << 30):F2}, " +
                     $"\"predicted_peak_gib\": {res.Plan.Chosen.Peak / (double)(1L << 30):F2}, \"base_dtype\": \"{BaseDTypes.Name(res.Plan.Chosen.BaseDType)}\", " +
-                    $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}{launchJson}}}\n"));
+                    $"\"swap_blocks\": {res.Plan.Chosen.SwapBlocks}, \"fusions\": \"{FusionSettings.Format(options.Fusions)}\", \"swap_copy_ms\": {res.Overlap?.CopyMs ?? 0:F2}, \"swap_exposed_ms\": {res.Overlap?.ExposedMs ?? 0:F2}{launchJson}}}\n"));
             }
             return 0;
         });

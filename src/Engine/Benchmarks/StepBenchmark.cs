@@ -49,6 +49,8 @@ public static class StepBenchmark
         /// inputs and AdamW step numbers: a timing of the step, not training.
         /// </summary>
         public bool CudaGraph { get; init; } = Environment.GetEnvironmentVariable("METALORA_GRAPH") is "1" or "true" or "yes";
+        /// <summary>The model's fused elementwise forms (<see cref="Flux.Fusions"/>; the CLI's --fuse or METALORA_FUSE).</summary>
+        public Fusions Fusions { get; init; } = Fusions.None;
         public int Steps { get; init; } = 10;
         public int Warmup { get; init; } = 3;
         public ulong Seed { get; init; }
@@ -123,7 +125,8 @@ public static class StepBenchmark
         if (weights.Blocks is SwappedBlocks swapped) log(swapped.ToString());
         using var _w = weights;
         var c = weights.Config;
-        var model = new FluxModel(weights);
+        var model = new FluxModel(weights, o.Fusions);
+        log($"fused elementwise forms: {FusionSettings.Format(model.Fusions)}");
         if (model.Fp8Matmul) log("W8A8 forward products for the fp8 block linears (METALORA_FP8_MATMUL=1; the backward stays W8A16)");
         var targets = FluxNames.LoraTargets(c);
         using var adapter = LoraAdapter.Create(be, c, targets, LoraMode.Meta, o.Rank1, o.Rank2, o.Seed);

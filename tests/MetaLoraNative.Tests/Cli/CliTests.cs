@@ -17,7 +17,7 @@ public sealed class CliTests() : TempFolderTest("cli")
     [InlineData(new[] { "train", "stage2", "--help" }, new[] { "--down", "--iterations", "--rank2", "--format", "--dtype", "--state", "--state-every", "--recompute" })]
     [InlineData(new[] { "lora", "--help" }, new[] { "convert", "info", "bake" })]
     [InlineData(new[] { "lora", "bake", "--help" }, new[] { "--model", "--lora", "--out", "--strength", "--dtype" })]
-    [InlineData(new[] { "bench", "--help" }, new[] { "--recompute", "auto", "--resolution" })]
+    [InlineData(new[] { "bench", "--help" }, new[] { "--recompute", "auto", "--resolution", "--fuse", "residual-norm" })]
     [InlineData(new[] { "debug", "step", "--help" }, new[] { "--model", "--inputs", "--lora", "--out", "--device", "--fp64" })]
     [InlineData(new[] { "demo", "--help" }, new[] { "--device", "--out", "--stage1-iterations", "--stage2-iterations" })]
     public void HelpExplainsEveryOption(string[] args, string[] mentions)

@@ -32,3 +32,15 @@ public class FusionSettingsTests
             Assert.Equal(f, FusionSettings.Parse(FusionSettings.Format(f)));
     }
 }
+
+public class BenchFuseFlagTests
+{
+    [Fact]
+    public void AnUnknownFusionOnTheCommandLineIsAnErrorNamingTheFlag()
+    {
+        var (code, _, err) = MetaLoraNative.Tests.Cli.CliRunner.Run("bench", "--device", "cpu", "--preset", "tiny", "--fuse", "qkv,rope");
+        Assert.Equal(2, code);
+        Assert.Contains("--fuse", err);
+        Assert.Contains("'rope'", err);
+    }
+}
