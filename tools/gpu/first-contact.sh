@@ -18,11 +18,13 @@
 #   3. bench-512: metalora bench --resolution 512 --steps 2 --launches (default attention, fused Stage-2 LoRA; what a step issues)
 #      bench-512-stacked: the same with METALORA_LORA=stacked, then one line comparing the two Stage-2 steps
 #      (stage 2's list holds the checks of the fused path: "gemm slice" and "lora fused <module> <shape>")
+#      bench-512-dev (part 2): every opt-in playground path at once (--fuse all, METALORA_LORA_GROUPED=1,
+#      METALORA_ATTENTION=onepass); bench-512-w8a8 (part 2): fp8 base with METALORA_FP8_MATMUL=1
 #   4. reference: debug step at flux-dev 512² (1,024 image + 512 text tokens) with the scalar and with the
 #                 tensor-core attention, each compared by tools/reference/compare.py with the PyTorch fp32 step,
 #                 PyTorch's bf16 step as the baseline (docs/REFERENCE_CHECK.md)
 #   5. bench-1024-mma: metalora bench --resolution 1024 --steps 2, METALORA_ATTENTION=mma
-#   5b. kernels-bench (part 2, GPU only): attention versions 1, 2 and 3 timed at FLUX.1-dev's size
+#   5b. kernels-bench (part 2, GPU only): attention versions 1-4 and residual-norm 1-2 timed at FLUX.1-dev's size
 #   6. torch:     tools/bench/torch_reference.py at 512² and 1024², eager and compiled, in one call
 #   7. vram-24, vram-16, vram-10: metalora bench at 1024² under --vram 24/16/10 (plan, ms/step against bench-1024-mma's
 #                 unconstrained 80 GB plan, peak, block swap's hidden and exposed copy time), a table in the log
@@ -171,6 +173,25 @@ if fused and stacked:
 else:
     print(f"Stage-2 LoRA at 512²: fused {fused} ms/step, stacked {stacked} ms/step (a bench did not finish)")
 PY
+# 3c. the opt-in playground paths together at 512² (docs/PERF.md): the fused elementwise forms (--fuse all), the
+#     grouped A formation and dM (METALORA_LORA_GROUPED=1), attention forward version 3 with backward version 4
+#     (METALORA_ATTENTION=onepass); their parity checks ran in stage 2's check cuda --dev
+stage bench-512-dev 40 env METALORA_LORA_GROUPED=1 METALORA_ATTENTION=onepass "${ML[@]}" bench "${BENCH[@]}" --resolution 512 \
+    --recompute off --fuse all --launches --json "$WORK/bench-512-dev.json"
+# 3d. fp8 base weights with the W8A8 forward products (METALORA_FP8_MATMUL=1, sm_89+; W8A16 elsewhere, said in the log)
+stage bench-512-w8a8 40 env METALORA_FP8_MATMUL=1 "${ML[@]}" bench "${BENCH[@]}" --resolution 512 --recompute off \
+    --base-dtype fp8 --json "$WORK/bench-512-w8a8.json"
+"$PYTHON" - "$OUT/bench-512.json" "$WORK/bench-512-dev.json" "$WORK/bench-512-w8a8.json" <<'PY' || true
+import json, sys
+def ms(path):
+    try:
+        with open(path) as f: return json.load(f).get("train_ms_median")
+    except (OSError, ValueError): return None
+base, dev, w8a8 = (ms(p) for p in sys.argv[1:4])
+for name, x in (("playground paths (fuse all, grouped, onepass)", dev), ("fp8 base + W8A8", w8a8)):
+    if base and x: print(f"at 512²: {name} {x:.2f} ms/step against the default {base:.2f} ({base / x:.3f}x)")
+    else: print(f"at 512²: {name} {x} ms/step, default {base} (a bench did not finish)")
+PY
 fi
 
 if in_part 1; then
@@ -200,7 +221,8 @@ stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}
 # 5b. the attention versions side by side at FLUX.1-dev's size (version 1, 2 and the pipelined version 3), each bench
 #     checking its outputs against closed-form values; GPU only (a dry run has no kernels to time)
 if in_part 2 && [[ $DRY_RUN != 1 ]]; then
-    stage kernels-bench 40 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3"
+    stage kernels-bench 40 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3" "attention onepass" \
+        "residual-norm v1" "residual-norm v2"
 fi
 
 # 6. PyTorch on the same GPU, eager and compiled, both resolutions in one call (one JSON line per configuration)

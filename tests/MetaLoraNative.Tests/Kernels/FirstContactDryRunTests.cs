@@ -18,7 +18,7 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
 
     static readonly string[] Stages =
     [
-        "nvidia-smi", "doctor", "kernels", "check-cuda", "bench-512", "bench-512-stacked", "ref-case", "ref-torch-fp32", "ref-torch-bf16",
+        "nvidia-smi", "doctor", "kernels", "check-cuda", "bench-512", "bench-512-stacked", "bench-512-dev", "bench-512-w8a8", "ref-case", "ref-torch-fp32", "ref-torch-bf16",
         "step-scalar", "step-mma", "compare-scalar", "compare-mma", "bench-1024-mma", "torch", "vram-24", "vram-16", "vram-10",
         "queue-data", "nccl-stage1", "nccl-proof", "queue-2",
     ];
