@@ -149,32 +149,7 @@ public sealed partial class CudaBackend
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutA, d.TypeA, (ulong)d.Inner, (ulong)d.Rows, d.Inner));
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, d.TypeB, (ulong)d.Inner, (ulong)d.Cols, d.Inner));
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutC, d.TypeD, (ulong)d.Rows, (ulong)d.Cols, d.Rows));
-        CudaCheck.Blas(cublasLtMatmulPreferenceCreate(out IntPtr pref));
-        try
-        {
-            ulong ws = WorkspaceBytes;
-            CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ulong)));
-            foreach (var (attr, align) in new[] { (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.AlignB), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.AlignA),
-                                                   (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.AlignC), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.AlignC) })
-            {
-                uint bytes = (uint)align;
-                CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(uint)));
-            }
-            var results = stackalloc cublasLtMatmulHeuristicResult_t[GemmCandidates];
-            int status = cublasLtMatmulAlgoGetHeuristic(blasLt.DangerousGetHandle(), plan.Desc, plan.LayoutA, plan.LayoutB,
-                plan.LayoutC, plan.LayoutC, pref, GemmCandidates, results, out int found);
-            plan.HeuristicStatus = status;
-            if (status == CUBLAS_STATUS_SUCCESS)
-            {
-                plan.Candidates = new cublasLtMatmulAlgo_t[found];
-                for (int i = 0; i < found; i++) plan.Candidates[i] = results[i].algo;
-            }
-            // any other status: no candidates, so the next mode (or the W8A16 path) runs
-        }
-        finally
-        {
-            cublasLtMatmulPreferenceDestroy(pref);
-        }
+        QueryCandidates(plan, key.AlignA, key.AlignB, key.AlignC);   // any status but success: no candidates, so the next mode (or the W8A16 path) runs
         gemmPlans[key] = plan;
         return plan;
     }

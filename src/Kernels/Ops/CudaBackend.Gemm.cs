@@ -264,14 +264,27 @@ public sealed partial class CudaBackend
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutB, key.TypeAB, (ulong)aRows, (ulong)aCols, key.Lda));
         CudaCheck.Blas(cublasLtMatrixLayoutCreate(out plan.LayoutC, key.TypeC, (ulong)key.N, (ulong)key.M, key.Ldc));
 
+        int status = QueryCandidates(plan, key.AlignA, key.AlignB, key.AlignC);
+        if (status != CUBLAS_STATUS_SUCCESS && status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
+            CudaCheck.Blas(status, $"cublasLtMatmulAlgoGetHeuristic({key})");
+        gemmPlans[key] = plan;
+        return plan;
+    }
+
+    /// <summary>
+    /// Asks cuBLASLt's heuristic for up to <see cref="GemmCandidates"/> algorithms for the plan's descriptor and layouts,
+    /// with the workspace limit and the real pointers' alignments (cuBLASLt's A is our b, its B our a): no candidate
+    /// may assume more than they have. Fills plan.Candidates on success; returns the heuristic's status.
+    /// </summary>
+    unsafe int QueryCandidates(GemmPlan plan, long alignA, long alignB, long alignC)
+    {
         CudaCheck.Blas(cublasLtMatmulPreferenceCreate(out IntPtr pref));
         try
         {
             ulong ws = WorkspaceBytes;
             CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ulong)));
-            // The real pointers' alignments (cuBLASLt's A is our b): no candidate may assume more than they have.
-            foreach (var (attr, align) in new[] { (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.AlignB), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.AlignA),
-                                                   (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.AlignC), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.AlignC) })
+            foreach (var (attr, align) in new[] { (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, alignB), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, alignA),
+                                                   (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, alignC), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, alignC) })
             {
                 uint bytes = (uint)align;
                 CudaCheck.Blas(cublasLtMatmulPreferenceSetAttribute(pref, attr, &bytes, sizeof(uint)));
@@ -285,15 +298,12 @@ public sealed partial class CudaBackend
                 plan.Candidates = new cublasLtMatmulAlgo_t[found];
                 for (int i = 0; i < found; i++) plan.Candidates[i] = results[i].algo;
             }
-            else if (status != CUBLAS_STATUS_NOT_SUPPORTED && status != CUBLAS_STATUS_INVALID_VALUE)
-                CudaCheck.Blas(status, $"cublasLtMatmulAlgoGetHeuristic({key})");
+            return status;
         }
         finally
         {
             cublasLtMatmulPreferenceDestroy(pref);
         }
-        gemmPlans[key] = plan;
-        return plan;
     }
 
     /// <summary>c (m, n) += bias along the columns: the bias epilogue done apart.</summary>
