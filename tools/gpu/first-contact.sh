@@ -24,7 +24,8 @@
 #                 tensor-core attention, each compared by tools/reference/compare.py with the PyTorch fp32 step,
 #                 PyTorch's bf16 step as the baseline (docs/REFERENCE_CHECK.md)
 #   5. bench-1024-mma: metalora bench --resolution 1024 --steps 2, METALORA_ATTENTION=mma
-#   5b. kernels-bench (part 2, GPU only): attention versions 1-4 and residual-norm 1-2 timed at FLUX.1-dev's size
+#   5b. kernels-bench (part 2, GPU only): every kernels/dev version beside its version 1 at FLUX.1-dev's size (attention
+#       1-4, residual-norm, grouped GEMM, GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8)
 #   6. torch:     tools/bench/torch_reference.py at 512² and 1024², eager and compiled, in one call
 #   7. vram-24, vram-16, vram-10: metalora bench at 1024² under --vram 24/16/10 (plan, ms/step against bench-1024-mma's
 #                 unconstrained 80 GB plan, peak, block swap's hidden and exposed copy time), a table in the log
@@ -218,11 +219,17 @@ fi
 stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}" --resolution 1024 --recompute off \
     --json "$OUT/bench-1024-mma.json"
 
-# 5b. the attention versions side by side at FLUX.1-dev's size (version 1, 2 and the pipelined version 3), each bench
-#     checking its outputs against closed-form values; GPU only (a dry run has no kernels to time)
+# 5b. every playground version beside its version 1 at FLUX.1-dev's size, each bench checking its outputs against
+#     closed-form values (KernelBenches.Dev): attention 1-4, residual-norm, the grouped GEMM on a step's 494 A
+#     formations and dM products, the GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8. GPU only (a
+#     dry run has no kernels to time). 60 s: each bench is a few timed calls (under 0.1 s each, version 1's 494
+#     routed GEMMs a call the slowest) plus its fills and host checks (up to ~1 s for the 4,608 × 21,504 tensors of
+#     the strided GELU), and the first use of each kernel file compiles it. Each bench prints its line when done, so a
+#     cut stage still reports the benches before the cut.
 if in_part 2 && [[ $DRY_RUN != 1 ]]; then
-    stage kernels-bench 40 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3" "attention onepass" \
-        "residual-norm v1" "residual-norm v2"
+    stage kernels-bench 60 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3" "attention onepass" \
+        "residual-norm v1" "residual-norm v2" "gemm group v1" "gemm group g2" "gelu-epilogue v1" "gelu-epilogue v2" \
+        "gelu strided v1" "gelu strided v2" "qkv_norm_rope v1" "qkv_norm_rope v2" "linear w8a16" "linear w8a8"
 fi
 
 # 6. PyTorch on the same GPU, eager and compiled, both resolutions in one call (one JSON line per configuration)

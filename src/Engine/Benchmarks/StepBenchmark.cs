@@ -44,7 +44,8 @@ public static class StepBenchmark
         /// <summary>Count what one step issues, per phase (<see cref="LaunchCounters"/>): the device step and, for comparison, the host path.</summary>
         public bool Launches { get; init; }
         /// <summary>
-        /// Capture one step in a CUDA graph after the warm-up (at least two steps) and time its replays (opt-in,
+        /// Capture one step in a CUDA graph after the warm-up (at least two steps, then one uncaptured run on the
+        /// capture's fixed inputs, which fills the caches the capture reads) and time its replays (opt-in,
         /// <c>--cuda-graph</c> or METALORA_GRAPH=1; not yet run on a GPU). The replays repeat the captured step's
         /// inputs and AdamW step numbers: a timing of the step, not training.
         /// </summary>
@@ -164,9 +165,16 @@ public static class StepBenchmark
             {
                 if (pipeline.Flush(null) is { } warm) Completed(warm);
                 (fixedInputs, fixedTarget) = Trainer.StepInputs(model, [example], train, i);   // the fixed device buffers replays read
+                // One uncaptured run of exactly what the capture records, on the same fixed buffers and scalars: the
+                // device step's caches keyed by content (the grouped GEMM's tables under METALORA_LORA_GROUPED=1, keyed
+                // by the blocks' addresses) then hold what the capture asks for, as the pool, asked the same requests in
+                // the same order, normally hands out the same blocks. A miss inside the capture anyway is refused with an
+                // error naming the op (an upload there would record a copy from memory the graph does not own).
+                pipeline.Queue(model, binding, fixedInputs, fixedTarget, train, recompute, graphScalars!);
+                be.Synchronize();
                 graph = be.CaptureGraph(() => pipeline.Queue(model, binding, fixedInputs, fixedTarget, train, recompute, graphScalars!))
                     ?? throw new RuntimeFailure("--cuda-graph", $"{be.Name} cannot capture a step in a graph");
-                log($"captured step {i + 1} in a CUDA graph after {warmup} steps; the timed steps replay it (opt-in, not yet verified on a GPU)");
+                log($"captured step {i + 1} in a CUDA graph after {warmup} steps and one uncaptured run on its fixed inputs; the timed steps replay it (opt-in, not yet verified on a GPU)");
             }
             be.Synchronize();
             var before = counters?.Snapshot();

@@ -101,6 +101,83 @@ internal static class GroupedGemmPlan
     }
 }
 
+/// <summary>What <see cref="GroupedTableCache{T}.Lookup"/> decided for one call's table.</summary>
+internal enum GroupedTableDecision
+{
+    /// <summary>A table with the same content is on the device: launch on it (also inside a capture).</summary>
+    Hit,
+    /// <summary>Not cached and the stream is not capturing: upload a fresh copy (<see cref="GroupedTableCache{T}.Add"/>).</summary>
+    Upload,
+    /// <summary>
+    /// Not cached while the stream is capturing a CUDA graph: an upload there would be a host-to-device copy node
+    /// reading a managed array the graph does not own, and a pool block the cache may hand back while the graph
+    /// still reads it, so a replay would read whatever lies there then. Refused (<see cref="GroupedTableCache{T}.MissWhileCapturing"/>).
+    /// </summary>
+    RefuseInCapture,
+}
+
+/// <summary>
+/// The grouped GEMM's device tables by content (the policy alone, no device: GroupedTableCacheTests run it on the
+/// CPU). Most recent last. At most <see cref="Capacity"/> tables no graph has read are kept: adding one past that
+/// evicts the oldest of those. A table a launch read during a capture is held for the cache's lifetime (a graph's
+/// replays read it at its address, and the cache cannot know when the last graph is gone), so it is never evicted.
+/// </summary>
+internal sealed class GroupedTableCache<T>(int capacity) where T : class
+{
+    readonly List<(byte[] Key, T Value, bool Held)> entries = [];
+
+    public int Capacity { get; } = capacity;
+    public int Count => entries.Count;
+    /// <summary>Tables held by a graph (read by a launch during a capture).</summary>
+    public int HeldCount => entries.Count(e => e.Held);
+
+    /// <summary>
+    /// The decision for one table: a hit returns the cached value (moved to most recent; held from now on when
+    /// <paramref name="capturing"/>), a miss <see cref="GroupedTableDecision.Upload"/> outside a capture and
+    /// <see cref="GroupedTableDecision.RefuseInCapture"/> inside one.
+    /// </summary>
+    public GroupedTableDecision Lookup(ReadOnlySpan<byte> key, bool capturing, out T? value)
+    {
+        for (int i = entries.Count - 1; i >= 0; i--)
+        {
+            var e = entries[i];
+            if (!e.Key.AsSpan().SequenceEqual(key)) continue;
+            entries.RemoveAt(i);
+            entries.Add(e with { Held = e.Held || capturing });
+            value = e.Value;
+            return GroupedTableDecision.Hit;
+        }
+        value = null;
+        return capturing ? GroupedTableDecision.RefuseInCapture : GroupedTableDecision.Upload;
+    }
+
+    /// <summary>Adds a fresh table (after an <see cref="GroupedTableDecision.Upload"/>); returns the evicted one for the caller to free, or null.</summary>
+    public T? Add(byte[] key, T value)
+    {
+        T? evicted = null;
+        if (entries.Count(e => !e.Held) >= Capacity)
+        {
+            int oldest = entries.FindIndex(e => !e.Held);
+            evicted = entries[oldest].Value;
+            entries.RemoveAt(oldest);
+        }
+        entries.Add((key, value, false));
+        return evicted;
+    }
+
+    /// <summary>Every value, for disposal with the backend.</summary>
+    public IReadOnlyList<T> Values => [.. entries.Select(e => e.Value)];
+
+    public void Clear() => entries.Clear();
+
+    /// <summary>The error of <see cref="GroupedTableDecision.RefuseInCapture"/>: the op, the table, and what to do.</summary>
+    public static InvalidOperationException MissWhileCapturing(string op, int entries) =>
+        new($"{op}: the grouped GEMM's table of {entries} products is not on the device while the stream is capturing a CUDA graph; " +
+            "uploading it inside the capture would leave the graph reading a copy it does not own. Run one uncaptured step with the " +
+            "same tensors (a warm-up step, as bench --cuda-graph does) before the capture, so that every table is cached; " +
+            "or capture without METALORA_LORA_GROUPED=1.");
+}
+
 // GEMM group version 2 from the kernel playground (kernels/dev/gemm/02_grouped.cu): every fp32 entry of a GemmGroup
 // in one launch, selected by METALORA_LORA_GROUPED=1 or GroupedGemm, checked by `metalora check cuda --dev`
 // (CudaParity.Dev, GroupedGemmChecks.cs). Version 1 is one routed GEMM per entry (Ops/CudaBackend.Gemm.cs).
@@ -113,7 +190,7 @@ public sealed partial class CudaBackend
     public bool GroupedGemm { get; set; } = Engine.Lora.FusedStage2Cache.GroupedFromEnvironment();
 
     /// <summary>Tables on the device by content, most recent last: a step's A formation and its dM products alternate.</summary>
-    readonly List<(GroupedEntry[] Key, CudaTensor Table)> groupedTables = [];
+    readonly GroupedTableCache<CudaTensor> groupedTables = new(GroupedTablesKept);
 
     /// <summary>Grouped launches issued and table uploads made (a steady step makes none): the parity check reads them.</summary>
     internal long GroupedLaunches { get; private set; }
@@ -134,44 +211,37 @@ public sealed partial class CudaBackend
         if (products.Count == 0) return;
         var (table, tiles) = GroupedGemmPlan.Build(products);
         if (tiles == 0) return;
-        var device = GroupedTable(table);
+        var device = GroupedTable(op, table);
         Counted.Gemm("grouped");
         GroupedLaunches++;
         LaunchParams(GroupedGemmFile, "gemm_grouped", ((uint)tiles, 1, 1), ((uint)GroupedGemmPlan.Threads, 1, 1),
                      new GroupedParams { Table = device.Ptr, Entries = table.Length, Tiles = tiles });
     }
 
-    /// <summary>The device copy of a table: a cached one with the same content, else a fresh upload (asynchronous, no sync).</summary>
-    unsafe CudaTensor GroupedTable(GroupedEntry[] table)
+    /// <summary>
+    /// The device copy of a table: a cached one with the same content, else a fresh upload (asynchronous, no sync).
+    /// A steady step hits the cache; a miss while the stream captures a CUDA graph is refused (GroupedTableDecision).
+    /// </summary>
+    unsafe CudaTensor GroupedTable(string op, GroupedEntry[] table)
     {
         var bytes = MemoryMarshal.AsBytes(table.AsSpan());
-        for (int i = groupedTables.Count - 1; i >= 0; i--)
+        CudaCheck.Cu(CuGraph.cuStreamIsCapturing(Stream, out int status));
+        switch (groupedTables.Lookup(bytes, status != CuGraph.CU_STREAM_CAPTURE_STATUS_NONE, out var cached))
         {
-            var (key, t) = groupedTables[i];
-            if (!MemoryMarshal.AsBytes(key.AsSpan()).SequenceEqual(bytes)) continue;
-            if (i != groupedTables.Count - 1)
-            {
-                groupedTables.RemoveAt(i);
-                groupedTables.Add((key, t));
-            }
-            return t;
-        }
-        if (groupedTables.Count == GroupedTablesKept)
-        {
-            // freed in stream order: a queued launch reading it runs before anything reuses the block
-            groupedTables[0].Table.Dispose();
-            groupedTables.RemoveAt(0);
+            case GroupedTableDecision.Hit: return cached!;
+            case GroupedTableDecision.RefuseInCapture: throw GroupedTableCache<CudaTensor>.MissWhileCapturing(op, table.Length);
         }
         var device = Alloc([bytes.Length / sizeof(float)], Precision.Master);
         fixed (byte* p = bytes) CudaCheck.Cu(CuDriver.cuMemcpyHtoDAsync_v2(device.Ptr, p, (nuint)bytes.Length, Stream));
         GroupedUploads++;
-        groupedTables.Add((table, device));
+        // freed in stream order: a queued launch reading the evicted table runs before anything reuses its block
+        groupedTables.Add(bytes.ToArray(), device)?.Dispose();
         return device;
     }
 
     void DisposeGroupedTables()
     {
-        foreach (var (_, t) in groupedTables) t.Dispose();
+        foreach (var t in groupedTables.Values) t.Dispose();
         groupedTables.Clear();
     }
 }

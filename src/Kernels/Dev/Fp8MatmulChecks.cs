@@ -53,3 +53,57 @@ public static partial class CudaParity
         cb.Dispose();
     }
 }
+
+// The bench of the W8A8 forward product, in KernelBenches.Dev, beside version 1 (W8A16: the weight decoded to bf16,
+// then the bf16 GEMM; what the fp8 base runs by default) at FLUX.1-dev's img_attn.qkv shape at 1024².
+public static partial class KernelBenches
+{
+    /// <summary>M tokens, K = d_in, N = d_out of one fp8 linear.</summary>
+    public readonly record struct Fp8BenchShape(int M, int K, int N);
+
+    /// <summary>A double block's qkv linear at 1024²: 4,608 tokens (the bench joins both streams' rows), 3,072 → 9,216.</summary>
+    public static Fp8BenchShape Fp8FluxDev { get; } = new(Tokens, Hidden, 3 * Hidden);
+
+    static IEnumerable<KernelBench> Fp8MatmulBenches() =>
+    [
+        new("linear w8a16", $"LinearQuantized (fp8 weight decoded to bf16, bf16 GEMM), ({Fp8FluxDev.M}, {Fp8FluxDev.K}) -> {Fp8FluxDev.N} with bias",
+            gpu => Fp8Linear(gpu, Fp8FluxDev, 1, gpu.TimeMs)),
+        new("linear w8a8", $"LinearQuantizedW8A8 (kernels/dev/quant/02_fp8_activations.cu amax + quantise, cuBLASLt FP8, column scale), ({Fp8FluxDev.M}, {Fp8FluxDev.K}) -> {Fp8FluxDev.N} with bias",
+            gpu => Fp8Linear(gpu, Fp8FluxDev, 2, gpu.TimeMs)),
+    ];
+
+    /// <summary>
+    /// w = 2⁻⁷ (every row's amax: codes 448, scale 2⁻⁷/448), x = 0.5 (amax 0.5: codes 448), bias 0.5: every output is
+    /// K · 2⁻⁸ + 0.5 (12.5 at K 3,072) on both paths, the decoded operands 2⁻⁷ and 0.5 within fp32's rounding of the
+    /// scales, so the one bf16 rounding of the output leaves it exact; allowed expected/128 (one ulp). Version 2 on a
+    /// device with no FP8 route (below sm_89) runs W8A16 and says so. TFLOP/s of 2 · M · K · N.
+    /// </summary>
+    internal static BenchResult Fp8Linear(IBackend be, Fp8BenchShape s, int version, BenchTimer time)
+    {
+        var weight = new float[(long)s.N * s.K];
+        Array.Fill(weight, 1f / 128);
+        var q = Fp8Rows.Quantize(weight, s.N, s.K, "bench weight");
+        using var w = q.Upload(be);
+        using var x = be.Zeros(1, s.M, s.K);
+        using var b = be.Zeros(s.N);
+        be.Fill(x, 0.5f);
+        be.Fill(b, 0.5f);
+        string mode = "";
+        if (be is CudaBackend gpu && version == 2)
+        {
+            var choice = Fp8Matmul.Choose(gpu.Device.Major, gpu.Device.Minor, (long)Native.CublasLt.cublasLtGetVersion(), s.M, s.N, s.K, true);
+            mode = choice.Mode == Fp8GemmMode.Dequantize ? $" (no FP8 route: W8A16; {choice.Reason})" : $" ({choice.Mode})";
+        }
+        Tensor? y = null;
+        float ms = time(() =>
+        {
+            y?.Dispose();
+            y = version == 2 ? be.LinearQuantizedW8A8(x, w, b) : be.LinearQuantized(x, w, b);
+        }, 10);
+        using var _ = y;
+        float expected = s.K / 256f + 0.5f;
+        var check = Uniform("y", be.Download(y!), expected, expected / 128);
+        double flop = 2.0 * s.M * s.K * s.N;
+        return new BenchResult($"linear w8a{(version == 2 ? 8 : 16)}", [new($"forward{mode}", ms, flop / (ms * 1e-3) / 1e12)], check.Ok, check.Text);
+    }
+}

@@ -179,3 +179,184 @@ public static partial class CudaParity
         }
     }
 }
+
+// The benches of the GELU fusions, in KernelBenches.Dev, each beside version 1 (the engine's unfused ops) at FLUX.1-dev's
+// MLP and single-block shapes.
+public static partial class KernelBenches
+{
+    /// <summary>M rows (tokens), C the hidden size (the MLP's d_in), Mlp its hidden size (d_out).</summary>
+    public readonly record struct GeluBenchShape(int M, int C, int Mlp);
+
+    /// <summary>FLUX.1-dev at 1024², B 1: 4,608 tokens, C 3,072, mlp 12,288.</summary>
+    public static GeluBenchShape GeluFluxDev { get; } = new(Tokens, Hidden, 4 * Hidden);
+
+    static IEnumerable<KernelBench> GeluBenches() =>
+    [
+        new("gelu-epilogue v1", $"LinearGelu and LinearBackwardGelu unfused (Linear, axpy, gelu_tanh; the engine's ops), ({GeluFluxDev.M}, {GeluFluxDev.C}) -> {GeluFluxDev.Mlp}, bias and LoRA term",
+            gpu => GeluEpilogue(gpu, GeluFluxDev, 1, gpu.TimeMs)),
+        new("gelu-epilogue v2", $"LinearGelu and LinearBackwardGelu as one cuBLASLt call each (GELU_AUX_BIAS / DGELU epilogues), ({GeluFluxDev.M}, {GeluFluxDev.C}) -> {GeluFluxDev.Mlp}",
+            gpu => GeluEpilogue(gpu, GeluFluxDev, 2, gpu.TimeMs)),
+        new("gelu strided v1", $"the single block's GELU join unfused (Narrow, gelu_tanh, Concat and back), ({GeluFluxDev.M}, 3C + mlp) -> (C + mlp), C {GeluFluxDev.C}, mlp {GeluFluxDev.Mlp}",
+            gpu => GeluStrided(gpu, GeluFluxDev, 1, gpu.TimeMs)),
+        new("gelu strided v2", $"the same join with the strided GELU (kernels/dev/gelu/02_strided.cu) on linear1's and cat's column blocks",
+            gpu => GeluStrided(gpu, GeluFluxDev, 2, gpu.TimeMs)),
+    ];
+
+    /// <summary>BFL's tanh GELU and its derivative, in fp64 (the closed forms' reference).</summary>
+    internal static double GeluTanh(double v) => 0.5 * v * (1 + Math.Tanh(Math.Sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v)));
+
+    internal static double GeluTanhGrad(double v)
+    {
+        double k = Math.Sqrt(2 / Math.PI), t = Math.Tanh(k * (v + 0.044715 * v * v * v));
+        return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v);
+    }
+
+    /// <summary>
+    /// x = w0 = 2⁻⁶, bias 0.5, LoRA term c0 = 0.25: pre = C · 2⁻¹² + 0.75 (1.5 at C 3,072) and act = gelu(pre) in every
+    /// cell. Backward with dy = w2 = 2⁻⁶ and LoRA term 0.25 on the forward's pre: dAct = C · 2⁻¹² + 0.25, dPre =
+    /// gelu'(pre) · dAct. The inputs and pre are exact in bf16; each output carries one bf16 rounding (half an ulp,
+    /// at most expected/256), allowed expected/128. TFLOP/s of the product (2 · M · C · mlp each way).
+    /// </summary>
+    internal static BenchResult GeluEpilogue(IBackend be, GeluBenchShape s, int version, BenchTimer time)
+    {
+        var gpu = be as CudaBackend;
+        bool previous = gpu?.UseGeluEpilogue ?? true;
+        if (gpu != null) gpu.UseGeluEpilogue = version == 2;
+        var owned = new List<Tensor>();
+        Tensor Filled(float value, params int[] shape) { var t = be.Zeros(shape); be.Fill(t, value); owned.Add(t); return t; }
+        try
+        {
+            var before = gpu?.GeluEpilogueCounts ?? default;
+            var x = Filled(1f / 64, 1, s.M, s.C);
+            var w0 = Filled(1f / 64, s.Mlp, s.C);
+            var b0 = Filled(0.5f, s.Mlp);
+            var c0 = Filled(0.25f, 1, s.M, s.Mlp);
+            var dy = Filled(1f / 64, 1, s.M, s.C);
+            var w2 = Filled(1f / 64, s.C, s.Mlp);
+            var loraDx = Filled(0.25f, 1, s.M, s.Mlp);
+            (Tensor Pre, Tensor Act)? f = null;
+            float fwd = time(() =>
+            {
+                if (f is var (p, a)) { p.Dispose(); a.Dispose(); }
+                f = be.LinearGelu(x, w0, b0, c0);
+            }, 5);
+            var (pre, act) = f!.Value;
+            owned.Add(pre);
+            owned.Add(act);
+            Tensor? dPre = null;
+            float bwd = time(() => { dPre?.Dispose(); dPre = be.LinearBackwardGelu(dy, w2, pre, loraDx); }, 5);
+            owned.Add(dPre!);
+            double p0 = s.C / 4096.0 + 0.75, a0 = GeluTanh(p0), d0 = GeluTanhGrad(p0) * (s.C / 4096.0 + 0.25);
+            var checks = new List<(bool Ok, string Text)>
+            {
+                Uniform("pre", be.Download(pre), (float)p0, (float)(p0 / 128)),
+                Uniform("act", be.Download(act), (float)a0, (float)(a0 / 128)),
+                Uniform("dPre", be.Download(dPre!), (float)d0, (float)(d0 / 128)),
+            };
+            if (gpu != null)
+            {
+                var after = gpu.GeluEpilogueCounts;
+                int fused = after.Fused - before.Fused, unfused = after.Unfused - before.Unfused;
+                bool ok = version == 2 ? unfused == 0 : fused == 0;
+                checks.Add((ok, $"{fused} fused, {unfused} unfused products ({(ok ? "ok" : version == 2 ? "FAIL, the epilogue was refused" : "FAIL, the epilogue ran")})"));
+            }
+            double flop = 2.0 * s.M * s.C * s.Mlp;
+            return new BenchResult($"gelu-epilogue v{version}",
+                [new("forward", fwd, flop / (fwd * 1e-3) / 1e12), new("backward", bwd, flop / (bwd * 1e-3) / 1e12)],
+                checks.All(c => c.Ok), string.Join("; ", checks.Select(c => c.Text)));
+        }
+        finally
+        {
+            if (gpu != null) gpu.UseGeluEpilogue = previous;
+            foreach (var t in owned) t.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// The single block's join of attention and GELU, forward and backward, as the model issues it. Version 1 (no
+    /// Fusions.GeluEpilogue): mlpIn = Narrow(lin1, 3C, mlp), cat = Concat(attn, gelu(mlpIn)); back: dlin1 = Concat(d qkv,
+    /// gelu'(mlpIn) · Narrow(dcat, C, mlp)). Version 2 (SingleBlock.SlicedCat): cat = 0, cat[:, :C] += attn, the
+    /// strided GELU of lin1's columns into cat's; back: dlin1 = 0, the strided backward into its columns [3C, 3C + mlp),
+    /// dlin1[:, :3C] += d qkv. lin1 = 1.5, attn = 0.25, dcat = 0.5, d qkv = 0.125, so cat is 0.25 then gelu(1.5) and dlin1
+    /// 0.125 then gelu'(1.5) · 0.5 (each GELU value rounded to bf16 once, allowed expected/128; the copies exact).
+    /// GB/s of the tensors the join needs: forward reads lin1's mlp columns and attn and writes cat (2 · M · (C + mlp)
+    /// bf16), backward reads lin1's and dcat's mlp columns and d qkv and writes dlin1 (M · (3 mlp + 6C) bf16).
+    /// </summary>
+    internal static BenchResult GeluStrided(IBackend be, GeluBenchShape s, int version, BenchTimer time)
+    {
+        var (m, c, mlp) = (s.M, s.C, s.Mlp);
+        var owned = new List<Tensor>();
+        Tensor Filled(float value, params int[] shape) { var t = be.Zeros(shape); be.Fill(t, value); owned.Add(t); return t; }
+        try
+        {
+            var lin1 = Filled(1.5f, 1, m, 3 * c + mlp);
+            var attn = Filled(0.25f, 1, m, c);
+            var dCat = Filled(0.5f, 1, m, c + mlp);
+            var dQkv = Filled(0.125f, 1, m, 3 * c);
+            var mlpIn = be.Narrow(lin1, -1, 3 * c, mlp);   // version 1's saved activation
+            owned.Add(mlpIn);
+            Tensor? cat = null, dLin1 = null;
+            float fwd = time(() =>
+            {
+                cat?.Dispose();
+                if (version == 2)
+                {
+                    cat = be.Zeros(1, m, c + mlp);
+                    be.AddNarrow(cat, attn, -1, 0);
+                    be.GeluTanhSlice(MatrixSlice.ColumnsOf(lin1, 3 * c, mlp), MatrixSlice.ColumnsOf(cat, c, mlp));
+                }
+                else
+                {
+                    using var input = be.Narrow(lin1, -1, 3 * c, mlp);
+                    using var a = be.GeluTanh(input);
+                    cat = be.Concat(-1, attn, a);
+                }
+            }, 5);
+            owned.Add(cat!);
+            float bwd = time(() =>
+            {
+                dLin1?.Dispose();
+                if (version == 2)
+                {
+                    dLin1 = be.Zeros(1, m, 3 * c + mlp);
+                    be.GeluTanhBackwardSlice(MatrixSlice.ColumnsOf(lin1, 3 * c, mlp), MatrixSlice.ColumnsOf(dCat, c, mlp),
+                                             MatrixSlice.ColumnsOf(dLin1, 3 * c, mlp));
+                    be.AddNarrow(dLin1, dQkv, -1, 0);
+                }
+                else
+                {
+                    using var dAct = be.Narrow(dCat, -1, c, mlp);
+                    using var dMlpIn = be.GeluTanhBackward(mlpIn, dAct);
+                    dLin1 = be.Concat(-1, dQkv, dMlpIn);
+                }
+            }, 5);
+            owned.Add(dLin1!);
+            float g = (float)GeluTanh(1.5), dg = (float)(GeluTanhGrad(1.5) * 0.5);
+            float[] catValues = be.Download(cat!), dValues = be.Download(dLin1!);
+            var checks = new[]
+            {
+                Uniform("cat[:, :C]", Columns(catValues, c + mlp, 0, c), 0.25f, 0f),
+                Uniform("cat[:, C:]", Columns(catValues, c + mlp, c, mlp), g, g / 128),
+                Uniform("dlin1[:, :3C]", Columns(dValues, 3 * c + mlp, 0, 3 * c), 0.125f, 0f),
+                Uniform("dlin1[:, 3C:]", Columns(dValues, 3 * c + mlp, 3 * c, mlp), dg, dg / 128),
+            };
+            double bytesF = 2.0 * m * (c + mlp) * 2, bytesB = (double)m * (3 * mlp + 6 * c) * 2;
+            return new BenchResult($"gelu strided v{version}",
+                [new($"forward ({bytesF / (fwd * 1e-3) / 1e9:F0} GB/s)", fwd, 0), new($"backward ({bytesB / (bwd * 1e-3) / 1e9:F0} GB/s)", bwd, 0)],
+                checks.All(x => x.Ok), string.Join("; ", checks.Select(x => x.Text)));
+        }
+        finally
+        {
+            foreach (var t in owned) t.Dispose();
+        }
+    }
+
+    /// <summary>Columns [start, start + count) of every row of a row-major matrix of <paramref name="ld"/> columns.</summary>
+    internal static float[] Columns(float[] values, int ld, int start, int count)
+    {
+        int rows = values.Length / ld;
+        var r = new float[(long)rows * count];
+        for (int i = 0; i < rows; i++) Array.Copy(values, (long)i * ld + start, r, (long)i * count, count);
+        return r;
+    }
+}

@@ -133,3 +133,107 @@ public static partial class CudaParity
         }
     }
 }
+
+// The benches of GEMM group version 2, in KernelBenches.Dev, beside version 1 (one routed GEMM per entry, the engine's
+// GemmGroup today): a Stage-2 step's two groups at FLUX.1-dev's shapes.
+public static partial class KernelBenches
+{
+    /// <summary>One call of the op under test, repeated: <see cref="CudaBackend.TimeMs"/> on a GPU (the call once, then timed repetitions).</summary>
+    public delegate float BenchTimer(Action call, int repetitions);
+
+    /// <summary>
+    /// A step's grouped products: r2 × r1 mid factors, and per module (d_in, targets) the targets stacked into one A
+    /// of (targets · r2, d_in) rows, as the fused Stage-2 LoRA forms them.
+    /// </summary>
+    public sealed record GroupedBenchShape(int R1, int R2, IReadOnlyList<(int DIn, int Targets)> Modules)
+    {
+        public int Targets => Modules.Sum(m => m.Targets);
+    }
+
+    /// <summary>FLUX.1-dev's 494 targets in their 304 modules (d_in 3,072 to 15,360), r2 1, r1 16.</summary>
+    public static GroupedBenchShape GroupedFluxDev { get; } = new(16, 1,
+        [.. FluxNames.LoraTargets(FluxConfig.FluxDev).GroupBy(t => t.BflModule).Select(g => (g.First().InFeatures, g.Count()))]);
+
+    static IEnumerable<KernelBench> GroupedGemmBenches() =>
+    [
+        new("gemm group v1", $"GemmGroup version 1 (one routed GEMM per entry) on a Stage-2 step's {GroupedFluxDev.Targets} A = M·D formations and {GroupedFluxDev.Targets} dM += G·Dᵀ, r2 1, r1 16",
+            gpu => GroupedGemm(gpu, GroupedFluxDev, 1, gpu.TimeMs)),
+        new("gemm group g2", $"GemmGroup version 2 (kernels/dev/gemm/02_grouped.cu, one launch per group) on the same {GroupedFluxDev.Targets} formations and dM products",
+            gpu => GroupedGemm(gpu, GroupedFluxDev, 2, gpu.TimeMs)),
+    ];
+
+    /// <summary>
+    /// mid = 2⁻³, down = 2⁻⁴, so every A = M·D is r1 · 2⁻⁷ (beta 0 over stale 9s); G = 2⁻⁶ and dM starts at 1, so each
+    /// call of dM += G·Dᵀ adds d_in · 2⁻¹⁰ and after n calls every dM of a module of d_in is 1 + n · d_in · 2⁻¹⁰. All
+    /// of these are dyadic with few bits: fp32 forms them exactly in any summation order, so the checks are exact.
+    /// Bytes per group: each product's fp32 operands and output once (formation: D and A; dM: G, D, and dM read and
+    /// written). Version 2 must also make exactly one launch per call and at most one table upload per group (its first call).
+    /// </summary>
+    internal static BenchResult GroupedGemm(IBackend be, GroupedBenchShape shape, int version, BenchTimer time)
+    {
+        var gpu = be as CudaBackend;
+        bool previous = gpu?.GroupedGemm ?? false;
+        if (gpu != null) gpu.GroupedGemm = version == 2;
+        var owned = new List<Tensor>();
+        Tensor Filled(int rows, int cols, float value)
+        {
+            var t = be.Zeros([rows, cols], Precision.Master);
+            be.Fill(t, value);
+            owned.Add(t);
+            return t;
+        }
+        try
+        {
+            var (r1, r2) = (shape.R1, shape.R2);
+            var form = new List<GemmEntry>();
+            var dm = new List<GemmEntry>();
+            var stacked = new List<Tensor>();
+            var dM = new List<(Tensor T, int DIn)>();
+            double bytesForm = 0, bytesDm = 0, flop = 0;
+            foreach (var (dIn, targets) in shape.Modules)
+            {
+                var a = Filled(targets * r2, dIn, 9f);   // stale contents: beta 0 must ignore them
+                var g = Filled(targets * r2, dIn, 1f / 64);
+                stacked.Add(a);
+                for (int j = 0; j < targets; j++)
+                {
+                    var mid = Filled(r2, r1, 1f / 8);
+                    var down = Filled(r1, dIn, 1f / 16);
+                    var d = Filled(r2, r1, 1f);
+                    dM.Add((d, dIn));
+                    form.Add(new GemmEntry(mid, false, down, false, new MatrixSlice(a, j * r2, r2, 0, dIn)));
+                    dm.Add(new GemmEntry(new MatrixSlice(g, j * r2, r2, 0, dIn), false, down, true, d, 1f, 1f));
+                    bytesForm += 4.0 * (r2 * r1 + r1 * dIn + r2 * dIn);
+                    bytesDm += 4.0 * (r2 * dIn + r1 * dIn + 2 * r2 * r1);
+                    flop += 2.0 * r2 * r1 * dIn;
+                }
+            }
+            long launches = gpu?.GroupedLaunches ?? 0, uploads = gpu?.GroupedUploads ?? 0;
+            int formCalls = 0, dmCalls = 0;
+            float formMs = time(() => { formCalls++; be.GemmGroup(form); }, 10);
+            float dmMs = time(() => { dmCalls++; be.GemmGroup(dm); }, 10);
+            var checks = new List<(bool Ok, string Text)>
+            {
+                Uniform("A", [.. stacked.SelectMany(be.Download)], r1 / 128f, 0f),
+            };
+            foreach (int dIn in dM.Select(d => d.DIn).Distinct().Order())
+                checks.Add(Uniform($"dM (d_in {dIn}, {dmCalls} calls)", [.. dM.Where(d => d.DIn == dIn).SelectMany(d => be.Download(d.T))],
+                                   (float)(1 + dmCalls * (double)dIn / 1024), 0f));
+            if (gpu != null && version == 2)
+            {
+                long l = gpu.GroupedLaunches - launches, u = gpu.GroupedUploads - uploads;
+                bool ok = l == formCalls + dmCalls && u <= 2;
+                checks.Add((ok, $"{l} grouped launches for {formCalls + dmCalls} calls, {u} table uploads ({(ok ? "ok" : "FAIL, expected one launch a call and at most one upload a group")})"));
+            }
+            return new BenchResult($"gemm group {(version == 2 ? "g2" : "v1")}",
+                [new($"{shape.Targets} formations ({bytesForm / (formMs * 1e-3) / 1e9:F0} GB/s)", formMs, flop / (formMs * 1e-3) / 1e12),
+                 new($"{shape.Targets} dM ({bytesDm / (dmMs * 1e-3) / 1e9:F0} GB/s)", dmMs, flop / (dmMs * 1e-3) / 1e12)],
+                checks.All(c => c.Ok), string.Join("; ", checks.Select(c => c.Text)));
+        }
+        finally
+        {
+            if (gpu != null) gpu.GroupedGemm = previous;
+            foreach (var t in owned) t.Dispose();
+        }
+    }
+}

@@ -104,3 +104,130 @@ public static partial class CudaParity
         return [.. r];
     }
 }
+
+// The bench of qkv_norm_rope version 2, in KernelBenches.Dev, beside version 1 (the engine's unfused ops): the single
+// block's one stream over FLUX.1-dev's whole sequence at 1024².
+public static partial class KernelBenches
+{
+    /// <summary>One stream of L tokens covering the joint sequence, H heads of D.</summary>
+    public readonly record struct QkvBenchShape(int L, int H, int D);
+
+    public static QkvBenchShape QkvFluxDev { get; } = new(Tokens, Heads, HeadDim);
+
+    static IEnumerable<KernelBench> QkvNormRopeBenches() =>
+    [
+        new("qkv_norm_rope v1", $"SplitQkv, RmsNorm (q, k), ApplyRope (q, k) and back (ApplyRopeBackward, RmsNormBackward, MergeQkv), the engine's ops, qkv (1, {QkvFluxDev.L}, 3·{Hidden})",
+            gpu => QkvNormRope(gpu, QkvFluxDev, 1, gpu.TimeMs)),
+        new("qkv_norm_rope v2", $"split-qkv + QK RMSNorm + RoPE fused (kernels/dev/qkv_norm_rope/02_fused.cu), forward and backward, qkv (1, {QkvFluxDev.L}, 3·{Hidden})",
+            gpu => QkvNormRope(gpu, QkvFluxDev, 2, gpu.TimeMs)),
+    ];
+
+    /// <summary>
+    /// qkv = a = 0.5, norm scales 1, eps 1e-6, pe = (cos, sin) = (0.6, 0.8) at every pair: rstd r = 1/√(a² + eps), x̂ = a·r
+    /// (≈ 1, which bf16 holds), so q and k are x̂(c − s) at even and x̂(s + c) at odd channels, v = a. Backward with
+    /// every joint gradient g = 0.25: the transposed rotation gives u = g(c + s, c − s), mean(u·x) = a·g·c, so d q and
+    /// d k are r·g(c + s − a²r²c) at even and r·g(c − s − a²r²c) at odd channels, d v = g. Outputs allowed expected/64
+    /// (version 1 rounds x̂ and u to bf16 between its ops). The fused ops write into outputs allocated once (the
+    /// model's zero fill of them is not timed); version 1's ops allocate theirs. GB/s of the fused op's tensors: forward
+    /// reads qkv and pe, writes q, k, v and two rstd (6·L·C bf16); backward reads q and k of qkv, dq, dk, dv, pe and rstd,
+    /// writes d qkv (8·L·C bf16).
+    /// </summary>
+    internal static BenchResult QkvNormRope(IBackend be, QkvBenchShape s, int version, BenchTimer time)
+    {
+        var (l, h, d) = (s.L, s.H, s.D);
+        int c = h * d;
+        const float a = 0.5f, g = 0.25f, cos = 0.6f, sin = 0.8f, eps = 1e-6f;
+        var owned = new List<Tensor>();
+        Tensor Own(Tensor t) { owned.Add(t); return t; }
+        Tensor Filled(float value, params int[] shape) { var t = be.Zeros(shape); be.Fill(t, value); return Own(t); }
+        try
+        {
+            var qkv = Filled(a, 1, l, 3 * c);
+            var wq = Filled(1f, d);
+            var wk = Filled(1f, d);
+            var table = new float[(long)l * d];
+            for (int i = 0; i < table.Length; i += 2) (table[i], table[i + 1]) = (cos, sin);
+            var pe = Own(be.Upload(table, [1, l, d / 2, 2], Precision.Master));
+            var dq = Filled(g, 1, h, l, d);
+            var dk = Filled(g, 1, h, l, d);
+            var dv = Filled(g, 1, h, l, d);
+            var norm = new QkNorm(wq, wk, eps);
+            Tensor q, k, v, qr, kr, dqkv;
+            float fwd, bwd;
+            if (version == 2)
+            {
+                var joint = new QkvJoint(Filled(0f, 1, h, l, d), Filled(0f, 1, h, l, d), Filled(0f, 1, h, l, d));
+                (Tensor Q, Tensor K)? rstd = null;
+                fwd = time(() =>
+                {
+                    if (rstd is var (x, y)) { x.Dispose(); y.Dispose(); }
+                    rstd = be.QkvNormRope(qkv, norm, pe, joint, 0);
+                }, 5);
+                (q, k, v, qr, kr) = (joint.Q, joint.K, joint.V, Own(rstd!.Value.Q), Own(rstd.Value.K));
+                dqkv = Filled(0f, 1, l, 3 * c);
+                bwd = time(() => be.QkvNormRopeBackward(new QkvJoint(dq, dk, dv), 0, qkv, norm, pe, qr, kr, dqkv), 5);
+            }
+            else
+            {
+                (Tensor Q, Tensor K, Tensor V, Tensor QRaw, Tensor KRaw, Tensor QRstd, Tensor KRstd)? f = null;
+                fwd = time(() =>
+                {
+                    if (f is { } o) foreach (var t in new[] { o.Q, o.K, o.V, o.QRaw, o.KRaw, o.QRstd, o.KRstd }) t.Dispose();
+                    var (q1, k1, v1) = be.SplitQkv(qkv, h);
+                    using var qn = be.RmsNorm(q1, wq, eps, out var qr1);
+                    using var kn = be.RmsNorm(k1, wk, eps, out var kr1);
+                    f = (be.ApplyRope(qn, pe), be.ApplyRope(kn, pe), v1, q1, k1, qr1, kr1);
+                }, 5);
+                var r = f!.Value;
+                foreach (var t in new[] { r.QRaw, r.KRaw }) Own(t);
+                (q, k, v, qr, kr) = (Own(r.Q), Own(r.K), Own(r.V), Own(r.QRstd), Own(r.KRstd));
+                Tensor? merged = null;
+                bwd = time(() =>
+                {
+                    merged?.Dispose();
+                    using var dqRope = be.ApplyRopeBackward(dq, pe);
+                    using var dkRope = be.ApplyRopeBackward(dk, pe);
+                    using var dqn = be.RmsNormBackward(dqRope, r.QRaw, wq, r.QRstd);
+                    using var dkn = be.RmsNormBackward(dkRope, r.KRaw, wk, r.KRstd);
+                    merged = be.MergeQkv(dqn, dkn, dv);
+                }, 5);
+                dqkv = Own(merged!);
+            }
+            double rs = 1 / Math.Sqrt((double)a * a + eps), xh = a * rs, a2r2 = a * a * rs * rs;
+            float qEven = (float)(xh * (cos - sin)), qOdd = (float)(xh * (sin + cos));
+            float dEven = (float)(rs * g * (cos + sin - a2r2 * cos)), dOdd = (float)(rs * g * (cos - sin - a2r2 * cos));
+            float[] qv = be.Download(q), kv = be.Download(k), dx = be.Download(dqkv);
+            var checks = new[]
+            {
+                Uniform("q even", Every(qv, 0), qEven, Math.Abs(qEven) / 64),
+                Uniform("q odd", Every(qv, 1), qOdd, qOdd / 64),
+                Uniform("k even", Every(kv, 0), qEven, Math.Abs(qEven) / 64),
+                Uniform("k odd", Every(kv, 1), qOdd, qOdd / 64),
+                Uniform("v", be.Download(v), a, 0f),
+                Uniform("q rstd", be.Download(qr), (float)rs, (float)rs * 1e-5f),
+                Uniform("k rstd", be.Download(kr), (float)rs, (float)rs * 1e-5f),
+                Uniform("d q, d k even", Every(Columns(dx, 3 * c, 0, 2 * c), 0), dEven, Math.Abs(dEven) / 64),
+                Uniform("d q, d k odd", Every(Columns(dx, 3 * c, 0, 2 * c), 1), dOdd, Math.Abs(dOdd) / 64),
+                Uniform("d v", Columns(dx, 3 * c, 2 * c, c), g, 0f),
+            };
+            double tok = l, pairs = (double)l * h;
+            double bytesF = tok * 3 * c * 2 * 2 + tok * d * 4 + 2 * pairs * 4;
+            double bytesB = tok * (2 + 3 + 3) * c * 2 + tok * d * 4 + 2 * pairs * 4;   // q, k of qkv; dq, dk, dv; d qkv
+            return new BenchResult($"qkv_norm_rope v{version}",
+                [new($"forward ({bytesF / (fwd * 1e-3) / 1e9:F0} GB/s)", fwd, 0), new($"backward ({bytesB / (bwd * 1e-3) / 1e9:F0} GB/s)", bwd, 0)],
+                checks.All(x => x.Ok), string.Join("; ", checks.Select(x => x.Text)));
+        }
+        finally
+        {
+            foreach (var t in owned) t.Dispose();
+        }
+    }
+
+    /// <summary>Every second value from <paramref name="first"/> (the even or the odd channels of rows of even length).</summary>
+    internal static float[] Every(float[] values, int first)
+    {
+        var r = new float[(values.Length - first + 1) / 2];
+        for (int i = 0; i < r.Length; i++) r[i] = values[first + 2 * i];
+        return r;
+    }
+}

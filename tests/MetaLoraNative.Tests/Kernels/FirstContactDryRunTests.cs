@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
+using MetaLoraNative.Kernels.Verification;
 using MetaLoraNative.Tests.Reference;
 using Xunit.Abstractions;
 
@@ -22,6 +23,26 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
         "step-scalar", "step-mma", "compare-scalar", "compare-mma", "bench-1024-mma", "torch", "vram-24", "vram-16", "vram-10",
         "queue-data", "nccl-stage1", "nccl-proof", "queue-2",
     ];
+
+    /// <summary>
+    /// Part 2's kernels-bench stage (GPU only, so not in the dry run) names benches that exist, among them every
+    /// attention, residual-norm, grouped GEMM, GELU, qkv_norm_rope and fp8 bench of KernelBenches.Dev.
+    /// </summary>
+    [Fact]
+    public void TheKernelsBenchStageRunsEveryPlaygroundBench()
+    {
+        string script = File.ReadAllText(Path.Combine(TorchReferenceTests.Repo, "tools", "gpu", "first-contact.sh"));
+        var stage = Regex.Match(script, @"stage kernels-bench \d+ ""\$\{ML\[@\]\}"" kernels bench --dev --only((?:[^\n]*\\\n)*[^\n]*)");
+        Assert.True(stage.Success, "no kernels-bench stage in first-contact.sh");
+        var names = Regex.Matches(stage.Groups[1].Value, "\"([^\"]+)\"").Select(m => m.Groups[1].Value).ToArray();
+        var known = KernelBenches.All.Concat(KernelBenches.Dev).Select(b => b.Name).ToHashSet();
+        Assert.All(names, n => Assert.Contains(n, known));
+        string[] families = ["attention ", "residual-norm ", "gemm group ", "gelu-epilogue ", "gelu strided ", "qkv_norm_rope ", "linear w8a"];
+        var required = KernelBenches.Dev.Select(b => b.Name).Where(n => families.Any(f => n.StartsWith(f, StringComparison.Ordinal))).ToArray();
+        Assert.Equal(15, required.Length);
+        Assert.All(required, n => Assert.Contains(n, names));
+        Assert.Contains("attention scalar", names);
+    }
 
     [SkippableFact]
     public void TheDryRunRunsEveryStageAndWritesTheTableAndJson()
