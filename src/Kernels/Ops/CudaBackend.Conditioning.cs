@@ -26,7 +26,8 @@ public sealed partial class CudaBackend
         using var bg = Bf16(gate, "gate");
         using var by = Bf16(y, "y");
         var o = Alloc(x.Shape);
-        Launch1D("conditioning.cu", "gated_residual_forward", o.Length, o.Ptr, bx.Ptr, bg.Ptr, by.Ptr, B, L, C);
+        if (!TryGatedResidualVec("gated_residual_forward", o, bx.Tensor, bg.Tensor, by.Tensor, B, L, C))
+            Launch1D("conditioning.cu", "gated_residual_forward", o.Length, o.Ptr, bx.Ptr, bg.Ptr, by.Ptr, B, L, C);
         return o;
     }
 
@@ -47,7 +48,8 @@ public sealed partial class CudaBackend
             return (dy, dgate);
         }
         using var partial = Alloc([B, chunks, C], Precision.Master);
-        Launch1D("conditioning.cu", "gated_residual_backward_dy", dy.Length, dy.Ptr, bdo.Ptr, bg.Ptr, B, L, C);
+        if (!TryGatedResidualVec("gated_residual_backward_dy", dy, bdo.Tensor, bg.Tensor, null, B, L, C))
+            Launch1D("conditioning.cu", "gated_residual_backward_dy", dy.Length, dy.Ptr, bdo.Ptr, bg.Ptr, B, L, C);
         Launch("conditioning.cu", "gated_residual_backward_partials", (CeilDiv(C, 32), (uint)chunks, (uint)B), (32, 8, 1), 0,
             partial.Ptr, bdo.Ptr, by.Ptr, B, L, C, chunks);
         Launch1D("conditioning.cu", "sum_chunks_kernel", (long)B * C, dgate.Ptr, partial.Ptr, B, chunks, C);

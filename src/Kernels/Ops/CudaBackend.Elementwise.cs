@@ -2,7 +2,8 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-// Elementwise (elementwise.cu): in-place axpy and scale, and the activations.
+// Elementwise (elementwise.cu): in-place axpy and scale, and the activations. With ElementwiseVec16 on, each first
+// tries version 2's 16-byte kernel (Dev/CudaBackend.ElementwiseVec.cs).
 public sealed partial class CudaBackend
 {
     public void AddInPlace(Tensor acc, Tensor x, float alpha = 1f)
@@ -11,7 +12,8 @@ public sealed partial class CudaBackend
         var a = T(acc, "acc");
         var cx = T(x, "x");
         Shapes.Require(a.Length == cx.Length, $"add_inplace: {a} += {cx}");
-        Launch1D("elementwise.cu", "axpy_kernel", a.Length, a.Ptr, a.Dt, cx.Ptr, cx.Dt, a.Length, alpha);
+        if (!TryAxpyVec(a, cx, alpha))
+            Launch1D("elementwise.cu", "axpy_kernel", a.Length, a.Ptr, a.Dt, cx.Ptr, cx.Dt, a.Length, alpha);
     }
 
     public void ScaleInPlace(Tensor t, float alpha)
@@ -21,8 +23,11 @@ public sealed partial class CudaBackend
     }
 
     /// <summary>t = alpha · t in t's precision.</summary>
-    internal void ScaleWith(CudaTensor t, float alpha) =>
-        Launch1D("elementwise.cu", "scale_kernel", t.Length, t.Ptr, t.Dt, t.Length, alpha);
+    internal void ScaleWith(CudaTensor t, float alpha)
+    {
+        if (!TryScaleVec(t, alpha))
+            Launch1D("elementwise.cu", "scale_kernel", t.Length, t.Ptr, t.Dt, t.Length, alpha);
+    }
 
     public Tensor Silu(Tensor x) => Unary("silu_forward", x);
     public Tensor GeluTanh(Tensor x) => Unary("gelu_tanh_forward", x);
@@ -33,7 +38,8 @@ public sealed partial class CudaBackend
         using var _ = Op(kernel);
         using var bx = Bf16(x, "x");
         var y = Alloc(bx.Tensor.Shape);
-        Launch1D("elementwise.cu", kernel, y.Length, y.Ptr, bx.Ptr, y.Length);
+        if (!TryUnaryVec(kernel, y, bx.Tensor))
+            Launch1D("elementwise.cu", kernel, y.Length, y.Ptr, bx.Ptr, y.Length);
         return y;
     }
 
@@ -44,7 +50,8 @@ public sealed partial class CudaBackend
         using var bx = Bf16(x, "x");
         using var bdy = Bf16(dy, "dy");
         var dx = Alloc(bx.Tensor.Shape);
-        Launch1D("elementwise.cu", kernel, dx.Length, dx.Ptr, bx.Ptr, bdy.Ptr, dx.Length);
+        if (!TryUnaryVec(kernel, dx, bx.Tensor, bdy.Tensor))
+            Launch1D("elementwise.cu", kernel, dx.Length, dx.Ptr, bx.Ptr, bdy.Ptr, dx.Length);
         return dx;
     }
 }

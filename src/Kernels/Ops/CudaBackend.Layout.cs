@@ -2,7 +2,8 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-// Layout (layout.cu): narrow, add-narrow and concat through one strided slice copy; FLUX's qkv split and merge.
+// Layout (layout.cu): narrow, add-narrow and concat through one strided slice copy; FLUX's qkv split and merge. With
+// ElementwiseVec16 on, each first tries version 2's 16-byte kernel (Dev/CudaBackend.ElementwiseVec.cs).
 public sealed partial class CudaBackend
 {
     void SliceCopy(CudaTensor dst, int dstStart, CudaTensor src, int srcStart, int axis, int len, bool accumulate)
@@ -10,6 +11,7 @@ public sealed partial class CudaBackend
         var (outer, srcDim, inner) = Shapes.AroundAxis(src.Shape, axis);
         int dstDim = dst.Shape[axis];
         long n = outer * len * inner;
+        if (n == 0 || TrySliceCopyVec(dst, dstStart, src, srcStart, outer, inner, dstDim, srcDim, len, accumulate)) return;
         Launch1D("layout.cu", "slice_copy", n, dst.Ptr, dst.Dt, src.Ptr, src.Dt, outer, inner,
             dstDim, dstStart, srcDim, srcStart, len, accumulate ? 1 : 0);
     }
@@ -76,7 +78,8 @@ public sealed partial class CudaBackend
         var q = Alloc([B, H, L, D]);
         var k = Alloc([B, H, L, D]);
         var v = Alloc([B, H, L, D]);
-        Launch1D("layout.cu", "split_qkv", x.Length, q.Ptr, k.Ptr, v.Ptr, x.Ptr, B, L, H, D);
+        if (!TryQkvVec("split_qkv", x, q, k, v, B, L, H, D))
+            Launch1D("layout.cu", "split_qkv", x.Length, q.Ptr, k.Ptr, v.Ptr, x.Ptr, B, L, H, D);
         return (q, k, v);
     }
 
@@ -91,7 +94,8 @@ public sealed partial class CudaBackend
         using var v = Bf16(dv, "dv");
         int B = dq.Shape[0], H = dq.Shape[1], L = dq.Shape[2], D = dq.Shape[3];
         var qkv = Alloc([B, L, 3 * H * D]);
-        Launch1D("layout.cu", "merge_qkv", qkv.Length, qkv.Ptr, q.Ptr, k.Ptr, v.Ptr, B, L, H, D);
+        if (!TryQkvVec("merge_qkv", qkv, q.Tensor, k.Tensor, v.Tensor, B, L, H, D))
+            Launch1D("layout.cu", "merge_qkv", qkv.Length, qkv.Ptr, q.Ptr, k.Ptr, v.Ptr, B, L, H, D);
         return qkv;
     }
 }

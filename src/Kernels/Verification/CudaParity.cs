@@ -82,6 +82,7 @@ public static partial class CudaParity
     public static IReadOnlyList<ParityCheck> Dev => dev ??=
     [
         .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Elementwise", GeluStridedChecks()),
+        .. In("Elementwise", ElementwiseVecChecks()), .. In("Layout", LayoutVecChecks()), .. In("Conditioning", GatedResidualVecChecks()),
         .. In("Norm", ResidualNormChecks()), .. In("Attention", [.. AttentionMmaChecks(), .. QkvNormRopeChecks()]), .. In("Quant", Fp8MatmulChecks()),
         .. In("Model", GeluModelChecks()),
     ];

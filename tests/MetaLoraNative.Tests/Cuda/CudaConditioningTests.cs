@@ -11,4 +11,11 @@ public class CudaConditioningTests(ITestOutputHelper output)
     [SkippableTheory]
     [MemberData(nameof(Checks))]
     public void MatchesTheOracle(string check) => Parity.Run(check, output);
+
+    public static TheoryData<string> DevChecks() => Parity.DevChecks("Conditioning");
+
+    /// <summary>The 16-byte gated residual kernels, version 2 (kernels/dev/*/02_vec16.cu): CudaParity.Dev's checks of this group.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(DevChecks))]
+    public void PlaygroundVersionsMatchTheOracle(string check) => Parity.Run(check, output);
 }

@@ -40,7 +40,7 @@ public class ParityListTests
     [Fact]
     public void EveryPlaygroundCheckNamesItsVersionAndNoEngineCheckDoes()
     {
-        string[] playground = ["tc", "p3", "onepass", "g2", "gelu", "gelu-epilogue", "residual-norm", "qkv_norm_rope", "w8a8"];
+        string[] playground = ["tc", "p3", "onepass", "g2", "gelu", "gelu-epilogue", "residual-norm", "qkv_norm_rope", "w8a8", "vec16"];
         static IEnumerable<string> Tokens(ParityCheck c) => c.Name.Split(' ', '/');
         Assert.All(CudaParity.All, c => Assert.Empty(Tokens(c).Intersect(playground)));
         Assert.All(CudaParity.Dev, c => Assert.NotEmpty(Tokens(c).Intersect(playground)));
@@ -64,6 +64,35 @@ public class ParityListTests
         Assert.Contains(CudaParity.ResidualNormCases, c => c.C % 8 != 0);
         Assert.Contains(CudaParity.Dev, c => c.Name == "model residual-norm v2" && c.Group == "Norm");
         Assert.Contains("residual-norm v2", KernelBenches.Dev.Select(b => b.Name));
+    }
+
+    /// <summary>
+    /// The 16-byte elementwise and layout kernels (vec16): every case registered in its op's group, an aligned and an
+    /// unaligned case of each kernel family (so both version 2 and its fallback run), FLUX's shapes among them, and a
+    /// bench beside version 1's.
+    /// </summary>
+    [Fact]
+    public void EveryVec16CaseIsACheckWithBothRoutesAndTheFluxShapes()
+    {
+        int Count(string prefix, string group) =>
+            CudaParity.Dev.Count(c => c.Name.StartsWith(prefix, StringComparison.Ordinal) && c.Group == group);
+        Assert.Equal(CudaParity.ElementwiseVecCases.Length, Count("vec16 elementwise ", "Elementwise"));
+        Assert.Equal(CudaParity.LayoutVecCases.Length + 1, Count("vec16 layout ", "Layout"));
+        Assert.Equal(CudaParity.QkvVecCases.Length, Count("vec16 qkv ", "Layout"));
+        Assert.Equal(CudaParity.GatedResidualVecCases.Length, Count("vec16 gated-residual ", "Conditioning"));
+        Assert.Contains(CudaParity.ElementwiseVecCases, c => (long)c.Rows * c.Cols % 8 == 0);
+        Assert.Contains(CudaParity.ElementwiseVecCases, c => (long)c.Rows * c.Cols % 8 != 0);
+        Assert.Contains(CudaParity.ElementwiseVecCases, c => (c.Rows, c.Cols) == (4608, 12288));
+        Assert.Contains(CudaParity.LayoutVecCases, c => c.C % 8 == 0);
+        Assert.Contains(CudaParity.LayoutVecCases, c => c.C % 8 != 0);
+        Assert.Contains(CudaParity.QkvVecCases, c => c.D % 8 != 0);
+        Assert.Contains(CudaParity.QkvVecCases, c => c == (1, 4608, 24, 128));
+        Assert.Contains(CudaParity.GatedResidualVecCases, c => c.C % 8 != 0);
+        Assert.Contains(CudaParity.GatedResidualVecCases, c => c == (1, 4608, 3072));
+        Assert.True(CudaParity.Find("vec16 elementwise 4608x12288").Slow);
+        Assert.True(CudaParity.Find("vec16 layout flux").Slow);
+        foreach (string b in new[] { "elementwise v1", "elementwise vec16", "layout v1", "layout vec16" })
+            Assert.Contains(b, KernelBenches.Dev.Select(x => x.Name));
     }
 
     /// <summary>The real shapes: every LoRA kind at flux-dev's widths, the flux-width model at 256² and 512², attention at 1,536 and 4,608.</summary>
