@@ -114,6 +114,28 @@ internal static class BenchCommand
         };
     }
 
+    /// <summary>
+    /// --plan-only: the chosen plan's base dtype, recomputation and swap walked again with each subset of the fused
+    /// forms (<see cref="Fusions"/>), each predicted peak beside the unfused step's.
+    /// </summary>
+    static IEnumerable<string> FusionLines(IBackend be, StepBenchmark.Options o, MemoryEstimate chosen)
+    {
+        var fixedPlan = o with
+        {
+            BaseDType = chosen.BaseDType, Recompute = chosen.Recompute ? RecomputePolicy.On : RecomputePolicy.Off, SwapBlocks = chosen.SwapBlocks,
+        };
+        long Peak(Fusions f) => StepBenchmark.Plan(be, fixedPlan with { Fusions = f }).Chosen.Peak;
+        long none = Peak(Fusions.None);
+        bool gib = none >= 1L << 30;
+        double unit = gib ? 1L << 30 : 1L << 20;
+        yield return $"fused forms, {chosen.Label}: predicted peak ({(gib ? "GiB" : "MiB")}) against none";
+        for (var f = Fusions.None; f <= Fusions.All; f++)
+        {
+            long peak = Peak(f);
+            yield return $"  {FusionSettings.Format(f),-22} {peak / unit,8:F2}  {(peak - none) / unit,8:+0.00;-0.00;0.00}{(f == o.Fusions ? "  (this run's)" : "")}";
+        }
+    }
+
     public static Command Create()
     {
         var shared = new Shared();
@@ -142,13 +164,18 @@ internal static class BenchCommand
             {
                 // Planning for the GPU engine needs its storage rules, not a GPU.
                 using var host = Common.CreateBackend("cpu");
-                foreach (var line in StepBenchmark.Plan(host, options).Lines()) Console.WriteLine(line);
+                var plan = StepBenchmark.Plan(host, options);
+                foreach (var line in plan.Lines().Concat(FusionLines(host, options, plan.Chosen))) Console.WriteLine(line);
                 return 0;
             }
             using var be = Common.CreateBackend(r.GetValue(shared.Device)!);
             if (!options.PlanOnly) Common.CheckHostMemory(r, be, options.Weights ?? $"random:{options.Config.Name}:0", (options.Resolution * options.Resolution / (FluxConfig.PixelsPerToken * FluxConfig.PixelsPerToken), options.TextTokens), flag: options.Weights != null ? "--weights" : "--preset", recompute: r.GetValue(shared.Recompute) == "on");
             var res = StepBenchmark.Run(be, options, Common.Log);
-            if (options.PlanOnly) return 0;
+            if (options.PlanOnly)
+            {
+                foreach (var line in FusionLines(be, options, res.Plan.Chosen)) Console.WriteLine(line);
+                return 0;
+            }
             Console.WriteLine();
             Console.WriteLine($"device      {be.Name}; {res.ImageTokens} image + {res.TextTokens} text tokens; {res.RecomputeReason}");
             Console.WriteLine($"train step  {res.TrainMs,9:F1} ms median of {r.GetValue(steps)}   {res.TrainTflops,7:F1} TFLOP/s ({res.TrainTflop:F1} TFLOP/step)");

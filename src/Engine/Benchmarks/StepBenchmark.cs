@@ -86,7 +86,7 @@ public static class StepBenchmark
         var memory = o.Memory ?? MemoryModel.For(be)
             ?? throw new ArgumentException($"the memory planner needs the memory model of {be.Name} (MemoryModel.Cuda for the GPU)");
         bool? recompute = o.Recompute == RecomputePolicy.On ? true : o.Recompute == RecomputePolicy.Off ? false : null;   // auto: the planner decides
-        return MemoryPlanner.Choose(TrainingShape.Stage2(c, ImageTokens(o), o.TextTokens, o.Rank1, o.Rank2), memory, MemoryPlanner.Budget(be, o.VramBytes),
+        return MemoryPlanner.Choose(TrainingShape.Stage2(c, ImageTokens(o), o.TextTokens, o.Rank1, o.Rank2, o.Fusions), memory, MemoryPlanner.Budget(be, o.VramBytes),
                                     o.BaseDType, recompute, o.SwapBlocks);
     }
 

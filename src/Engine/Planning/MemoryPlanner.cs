@@ -7,16 +7,24 @@ namespace MetaLoraNative.Engine.Planning;
 /// <summary>One training step's shape, as the planner needs it.</summary>
 /// <param name="IdentitiesInBatch">runs of samples sharing an identity in one batch (LoraBinding's groups): 1 in Stage 2</param>
 /// <param name="IdentitiesHeld">identities in the adapter's bank, each with its M and U (Stage 1 holds many)</param>
+/// <param name="Fuse">the model's fused forms (FluxModel's fusions); null: METALORA_FUSE, as FluxModel reads it</param>
+/// <param name="LoraGrouped">the fused LoRA path's grouped formation (FusedStage2Cache.Grouped); null: METALORA_LORA_GROUPED</param>
 public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens, int TextTokens, IReadOnlyList<LoraTarget> Targets,
                                    LoraMode Mode, int Rank1, int Rank2, bool TrainDown, bool TrainIdentity,
-                                   int IdentitiesInBatch = 1, int IdentitiesHeld = 1)
+                                   int IdentitiesInBatch = 1, int IdentitiesHeld = 1, Fusions? Fuse = null, bool? LoraGrouped = null)
 {
     /// <summary>Stage 2 as StepBenchmark runs it: batch 1, every target, D frozen, one identity's M and U trained.</summary>
-    public static TrainingShape Stage2(FluxConfig config, int imageTokens, int textTokens, int rank1, int rank2) =>
-        new(config, 1, imageTokens, textTokens, FluxNames.LoraTargets(config), LoraMode.Meta, rank1, rank2, false, true);
+    public static TrainingShape Stage2(FluxConfig config, int imageTokens, int textTokens, int rank1, int rank2, Fusions? fusions = null) =>
+        new(config, 1, imageTokens, textTokens, FluxNames.LoraTargets(config), LoraMode.Meta, rank1, rank2, false, true, Fuse: fusions);
 
     /// <summary>The bindings take LoraBinding's fused path (D frozen in a Meta-LoRA, unless METALORA_LORA=stacked).</summary>
     public bool FusedLora => Mode == LoraMode.Meta && !TrainDown && LoraBinding.PathFromEnvironment() != LoraPath.Stacked;
+
+    /// <summary>The fused forms the step runs: <see cref="Fuse"/>, else METALORA_FUSE (unset: none).</summary>
+    public Fusions Fusions => Fuse ?? FusionSettings.FromEnvironment();
+
+    /// <summary>The fused LoRA path forms A grouped and defers dM, keeping a G per module (only on the fused path).</summary>
+    public bool GroupedLora => FusedLora && (LoraGrouped ?? FusedStage2Cache.GroupedFromEnvironment());
 }
 
 /// <summary>
@@ -27,12 +35,14 @@ public sealed record TrainingShape(FluxConfig Config, int Batch, int ImageTokens
 /// With block swap (<see cref="SwapBlocks"/> blocks, in <see cref="BlockOrder.Swapped"/>'s order: double blocks from
 /// the last back, then single blocks) the swapped blocks' weights leave the device (<see cref="HostBytes"/>) and
 /// their device slots come in (<see cref="SlotBytes"/>: two of a block per kind swapped, one when only one is).
-/// MergedDowns: the fused LoRA path's A = M·D stacks (FusedStage2Cache), made in the first step and kept from then on.
+/// MergedDowns: the fused LoRA path's A = M·D stacks (FusedStage2Cache), made in the first step and kept from then on;
+/// DeferredGradients: grouped, the cache's G (Σ r2, d_in) fp32 per module and identity of the batch, kept from step to step.
+/// Fusions, GroupedLora: the step the estimate walked (<see cref="TrainingShape.Fusions"/>, <see cref="TrainingShape.GroupedLora"/>).
 /// </summary>
 public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long Weights, long LoraFactors, long Gradients,
                                     long OptimiserState, long Activations, long WorkingSet, long AttentionWorkspace,
                                     long GemmWorkspace, long[] DoubleBlockWeights, long[] SingleBlockWeights, int SwapBlocks = 0,
-                                    long MergedDowns = 0)
+                                    long MergedDowns = 0, long DeferredGradients = 0, Fusions Fusions = Fusions.None, bool GroupedLora = false)
 {
     /// <summary>Swapped double and single blocks.</summary>
     public (int Double, int Single) Swapped
@@ -58,7 +68,8 @@ public sealed record MemoryEstimate(BaseDType BaseDType, bool Recompute, long We
     /// <summary>Weight bytes on the device: the resident weights and the swap slots.</summary>
     public long DeviceWeights => Weights - HostBytes + SlotBytes;
 
-    public long Peak => DeviceWeights + LoraFactors + Gradients + OptimiserState + MergedDowns + Activations + WorkingSet + AttentionWorkspace + GemmWorkspace;
+    public long Peak => DeviceWeights + LoraFactors + Gradients + OptimiserState + MergedDowns + DeferredGradients + Activations + WorkingSet +
+                        AttentionWorkspace + GemmWorkspace;
 
     public string Label => $"{BaseDTypes.Name(BaseDType)} base, recompute {(Recompute ? "on" : "off")}" +
                            (SwapBlocks == 0 ? "" : $", swap {SwapBlocks} blocks ({Swapped.Double} double, {Swapped.Single} single)");
@@ -75,10 +86,11 @@ public sealed record MemoryPlan(long Budget, MemoryEstimate Chosen, bool Fits, I
         string G(long b) => $"{b / unit,6:F2}";
         string F(long b) => MemoryCapExceededException.FormatBytes(b);
         yield return $"memory plan, budget {F(Budget)} ({(gib ? "GiB" : "MiB")} below):";
+        yield return $"  the step walked: fused forms {FusionSettings.Format(Chosen.Fusions)}{(Chosen.GroupedLora ? ", grouped LoRA formation (a G kept per module)" : "")}";
         yield return "  base  recompute  swap  weights  lora+grads+adam  activations  working  workspace    peak";
         foreach (var e in Candidates)
             yield return $"  {BaseDTypes.Name(e.BaseDType),-4}  {(e.Recompute ? "on" : "off"),-9}  {e.SwapBlocks,4}  {G(e.DeviceWeights)}  " +
-                         $"{G(e.LoraFactors + e.Gradients + e.OptimiserState + e.MergedDowns),15}  {G(e.Activations),11}  {G(e.WorkingSet),7}  " +
+                         $"{G(e.LoraFactors + e.Gradients + e.OptimiserState + e.MergedDowns + e.DeferredGradients),15}  {G(e.Activations),11}  {G(e.WorkingSet),7}  " +
                          $"{G(e.AttentionWorkspace + e.GemmWorkspace),9}  {G(e.Peak)}{(e.Peak <= Budget ? "" : "  over")}";
         yield return Fits
             ? $"  chosen: {Chosen.Label}, predicted peak {F(Chosen.Peak)}"
@@ -129,13 +141,17 @@ public static class MemoryPlanner
         long merged = s.FusedLora ? s.IdentitiesInBatch * s.Targets.GroupBy(t => t.BflModule)
                                                             .Sum(g => m.Master((long)g.Count() * r2 * g.First().InFeatures)) : 0;
 
-        var (peak, kept) = new StepWalk(m, s).Run(recompute);
+        // grouped, the backward's G outlive their module's backward: one per module and group, as large as its A stack
+        long deferred = s.GroupedLora && s.TrainIdentity ? merged : 0;
+
+        var (peak, kept) = new StepWalk(m, s, baseDType).Run(recompute);
         int L = s.ImageTokens + s.TextTokens;
         long attention = m.AttentionRowSums ? m.Stats((long)s.Batch * c.NumHeads * L) : 0;
         // version 4's fp32 dq accumulator (B, H, L, D), held beside the row sums for the length of the backward
         if (m.AttentionDqAccumulator) attention += m.Master((long)s.Batch * c.NumHeads * L * c.HeadDim);
         long gemm = m.GemmWorkspaceBytes + (baseDType == BaseDType.Fp8 && m.DequantizeScratch ? m.Compute(largestQuantized) : 0);
-        var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks, merged);
+        var e = new MemoryEstimate(baseDType, recompute, weights, factors, factors, moments, kept, peak - kept, attention, gemm, doubles, singles, swapBlocks,
+                                   merged, deferred, s.Fusions, s.GroupedLora);
         _ = e.Swapped;                                                        // checks the block count
         return e;
     }

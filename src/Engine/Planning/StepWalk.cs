@@ -1,5 +1,6 @@
 using MetaLoraNative.Engine.Flux;
 using MetaLoraNative.Engine.Lora;
+using MetaLoraNative.Engine.Quantization;
 
 namespace MetaLoraNative.Engine.Planning;
 
@@ -11,26 +12,39 @@ namespace MetaLoraNative.Engine.Planning;
 /// or right after the forward when the block is recomputed). Only tensors the backend allocates are counted (ops'
 /// internal scratch is not, on either backend), and the conditioning path's (B, C)-sized temporaries, which are all
 /// freed before the per-token tensors grow, are left out.
+/// The walk is of the step the model runs: its fused forms (<see cref="TrainingShape.Fusions"/>: what a block keeps
+/// and what its forward and backward allocate change with each), the LoRA path (stacked or fused) and, on the fused
+/// path, grouped formation (no per-module G in the backward: the cache keeps one per module, counted as persistent).
 /// Shapes: B batch, Li/Lt/L image/text/joint tokens, C hidden, H heads, M the MLP width; n = rows of a linear's input.
 /// </summary>
 internal sealed class StepWalk
 {
     readonly MemoryModel m;
     readonly TrainingShape s;
+    readonly BaseDType baseDType;
     readonly Dictionary<string, int[]> targetRows;    // BFL module → rows of each of its LoRA targets
     readonly int B, Li, Lt, L, C, H, Mlp, groups;
+    readonly bool qkvFused, residualNorm, geluFused, views, grouped;
     readonly Dictionary<(string Module, int Group), long> keptA = [];   // the fused path's a, kept from forward to backward
     long live, peak;
 
-    public StepWalk(MemoryModel model, TrainingShape shape)
+    public StepWalk(MemoryModel model, TrainingShape shape, BaseDType baseDType = BaseDType.Bf16)
     {
         m = model;
         s = shape;
+        this.baseDType = baseDType;
         targetRows = shape.Targets.GroupBy(t => t.BflModule).ToDictionary(g => g.Key, g => g.Select(t => t.Rows).ToArray());
         var c = shape.Config;
         (B, Li, Lt, C, H, Mlp, groups) = (shape.Batch, shape.ImageTokens, shape.TextTokens, c.HiddenSize, c.NumHeads, c.MlpHiddenDim, shape.IdentitiesInBatch);
         L = Li + Lt;
+        var f = shape.Fusions;
+        (qkvFused, residualNorm, geluFused) = (f.HasFlag(Fusions.QkvNormRope), f.HasFlag(Fusions.ResidualNorm), f.HasFlag(Fusions.GeluEpilogue));
+        views = residualNorm && B == 1;                                       // DoubleBlock.JoinsAsViews
+        grouped = shape.GroupedLora;
     }
+
+    /// <summary>Whether a linear's weight is fp8 codes: its GELU-fused products then run unfused (Linear.ForwardGelu, BackwardGelu).</summary>
+    bool Quantized(string module) => baseDType == BaseDType.Fp8 && BaseDTypes.Quantizes(module + ".weight");
 
     /// <summary>The most bytes alive at once during the step, and those alive when the forward ends (the kept state).</summary>
     public (long Peak, long Kept) Run(bool recompute)
@@ -221,23 +235,61 @@ internal sealed class StepWalk
         {
             long a = Compute(gn * sumR2);
             if (!s.TrainIdentity) { Free(a); continue; }
-            if (keptA.Remove((module, g), out long old)) Free(old);
-            keptA[(module, g)] = a;
+            Keep(module, g, a);
         }
     }
 
-    /// <summary>FusedStage2.cs's backward: per group the kept a, dmid (gn, Σ r2) and, when the identity trains, G (Σ r2, d_in) fp32.</summary>
-    void FusedBackward(string module, int[] rows, long n, int dIn, bool inputGradient)
+    /// <summary>FusedStage2Cache.Keep: a new forward's a replaces the one kept before (freed once the new one exists).</summary>
+    void Keep(string module, int g, long a)
     {
-        if (!s.TrainIdentity && !inputGradient) return;
-        long gn = n / groups, sumR2 = (long)rows.Length * s.Rank2;
+        if (keptA.Remove((module, g), out long old)) Free(old);
+        keptA[(module, g)] = a;
+    }
+
+    /// <summary>
+    /// FusedStage2.cs's backward: per group the kept a, dmid (gn, Σ r2) and, when the identity trains, G (Σ r2, d_in)
+    /// fp32 (grouped: the cache's G, persistent, not allocated here); with freshDx (one group, InputGradient) dx = dmid·A
+    /// as a new (n, d_in), returned.
+    /// </summary>
+    long FusedBackward(string module, int[] rows, long n, int dIn, bool inputGradient, bool freshDx = false)
+    {
+        if (!s.TrainIdentity && !inputGradient && !freshDx) return 0;
+        long gn = n / groups, sumR2 = (long)rows.Length * s.Rank2, fresh = 0;
         for (int g = 0; g < groups; g++)
         {
             long a = s.TrainIdentity ? keptA.Remove((module, g), out long k) ? k : Compute(gn * sumR2) : 0;
             long dmid = Compute(gn * sumR2);
-            if (s.TrainIdentity) Free(Master(sumR2 * dIn));
+            if (s.TrainIdentity && !grouped) Free(Master(sumR2 * dIn));
+            if (freshDx) fresh = Compute(gn * dIn);
             Free(dmid + a);
         }
+        return fresh;
+    }
+
+    /// <summary>
+    /// LoraBinding.Delta, the module's deltas as a new (n, d_out) tensor (Linear.ForwardGelu): FusedDelta's a (kept) and
+    /// a·Uᵀ on the fused path with one group and one target covering all of y, else a zero tensor AddDelta adds into.
+    /// </summary>
+    long Delta(string module, long n, int dIn, int dOut)
+    {
+        if (!targetRows.TryGetValue(module, out var rows)) return 0;
+        if (!(s.FusedLora && groups == 1 && rows.Length == 1 && rows[0] == dOut)) return LinearForward(module, n, dIn, dOut);
+        long a = Compute(n * s.Rank2);
+        long delta = Compute(n * dOut);
+        if (s.TrainIdentity) Keep(module, 0, a);
+        else Free(a);
+        return delta;
+    }
+
+    /// <summary>
+    /// LoraBinding.InputGradient, the LoRA part of dx as a new (n, d_in) tensor (Linear.BackwardGelu): the fused
+    /// backward's fresh dmid·A with one group, else a zero tensor the LoRA backward adds into.
+    /// </summary>
+    long InputGradient(string module, long n, int dIn, int dOut)
+    {
+        if (!targetRows.TryGetValue(module, out var rows)) return 0;
+        if (s.FusedLora && groups == 1) return FusedBackward(module, rows, n, dIn, inputGradient: false, freshDx: true);
+        return LinearBackward(module, n, dIn, dOut, true);
     }
 
     // ---------------------------------------------------------------- DoubleBlock
@@ -246,13 +298,21 @@ internal sealed class StepWalk
     (long Kept, long Img, long Txt) DoubleBlockForward(int i)
     {
         string p = $"double_blocks.{i}";
-        long kept = PrepareAttention($"{p}.img", Li) + PrepareAttention($"{p}.txt", Lt);
-        long q = Compute(B * L * C), k = Compute(B * L * C);
-        kept += Compute(B * L * C);                                           // v
-        kept += Compute(B * L * C) + Compute(B * L * C) + Compute(B * L * C) + Stats(B * H * L);   // QRope, KRope, Output, Lse
+        long kept = 0;
+        // QkvNormRope: the joint q, k, v each stream writes its tokens into; the record keeps them (V, Joint's QRope, KRope)
+        if (qkvFused) kept += Compute(B * L * C) + Compute(B * L * C) + Compute(B * L * C);
+        kept += PrepareAttention($"{p}.img", Li) + PrepareAttention($"{p}.txt", Lt);
+        if (!qkvFused)
+        {
+            long q = Compute(B * L * C), k = Compute(B * L * C);             // the joined normalised q, k: freed once roped
+            kept += Compute(B * L * C);                                       // v
+            kept += Compute(B * L * C) + Compute(B * L * C);                  // QRope, KRope
+            kept += Compute(B * L * C) + Stats(B * H * L);                    // Output, Lse
+            Free(k + q);
+        }
+        else kept += Compute(B * L * C) + Stats(B * H * L);                   // Output, Lse
         var (imgKept, imgOut) = Finish($"{p}.img", Li);
         var (txtKept, txtOut) = Finish($"{p}.txt", Lt);
-        Free(k + q);
         return (kept + imgKept + txtKept, imgOut, txtOut);
     }
 
@@ -263,17 +323,22 @@ internal sealed class StepWalk
         return kept;
     }
 
-    /// <summary>PrepareAttention: the two modulation sets, LN(x) modulated with its stats, q, k, v and the QK norms.</summary>
+    /// <summary>
+    /// PrepareAttention: the two modulation sets, LN(x) modulated with its stats, qkv; unfused split into q, k, v and
+    /// the QK norms (5C per token and two rstd), fused (QkvNormRope) qkv itself kept with the two rstd (3C).
+    /// </summary>
     long PrepareAttention(string p, int ls)
     {
+        long n = (long)B * ls;
         long all = LinearForward($"{p}_mod.lin", B, C, 6 * C);
         long kept = 0;
         for (int j = 0; j < 6; j++) kept += Compute(B * C);
         Free(all);
-        kept += Compute(B * ls * C) + Stats(B * ls * 2);
-        long qkv = LinearForward($"{p}_attn.qkv", B * ls, C, 3 * C);
-        kept += Compute(B * ls * C) + Compute(B * ls * C) + Compute(B * ls * C);   // q, k, v
-        kept += Compute(B * ls * C) + Stats(B * H * ls) + Compute(B * ls * C) + Stats(B * H * ls);   // norms, rstds
+        kept += Compute(n * C) + Stats(n * 2);
+        long qkv = LinearForward($"{p}_attn.qkv", n, C, 3 * C);
+        if (qkvFused) return kept + qkv + Stats(B * H * ls) + Stats(B * H * ls);   // the record takes qkv; q, k rstd
+        kept += Compute(n * C) + Compute(n * C) + Compute(n * C);            // q, k, v
+        kept += Compute(n * C) + Stats(B * H * ls) + Compute(n * C) + Stats(B * H * ls);   // norms, rstds
         Free(qkv);
         return kept;
     }
@@ -282,22 +347,33 @@ internal sealed class StepWalk
     (long Kept, long Out) Finish(string p, int ls)
     {
         long n = (long)B * ls;
-        long kept = Compute(n * C);                                            // this stream's attention rows
+        long kept = views ? 0 : Compute(n * C);                               // this stream's attention rows: a view, or a copy
         kept += LinearForward($"{p}_attn.proj", n, C, C);
-        kept += Compute(n * C) + Compute(n * C) + Stats(n * 2);               // x1, modulated2, stats2
-        kept += LinearForward($"{p}_mlp.0", n, C, Mlp);
-        kept += Compute(n * Mlp);                                              // gelu
+        kept += Compute(n * C) + Compute(n * C) + Stats(n * 2);               // x1, modulated2, stats2 (one op with ResidualNorm)
+        kept += MlpHidden(p, n);
         kept += LinearForward($"{p}_mlp.2", n, Mlp, C);
         return (kept, Compute(n * C));
+    }
+
+    /// <summary>MlpHidden: hidden and act (n, M); GeluEpilogue on a bf16 weight: the LoRA delta first, then one product makes both.</summary>
+    long MlpHidden(string p, long n)
+    {
+        string module = $"{p}_mlp.0";
+        if (!geluFused || Quantized(module)) return LinearForward(module, n, C, Mlp) + Compute(n * Mlp);
+        long delta = Delta(module, n, C, Mlp);
+        long kept = Compute(n * Mlp) + Compute(n * Mlp);                      // pre, act (LinearGelu)
+        Free(delta);
+        return kept;
     }
 
     /// <summary>DoubleBlock.Backward: (d img, d txt).</summary>
     (long DImg, long DTxt) DoubleBlockBackward(int i)
     {
         string p = $"double_blocks.{i}";
+        long joint = views ? Compute(B * L * C) : 0;                          // d attention output, the streams' proj backwards write their rows
         var img = FinishBackward($"{p}.img", Li);
         var txt = FinishBackward($"{p}.txt", Lt);
-        long dAttn = Compute(B * L * C);
+        long dAttn = views ? joint : Compute(B * L * C);                      // else the Concat of the streams' copies
         Free(img.DAttn + txt.DAttn);
         var (dq, dk, dv) = AttentionBackward();
         PrepareBackward($"{p}.img", Li, img);
@@ -313,36 +389,77 @@ internal sealed class StepWalk
     {
         long n = (long)B * ls;
         long dMlp = Compute(n * C), dGate2 = Compute(B * C);
-        long dx1 = Compute(n * C);
-        long dAct = LinearBackward($"{p}_mlp.2", n, Mlp, C, true);
-        long dHidden = Compute(n * Mlp);
+        long dx1 = residualNorm ? 0 : Compute(n * C);                         // unfused: zeros + dOut
+        long dHidden = MlpHiddenBackward(p, n);
         long dModulated2 = LinearBackward($"{p}_mlp.0", n, C, Mlp, true);
-        long dxn = Compute(n * C), dShift2 = Compute(B * C), dScale2 = Compute(B * C);
-        Free(dxn);
-        Free(dModulated2 + dHidden + dAct);
+        long dShift2, dScale2, dProj = 0, dGate1 = 0;
+        if (residualNorm)                                                     // dx1, d proj, d gate1, d shift2, d scale2: one op
+            (dx1, dProj, dGate1, dShift2, dScale2) = (Compute(n * C), Compute(n * C), Compute(B * C), Compute(B * C), Compute(B * C));
+        else
+        {
+            long dxn = Compute(n * C);
+            (dShift2, dScale2) = (Compute(B * C), Compute(B * C));
+            Free(dxn);
+        }
+        Free(dModulated2 + dHidden);
         Free(dMlp);
-        long dProj = Compute(n * C), dGate1 = Compute(B * C);
-        long dAttn = LinearBackward($"{p}_attn.proj", n, C, C, true);
+        if (!residualNorm) (dProj, dGate1) = (Compute(n * C), Compute(B * C));
+        long dAttn = 0;
+        if (views)                                                            // into the joint gradient's rows
+        {
+            if (Quantized($"{p}_attn.proj")) Free(Compute(n * C));            // the fp8 product's dx, copied in
+            LoraBackward($"{p}_attn.proj", n, C, C, true);
+        }
+        else dAttn = LinearBackward($"{p}_attn.proj", n, C, C, true);
         Free(dProj);
         return new FinishGradients(dx1, dAttn, dGate1, dShift2 + dScale2 + dGate2);
+    }
+
+    /// <summary>MlpHiddenBackward: d hidden (n, M); GeluEpilogue on a bf16 weight: the LoRA part of d act first, then one product.</summary>
+    long MlpHiddenBackward(string p, long n)
+    {
+        string module = $"{p}_mlp.2";
+        if (!geluFused || Quantized(module))
+        {
+            long dAct = LinearBackward(module, n, Mlp, C, true);
+            long dHidden = Compute(n * Mlp);
+            Free(dAct);
+            return dHidden;
+        }
+        long loraDx = InputGradient(module, n, Mlp, C);
+        long dPre = Compute(n * Mlp);                                         // LinearBackwardGelu
+        Free(loraDx);
+        return dPre;
     }
 
     void PrepareBackward(string p, int ls, FinishGradients g)
     {
         long n = (long)B * ls;
-        long slices = Compute(n * C) + Compute(n * C) + Compute(n * C);       // dq, dk, dv of this stream
-        long dQkv = SplitBackward(n);
+        long dQkv = qkvFused ? Compute(n * 3 * C) : StreamQkvBackward(n);    // fused: SplitIntoBackward's d qkv
         long dModulated1 = LinearBackward($"{p}_attn.qkv", n, C, 3 * C, true);
         long dxn = Compute(n * C), dMod1 = Compute(B * C) + Compute(B * C);
         Free(dxn);
         ModulationBackward($"{p}_mod.lin", 6);
         Free(dMod1 + g.DGate1 + g.DMod2);
-        Free(dModulated1 + dQkv + slices);
+        Free(dModulated1 + dQkv);
+    }
+
+    /// <summary>StreamQkvBackward: this stream's rows of dq, dk, dv (copies), then SplitBackward → d qkv (n, 3C).</summary>
+    long StreamQkvBackward(long n)
+    {
+        long slices = Compute(n * C) + Compute(n * C) + Compute(n * C);
+        long dQkv = SplitBackward(n);
+        Free(slices);
+        return dQkv;
     }
 
     // ---------------------------------------------------------------- SingleBlock
 
-    /// <summary>SingleBlock.Forward: (kept, output).</summary>
+    /// <summary>
+    /// SingleBlock.Forward: (kept, output). Unfused the record keeps the MLP rows of linear1 (a copy, M) and q, k, v,
+    /// their norms and the roped q, k (7C); QkvNormRope: the q/k/v columns' copy and the joint q, k, v (6C);
+    /// GeluEpilogue: all of linear1's output (3C + M) instead of the MLP rows' copy, the cat written in place.
+    /// </summary>
     (long Kept, long Out) SingleBlockForward(int i)
     {
         string p = $"single_blocks.{i}";
@@ -352,17 +469,30 @@ internal sealed class StepWalk
         Free(all);
         kept += Compute(n * C) + Stats(n * 2);                                 // modulated, stats
         long lin1 = LinearForward($"{p}.linear1", n, C, 3 * C + Mlp);
-        long qkv = Compute(n * 3 * C);
-        kept += Compute(n * Mlp);                                              // MlpIn
-        kept += Compute(n * C) + Compute(n * C) + Compute(n * C);                  // q, k, v
-        kept += Compute(n * C) + Stats(B * H * L) + Compute(n * C) + Stats(B * H * L);   // norms, rstds
-        kept += Compute(n * C) + Compute(n * C) + Compute(n * C) + Stats(B * H * L);   // QRope, KRope, Output, Lse
-        long act = Compute(n * Mlp);
-        kept += Compute(n * (C + Mlp));                                        // cat
+        long qkv = Compute(n * 3 * C);                                         // linear1's q/k/v columns (Narrow: a copy)
+        if (!geluFused) kept += Compute(n * Mlp);                              // MlpIn, a copy of its MLP columns
+        if (qkvFused)
+        {
+            kept += Compute(n * C) + Compute(n * C) + Compute(n * C);          // the joint q, k, v
+            kept += qkv + Stats(B * H * L) + Stats(B * H * L);                 // the record takes qkv; q, k rstd
+        }
+        else
+        {
+            kept += Compute(n * C) + Compute(n * C) + Compute(n * C);          // q, k, v
+            kept += Compute(n * C) + Stats(B * H * L) + Compute(n * C) + Stats(B * H * L);   // norms, rstds
+            Free(qkv);
+            kept += Compute(n * C) + Compute(n * C);                           // QRope, KRope
+        }
+        kept += Compute(n * C) + Stats(B * H * L);                             // Output, Lse
+        if (geluFused) kept += Compute(n * (C + Mlp)) + lin1;                  // SlicedCat; the record keeps lin1
+        else
+        {
+            long act = Compute(n * Mlp);
+            kept += Compute(n * (C + Mlp));                                    // cat
+            Free(act + lin1);
+        }
         kept += LinearForward($"{p}.linear2", n, C + Mlp, C);
-        long output = Compute(n * C);
-        Free(act + qkv + lin1);
-        return (kept, output);
+        return (kept, Compute(n * C));
     }
 
     long SingleBlockRecompute(int i)
@@ -381,11 +511,13 @@ internal sealed class StepWalk
         long dx = Compute(n * C);
         long dCat = LinearBackward($"{p}.linear2", n, C + Mlp, C, true);
         Free(dOut);
-        long dAttn = Compute(n * C), dAct = Compute(n * Mlp), dMlpIn = Compute(n * Mlp);
+        long dAttn = Compute(n * C);
+        long dLin1 = geluFused ? Compute(n * (3 * C + Mlp)) : 0;              // GeluEpilogue: one buffer, its MLP columns written by the GELU backward
+        long dAct = geluFused ? 0 : Compute(n * Mlp), dMlpIn = geluFused ? 0 : Compute(n * Mlp);
         var (dq, dk, dv) = AttentionBackward();
-        long dQkv = SplitBackward(n);
+        long dQkv = qkvFused ? Compute(n * 3 * C) : SplitBackward(n);
         Free(dq + dk + dv);
-        long dLin1 = Compute(n * (3 * C + Mlp));
+        if (!geluFused) dLin1 = Compute(n * (3 * C + Mlp));                   // Concat(d qkv, d MlpIn)
         long dModulated = LinearBackward($"{p}.linear1", n, C, 3 * C + Mlp, true);
         long dxn = Compute(n * C), dShiftScale = Compute(B * C) + Compute(B * C);
         Free(dxn);
@@ -397,11 +529,15 @@ internal sealed class StepWalk
 
     // ---------------------------------------------------------------- shared by both blocks
 
-    /// <summary>QkvAttention.Backward over the joint sequence: dq, dk (rotated back), dv, each (B, H, L, D).</summary>
+    /// <summary>
+    /// QkvAttention.Backward over the joint sequence: dq, dk (rotated back), dv, each (B, H, L, D); QkvNormRope
+    /// (AttendBackward): dq, dk w.r.t. the roped q, k, RoPE's backward being in the streams'.
+    /// </summary>
     (long Dq, long Dk, long Dv) AttentionBackward()
     {
         long n = (long)B * L;
         long dqRope = Compute(n * C), dkRope = Compute(n * C), dv = Compute(n * C);
+        if (qkvFused) return (dqRope, dkRope, dv);
         long dq = Compute(n * C), dk = Compute(n * C);
         Free(dqRope + dkRope);
         return (dq, dk, dv);
