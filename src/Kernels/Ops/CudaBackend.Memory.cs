@@ -6,7 +6,7 @@ using MetaLoraNative.Kernels.Native;
 namespace MetaLoraNative.Kernels;
 
 // Memory (memory.cu): allocation from the pool, the precision conversions every op uses for its inputs, and the
-// Memory ops (zeros, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
+// Memory ops (zeros, empty: the same block without the memset, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
 // rounding of common.cuh's f2bf. Block swap's transfers (pinned host copies, the copy stream) are SwapTransfer.cs.
 public sealed partial class CudaBackend : IBlockTransferSource
 {
@@ -69,6 +69,15 @@ public sealed partial class CudaBackend : IBlockTransferSource
         var t = Alloc(shape, precision);
         if (t.Bytes > 0) CudaCheck.Cu(CuDriver.cuMemsetD8Async(t.Ptr, 0, (nuint)t.Bytes, Stream));
         return t;
+    }
+
+    public Tensor Empty(params int[] shape) => Empty(shape, Precision.Compute);
+
+    /// <summary>The pool block as it is (no memset): the caller writes every element before reading one.</summary>
+    public Tensor Empty(int[] shape, Precision precision)
+    {
+        using var _ = Op("empty");
+        return Alloc(shape, precision);
     }
 
     public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
