@@ -35,10 +35,10 @@ public interface IBackend : IDisposable
     /// An uninitialised tensor in the compute precision, for a buffer the caller's next ops fully write with "="
     /// (a GEMM with beta 0, "=" slice copies, ops writing into a given output) before anything reads it: where any
     /// element is accumulated into (beta 1, AddNarrow, AddInPlace) or may stay unwritten, use <see cref="Zeros(int[])"/>.
-    /// CUDA: the pool block without the memset (its old contents, NaN patterns included). CPU: filled with NaN
-    /// (poison, always: only the test that compares against the all-Zeros step turns it off), so a read before the
-    /// write propagates NaN into the outputs and gradients the tests check.
-    /// Counted as an allocation, never as a memset.
+    /// CUDA: the pool block without the memset (its old contents, NaN patterns included; METALORA_POISON_EMPTY=1
+    /// fills it with NaN, a check aid). CPU: filled with NaN (poison, always: only the test that compares against the
+    /// all-Zeros step turns it off), so a read before the write propagates NaN into the outputs and gradients the
+    /// tests check. Counted as an allocation, never as a memset.
     /// </summary>
     Tensor Empty(params int[] shape);
     /// <summary>As <see cref="Empty(int[])"/> in the asked precision (Master is fp32 everywhere).</summary>

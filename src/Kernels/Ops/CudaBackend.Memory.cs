@@ -77,8 +77,17 @@ public sealed partial class CudaBackend : IBlockTransferSource
     public Tensor Empty(int[] shape, Precision precision)
     {
         using var _ = Op("empty");
-        return Alloc(shape, precision);
+        var t = Alloc(shape, precision);
+        if (PoisonEmpty && t.Length > 0) FillWith(t, float.NaN);
+        return t;
     }
+
+    /// <summary>
+    /// A check aid, off by default (METALORA_POISON_EMPTY=1): every Empty filled with NaN as the CPU's always is, so a
+    /// kernel that reads an element of it before writing it (a GEMM reading C at beta 0, a stream missing its tokens)
+    /// turns a parity check's result NaN instead of leaving whatever the pool block held. One fill launch per Empty.
+    /// </summary>
+    public bool PoisonEmpty { get; set; } = Environment.GetEnvironmentVariable("METALORA_POISON_EMPTY") is "1" or "true" or "yes";
 
     public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
 
