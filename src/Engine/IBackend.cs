@@ -31,6 +31,18 @@ public interface IBackend : IDisposable
     Tensor Zeros(params int[] shape);
     /// <summary>A zero tensor in the asked precision: Master is fp32 everywhere (trainable factors, gradients, moments).</summary>
     Tensor Zeros(int[] shape, Precision precision);
+    /// <summary>
+    /// An uninitialised tensor in the compute precision, for a buffer the caller's next ops fully write with "="
+    /// (a GEMM with beta 0, "=" slice copies, ops writing into a given output) before anything reads it: where any
+    /// element is accumulated into (beta 1, AddNarrow, AddInPlace) or may stay unwritten, use <see cref="Zeros(int[])"/>.
+    /// CUDA: the pool block without the memset (its old contents, NaN patterns included; METALORA_POISON_EMPTY=1
+    /// fills it with NaN, a check aid). CPU: filled with NaN (poison, always: only the test that compares against the
+    /// all-Zeros step turns it off), so a read before the write propagates NaN into the outputs and gradients the
+    /// tests check. Counted as an allocation, never as a memset.
+    /// </summary>
+    Tensor Empty(params int[] shape);
+    /// <summary>As <see cref="Empty(int[])"/> in the asked precision (Master is fp32 everywhere).</summary>
+    Tensor Empty(int[] shape, Precision precision);
     Tensor Upload(ReadOnlySpan<float> values, params int[] shape);
     Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision);
     /// <summary>Exact on the fp64 CPU backend (used by the gradient checks); rounded elsewhere.</summary>
@@ -112,6 +124,11 @@ public interface IBackend : IDisposable
     Tensor Narrow(Tensor x, int axis, int start, int length);
     /// <summary>dst[.., start:start+src.Dim(axis), ..] += src along axis (the backward of Narrow, and LoRA slices).</summary>
     void AddNarrow(Tensor dst, Tensor src, int axis, int start);
+    /// <summary>
+    /// dst[.., start:start+src.Dim(axis), ..] = src along axis (=, converting precision as <see cref="Copy"/>): the
+    /// slice written into a wider buffer, e.g. one from <see cref="Empty(int[])"/>; the rest of dst is untouched.
+    /// </summary>
+    void CopyNarrow(Tensor dst, Tensor src, int axis, int start);
     /// <summary>Concatenation along axis; every other dimension must agree.</summary>
     Tensor Concat(int axis, params Tensor[] parts);
     /// <summary>qkv (B, L, 3·H·D) → q, k, v each (B, H, L, D): BFL's "B L (K H D) -> K B H L D".</summary>

@@ -214,7 +214,8 @@ public sealed class DoubleBlock
         // the img and txt blocks, back to each stream's attention output: straight into its rows of the joint
         // gradient when those are views (JoinsAsViews), else into copies joined below
         int jt = s.Txt.AttnOut.Dim(1), ji = s.Img.AttnOut.Dim(1);
-        var joint = JoinsAsViews(dImgOut.Dim(0)) ? be.Zeros(1, jt + ji, dImgOut.Dim(2)) : null;   // (1, L_txt + L_img, C)
+        // (1, L_txt + L_img, C), uninitialised: each stream's attn.proj backward writes its rows (dx = dy·W0, beta 0) first
+        var joint = JoinsAsViews(dImgOut.Dim(0)) ? be.Empty(1, jt + ji, dImgOut.Dim(2)) : null;
         var img = FinishBackward(Img, s.Img, dImgOut, lora, joint == null ? null : StreamRows(joint, jt, ji));
         var txt = FinishBackward(Txt, s.Txt, dTxtOut, lora, joint == null ? null : StreamRows(joint, 0, jt));
 
@@ -260,8 +261,8 @@ public sealed class DoubleBlock
         Tensor? dx1 = null, dProj = null, dGate1 = null;
         if (!fused)
         {
-            dx1 = be.Zeros(dOut.Shape);
-            be.AddInPlace(dx1, dOut);
+            dx1 = be.Empty(dOut.Shape);
+            be.Copy(dOut, dx1);                                                // dx1 = dOut, LNmod2's backward added below
         }
         Tensor dShift2, dScale2;
         using (var dHidden = MlpHiddenBackward(w, s, dMlp, lora))

@@ -282,8 +282,9 @@ public sealed class FluxModel
     {
         var be = Backend;
         using var dImgOut = FinalLayer.Backward(s.Final, dOutput);
+        // the text rows of the joint gradient are zero (the loss reads only img): a zero buffer, the img rows copied in
         var dJoint = be.Zeros(dImgOut.Dim(0), s.TxtLength + s.ImgLength, dImgOut.Dim(2));
-        be.AddNarrow(dJoint, dImgOut, 1, s.TxtLength);
+        be.CopyNarrow(dJoint, dImgOut, 1, s.TxtLength);
         dJoint = SingleBlocksBackward(s, dJoint, lora);
         var dTxt = be.Narrow(dJoint, 1, 0, s.TxtLength);
         var dImg = be.Narrow(dJoint, 1, s.TxtLength, s.ImgLength);

@@ -63,9 +63,12 @@ public static class QkvAttention
         protected override IEnumerable<IDisposable?> Owned() => [Qkv, QRstd, KRstd];
     }
 
-    /// <summary>The joint q, k, v (B, H, L_joint, D) the streams write into; the caller owns them.</summary>
+    /// <summary>
+    /// The joint q, k, v (B, H, L_joint, D) the streams write into; the caller owns them. Uninitialised (Empty): the
+    /// streams' token ranges cover the joint sequence, each written with "=" before the attention reads any.
+    /// </summary>
     public static QkvJoint NewJoint(IBackend be, int batch, int heads, int length, int headDim) =>
-        new(be.Zeros(batch, heads, length, headDim), be.Zeros(batch, heads, length, headDim), be.Zeros(batch, heads, length, headDim));
+        new(be.Empty(batch, heads, length, headDim), be.Empty(batch, heads, length, headDim), be.Empty(batch, heads, length, headDim));
 
     /// <summary>
     /// qkv (B, L, 3C) → tokens [start, start + L) of the joint q, k (normalised, then roped with pe's rows) and v.
@@ -81,7 +84,7 @@ public static class QkvAttention
     public static Tensor SplitIntoBackward(FusedStream s, QkvJoint grads, Tensor pe)
     {
         var be = s.Qkv.Backend;
-        var dQkv = be.Zeros(s.Qkv.Shape);
+        var dQkv = be.Empty(s.Qkv.Shape);                                      // (B, L, 3C), all of it written (=)
         be.QkvNormRopeBackward(grads, s.Start, s.Qkv, s.Norm, pe, s.QRstd, s.KRstd, dQkv);
         return dQkv;
     }

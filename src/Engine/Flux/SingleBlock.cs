@@ -89,13 +89,14 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
 
     /// <summary>
     /// cat (B, L, C + mlp) with no Narrow and no Concat: the attention output copied into columns [0, C) (one strided
-    /// add onto the zero buffer), gelu of linear1's MLP columns [3C, 3C + mlp) written straight into columns [C, C + mlp).
+    /// "=" copy), gelu of linear1's MLP columns [3C, 3C + mlp) written straight into columns [C, C + mlp). Every column
+    /// is written, so cat starts uninitialised.
     /// </summary>
     Tensor SlicedCat(Tensor attn, Tensor lin1)
     {
         var be = attn.Backend;
-        var cat = be.Zeros([.. attn.Shape[..^1], hidden + mlpHidden]);
-        be.AddNarrow(cat, attn, -1, 0);
+        var cat = be.Empty([.. attn.Shape[..^1], hidden + mlpHidden]);
+        be.CopyNarrow(cat, attn, -1, 0);
         be.GeluTanhSlice(MatrixSlice.ColumnsOf(lin1, 3 * hidden, mlpHidden), MatrixSlice.ColumnsOf(cat, hidden, mlpHidden));
         return cat;
     }
@@ -112,16 +113,17 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
     {
         var be = dy.Backend;
         var (dOut, dGate) = be.GatedResidualBackward(dy, s.Mod.Gate, s.Out);
-        var dx = be.Zeros(dy.Shape);
-        be.AddInPlace(dx, dy);                                                // residual path
+        var dx = be.Empty(dy.Shape);
+        be.Copy(dy, dx);                                                      // residual path
 
         using var dCat = Linear2.Backward(s.Cat, dOut, lora);
         dOut.Dispose();
         using var dAttn = be.Narrow(dCat, -1, 0, hidden);
         // d linear1's MLP columns: sliced, the GELU's backward reads dcat's columns [C, C + mlp) and writes dlin1's
-        // [3C, 3C + mlp) in place (dlin1 is one whole buffer, its qkv columns filled below); else a Narrow, then a Concat
+        // [3C, 3C + mlp) in place (dlin1 is one whole buffer, uninitialised: its qkv columns are written below); else a
+        // Narrow, then a Concat
         bool sliced = s.Lin1 != null;
-        var dLin1Whole = sliced ? be.Zeros([.. dy.Shape[..^1], 3 * hidden + mlpHidden]) : null;
+        var dLin1Whole = sliced ? be.Empty([.. dy.Shape[..^1], 3 * hidden + mlpHidden]) : null;
         if (sliced)
             be.GeluTanhBackwardSlice(MatrixSlice.ColumnsOf(s.Lin1!, 3 * hidden, mlpHidden), MatrixSlice.ColumnsOf(dCat, hidden, mlpHidden),
                                      MatrixSlice.ColumnsOf(dLin1Whole!, 3 * hidden, mlpHidden));
@@ -130,7 +132,7 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
 
         using var dQkv = s.Fused is { } fused ? FusedQkvBackward(fused, s.Joint, dAttn, pe) : QkvBackward(s.Qkv!, s.Joint, dAttn, pe);
         using var dLin1 = dLin1Whole ?? be.Concat(-1, dQkv, dMlpIn!);         // (B, L, 3C + mlp)
-        if (sliced) be.AddNarrow(dLin1, dQkv, -1, 0);                         // dlin1[:, :, :3C] = d qkv
+        if (sliced) be.CopyNarrow(dLin1, dQkv, -1, 0);                        // dlin1[:, :, :3C] = d qkv
         using var dModulated = Linear1.Backward(s.Modulated, dLin1, lora);
         var (dxn, dShift, dScale) = be.LayerNormModulateBackward(dModulated, s.X, s.Mod.Scale, s.Stats);
         be.AddInPlace(dx, dxn);

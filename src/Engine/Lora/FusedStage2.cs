@@ -55,7 +55,7 @@ public sealed partial class LoraBinding
             var dyg = GroupRows(dy, start, count);                                                 // (n, d_out)
             // a (n, Σ r2) feeds only dU: the forward's, or recomputed when it kept none for this x
             using var a = TrainIdentity ? Adapter.MergedDowns.TakeKept(this, module, gi, x) ?? Merged(x, A, start, count) : null;
-            using var dmid = be.Zeros([checked((int)xg.Rows), A.Shape[0]]);                        // (n, Σ r2): each target writes its columns
+            using var dmid = be.Empty([checked((int)xg.Rows), A.Shape[0]]);                        // (n, Σ r2): each target writes its columns
             for (int j = 0, o = 0; j < targets.Length; o += factors.Up[targets[j]].Shape[1], j++)
             {
                 var target = Adapter.Targets[targets[j]];
@@ -80,7 +80,7 @@ public sealed partial class LoraBinding
             }
             else if (TrainIdentity)
             {
-                using var g = be.Zeros([A.Shape[0], A.Shape[1]], Precision.Master);                // (Σ r2, d_in)
+                using var g = be.Empty([A.Shape[0], A.Shape[1]], Precision.Master);                // (Σ r2, d_in), written whole below
                 be.GemmSlice(dmid, true, xg, false, g);                                            // G = dmidᵀ·x
                 for (int j = 0, o = 0; j < targets.Length; o += factors.Up[targets[j]].Shape[1], j++)
                 {
@@ -147,7 +147,7 @@ public sealed partial class LoraBinding
         var be = Adapter.Backend;
         if (count == batch) return be.Linear(x, A, null);
         var xg = GroupRows(x, start, count);
-        var a = be.Zeros(checked((int)xg.Rows), A.Shape[0]);
+        var a = be.Empty(checked((int)xg.Rows), A.Shape[0]);                                      // (n, Σ r2), written whole (beta 0)
         be.GemmSlice(xg, false, A, true, a);
         return a;
     }

@@ -92,7 +92,7 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
         var be = adapter.Backend;
         int dIn = adapter.Down[targets[0]].Shape[1], rows = 0;
         foreach (int t in targets) rows += Mid(factors, t).Shape[0];
-        var a = be.Zeros([rows, dIn], Precision.Master);
+        var a = be.Empty([rows, dIn], Precision.Master);                                           // every target's rows written below
         for (int j = 0, row = 0; j < targets.Length; row += Mid(factors, targets[j]).Shape[0], j++)
         {
             var m = Mid(factors, targets[j]).Value;                                                 // (r2, r1)
@@ -127,10 +127,10 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
                 else
                 {
                     cached.A.Dispose();
-                    a = be.Zeros([rows, dIn], Precision.Master);
+                    a = be.Empty([rows, dIn], Precision.Master);
                 }
             }
-            else a = be.Zeros([rows, dIn], Precision.Master);
+            else a = be.Empty([rows, dIn], Precision.Master);                                      // every target's rows written (beta 0)
             for (int j = 0, row = 0; j < targets.Length; row += Mid(factors, targets[j]).Shape[0], j++)
             {
                 var m = Mid(factors, targets[j]).Value;                                             // (r2, r1)
@@ -158,7 +158,7 @@ public sealed class FusedStage2Cache(LoraAdapter adapter) : IDisposable
             if (g.Shape[0] == rows && g.Shape[1] == dIn) return g;
             g.Dispose();
         }
-        return gradients[slot] = adapter.Backend.Zeros([rows, dIn], Precision.Master);
+        return gradients[slot] = adapter.Backend.Empty([rows, dIn], Precision.Master);             // G = dmidᵀ·x writes all of it
     }
 
     /// <summary>Queues one dM += Gⱼ·Dᵀ (reading a <see cref="DeferredG"/>) for <see cref="FinishBackward"/>.</summary>

@@ -275,9 +275,9 @@ public static partial class KernelBenches
     /// <summary>
     /// The single block's join of attention and GELU, forward and backward, as the model issues it. Version 1 (no
     /// Fusions.GeluEpilogue): mlpIn = Narrow(lin1, 3C, mlp), cat = Concat(attn, gelu(mlpIn)); back: dlin1 = Concat(d qkv,
-    /// gelu'(mlpIn) · Narrow(dcat, C, mlp)). Version 2 (SingleBlock.SlicedCat): cat = 0, cat[:, :C] += attn, the
-    /// strided GELU of lin1's columns into cat's; back: dlin1 = 0, the strided backward into its columns [3C, 3C + mlp),
-    /// dlin1[:, :3C] += d qkv. lin1 = 1.5, attn = 0.25, dcat = 0.5, d qkv = 0.125, so cat is 0.25 then gelu(1.5) and dlin1
+    /// gelu'(mlpIn) · Narrow(dcat, C, mlp)). Version 2 (SingleBlock.SlicedCat): cat uninitialised (Empty), cat[:, :C] = attn
+    /// (CopyNarrow), the strided GELU of lin1's columns into cat's; back: dlin1 uninitialised, the strided backward into
+    /// its columns [3C, 3C + mlp), dlin1[:, :3C] = d qkv. lin1 = 1.5, attn = 0.25, dcat = 0.5, d qkv = 0.125, so cat is 0.25 then gelu(1.5) and dlin1
     /// 0.125 then gelu'(1.5) · 0.5 (each GELU value rounded to bf16 once, allowed expected/128; the copies exact).
     /// GB/s of the tensors the join needs: forward reads lin1's mlp columns and attn and writes cat (2 · M · (C + mlp)
     /// bf16), backward reads lin1's and dcat's mlp columns and d qkv and writes dlin1 (M · (3 mlp + 6C) bf16).
@@ -301,8 +301,8 @@ public static partial class KernelBenches
                 cat?.Dispose();
                 if (version == 2)
                 {
-                    cat = be.Zeros(1, m, c + mlp);
-                    be.AddNarrow(cat, attn, -1, 0);
+                    cat = be.Empty(1, m, c + mlp);
+                    be.CopyNarrow(cat, attn, -1, 0);
                     be.GeluTanhSlice(MatrixSlice.ColumnsOf(lin1, 3 * c, mlp), MatrixSlice.ColumnsOf(cat, c, mlp));
                 }
                 else
@@ -318,10 +318,10 @@ public static partial class KernelBenches
                 dLin1?.Dispose();
                 if (version == 2)
                 {
-                    dLin1 = be.Zeros(1, m, 3 * c + mlp);
+                    dLin1 = be.Empty(1, m, 3 * c + mlp);
                     be.GeluTanhBackwardSlice(MatrixSlice.ColumnsOf(lin1, 3 * c, mlp), MatrixSlice.ColumnsOf(dCat, c, mlp),
                                              MatrixSlice.ColumnsOf(dLin1, 3 * c, mlp));
-                    be.AddNarrow(dLin1, dQkv, -1, 0);
+                    be.CopyNarrow(dLin1, dQkv, -1, 0);
                 }
                 else
                 {

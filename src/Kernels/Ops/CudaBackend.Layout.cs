@@ -2,8 +2,8 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels;
 
-// Layout (layout.cu): narrow, add-narrow and concat through one strided slice copy; FLUX's qkv split and merge. With
-// ElementwiseVec16 on, each first tries version 2's 16-byte kernel (Dev/CudaBackend.ElementwiseVec.cs).
+// Layout (layout.cu): narrow, add-narrow, copy-narrow and concat through one strided slice copy; FLUX's qkv split and
+// merge. With ElementwiseVec16 on, each first tries version 2's 16-byte kernel (Dev/CudaBackend.ElementwiseVec.cs).
 public sealed partial class CudaBackend
 {
     void SliceCopy(CudaTensor dst, int dstStart, CudaTensor src, int srcStart, int axis, int len, bool accumulate)
@@ -33,14 +33,28 @@ public sealed partial class CudaBackend
     public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
     {
         using var _ = Op("add_narrow");
+        var (d, s, ax) = SliceOperands("add_narrow", dst, src, axis, start);
+        SliceCopy(d, start, s, 0, ax, s.Shape[ax], true);
+    }
+
+    /// <summary>dst's slice [start, start + src.Dim(axis)) along axis = src: slice_copy with accumulate 0.</summary>
+    public void CopyNarrow(Tensor dst, Tensor src, int axis, int start)
+    {
+        using var _ = Op("copy_narrow");
+        var (d, s, ax) = SliceOperands("copy_narrow", dst, src, axis, start);
+        SliceCopy(d, start, s, 0, ax, s.Shape[ax], false);
+    }
+
+    (CudaTensor Dst, CudaTensor Src, int Axis) SliceOperands(string op, Tensor dst, Tensor src, int axis, int start)
+    {
         var d = T(dst, "dst");
         var s = T(src, "src");
-        axis = Shapes.Axis(axis, d.Rank, "add narrow");
+        axis = Shapes.Axis(axis, d.Rank, op);
         Shapes.Require(s.Rank == d.Rank && start >= 0 && start + s.Shape[axis] <= d.Shape[axis],
-            $"add_narrow: {s} at {start} of axis {axis} in {d}");
+            $"{op}: {s} at {start} of axis {axis} in {d}");
         for (int i = 0; i < d.Rank; i++)
-            Shapes.Require(i == axis || d.Shape[i] == s.Shape[i], $"add_narrow: {s} does not fit {d} off axis {axis}");
-        SliceCopy(d, start, s, 0, axis, s.Shape[axis], true);
+            Shapes.Require(i == axis || d.Shape[i] == s.Shape[i], $"{op}: {s} does not fit {d} off axis {axis}");
+        return (d, s, axis);
     }
 
     public Tensor Concat(int axis, params Tensor[] parts)

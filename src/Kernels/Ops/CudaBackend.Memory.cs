@@ -6,7 +6,7 @@ using MetaLoraNative.Kernels.Native;
 namespace MetaLoraNative.Kernels;
 
 // Memory (memory.cu): allocation from the pool, the precision conversions every op uses for its inputs, and the
-// Memory ops (zeros, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
+// Memory ops (zeros, empty: the same block without the memset, upload, download, copy, fill). Host bf16 conversions are HalfPrecision's, bit for bit the
 // rounding of common.cuh's f2bf. Block swap's transfers (pinned host copies, the copy stream) are SwapTransfer.cs.
 public sealed partial class CudaBackend : IBlockTransferSource
 {
@@ -70,6 +70,24 @@ public sealed partial class CudaBackend : IBlockTransferSource
         if (t.Bytes > 0) CudaCheck.Cu(CuDriver.cuMemsetD8Async(t.Ptr, 0, (nuint)t.Bytes, Stream));
         return t;
     }
+
+    public Tensor Empty(params int[] shape) => Empty(shape, Precision.Compute);
+
+    /// <summary>The pool block as it is (no memset): the caller writes every element before reading one.</summary>
+    public Tensor Empty(int[] shape, Precision precision)
+    {
+        using var _ = Op("empty");
+        var t = Alloc(shape, precision);
+        if (PoisonEmpty && t.Length > 0) FillWith(t, float.NaN);
+        return t;
+    }
+
+    /// <summary>
+    /// A check aid, off by default (METALORA_POISON_EMPTY=1): every Empty filled with NaN as the CPU's always is, so a
+    /// kernel that reads an element of it before writing it (a GEMM reading C at beta 0, a stream missing its tokens)
+    /// turns a parity check's result NaN instead of leaving whatever the pool block held. One fill launch per Empty.
+    /// </summary>
+    public bool PoisonEmpty { get; set; } = Environment.GetEnvironmentVariable("METALORA_POISON_EMPTY") is "1" or "true" or "yes";
 
     public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
 

@@ -74,6 +74,8 @@ public sealed class Bf16EmulationBackend : IBackend
 
     public Tensor Zeros(params int[] shape) => new EmuTensor(this, inner.Zeros(shape), Precision.Compute);
     public Tensor Zeros(int[] shape, Precision precision) => new EmuTensor(this, inner.Zeros(shape, precision), precision);
+    public Tensor Empty(params int[] shape) => new EmuTensor(this, inner.Empty(shape), Precision.Compute);
+    public Tensor Empty(int[] shape, Precision precision) => new EmuTensor(this, inner.Empty(shape, precision), precision);
     public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => Upload(values, shape, Precision.Compute);
 
     public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision)
@@ -212,6 +214,13 @@ public sealed class Bf16EmulationBackend : IBackend
     {
         using var rs = Bf16(src);
         inner.AddNarrow(I(dst), rs.Tensor, axis, start);
+        if (E(dst).Precision == Precision.Compute) RoundInPlace(I(dst));
+    }
+
+    /// <summary>As the GPU's slice_copy: src read in its precision, the slice rounded as it is stored (as Copy).</summary>
+    public void CopyNarrow(Tensor dst, Tensor src, int axis, int start)
+    {
+        inner.CopyNarrow(I(dst), I(src), axis, start);
         if (E(dst).Precision == Precision.Compute) RoundInPlace(I(dst));
     }
 

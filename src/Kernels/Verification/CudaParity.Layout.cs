@@ -2,12 +2,12 @@ using MetaLoraNative.Engine;
 
 namespace MetaLoraNative.Kernels.Verification;
 
-// Layout: narrow, add_narrow and concat on every axis; the qkv split and merge.
+// Layout: narrow, add_narrow, copy_narrow and concat on every axis; the qkv split and merge.
 public static partial class CudaParity
 {
     static IEnumerable<ParityCheck> LayoutChecks() =>
     [
-        new("layout", "narrow, add_narrow, concat on every axis; qkv split and merge", Layout),
+        new("layout", "narrow, add_narrow, copy_narrow, concat on every axis; qkv split and merge", Layout),
     ];
 
     static void Layout(ParityContext p)
@@ -26,6 +26,17 @@ public static partial class CudaParity
             p.Gpu.AddNarrow(gd, gn, axis, 0);
             p.Cpu.AddNarrow(cd, cn, axis, 0);
             p.Bf16($"add_narrow axis {axis}", gd, cd);
+            // copy_narrow (=) onto a filled tensor: the slice replaced, the rest kept; and into an fp32 (Master) one
+            using var gCopied = p.Gpu.Zeros(gx.Shape);
+            using var cCopied = p.Cpu.Zeros(cx.Shape);
+            p.Gpu.Copy(gx, gCopied);
+            p.Cpu.Copy(cx, cCopied);
+            p.Gpu.CopyNarrow(gCopied, gn, axis, 0);
+            p.Cpu.CopyNarrow(cCopied, cn, axis, 0);
+            p.Bf16($"copy_narrow axis {axis}", gCopied, cCopied);
+            using var gCopiedF32 = p.Gpu.Empty(gn.Shape, Precision.Master);
+            p.Gpu.CopyNarrow(gCopiedF32, gn, axis, 0);
+            p.Exact($"copy_narrow axis {axis} into fp32", p.Gpu.Download(gCopiedF32), p.Gpu.Download(gn));
             using var gc = p.Gpu.Concat(axis, gx, gn, gx);
             using var cc = p.Cpu.Concat(axis, cx, cn, cx);
             p.Bf16($"concat axis {axis}", gc, cc);

@@ -112,11 +112,13 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// <param name="grouped">FusedStage2Cache.Grouped (METALORA_LORA_GROUPED=1): A formation and dM as two GemmGroups.</param>
     /// <param name="steps">steps run; the backend counts only the last (2: a steady step, whose A is formed again after AdamW).</param>
     /// <param name="fusions">the model's fused forms (null: none unless METALORA_FUSE says otherwise).</param>
-    internal static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, bool grouped = false, int steps = 1, Fusions? fusions = null)
+    /// <param name="emptyAsZeros">count every Empty as a Zeros (<see cref="ShapeBackend.EmptyAsZeros"/>).</param>
+    internal static (ShapeBackend Backend, int Targets, int Modules) Stage2Step(int resolution, LoraPath path, bool grouped = false, int steps = 1,
+                                                                               Fusions? fusions = null, bool emptyAsZeros = false)
     {
         var c = FluxConfig.FluxDev;
         int grid = resolution / 16, textTokens = 512;
-        var be = new ShapeBackend();
+        var be = new ShapeBackend { EmptyAsZeros = emptyAsZeros };
         var weights = new FluxWeights(c, be, c.TensorShapes().ToDictionary(t => t.Name, t => be.Frozen(be.Zeros(t.Shape))), "shapes:flux-dev");
         var model = new FluxModel(weights, fusions);
         var targets = FluxNames.LoraTargets(c);
@@ -228,7 +230,8 @@ public class GemmRoutingTests(ITestOutputHelper output)
     /// Grouping (METALORA_LORA_GROUPED=1) on the fused path of a steady flux-dev Stage-2 step (the second, after an
     /// AdamW update moved every M): the same LoRA products (shapes, transposes, accumulation), but the 494 A = M·D
     /// formations and the 494 dM += Gⱼ·Dᵀ are one GemmGroup each, so 986 launches fewer; and the stacked A and G
-    /// kept from step to step take 608 memsets out (the ungrouped path allocates both afresh each step).
+    /// kept from step to step take 608 allocations out (the ungrouped path allocates both afresh each step, as Empty
+    /// tensors: no memset on either path).
     /// docs/PERF.md, "Grouped A formation and dM", quotes the printed figures.
     /// </summary>
     [Theory]
@@ -242,10 +245,11 @@ public class GemmRoutingTests(ITestOutputHelper output)
         int lp = GemmLaunches(plain), lg = GemmLaunches(grouped);
         int allP = lp + plain.LayoutOps + plain.Fills, allG = lg + grouped.LayoutOps + grouped.Fills;
         output.WriteLine($"flux-dev {resolution}², fused path, a steady Stage-2 step ({targets} targets in {modules} modules):");
-        output.WriteLine($"  grouping  GEMMs  GEMM launches  grouped calls (entries)  layout copies  memsets  their launches in all");
+        output.WriteLine($"  grouping  GEMMs  GEMM launches  grouped calls (entries)  layout copies  memsets  allocations  their launches in all");
         foreach (var (name, be, l, all) in new[] { ("off", plain, lp, allP), ("on", grouped, lg, allG) })
-            output.WriteLine($"  {name,-8}  {be.Products.Count,5}  {l,13}  {be.GroupCalls,5} ({be.Products.Count(p => p.Grouped),4})  {be.LayoutOps,13}  {be.Fills,7}  {all,15}");
-        output.WriteLine($"  saving    {lp - lg} GEMM launches, {plain.Fills - grouped.Fills} memsets: {allP - allG} launches per step");
+            output.WriteLine($"  {name,-8}  {be.Products.Count,5}  {l,13}  {be.GroupCalls,5} ({be.Products.Count(p => p.Grouped),4})  {be.LayoutOps,13}  {be.Fills,7}  {be.Allocations,11}  {all,15}");
+        output.WriteLine($"  saving    {lp - lg} GEMM launches, {plain.Fills - grouped.Fills} memsets, {plain.Allocations - grouped.Allocations} allocations: " +
+                         $"{allP - allG} launches per step");
 
         // the same products, in any order: only how they are issued changes
         static string Key(Product p) => $"{p.Problem} {p.Frozen} {p.Accumulate}";
@@ -254,7 +258,8 @@ public class GemmRoutingTests(ITestOutputHelper output)
         Assert.Equal(2 * targets, grouped.Products.Count(p => p.Grouped));
         Assert.Equal(2 * targets - 2, lp - lg);
         Assert.Equal(plain.LayoutOps, grouped.LayoutOps);
-        Assert.Equal(2 * modules, plain.Fills - grouped.Fills);   // a fresh A and a fresh G per module and step
+        Assert.Equal(2 * modules, plain.Allocations - grouped.Allocations);   // a fresh A and a fresh G per module and step
+        Assert.Equal(plain.Fills, grouped.Fills);                             // both Empty: neither path memsets them
         Assert.Equal(0, plain.GroupCalls);
     }
 
@@ -321,7 +326,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
     internal sealed class ShapeBackend : IBackend
     {
         public List<Product> Products { get; } = [];
-        /// <summary>Narrow, AddNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
+        /// <summary>Narrow, AddNarrow, CopyNarrow and Concat calls: each a copy kernel on the GPU; and the bytes they read and write.</summary>
         public int LayoutOps { get; private set; }
         public long LayoutBytes { get; private set; }
         /// <summary>
@@ -339,6 +344,13 @@ public class GemmRoutingTests(ITestOutputHelper output)
         /// <summary>Zeros and Fill calls: each a memset on the GPU; and the bytes they write.</summary>
         public int Fills { get; private set; }
         public long FillBytes { get; private set; }
+        /// <summary>
+        /// Zeros and Empty calls: the buffers the model and the LoRA allocate themselves, each a pool allocation on the
+        /// GPU (an Empty is no memset); ops' own outputs are not counted here.
+        /// </summary>
+        public int Allocations { get; private set; }
+        /// <summary>Counts every Empty as a Zeros (a memset), as the step was before IBackend had Empty.</summary>
+        public bool EmptyAsZeros { get; init; }
         static long BytesOf(Tensor t) => t.Length * Size(t);
         public string Name => "shapes";
         readonly HashSet<Tensor> frozen = new(ReferenceEqualityComparer.Instance);
@@ -354,7 +366,7 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public void Reset()
         {
             Products.Clear();
-            LayoutOps = Fills = GroupCalls = 0;
+            LayoutOps = Fills = GroupCalls = Allocations = 0;
             LayoutBytes = FillBytes = 0;
         }
 
@@ -377,7 +389,15 @@ public class GemmRoutingTests(ITestOutputHelper output)
             var t = New(shape, precision);
             Fills++;
             FillBytes += BytesOf(t);
+            Allocations++;
             return t;
+        }
+        public Tensor Empty(params int[] shape) => Empty(shape, Precision.Compute);
+        public Tensor Empty(int[] shape, Precision precision)
+        {
+            if (EmptyAsZeros) return Zeros(shape, precision);
+            Allocations++;
+            return New(shape, precision);
         }
         public Tensor Upload(ReadOnlySpan<float> values, params int[] shape) => New(shape);
         public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision) => New(shape, precision);
@@ -475,6 +495,11 @@ public class GemmRoutingTests(ITestOutputHelper output)
         {
             LayoutOps++;
             LayoutBytes += BytesOf(src) + 2 * src.Length * Size(dst);   // read src, read and write dst's slice
+        }
+        public void CopyNarrow(Tensor dst, Tensor src, int axis, int start)
+        {
+            LayoutOps++;
+            LayoutBytes += BytesOf(src) + src.Length * Size(dst);   // read src, write dst's slice
         }
         public Tensor Concat(int axis, params Tensor[] parts)
         {

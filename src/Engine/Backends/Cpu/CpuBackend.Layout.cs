@@ -1,6 +1,6 @@
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Layout: Narrow/AddNarrow, Concat, SplitQkv/MergeQkv. Pure copies (AddNarrow adds in fp64).
+// Layout: Narrow/AddNarrow/CopyNarrow, Concat, SplitQkv/MergeQkv. Pure copies (AddNarrow adds in fp64).
 // Along an axis a tensor is viewed as (outer, dim, inner): outer = product of the dims before the axis,
 // inner = product of the dims after it, so a slice along the axis is `outer` contiguous runs of length·inner.
 public sealed partial class CpuBackend<T>
@@ -29,13 +29,7 @@ public sealed partial class CpuBackend<T>
     {
         Counted.Launch();
         const string op = "AddNarrow";
-        var d = Cpu(dst, op, "dst");
-        var s = Cpu(src, op, "src");
-        int ax = Shapes.Axis(axis, dst.Rank, op);
-        bool ok = src.Rank == dst.Rank && start >= 0 && start + src.Shape[ax] <= dst.Shape[ax];
-        for (int i = 0; ok && i < dst.Rank; i++) ok = i == ax || src.Shape[i] == dst.Shape[i];
-        if (!ok)
-            throw new ArgumentException($"{op}: src {S(src)} does not fit dst {S(dst)} at offset {start} along axis {axis}");
+        var (d, s, ax) = SliceOperands(op, dst, src, axis, start);
         var (outer, dim, inner) = Shapes.AroundAxis(dst.Shape, ax);
         long run = (long)src.Shape[ax] * inner;
         T[] dd = d.Data, sd = s.Data;
@@ -48,6 +42,30 @@ public sealed partial class CpuBackend<T>
                 for (long i = 0; i < run; i++) dd[db + i] = Store(Wide(dd[db + i]) + Wide(sd[sb + i]));
             }
         });
+    }
+
+    /// <summary>dst[.., start:start+src.Dim(axis), ..] = src along axis; the rest of dst is untouched.</summary>
+    public void CopyNarrow(Tensor dst, Tensor src, int axis, int start)
+    {
+        Counted.Launch();
+        var (d, s, ax) = SliceOperands("CopyNarrow", dst, src, axis, start);
+        var (outer, dim, inner) = Shapes.AroundAxis(dst.Shape, ax);
+        long run = (long)src.Shape[ax] * inner;
+        for (long o = 0; o < outer; o++)
+            Array.Copy(s.Data, s.Offset + o * run, d.Data, d.Offset + (o * dim + start) * inner, run);
+    }
+
+    /// <summary>dst and src of a slice op, checked: src fits dst at start along axis, every other dimension equal.</summary>
+    (CpuTensor<T> Dst, CpuTensor<T> Src, int Axis) SliceOperands(string op, Tensor dst, Tensor src, int axis, int start)
+    {
+        var d = Cpu(dst, op, "dst");
+        var s = Cpu(src, op, "src");
+        int ax = Shapes.Axis(axis, dst.Rank, op);
+        bool ok = src.Rank == dst.Rank && start >= 0 && start + src.Shape[ax] <= dst.Shape[ax];
+        for (int i = 0; ok && i < dst.Rank; i++) ok = i == ax || src.Shape[i] == dst.Shape[i];
+        if (!ok)
+            throw new ArgumentException($"{op}: src {S(src)} does not fit dst {S(dst)} at offset {start} along axis {axis}");
+        return (d, s, ax);
     }
 
     /// <summary>Concatenation along axis; every other dimension must agree.</summary>

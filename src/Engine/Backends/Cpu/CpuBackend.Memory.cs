@@ -3,7 +3,7 @@ using MetaLoraNative.Engine.Planning;
 
 namespace MetaLoraNative.Engine.Backends.Cpu;
 
-// Memory: allocation, upload/download, copy and fill. Uploads and downloads convert element by element; fp64 values
+// Memory: allocation (zeroed, or poisoned with NaN for Empty), upload/download, copy and fill. Uploads and downloads convert element by element; fp64 values
 // uploaded to the fp64 engine are kept exactly. The ledger counts live bytes and their peak as DevicePool does on the
 // GPU (without its size classes: an array costs its elements), so the memory planner's CPU predictions can be checked
 // against a measured peak, and a cap makes an allocation past it fail as a card of that size would.
@@ -28,6 +28,28 @@ public sealed partial class CpuBackend<T>
 
     /// <summary>Both precisions are T on the CPU: masters of the fp32 engine are fp32, of the fp64 oracle fp64.</summary>
     public Tensor Zeros(int[] shape, Precision precision) => New(shape);
+
+    /// <summary>
+    /// Poisoned: every element NaN, so an op that reads an element its caller promised to write first propagates NaN
+    /// into what the tests compare (the fp64 oracle's outputs and gradients). An allocation, no launch.
+    /// </summary>
+    public Tensor Empty(params int[] shape) => Poisoned(shape);
+
+    public Tensor Empty(int[] shape, Precision precision) => Poisoned(shape);
+
+    /// <summary>
+    /// Empty returns zeros instead of NaN: the engine as it was before Empty existed, for the one comparison that
+    /// needs it (a step with Empty against the same step with every Empty a Zeros). Off by default, and nothing but
+    /// that test sets it: every run and every other test gets the poison.
+    /// </summary>
+    public bool EmptyAsZeros { get; init; }
+
+    CpuTensor<T> Poisoned(int[] shape)
+    {
+        var t = New(shape);
+        if (!EmptyAsZeros) t.Span.Fill(T.NaN);
+        return t;
+    }
 
     public Tensor Upload(ReadOnlySpan<float> values, int[] shape, Precision precision) => Upload(values, shape);
 

@@ -1,0 +1,87 @@
+using MetaLoraNative.Engine;
+using MetaLoraNative.Engine.Backends.Cpu;
+using MetaLoraNative.Engine.Flux;
+using MetaLoraNative.Engine.Lora;
+using Xunit.Abstractions;
+
+namespace MetaLoraNative.Tests.Model;
+
+/// <summary>
+/// The buffers the model and the LoRA allocate with IBackend.Empty (fully written with "=" before any read) on the
+/// tiny model in fp64: the step with the CPU's NaN-poisoned Empty against the same step with every Empty a zero
+/// tensor (<see cref="CpuBackend{T}.EmptyAsZeros"/>, the engine as it was with Zeros). Any element read before it is
+/// written would carry a NaN into the loss, the LoRA gradients or d img; none may, and the values must be the
+/// reference's. Every subset of the fusions, the stacked LoRA (Stage-1 style) and the fused Stage-2 LoRA with the
+/// grouped A formation and dM off and on, recomputation off and on, B 1 (the joins as views) and 2.
+/// </summary>
+public class UninitialisedAllocationTests(ITestOutputHelper output)
+{
+    sealed record Run(double Loss, double[][] Grads, double[] DImg)
+    {
+        public IEnumerable<double> All => Grads.SelectMany(g => g).Concat(DImg).Append(Loss);
+    }
+
+    static Run Step(IBackend be, Fusions fusions, int batch, bool stage2, bool grouped, bool recompute)
+    {
+        var c = FluxConfig.Tiny;
+        using var w = FluxWeights.Random(c, be, 7);
+        var model = new FluxModel(w, fusions);
+        using var adapter = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 3, 2, identities: batch, seed: 31);
+        adapter.MergedDowns.Grouped = grouped;
+        var binding = new LoraBinding(adapter, [.. Enumerable.Range(0, batch)], trainDown: !stage2, trainIdentity: true);
+        Assert.Equal(stage2 ? LoraPath.Fused : LoraPath.Stacked, binding.Path);
+        var (x, target) = ModelFixture.Batch(be, c, batch, 3, 5, 7, 32);
+        using var _x = x;
+        using var _t = target;
+        double[] dImg;
+        double loss;
+        using (var y = model.Forward(x, binding, out var s, recompute))
+        {
+            loss = be.MseLoss(y, target, out var dy);
+            using (s) using (dy)
+            using (var dx = model.BackwardWithInputGrad(s, dy, binding)) dImg = be.DownloadDouble(dx);
+        }
+        binding.FinishBackward();
+        var grads = binding.TrainableParameters().Select(p => be.DownloadDouble(p.Grad)).ToArray();
+        return new Run(loss, grads, dImg);
+    }
+
+    static double Rel(double[] a, double[] b)
+    {
+        double d = 0, m = 0;
+        for (int i = 0; i < a.Length; i++) { d = Math.Max(d, Math.Abs(a[i] - b[i])); m = Math.Max(m, Math.Abs(b[i])); }
+        return d / Math.Max(m, 1e-300);
+    }
+
+    [Theory]
+    [InlineData(1, false, false)]
+    [InlineData(2, false, false)]
+    [InlineData(1, true, false)]
+    [InlineData(2, true, false)]
+    [InlineData(1, true, true)]
+    [InlineData(2, true, true)]
+    public void EmptyBuffersAreWrittenBeforeTheyAreRead(int batch, bool stage2, bool grouped)
+    {
+        using var poisoned = new CpuBackend<double>();
+        using var zeroed = new CpuBackend<double> { EmptyAsZeros = true };
+        double worst = 0;
+        for (var f = Fusions.None; f <= Fusions.All; f++)
+        foreach (bool recompute in new[] { false, true })
+        {
+            var reference = Step(zeroed, f, batch, stage2, grouped, recompute);
+            var run = Step(poisoned, f, batch, stage2, grouped, recompute);
+            string what = $"B {batch}, {(stage2 ? "fused" + (grouped ? " grouped" : "") : "stacked")} LoRA, fusions " +
+                          $"{FusionSettings.Format(f)}, recompute {(recompute ? "on" : "off")}";
+            Assert.All(reference.Grads, g => Assert.Contains(g, e => e != 0));
+            Assert.True(run.All.All(double.IsFinite), $"{what}: a NaN from an Empty buffer read before it was written");
+            Assert.Equal(reference.Grads.Length, run.Grads.Length);
+            double rel = new[] { Math.Abs(run.Loss - reference.Loss) / Math.Abs(reference.Loss), Rel(run.DImg, reference.DImg) }
+                .Concat(run.Grads.Zip(reference.Grads, Rel)).Max();
+            // the same fp64 operations on the same values: "=" writes what the add onto zero wrote
+            Assert.True(rel == 0, $"{what}: worst relative difference {rel:E2} against the Zeros step");
+            worst = Math.Max(worst, rel);
+        }
+        output.WriteLine($"B {batch}, {(stage2 ? "fused" + (grouped ? " grouped" : "") : "stacked")} LoRA: every fusion subset, " +
+                         $"recompute off and on: finite, worst relative difference against the Zeros step {worst:E2}");
+    }
+}
