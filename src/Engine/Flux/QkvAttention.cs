@@ -83,11 +83,17 @@ public static class QkvAttention
     /// <summary>Joint dq, dk (w.r.t. the roped q, k) and dv → this stream's d qkv (B, L, 3C).</summary>
     public static Tensor SplitIntoBackward(FusedStream s, QkvJoint grads, Tensor pe)
     {
-        var be = s.Qkv.Backend;
-        var dQkv = be.Empty(s.Qkv.Shape);                                      // (B, L, 3C), all of it written (=)
-        be.QkvNormRopeBackward(grads, s.Start, s.Qkv, s.Norm, pe, s.QRstd, s.KRstd, dQkv);
+        var dQkv = s.Qkv.Backend.Empty(s.Qkv.Shape);                           // (B, L, 3C), all of it written (=)
+        SplitIntoBackward(s, grads, pe, dQkv);
         return dQkv;
     }
+
+    /// <summary>
+    /// As above, d qkv written (=) into a block of a wider matrix: the single block's dlin1 columns [0, 3C), so no
+    /// d qkv tensor and no copy into dlin1.
+    /// </summary>
+    public static void SplitIntoBackward(FusedStream s, QkvJoint grads, Tensor pe, MatrixSlice dQkv) =>
+        s.Qkv.Backend.QkvNormRopeBackward(grads, s.Start, s.Qkv, s.Norm, pe, s.QRstd, s.KRstd, dQkv);
 
     /// <summary>
     /// The attention of the fused form, on q, k already roped: output (B, L, H·D), owned by <paramref name="saved"/>,

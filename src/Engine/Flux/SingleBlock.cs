@@ -130,9 +130,17 @@ public sealed class SingleBlock(FluxWeights w, int index, Fusions fusions = Fusi
         using var dAct = sliced ? null : be.Narrow(dCat, -1, hidden, mlpHidden);
         using var dMlpIn = sliced ? null : be.GeluTanhBackward(s.MlpIn!, dAct!);
 
-        using var dQkv = s.Fused is { } fused ? FusedQkvBackward(fused, s.Joint, dAttn, pe) : QkvBackward(s.Qkv!, s.Joint, dAttn, pe);
-        using var dLin1 = dLin1Whole ?? be.Concat(-1, dQkv, dMlpIn!);         // (B, L, 3C + mlp)
-        if (sliced) be.CopyNarrow(dLin1, dQkv, -1, 0);                        // dlin1[:, :, :3C] = d qkv
+        // d qkv: fused and sliced, the fused op writes it straight into dlin1's columns [0, 3C); else a tensor, then
+        // copied into dlin1 (sliced) or concatenated with d mlpIn
+        if (sliced && s.Fused is { } direct)
+        {
+            using var grads = QkvAttention.AttendBackward(s.Joint, dAttn);
+            QkvAttention.SplitIntoBackward(direct, grads, pe, MatrixSlice.ColumnsOf(dLin1Whole!, 0, 3 * hidden));
+        }
+        using var dQkv = sliced && s.Fused != null ? null
+                       : s.Fused is { } fused ? FusedQkvBackward(fused, s.Joint, dAttn, pe) : QkvBackward(s.Qkv!, s.Joint, dAttn, pe);
+        using var dLin1 = dLin1Whole ?? be.Concat(-1, dQkv!, dMlpIn!);        // (B, L, 3C + mlp)
+        if (sliced && dQkv != null) be.CopyNarrow(dLin1, dQkv, -1, 0);        // dlin1[:, :, :3C] = d qkv
         using var dModulated = Linear1.Backward(s.Modulated, dLin1, lora);
         var (dxn, dShift, dScale) = be.LayerNormModulateBackward(dModulated, s.X, s.Mod.Scale, s.Stats);
         be.AddInPlace(dx, dxn);

@@ -515,7 +515,8 @@ internal sealed class StepWalk
         long dLin1 = geluFused ? Compute(n * (3 * C + Mlp)) : 0;              // GeluEpilogue: one buffer, its MLP columns written by the GELU backward
         long dAct = geluFused ? 0 : Compute(n * Mlp), dMlpIn = geluFused ? 0 : Compute(n * Mlp);
         var (dq, dk, dv) = AttentionBackward();
-        long dQkv = qkvFused ? Compute(n * 3 * C) : SplitBackward(n);
+        // qkv and gelu fused: the fused op writes d qkv straight into dlin1's columns [0, 3C), no tensor of its own
+        long dQkv = qkvFused ? (geluFused ? 0 : Compute(n * 3 * C)) : SplitBackward(n);
         Free(dq + dk + dv);
         if (!geluFused) dLin1 = Compute(n * (3 * C + Mlp));                   // Concat(d qkv, d MlpIn)
         long dModulated = LinearBackward($"{p}.linear1", n, C, 3 * C + Mlp, true);

@@ -12,7 +12,8 @@ namespace MetaLoraNative.Tests.Kernels;
 /// - every single block: the backward's dx (a copy of dy now, not a memset and an add);
 /// - every double block: dx1 = dOut per stream (a copy), or with residual-norm at B 1 the joint d-attention buffer;
 /// - gelu: the single block's cat and dlin1 (filled by strided "=" copies and the strided GELU);
-/// - qkv: the joint q, k, v of every block and each stream's d qkv;
+/// - qkv: the joint q, k, v of every block and each stream's d qkv (with gelu too, the single block's fused op writes
+///   d qkv straight into dlin1's columns: no d qkv tensor there, Empty or Zeros);
 /// - the fused LoRA: per module dmid, G and A (grouped: dmid only, A and G are kept from step to step).
 /// docs/PERF.md ("Uninitialised allocation") quotes the printed figures.
 /// </summary>
@@ -44,11 +45,11 @@ public class UninitialisedAllocationCountTests(ITestOutputHelper output)
         long C = c.HiddenSize, m = c.MlpHiddenDim, N = Resolution * Resolution / 256 + TextTokens;
         bool residualNorm = f.HasFlag(Fusions.ResidualNorm), gelu = f.HasFlag(Fusions.GeluEpilogue), qkv = f.HasFlag(Fusions.QkvNormRope);
         // sites × blocks: single dx; double dx1 per stream or the joint buffer; gelu cat, dlin1; qkv joint q, k, v, d qkv
-        int model = S + (residualNorm ? D : 2 * D) + (gelu ? 2 * S : 0) + (qkv ? 3 * (D + S) + 2 * D + S : 0);
+        int model = S + (residualNorm ? D : 2 * D) + (gelu ? 2 * S : 0) + (qkv ? 3 * (D + S) + 2 * D + (gelu ? 0 : S) : 0);
         int loraSites = lora == LoraPath.Stacked ? 0 : grouped ? modules : 3 * modules;
         // bf16 bytes of the model's sites: E = N·C·2 (a double block's two streams, or a single block's joint sequence)
         long E = N * C * 2;
-        long modelBytes = S * E + D * E + (gelu ? S * N * (C + m) * 2 + S * N * (3 * C + m) * 2 : 0) + (qkv ? 2 * (D + S) * 3 * E : 0);
+        long modelBytes = S * E + D * E + (gelu ? S * N * (C + m) * 2 + S * N * (3 * C + m) * 2 : 0) + (qkv ? (D + S) * 3 * E + (D + (gelu ? 0 : S)) * 3 * E : 0);
 
         int memsets = before.Fills - after.Fills;
         long bytes = before.FillBytes - after.FillBytes;
