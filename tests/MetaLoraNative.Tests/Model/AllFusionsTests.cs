@@ -16,39 +16,6 @@ namespace MetaLoraNative.Tests.Model;
 /// </summary>
 public class AllFusionsTests(ITestOutputHelper output)
 {
-    sealed record Run(double Loss, double[][] Grads, double[] DImg);
-
-    static Run Step(IBackend be, FluxWeights w, Fusions fusions, int batch, bool stage2, bool grouped)
-    {
-        var c = w.Config;
-        var model = new FluxModel(w, fusions);
-        using var adapter = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 3, 2, identities: batch, seed: 31);
-        adapter.MergedDowns.Grouped = grouped;
-        var binding = new LoraBinding(adapter, [.. Enumerable.Range(0, batch)], trainDown: !stage2, trainIdentity: true);
-        Assert.Equal(stage2 ? LoraPath.Fused : LoraPath.Stacked, binding.Path);
-        var (x, target) = ModelFixture.Batch(be, c, batch, 3, 5, 7, 32);
-        using var _x = x;
-        using var _t = target;
-        double[] dImg;
-        double loss;
-        using (var y = model.Forward(x, binding, out var s, recompute: false))
-        {
-            loss = be.MseLoss(y, target, out var dy);
-            using (s) using (dy)
-            using (var dx = model.BackwardWithInputGrad(s, dy, binding)) dImg = be.DownloadDouble(dx);
-        }
-        binding.FinishBackward();
-        var grads = binding.TrainableParameters().Select(p => be.DownloadDouble(p.Grad)).ToArray();
-        return new Run(loss, grads, dImg);
-    }
-
-    static double Rel(double[] a, double[] b)
-    {
-        double d = 0, m = 0;
-        for (int i = 0; i < a.Length; i++) { d = Math.Max(d, Math.Abs(a[i] - b[i])); m = Math.Max(m, Math.Abs(b[i])); }
-        return d / Math.Max(m, 1e-300);
-    }
-
     [Theory]
     [InlineData(1, false, false)]
     [InlineData(2, false, false)]
@@ -59,14 +26,13 @@ public class AllFusionsTests(ITestOutputHelper output)
     {
         using var be = CpuBackend.F64();
         using var w = FluxWeights.Random(FluxConfig.Tiny, be, 7);
-        var plain = Step(be, w, Fusions.None, batch, stage2, grouped: false);
+        var plain = ModelFixture.FusionStep(be, w, Fusions.None, batch, stage2, grouped: false, recompute: false);
         Assert.All(plain.Grads, g => Assert.Contains(g, e => e != 0));
         for (var f = (Fusions)1; f <= Fusions.All; f++)
         {
-            var fused = Step(be, w, f, batch, stage2, grouped);
+            var fused = ModelFixture.FusionStep(be, w, f, batch, stage2, grouped, recompute: false);
             Assert.Equal(plain.Grads.Length, fused.Grads.Length);
-            double worst = new[] { Math.Abs(fused.Loss - plain.Loss) / Math.Abs(plain.Loss), Rel(fused.DImg, plain.DImg) }
-                .Concat(fused.Grads.Zip(plain.Grads, Rel)).Max();
+            double worst = fused.WorstAgainst(plain);
             output.WriteLine($"B {batch}, {(stage2 ? "Stage 2 (fused LoRA" + (grouped ? ", grouped" : "") + ")" : "Stage 1 (stacked)")}, " +
                              $"fusions {FusionSettings.Format(f)}: worst relative difference {worst:E2}");
             Assert.True(worst < 1e-10, $"fusions {FusionSettings.Format(f)}: worst relative difference {worst:E2}");

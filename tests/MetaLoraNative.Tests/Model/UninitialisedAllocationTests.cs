@@ -16,41 +16,10 @@ namespace MetaLoraNative.Tests.Model;
 /// </summary>
 public class UninitialisedAllocationTests(ITestOutputHelper output)
 {
-    sealed record Run(double Loss, double[][] Grads, double[] DImg)
+    static ModelFixture.StepRun Step(IBackend be, Fusions fusions, int batch, bool stage2, bool grouped, bool recompute)
     {
-        public IEnumerable<double> All => Grads.SelectMany(g => g).Concat(DImg).Append(Loss);
-    }
-
-    static Run Step(IBackend be, Fusions fusions, int batch, bool stage2, bool grouped, bool recompute)
-    {
-        var c = FluxConfig.Tiny;
-        using var w = FluxWeights.Random(c, be, 7);
-        var model = new FluxModel(w, fusions);
-        using var adapter = ModelFixture.RandomAdapter(be, c, LoraMode.Meta, 3, 2, identities: batch, seed: 31);
-        adapter.MergedDowns.Grouped = grouped;
-        var binding = new LoraBinding(adapter, [.. Enumerable.Range(0, batch)], trainDown: !stage2, trainIdentity: true);
-        Assert.Equal(stage2 ? LoraPath.Fused : LoraPath.Stacked, binding.Path);
-        var (x, target) = ModelFixture.Batch(be, c, batch, 3, 5, 7, 32);
-        using var _x = x;
-        using var _t = target;
-        double[] dImg;
-        double loss;
-        using (var y = model.Forward(x, binding, out var s, recompute))
-        {
-            loss = be.MseLoss(y, target, out var dy);
-            using (s) using (dy)
-            using (var dx = model.BackwardWithInputGrad(s, dy, binding)) dImg = be.DownloadDouble(dx);
-        }
-        binding.FinishBackward();
-        var grads = binding.TrainableParameters().Select(p => be.DownloadDouble(p.Grad)).ToArray();
-        return new Run(loss, grads, dImg);
-    }
-
-    static double Rel(double[] a, double[] b)
-    {
-        double d = 0, m = 0;
-        for (int i = 0; i < a.Length; i++) { d = Math.Max(d, Math.Abs(a[i] - b[i])); m = Math.Max(m, Math.Abs(b[i])); }
-        return d / Math.Max(m, 1e-300);
+        using var w = FluxWeights.Random(FluxConfig.Tiny, be, 7);
+        return ModelFixture.FusionStep(be, w, fusions, batch, stage2, grouped, recompute);
     }
 
     [Theory]
@@ -75,8 +44,7 @@ public class UninitialisedAllocationTests(ITestOutputHelper output)
             Assert.All(reference.Grads, g => Assert.Contains(g, e => e != 0));
             Assert.True(run.All.All(double.IsFinite), $"{what}: a NaN from an Empty buffer read before it was written");
             Assert.Equal(reference.Grads.Length, run.Grads.Length);
-            double rel = new[] { Math.Abs(run.Loss - reference.Loss) / Math.Abs(reference.Loss), Rel(run.DImg, reference.DImg) }
-                .Concat(run.Grads.Zip(reference.Grads, Rel)).Max();
+            double rel = run.WorstAgainst(reference);
             // the same fp64 operations on the same values: "=" writes what the add onto zero wrote
             Assert.True(rel == 0, $"{what}: worst relative difference {rel:E2} against the Zeros step");
             worst = Math.Max(worst, rel);
