@@ -10,9 +10,9 @@
 // Pass 1, lora_up_backward_rR: grid (tiles = ceil(n / 64), chunks = ceil(rows / 1024)), block 128 (4 warps).
 //   Block (t, ch) owns rows i0 = 64 t .. i0 + 63 of dy and columns ch·1024 .. ch·1024 + 1023; thread x owns the 8
 //   columns c0 = ch·1024 + 8x .. c0 + 7 (fewer, or none, at the right edge). It stages a's 64 × R tile in shared
-//   memory (zeros past n) and keeps u's 8 × R values in registers, then walks its 64 rows: one 16-byte load of
-//   dy[i, c0 .. c0 + 7] (UB_VEC: dy's block 16-byte aligned and ldy a multiple of 8, all 8 columns inside; else
-//   scalars, zeros past rows), dU partial du[j][k] += dy[i, c0 + j]·a[i, k] in registers, and the row's dmid part
+//   memory (zeros past n) and keeps u's 8 × R values in registers, then walks its 64 rows, 4 at a time (their loads
+//   issued first): one 16-byte load of dy[i, c0 .. c0 + 7] (UB_VEC: dy's block 16-byte aligned and ldy a multiple of
+//   8, all 8 columns inside; else scalars, zeros past rows), dU partial du[j][k] += dy[i, c0 + j]·a[i, k] in registers, and the row's dmid part
 //   Σ_j dy[i, c0 + j]·u[c0 + j, k], summed over the warp (warp_sum) into red[warp][i][k]. At the end the block sums
 //   red over its 4 warps in warp order into part_m[ch][i][k] (its chunk's share of dmid), and each thread writes its
 //   du into part_u[t][c][k] (the tile's share of dU). No float atomics: every partial has one writer.
@@ -35,6 +35,7 @@
 #define UB_CHUNK (UB_THREADS * UB_VEC_COLS)      // columns per block
 #define UB_TILE 64                               // rows of dy per block
 #define UB_MAX_R 4
+#define UB_UNROLL 4                              // rows whose dy loads are in flight together
 
 #define UB_VEC 1   // 16-byte loads of dy
 #define UB_DU 2    // a and dU given: form dU too
@@ -95,28 +96,41 @@ template <int R> __device__ __noinline__ void lora_up_backward_body(const LoraUp
         }
     __syncthreads();
 
-    for (int i = 0; i < nrows; i++)
+    // UB_UNROLL rows' loads are issued before their arithmetic, so each thread keeps that many 16-byte loads in flight
+    for (int i = 0; i < nrows; i += UB_UNROLL)
     {
-        const bf16* row = p.dy + (i0 + i) * p.ldy + c0;
-        float y[UB_VEC_COLS];
-        if (vec) ub_unpack(*(const uint4*)row, y);
-        else
-        {
+        uint4 raw[UB_UNROLL];
 #pragma unroll
-            for (int j = 0; j < UB_VEC_COLS; j++) y[j] = j < cols ? bf2f(row[j]) : 0.0f;
+        for (int v = 0; v < UB_UNROLL; v++)
+        {
+            raw[v] = make_uint4(0, 0, 0, 0);
+            if (vec && i + v < nrows) raw[v] = *(const uint4*)(p.dy + (i0 + i + v) * p.ldy + c0);
         }
 #pragma unroll
-        for (int k = 0; k < R; k++)
+        for (int v = 0; v < UB_UNROLL; v++)
         {
-            float m = 0.0f, ak = a_s[i][k];
-#pragma unroll
-            for (int j = 0; j < UB_VEC_COLS; j++)
+            if (i + v >= nrows) break;   // uniform over the block: warp_sum below sees whole warps
+            const bf16* row = p.dy + (i0 + i + v) * p.ldy + c0;
+            float y[UB_VEC_COLS];
+            if (vec) ub_unpack(raw[v], y);
+            else
             {
-                m += y[j] * u_r[j][k];
-                du[j][k] += y[j] * ak;
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++) y[j] = j < cols ? bf2f(row[j]) : 0.0f;
             }
-            m = warp_sum(m);
-            if (lane == 0) red[warp][i][k] = m;
+#pragma unroll
+            for (int k = 0; k < R; k++)
+            {
+                float m = 0.0f, ak = a_s[i + v][k];
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++)
+                {
+                    m += y[j] * u_r[j][k];
+                    du[j][k] += y[j] * ak;
+                }
+                m = warp_sum(m);
+                if (lane == 0) red[warp][i + v][k] = m;
+            }
         }
     }
     __syncthreads();

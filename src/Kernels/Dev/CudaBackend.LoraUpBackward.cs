@@ -18,7 +18,7 @@ internal struct LoraUpBackwardParams
 /// </summary>
 internal static class LoraUpBackwardPlan
 {
-    public const int Threads = 128, Warps = Threads / 32, VecCols = 8, Chunk = Threads * VecCols, Tile = 64, MaxR = 4;
+    public const int Threads = 128, Warps = Threads / 32, VecCols = 8, Chunk = Threads * VecCols, Tile = 64, MaxR = 4, Unroll = 4;
     public const int FinishThreads = 256;
     public const int Vec = 1, WithDu = 2;
 

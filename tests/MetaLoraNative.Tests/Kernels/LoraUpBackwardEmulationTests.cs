@@ -74,7 +74,9 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
                 for (int j = 0; j < V; j++)
                     for (int k = 0; k < R; k++) uR[x, j, k] = j < cols ? u[(c0 + j) * R + k] : 0f;
             }
-            for (int i = 0; i < nrows; i++)
+            // rows in groups of Unroll: a group's 16-byte loads first (rows past nrows load nothing), then each row's arithmetic
+            for (int g = 0; g < nrows; g += LoraUpBackwardPlan.Unroll)
+            for (int i = g; i < Math.Min(g + LoraUpBackwardPlan.Unroll, nrows); i++)
             {
                 var m = new float[T, R];
                 for (int x = 0; x < T; x++)
