@@ -26,14 +26,14 @@ internal static class LoraUpBackwardPlan
     public static (int Tiles, int Chunks) Grid(long n, int rows) => ((int)((n + Tile - 1) / Tile), (rows + Chunk - 1) / Chunk);
 
     /// <summary>
-    /// Version 2 takes it: 1 ≤ R ≤ 4, n and rows positive, and every index it forms below 2^31 (dy's, a's and
-    /// dmid's rows × ld, both scratch arrays, the finish pass's items).
+    /// Version 2 takes it: 1 ≤ R ≤ 4, n and rows positive, at most 65,535 column chunks (the grid's y), and every
+    /// index it forms below 2^31 (dy's, a's and dmid's rows × ld, both scratch arrays, the finish pass's items).
     /// </summary>
     public static bool Takes(long n, int rows, int r, long ldy, long lda, long ldm)
     {
         if (r < 1 || r > MaxR || n <= 0 || rows <= 0) return false;
         var (tiles, chunks) = Grid(n, rows);
-        return n * ldy < int.MaxValue && n * lda < int.MaxValue && n * ldm < int.MaxValue &&
+        return chunks <= 65535 && n * ldy < int.MaxValue && n * lda < int.MaxValue && n * ldm < int.MaxValue &&
                (long)tiles * rows * r < int.MaxValue && (long)chunks * n * r < int.MaxValue && ((long)rows + n) * r < int.MaxValue;
     }
 

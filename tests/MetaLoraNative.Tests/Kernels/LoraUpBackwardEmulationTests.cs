@@ -259,5 +259,6 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
         Assert.False(LoraUpBackwardPlan.Takes(4608, 3072, 0, 3072, 1, 1));
         Assert.False(LoraUpBackwardPlan.Takes(200_000, 12288, 1, 21504, 1, 1));                      // n·ldy past 2^31
         Assert.False(LoraUpBackwardPlan.Takes(0, 3072, 1, 3072, 1, 1));
+        Assert.False(LoraUpBackwardPlan.Takes(1, 65536 * 1024 + 1, 1, 65536 * 1024 + 8, 1, 1));          // 65,537 column chunks
     }
 }
