@@ -86,6 +86,18 @@ public interface IBackend : IDisposable
     void GemmGroup(IReadOnlyList<GemmEntry> entries);
 
     /// <summary>
+    /// The two products of a LoRA up factor's backward that read the same dy: dU += dyᵀ·a and dmid = dy·u. dy is a
+    /// block (n × rows) of a wider matrix (a target's columns of the module's output gradient), u (rows × r2) the up
+    /// factor, a a block (n × r2) (the down product kept from the forward), dU (rows × r2) u's gradient, accumulated
+    /// (+=, fp32 Master on CUDA), dmid a block (n × r2) written (=; the rest of its tensor untouched). a and dU are
+    /// both given or both null (then only dmid is formed). Sums are fp64 on the CPU and fp32 on CUDA. The fused
+    /// Stage-2 LoRA's backward calls it per target (FusedStage2.cs); on CUDA it is the two GEMMs GemmSlice runs, or,
+    /// with <c>METALORA_LORA_UPBACK=1</c> (<c>CudaBackend.LoraUpBackwardKernel</c>) and r2 ≤ 4, one pass over dy in
+    /// kernels/dev/lora/02_up_backward.cu.
+    /// </summary>
+    void LoraUpBackward(MatrixSlice dy, Tensor u, MatrixSlice? a, Tensor? dU, MatrixSlice dmid);
+
+    /// <summary>
     /// A linear followed by FLUX's MLP activation, in one product (the GELU epilogue): pre = x·Wᵀ + b + c0 and
     /// act = gelu_tanh(pre). x (.., d_in), w (d_out, d_in), bias (d_out) or null, c0 (.., d_out) or null: a tensor
     /// already holding the LoRA delta, added before the GELU (the LoRA delta is formed first and the product

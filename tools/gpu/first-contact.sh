@@ -221,7 +221,8 @@ stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}
 
 # 5b. every playground version beside its version 1 at FLUX.1-dev's size, each bench checking its outputs against
 #     closed-form values (KernelBenches.Dev): attention 1-4, residual-norm, the grouped GEMM on a step's 494 A
-#     formations and dM products, the GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8, the 16-byte elementwise and layout kernels. GPU only (a
+#     formations and dM products, the GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8, the 16-byte elementwise and layout kernels, the
+#     one-pass LoRA up backward. GPU only (a
 #     dry run has no kernels to time). 60 s: each bench is a few timed calls (under 0.1 s each, version 1's 494
 #     routed GEMMs a call the slowest) plus its fills and host checks (up to ~1 s for the 4,608 × 21,504 tensors of
 #     the strided GELU), and the first use of each kernel file compiles it. Each bench prints its line when done, so a
@@ -230,7 +231,7 @@ if in_part 2 && [[ $DRY_RUN != 1 ]]; then
     stage kernels-bench 60 "${ML[@]}" kernels bench --dev --only "attention scalar" "attention tc" "attention p3" "attention onepass" \
         "residual-norm v1" "residual-norm v2" "gemm group v1" "gemm group g2" "gelu-epilogue v1" "gelu-epilogue v2" \
         "gelu strided v1" "gelu strided v2" "qkv_norm_rope v1" "qkv_norm_rope v2" "linear w8a16" "linear w8a8" \
-        "elementwise v1" "elementwise vec16" "layout v1" "layout vec16"
+        "elementwise v1" "elementwise vec16" "layout v1" "layout vec16" "lora upback v1" "lora upback v2"
 fi
 
 # 6. PyTorch on the same GPU, eager and compiled, both resolutions in one call (one JSON line per configuration)

@@ -62,8 +62,8 @@ public sealed partial class LoraBinding
                 var U = factors.Up[targets[j]];                                                    // (rows, r2)
                 int r2 = U.Shape[1];
                 var dyS = dyg.ColumnsOf(target.RowStart, target.Rows);                             // (n, rows), in place
-                if (a != null) be.GemmSlice(dyS, true, MatrixSlice.ColumnsOf(a, o, r2), false, U.Grad, 1f, 1f);   // dU += dyₛᵀ·aⱼ
-                be.GemmSlice(dyS, false, U.Value, false, MatrixSlice.ColumnsOf(dmid, o, r2));      // dmidⱼ = dyₛ·U
+                be.LoraUpBackward(dyS, U.Value, a == null ? null : (MatrixSlice?)MatrixSlice.ColumnsOf(a, o, r2), a == null ? null : (Tensor?)U.Grad,
+                                  MatrixSlice.ColumnsOf(dmid, o, r2));                             // dU += dyₛᵀ·aⱼ, dmidⱼ = dyₛ·U
             }
             if (TrainIdentity && Adapter.MergedDowns.Grouped)
             {

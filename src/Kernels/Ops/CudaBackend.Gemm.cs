@@ -93,6 +93,26 @@ public sealed partial class CudaBackend
         foreach (var o in ops) Matmul("gemm_group", o.A, o.TransA, o.B, o.TransB, o.C, o.Alpha, o.Beta, null);
     }
 
+    /// <summary>
+    /// dU += dyᵀ·a and dmid = dy·u (IBackend.LoraUpBackward): with <see cref="LoraUpBackwardKernel"/> and what version 2
+    /// takes (r2 ≤ 4, bf16 dy, a and dmid, fp32 u and dU: Dev/CudaBackend.LoraUpBackward.cs) one pass over dy;
+    /// otherwise (the default) the two routed GEMMs GemmSlice runs.
+    /// </summary>
+    public void LoraUpBackward(MatrixSlice dy, Tensor u, MatrixSlice? a, Tensor? dU, MatrixSlice dmid)
+    {
+        using var _ = Op("lora_up_backward");
+        dy.Check("lora_up_backward", "dy");
+        dmid.Check("lora_up_backward", "dmid");
+        a?.Check("lora_up_backward", "a");
+        Shapes.Require(a.HasValue == (dU != null), "lora_up_backward: a and dU are given together or not at all");
+        Shapes.Require(u.Rank == 2 && u.Rows == dy.Columns && dmid.Rows == dy.Rows && dmid.Columns == u.Cols &&
+                       (a is not { } s || s.Rows == dy.Rows && s.Columns == u.Cols && dU!.Shape.SequenceEqual(u.Shape)),
+                       $"lora_up_backward: dy {dy}, u {u}, a {a?.ToString() ?? "null"}, dU {dU?.ToString() ?? "null"}, dmid {dmid}");
+        if (LoraUpBackwardKernel && LoraUpBackwardOnePass(dy, u, a, dU, dmid)) return;
+        if (a is { } aa) Matmul("lora_up_backward", OperandOf(dy, "dy"), true, OperandOf(aa, "a"), false, Operand.Whole(T(dU!, "dU")), 1f, 1f, null);   // dU += dyᵀ·a
+        Matmul("lora_up_backward", OperandOf(dy, "dy"), false, Operand.Whole(T(u, "u")), false, OperandOf(dmid, "dmid"), 1f, 0f, null);           // dmid = dy·u
+    }
+
     Operand OperandOf(MatrixSlice s, string what) => Slice(T(s.Tensor, what), s);
 
     static Operand Slice(CudaTensor t, MatrixSlice s) => new(t, s.Offset, s.Rows, s.Columns, s.Tensor.Cols);

@@ -123,6 +123,13 @@ public sealed class Bf16EmulationBackend : IBackend
         foreach (var e in entries) GemmSlice(e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta);
     }
 
+    /// <summary>As the CUDA backend runs it by default: the two GEMMs, each stored as GemmSlice stores it.</summary>
+    public void LoraUpBackward(MatrixSlice dy, Tensor u, MatrixSlice? a, Tensor? dU, MatrixSlice dmid)
+    {
+        if (a is { } aa && dU != null) GemmSlice(dy, true, aa, false, dU, 1f, 1f);   // dU += dyᵀ·a
+        GemmSlice(dy, false, u, false, dmid);                                       // dmid = dy·u
+    }
+
     public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
     {
         using var rx = Bf16(x);

@@ -81,7 +81,7 @@ public static partial class CudaParity
     /// <summary>The playground's checks (kernels/dev): what a GPU run must pass before a version is promoted.</summary>
     public static IReadOnlyList<ParityCheck> Dev => dev ??=
     [
-        .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Elementwise", GeluStridedChecks()),
+        .. In("Gemm", GroupedGemmChecks()), .. In("Gemm", GeluEpilogueChecks()), .. In("Gemm", LoraUpBackwardChecks()), .. In("Elementwise", GeluStridedChecks()),
         .. In("Elementwise", ElementwiseVecChecks()), .. In("Layout", LayoutVecChecks()), .. In("Conditioning", GatedResidualVecChecks()),
         .. In("Norm", ResidualNormChecks()), .. In("Attention", [.. AttentionMmaChecks(), .. QkvNormRopeChecks()]), .. In("Quant", Fp8MatmulChecks()),
         .. In("Model", GeluModelChecks()),

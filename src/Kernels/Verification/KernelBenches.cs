@@ -33,7 +33,7 @@ public static partial class KernelBenches
     ];
 
     /// <summary>The playground's versions at the same sizes as their engine counterparts in <see cref="All"/>.</summary>
-    public static IReadOnlyList<KernelBench> Dev { get; } = [.. ResidualNormBenches(), .. AttentionMmaBenches(), .. GroupedGemmBenches(), .. GeluBenches(), .. QkvNormRopeBenches(), .. Fp8MatmulBenches(), .. ElementwiseVecBenches()];
+    public static IReadOnlyList<KernelBench> Dev { get; } = [.. ResidualNormBenches(), .. AttentionMmaBenches(), .. GroupedGemmBenches(), .. GeluBenches(), .. QkvNormRopeBenches(), .. Fp8MatmulBenches(), .. ElementwiseVecBenches(), .. LoraUpBackwardBenches()];
 
     /// <summary>A bench of <see cref="All"/> or <see cref="Dev"/> by name.</summary>
     public static KernelBench Find(string name) =>

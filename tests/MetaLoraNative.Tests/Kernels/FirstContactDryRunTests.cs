@@ -26,7 +26,7 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
 
     /// <summary>
     /// Part 2's kernels-bench stage (GPU only, so not in the dry run) names benches that exist, among them every
-    /// attention, residual-norm, grouped GEMM, GELU, qkv_norm_rope, fp8, elementwise and layout bench of KernelBenches.Dev.
+    /// attention, residual-norm, grouped GEMM, GELU, qkv_norm_rope, fp8, elementwise, layout and LoRA up-backward bench of KernelBenches.Dev.
     /// </summary>
     [Fact]
     public void TheKernelsBenchStageRunsEveryPlaygroundBench()
@@ -37,9 +37,9 @@ public class FirstContactDryRunTests(ITestOutputHelper output) : IDisposable
         var names = Regex.Matches(stage.Groups[1].Value, "\"([^\"]+)\"").Select(m => m.Groups[1].Value).ToArray();
         var known = KernelBenches.All.Concat(KernelBenches.Dev).Select(b => b.Name).ToHashSet();
         Assert.All(names, n => Assert.Contains(n, known));
-        string[] families = ["attention ", "residual-norm ", "gemm group ", "gelu-epilogue ", "gelu strided ", "qkv_norm_rope ", "linear w8a", "elementwise ", "layout "];
+        string[] families = ["attention ", "residual-norm ", "gemm group ", "gelu-epilogue ", "gelu strided ", "qkv_norm_rope ", "linear w8a", "elementwise ", "layout ", "lora upback "];
         var required = KernelBenches.Dev.Select(b => b.Name).Where(n => families.Any(f => n.StartsWith(f, StringComparison.Ordinal))).ToArray();
-        Assert.Equal(19, required.Length);
+        Assert.Equal(21, required.Length);
         Assert.All(required, n => Assert.Contains(n, names));
         Assert.Contains("attention scalar", names);
     }

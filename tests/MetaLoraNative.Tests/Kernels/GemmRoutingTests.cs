@@ -366,7 +366,8 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public void Reset()
         {
             Products.Clear();
-            LayoutOps = Fills = GroupCalls = Allocations = 0;
+            LayoutOps = Fills = GroupCalls = Allocations = UpBackwardCalls = 0;
+            UpBackwardDyBytes = 0;
             LayoutBytes = FillBytes = 0;
         }
 
@@ -442,6 +443,21 @@ public class GemmRoutingTests(ITestOutputHelper output)
             foreach (var e in entries) GemmSlice(e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta);
             for (int i = before; i < Products.Count; i++) Products[i] = Products[i] with { Op = "gemm_group", Grouped = true };
             if (entries.Count > 0) GroupCalls++;
+        }
+        /// <summary>
+        /// LoraUpBackward calls, recorded as the two products CUDA runs by default (op "lora_up_backward"); with the
+        /// one-pass kernel each call is one read of dy instead of two: <see cref="UpBackwardDyBytes"/> is what one read costs.
+        /// </summary>
+        public int UpBackwardCalls { get; private set; }
+        public long UpBackwardDyBytes { get; private set; }
+        public void LoraUpBackward(MatrixSlice dy, Tensor u, MatrixSlice? a, Tensor? dU, MatrixSlice dmid)
+        {
+            int before = Products.Count;
+            if (a is { } aa && dU != null) GemmSlice(dy, true, aa, false, dU, 1f, 1f);
+            GemmSlice(dy, false, u, false, dmid);
+            for (int i = before; i < Products.Count; i++) Products[i] = Products[i] with { Op = "lora_up_backward" };
+            UpBackwardCalls++;
+            UpBackwardDyBytes += dy.Rows * dy.Columns * Size(dy.Tensor);
         }
         public Tensor Linear(Tensor x, Tensor w, Tensor? bias)
         {

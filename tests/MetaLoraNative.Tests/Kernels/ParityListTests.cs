@@ -35,12 +35,12 @@ public class ParityListTests
     /// <summary>
     /// Every playground check names the playground version it runs, and no engine check names one: the tags of
     /// kernels/dev/README.md's table (attention versions 2, 3 and 4; the GEMM group's 2; the GELU fusions; the
-    /// fused residual-norm and qkv_norm_rope; the W8A8 product).
+    /// fused residual-norm and qkv_norm_rope; the W8A8 product; the LoRA up backward).
     /// </summary>
     [Fact]
     public void EveryPlaygroundCheckNamesItsVersionAndNoEngineCheckDoes()
     {
-        string[] playground = ["tc", "p3", "onepass", "g2", "gelu", "gelu-epilogue", "residual-norm", "qkv_norm_rope", "w8a8", "vec16"];
+        string[] playground = ["tc", "p3", "onepass", "g2", "gelu", "gelu-epilogue", "residual-norm", "qkv_norm_rope", "w8a8", "vec16", "upback"];
         static IEnumerable<string> Tokens(ParityCheck c) => c.Name.Split(' ', '/');
         Assert.All(CudaParity.All, c => Assert.Empty(Tokens(c).Intersect(playground)));
         Assert.All(CudaParity.Dev, c => Assert.NotEmpty(Tokens(c).Intersect(playground)));
@@ -48,6 +48,26 @@ public class ParityListTests
         Assert.All(playground, tag => Assert.Contains(CudaParity.Dev, c => Tokens(c).Contains(tag)));
         // the qkv_norm_rope cases are all registered
         Assert.Equal(CudaParity.QkvNormRopeCases.Length, CudaParity.Dev.Count(c => c.Name.StartsWith("qkv_norm_rope ", StringComparison.Ordinal)));
+    }
+
+    /// <summary>LoraUpBackward version 2: every case a check, FLUX.1-dev's rows (3,072 and 12,288 at n 4,608) at r2 1 and 4, its bench beside version 1's.</summary>
+    [Fact]
+    public void EveryLoraUpBackwardCaseIsACheckAndTheFluxShapesAreThere()
+    {
+        var checks = CudaParity.Dev.Where(c => c.Name.StartsWith("lora upback v2 ", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(CudaParity.LoraUpBackwardCases.Length, checks.Length);
+        Assert.All(checks, c => Assert.Equal("Gemm", c.Group));
+        foreach (int rows in new[] { 3072, 12288 })
+            foreach (int r in new[] { 1, 4 })
+            {
+                Assert.Contains(CudaParity.LoraUpBackwardCases, c => (c.N, c.Rows, c.R, c.WithDu) == (4608, rows, r, true));
+                Assert.True(CudaParity.Find($"lora upback v2 n4608 rows{rows} r{r}").Slow);
+            }
+        Assert.Contains(CudaParity.LoraUpBackwardCases, c => c.R > LoraUpBackwardPlan.MaxR);   // the fallback under the switch
+        Assert.Contains(CudaParity.LoraUpBackwardCases, c => c.S % 8 != 0);                    // scalar loads
+        Assert.Contains(CudaParity.LoraUpBackwardCases, c => !c.WithDu);
+        Assert.Contains("lora upback v1", KernelBenches.Dev.Select(b => b.Name));
+        Assert.Contains("lora upback v2", KernelBenches.Dev.Select(b => b.Name));
     }
 
     [Fact]

@@ -49,6 +49,63 @@ public sealed partial class CpuBackend<T>
         foreach (var e in entries) SliceProduct("GemmGroup", e.A, e.TransA, e.B, e.TransB, e.C, e.Alpha, e.Beta, count: false);
     }
 
+    /// <summary>
+    /// IBackend.LoraUpBackward, the reference of kernels/dev/lora/02_up_backward.cu: dmid[i, k] = Σ_c dy[i, c]·u[c, k]
+    /// (rows of dy against u's columns) and dU[c, k] += Σ_i dy[i, c]·a[i, k] (dy's columns against a's), each sum
+    /// in fp64 in index order, rounded once on store. Counted as the two GEMMs CUDA runs by default (one when a is null).
+    /// </summary>
+    public void LoraUpBackward(MatrixSlice dy, Tensor u, MatrixSlice? a, Tensor? dU, MatrixSlice dmid)
+    {
+        const string op = "LoraUpBackward";
+        var D = Cpu(dy.Tensor, op, "dy");
+        var Uc = Cpu(u, op, "u");
+        var Dm = Cpu(dmid.Tensor, op, "dmid");
+        dy.Check(op, "dy");
+        dmid.Check(op, "dmid");
+        if (a.HasValue != (dU != null))
+            throw new ArgumentException($"{op}: a and dU are given together or not at all (a {a?.ToString() ?? "null"}, dU {(dU == null ? "null" : S(dU))})");
+        long n = dy.Rows;
+        int rows = dy.Columns, r2 = u.Cols;
+        if (u.Rank != 2 || u.Rows != rows || dmid.Rows != n || dmid.Columns != r2)
+            throw new ArgumentException($"{op}: dy {Operand(dy)} (n × rows), u {S(u)} must be (rows × r2), dmid {Operand(dmid)} must be (n × r2)");
+        T[] dd = D.Data, ud = Uc.Data, md = Dm.Data;
+        int ldy = dy.Tensor.Cols, ldm = dmid.Tensor.Cols, uo = Uc.Offset;
+        long dyo = D.Offset + dy.Offset, mo = Dm.Offset + dmid.Offset;
+        if (a is { } aa && dU != null)
+        {
+            var A = Cpu(aa.Tensor, op, "a");
+            var G = Cpu(dU, op, "dU");
+            aa.Check(op, "a");
+            if (aa.Rows != n || aa.Columns != r2 || !dU.Shape.SequenceEqual(u.Shape))
+                throw new ArgumentException($"{op}: a {Operand(aa)} must be (n × r2) = ({n} × {r2}), dU {S(dU)} u's shape {S(u)}");
+            if (n > 0 && rows > 0 && r2 > 0) Counted.Gemm(CpuRoute);
+            T[] ad = A.Data, gd = G.Data;
+            int lda = aa.Tensor.Cols, go = G.Offset;
+            long ao = A.Offset + aa.Offset;
+            ForChunks(rows, n * r2, (c0, c1) =>                                                   // dU += dyᵀ·a, per column c of dy
+            {
+                for (int c = c0; c < c1; c++)
+                for (int k = 0; k < r2; k++)
+                {
+                    double s = 0;
+                    for (long i = 0; i < n; i++) s += Wide(dd[dyo + i * ldy + c]) * Wide(ad[ao + i * lda + k]);
+                    gd[go + c * r2 + k] = Store(Wide(gd[go + c * r2 + k]) + s);
+                }
+            });
+        }
+        if (n > 0 && rows > 0 && r2 > 0) Counted.Gemm(CpuRoute);
+        ForChunks(checked((int)n), (long)rows * r2, (i0, i1) =>                                    // dmid = dy·u, per row i of dy
+        {
+            for (long i = i0; i < i1; i++)
+            for (int k = 0; k < r2; k++)
+            {
+                double s = 0;
+                for (int c = 0; c < rows; c++) s += Wide(dd[dyo + i * ldy + c]) * Wide(ud[uo + c * r2 + k]);
+                md[mo + i * ldm + k] = Store(s);
+            }
+        });
+    }
+
     private void SliceProduct(string op, MatrixSlice a, bool transA, MatrixSlice b, bool transB, MatrixSlice c, float alpha, float beta, bool count = true)
     {
         var A = Cpu(a.Tensor, op, "a");
