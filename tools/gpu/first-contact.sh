@@ -221,9 +221,8 @@ stage bench-1024-mma 35 env METALORA_ATTENTION=mma "${ML[@]}" bench "${BENCH[@]}
 
 # 5b. every playground version beside its version 1 at FLUX.1-dev's size, each bench checking its outputs against
 #     closed-form values (KernelBenches.Dev): attention 1-4, residual-norm, the grouped GEMM on a step's 494 A
-#     formations and dM products, the GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8, the 16-byte elementwise and layout kernels, the
-#     one-pass LoRA up backward. GPU only (a
-#     dry run has no kernels to time). 60 s: each bench is a few timed calls (under 0.1 s each, version 1's 494
+#     formations and dM products, the GELU epilogue and strided GELU, qkv_norm_rope, W8A16 against W8A8, the 16-byte
+#     elementwise and layout kernels, the one-pass LoRA up backward. GPU only (a dry run has no kernels to time). 60 s: each bench is a few timed calls (under 0.1 s each, version 1's 494
 #     routed GEMMs a call the slowest) plus its fills and host checks (up to ~1 s for the 4,608 × 21,504 tensors of
 #     the strided GELU), and the first use of each kernel file compiles it. Each bench prints its line when done, so a
 #     cut stage still reports the benches before the cut.
