@@ -315,8 +315,11 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public override Tensor Slice(long offset, params int[] shape)
         {
             CheckSlice(offset, shape);
-            return new ShapeTensor(backend, (int[])shape.Clone(), Precision);
+            return new ShapeTensor(backend, (int[])shape.Clone(), Precision) { ByteOffset = ByteOffset + offset * (Precision == Precision.Master ? 4 : 2) };
         }
+
+        /// <summary>Bytes from the start of the pool block (256-byte aligned) to this tensor's first element: 0 but for views.</summary>
+        public long ByteOffset { get; init; }
     }
 
     /// <summary>
@@ -366,8 +369,8 @@ public class GemmRoutingTests(ITestOutputHelper output)
         public void Reset()
         {
             Products.Clear();
-            LayoutOps = Fills = GroupCalls = Allocations = UpBackwardCalls = 0;
-            UpBackwardDyBytes = 0;
+            LayoutOps = Fills = GroupCalls = Allocations = UpBackwardCalls = SliceCopies = VecSliceCopies = 0;
+            UpBackwardDyBytes = SliceCopyBytes = VecSliceCopyBytes = 0;
             LayoutBytes = FillBytes = 0;
         }
 
@@ -505,17 +508,20 @@ public class GemmRoutingTests(ITestOutputHelper output)
             var y = New(s, ((ShapeTensor)x).Precision);
             LayoutOps++;
             LayoutBytes += 2 * BytesOf(y);   // read the slice, write the copy
+            SliceCopy(y, 0, x, start, axis, length, 2 * BytesOf(y));
             return y;
         }
         public void AddNarrow(Tensor dst, Tensor src, int axis, int start)
         {
             LayoutOps++;
             LayoutBytes += BytesOf(src) + 2 * src.Length * Size(dst);   // read src, read and write dst's slice
+            SliceCopy(dst, start, src, 0, axis, src.Shape[Shapes.Axis(axis, src.Shape.Length, "slice")], BytesOf(src) + 2 * src.Length * Size(dst));
         }
         public void CopyNarrow(Tensor dst, Tensor src, int axis, int start)
         {
             LayoutOps++;
             LayoutBytes += BytesOf(src) + src.Length * Size(dst);   // read src, write dst's slice
+            SliceCopy(dst, start, src, 0, axis, src.Shape[Shapes.Axis(axis, src.Shape.Length, "slice")], BytesOf(src) + src.Length * Size(dst));
         }
         public Tensor Concat(int axis, params Tensor[] parts)
         {
@@ -525,7 +531,36 @@ public class GemmRoutingTests(ITestOutputHelper output)
             var y = New(s, ((ShapeTensor)parts[0]).Precision);
             LayoutOps++;
             LayoutBytes += parts.Sum(BytesOf) + BytesOf(y);
+            int at = 0;
+            foreach (var p in parts)
+            {
+                SliceCopy(y, at, p, 0, axis, p.Shape[ax], BytesOf(p) + p.Length * Size(y));
+                at += p.Shape[ax];
+            }
             return y;
+        }
+
+        /// <summary>
+        /// The slice copies behind Narrow, AddNarrow, CopyNarrow and Concat (one per part), as the CUDA backend issues
+        /// them (`slice_copy` over (outer, dim, inner) views), and of those the ones version 2 of the layout kernels
+        /// (METALORA_ELEMENTWISE=vec16) takes by its host rule (<see cref="ElementwiseVec.Slice"/>: every tensor starts
+        /// a 256-byte aligned pool block, views at their byte offset), with the bytes each moves.
+        /// </summary>
+        public int SliceCopies { get; private set; }
+        public int VecSliceCopies { get; private set; }
+        public long SliceCopyBytes { get; private set; }
+        public long VecSliceCopyBytes { get; private set; }
+
+        void SliceCopy(Tensor dst, int dstStart, Tensor src, int srcStart, int axis, int len, long bytes)
+        {
+            var (outer, dim, inner) = Shapes.AroundAxis(dst.Shape, Shapes.Axis(axis, dst.Shape.Length, "slice"));
+            SliceCopies++;
+            SliceCopyBytes += bytes;
+            var plan = ElementwiseVec.Slice(outer, inner, dim, dstStart, src.Shape[Shapes.Axis(axis, src.Shape.Length, "slice")], srcStart, len,
+                                            (ulong)((ShapeTensor)dst).ByteOffset, (ulong)((ShapeTensor)src).ByteOffset);
+            if (plan == null) return;
+            VecSliceCopies++;
+            VecSliceCopyBytes += bytes;
         }
         public (Tensor Q, Tensor K, Tensor V) SplitQkv(Tensor qkv, int heads)
         {
