@@ -149,8 +149,10 @@ stage kernels 30 "${ML[@]}" "${KERNELS[@]}"
 fi
 
 if in_part 1; then
-# 2. parity: the first failing op is named with its shapes and kernel (METALORA_SYNC_CHECK)
-stage check-cuda 110 env METALORA_SYNC_CHECK=1 "${ML[@]}" "${CHECK[@]}" --json "$OUT/check-cuda.json"
+# 2. parity: the first failing op is named with its shapes and kernel (METALORA_SYNC_CHECK); every uninitialised
+#    buffer (IBackend.Empty) is NaN-filled first (METALORA_POISON_EMPTY), so a kernel reading what it should only
+#    write fails its check instead of passing on stale pool memory
+stage check-cuda 110 env METALORA_SYNC_CHECK=1 METALORA_POISON_EMPTY=1 "${ML[@]}" "${CHECK[@]}" --json "$OUT/check-cuda.json"
 fi
 
 # 3. speed at 512², default attention; with --launches (the device step's launches, GEMMs, syncs and allocations

@@ -71,7 +71,7 @@ if [[ ! -x "$METALORA" ]]; then echo "error: $METALORA is missing; publish with 
 # 1. the machine, the kernels, the parity checks (--dev: the kernel playground's versions too, kernels/dev/README.md)
 stage doctor 120 "$METALORA" doctor
 stage kernels 120 "$METALORA" kernels build --arch device --dev
-stage check-cuda 420 env METALORA_SYNC_CHECK=1 "$METALORA" check cuda --dev --json "$OUT/check-cuda.json"
+stage check-cuda 420 env METALORA_SYNC_CHECK=1 METALORA_POISON_EMPTY=1 "$METALORA" check cuda --dev --json "$OUT/check-cuda.json"
 
 # 2. the engine against the independent PyTorch reference at the FLUX.1-dev shape, 512² (1,024 image + 512 text
 #    tokens), docs/REFERENCE_CHECK.md: the engine's bf16 result vs the fp32 reference, tolerance per tensor
