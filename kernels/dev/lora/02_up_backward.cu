@@ -26,7 +26,8 @@
 //   (__ldcg, no stale L1 line) and writes dmid[i0 + i, k] = bf16(Σ_ch part_m[ch][i0 + i][k]) in chunk order, then
 //   stores count[t] = 0 (every add of this launch to it has happened). Likewise the block that reads tiles - 1 from
 //   count[tiles + ch] adds dU[c, k] += Σ_t part_u[t][c][k] in tile order over its chunk's columns (thread x its 8
-//   columns, 8·R independent sums, the tile loop unrolled 4 ways for loads in flight) and stores count[tiles + ch] = 0.
+//   columns, 8·R independent sums, U = 4 (R ≤ 2) or 2 tiles' loads issued before their adds) and stores
+//   count[tiles + ch] = 0.
 //   Exactly one block finishes each tile and each chunk; which block that is depends on the schedule, but the order of
 //   every sum is fixed by the indices, so the bits are the same from run to run (and the same as the earlier
 //   two-launch form's finish pass). The next call, stream-ordered after this launch, finds every counter 0: the
@@ -202,17 +203,33 @@ template <int R> __device__ __noinline__ void lora_up_backward_body(const LoraUp
         for (int j = 0; j < UB_VEC_COLS; j++)
 #pragma unroll
             for (int k = 0; k < R; k++) s[j][k] = 0.0f;
+        // U tiles' loads (8·R·U floats, 32 or 64 of them) are issued before their adds, which stay in tile order
+        constexpr int U = R <= 2 ? 4 : 2;
         const float* pu = p.part_u + c0 * R;
-#pragma unroll 4
-        for (int tt = 0; tt < p.tiles; tt++)
+        int tt = 0;
+        for (; tt + U <= p.tiles; tt += U)
         {
-            const float* row = pu + tt * p.rows * R;
+            float v[U][UB_VEC_COLS][R];
+#pragma unroll
+            for (int g = 0; g < U; g++)
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+                    for (int k = 0; k < R; k++)
+                        v[g][j][k] = j < cols ? __ldcg(pu + (tt + g) * p.rows * R + j * R + k) : 0.0f;
+#pragma unroll
+            for (int g = 0; g < U; g++)
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+                    for (int k = 0; k < R; k++) s[j][k] += v[g][j][k];
+        }
+        for (; tt < p.tiles; tt++)
 #pragma unroll
             for (int j = 0; j < UB_VEC_COLS; j++)
 #pragma unroll
                 for (int k = 0; k < R; k++)
-                    if (j < cols) s[j][k] += __ldcg(row + j * R + k);
-        }
+                    if (j < cols) s[j][k] += __ldcg(pu + tt * p.rows * R + j * R + k);
 #pragma unroll
         for (int j = 0; j < UB_VEC_COLS; j++)
 #pragma unroll
