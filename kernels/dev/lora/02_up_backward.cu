@@ -7,7 +7,7 @@
 // dy: bf16, a block of the module's output gradient (leading dimension ldy, the module's d_out); a: bf16, a block of
 // the forward's kept down product (ld lda = Σ r2); u: fp32, contiguous (rows, R). Products and sums fp32.
 // dy is read once: each element feeds both its row's dot with u (dmid) and its column's sum against a (dU).
-// Pass 1, lora_up_backward_rR: grid (tiles = ceil(n / 64), chunks = ceil(rows / 1024)), block 128 (4 warps).
+// One launch, lora_up_backward_rR: grid (tiles = ceil(n / 64), chunks = ceil(rows / 1024)), block 128 (4 warps).
 //   Block (t, ch) owns rows i0 = 64 t .. i0 + 63 of dy and columns ch·1024 .. ch·1024 + 1023; thread x owns the 8
 //   columns c0 = ch·1024 + 8x .. c0 + 7 (fewer, or none, at the right edge). It stages a's 64 × R tile in shared
 //   memory (zeros past n) and keeps u's 8 × R values in registers, then walks its 64 rows, 4 at a time (their loads
@@ -16,15 +16,28 @@
 //   Σ_j dy[i, c0 + j]·u[c0 + j, k], summed over the warp (warp_sum) into red[warp][i][k]. At the end the block sums
 //   red over its 4 warps in warp order into part_m[ch][i][k] (its chunk's share of dmid), and each thread writes its
 //   du into part_u[t][c][k] (the tile's share of dU). No float atomics: every partial has one writer.
-// Pass 2, lora_up_backward_finish: 1-D grid-stride over rows·R (with UB_DU) + n·R items, block 256:
-//   dU[c, k] += Σ_t part_u[t][c][k] in tile order; dmid[i, k] = bf16(Σ_ch part_m[ch][i][k]) in chunk order. So the
-//   result is the same from run to run (the order of every sum is fixed by the indices, not by the schedule).
-// Without UB_DU (a and dU absent) only dmid is formed and part_u is not touched.
+// The finish, in the same launch ("last block finishes"): count (tiles + chunks) unsigned ints, zero on entry and
+//   left zero on exit. count[t] counts the blocks of row tile t that have written their part_m rows, count[tiles + ch]
+//   (with UB_DU) the blocks of column chunk ch that have written their part_u columns. Each thread fences its own
+//   partial stores (__threadfence), the block synchronises, then thread 0 adds 1 to count[t] and count[tiles + ch]
+//   (atomicAdd, device scope). The block that reads chunks - 1 from count[t] is the last of tile t: every other block
+//   of the tile fenced its stores before its add, and its add is ordered before ours (atomics on one address are
+//   totally ordered), so after our own fence all of the tile's part_m rows are visible; it reads them through L2
+//   (__ldcg, no stale L1 line) and writes dmid[i0 + i, k] = bf16(Σ_ch part_m[ch][i0 + i][k]) in chunk order, then
+//   stores count[t] = 0 (every add of this launch to it has happened). Likewise the block that reads tiles - 1 from
+//   count[tiles + ch] adds dU[c, k] += Σ_t part_u[t][c][k] in tile order over its chunk's columns (thread x its 8
+//   columns, 8·R independent sums, U = 4 (R ≤ 2) or 2 tiles' loads issued before their adds) and stores
+//   count[tiles + ch] = 0.
+//   Exactly one block finishes each tile and each chunk; which block that is depends on the schedule, but the order of
+//   every sum is fixed by the indices, so the bits are the same from run to run (and the same as the earlier
+//   two-launch form's finish pass). The next call, stream-ordered after this launch, finds every counter 0: the
+//   backend keeps one counter buffer, zeroed once when allocated, for all calls (and CUDA graph replays).
+// Without UB_DU (a and dU absent) only dmid is formed: part_u and the chunk counters are not touched.
 // Scratch: part_u (tiles, rows, R) and part_m (chunks, n, R) fp32, from the pool. At FLUX.1-dev 1024² (n 4,608,
-//   tiles 72), rows 12,288, R 1: 3.5 MB of part_u against dy's 113 MB.
+//   tiles 72), rows 12,288, R 1: 3.5 MB of part_u against dy's 113 MB. count: the backend's (tiles + chunks) ints.
 // Indices are 32-bit: the host checks n·ldy, n·lda, n·ldm, tiles·rows·R and chunks·n·R below 2^31, and runs version 1
 //   otherwise; likewise for R > 4 and any other dtype.
-// Launch: the two kernels in stream order; pass 1 uses 64·R·4 + 4·64·R·4 bytes of static shared memory.
+// Launch: one kernel; 64·R·4 + 4·64·R·4 bytes of static shared memory (+ 4 for the block's finish flags).
 // Replaces: the two GEMMs (dU: a rank-k or skinny product; dmid: gemv_dot at R = 1) that each read all of dy.
 // The entry points call their bodies as __noinline__ functions (NVRTC 11.8's sm_90 ptxas, see kernels/gemm.cu).
 #include "common.cuh"
@@ -49,13 +62,14 @@ struct LoraUpBackwardParams
     bf16* dmid;          // block start; dmid[i * ldm + k], =
     float* part_u;       // (tiles, rows, R)
     float* part_m;       // (chunks, n, R)
+    unsigned int* count; // (tiles + chunks): zero on entry, left zero
     int n, rows, r;
     int ldy, lda, ldm;
     int tiles, chunks;
     int flags;           // UB_* bits
     int pad;
 };
-static_assert(sizeof(LoraUpBackwardParams) == 96, "LoraUpBackwardParams layout changed: update CudaBackend.LoraUpBackwardParams");
+static_assert(sizeof(LoraUpBackwardParams) == 104, "LoraUpBackwardParams layout changed: update CudaBackend.LoraUpBackwardParams");
 
 __device__ __forceinline__ void ub_unpack(uint4 v, float* f)
 {
@@ -152,26 +166,76 @@ template <int R> __device__ __noinline__ void lora_up_backward_body(const LoraUp
             for (int k = 0; k < R; k++)
                 if (j < cols) pu[j * R + k] = du[j][k];
     }
-}
 
-__device__ __noinline__ void lora_up_backward_finish_body(const LoraUpBackwardParams p)
-{
-    int nu = (p.flags & UB_DU) ? p.rows * p.r : 0;
-    int total = nu + p.n * p.r;
-    for (int q = blockIdx.x * blockDim.x + threadIdx.x; q < total; q += gridDim.x * blockDim.x)
+    // the last block of this tile (of this chunk) finishes it: see "The finish" above for the ordering
+    __shared__ int last;
+    __threadfence();   // this thread's partials visible device-wide before the block's count below
+    __syncthreads();   // ... for every thread of the block
+    if (x == 0)
     {
-        float s = 0.0f;
-        if (q < nu)
+        int f = 0;
+        if (atomicAdd(p.count + t, 1u) == (unsigned int)(p.chunks - 1)) f |= 1;
+        if (du_on && atomicAdd(p.count + p.tiles + ch, 1u) == (unsigned int)(p.tiles - 1)) f |= 2;
+        last = f;
+    }
+    __syncthreads();
+    int f = last;
+    if (f == 0) return;
+    __threadfence();   // the other blocks' partials, counted before ours, are read after this
+
+    if (f & 1)   // dmid of rows i0 .. i0 + nrows - 1: the sum over chunks in chunk order
+    {
+        for (int q = x; q < nrows * R; q += UB_THREADS)
         {
-            for (int t = 0; t < p.tiles; t++) s += p.part_u[t * nu + q];
-            p.du[q] += s;
+            int i = q / R, k = q - i * R;
+            const float* pm = p.part_m + (i0 + i) * R + k;
+            float s = 0.0f;
+#pragma unroll 4
+            for (int c = 0; c < p.chunks; c++) s += __ldcg(pm + c * p.n * R);
+            p.dmid[(i0 + i) * p.ldm + k] = f2bf(s);
         }
-        else
+        if (x == 0) p.count[t] = 0;
+    }
+    if (f & 2)   // dU of this thread's 8 columns: the sum over tiles in tile order, then +=
+    {
+        float s[UB_VEC_COLS][R];
+#pragma unroll
+        for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+            for (int k = 0; k < R; k++) s[j][k] = 0.0f;
+        // U tiles' loads (8·R·U floats, 32 or 64 of them) are issued before their adds, which stay in tile order
+        constexpr int U = R <= 2 ? 4 : 2;
+        const float* pu = p.part_u + c0 * R;
+        int tt = 0;
+        for (; tt + U <= p.tiles; tt += U)
         {
-            int e = q - nu, i = e / p.r, k = e - i * p.r;
-            for (int ch = 0; ch < p.chunks; ch++) s += p.part_m[ch * p.n * p.r + e];
-            p.dmid[i * p.ldm + k] = f2bf(s);
+            float v[U][UB_VEC_COLS][R];
+#pragma unroll
+            for (int g = 0; g < U; g++)
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+                    for (int k = 0; k < R; k++)
+                        v[g][j][k] = j < cols ? __ldcg(pu + (tt + g) * p.rows * R + j * R + k) : 0.0f;
+#pragma unroll
+            for (int g = 0; g < U; g++)
+#pragma unroll
+                for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+                    for (int k = 0; k < R; k++) s[j][k] += v[g][j][k];
         }
+        for (; tt < p.tiles; tt++)
+#pragma unroll
+            for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+                for (int k = 0; k < R; k++)
+                    if (j < cols) s[j][k] += __ldcg(pu + tt * p.rows * R + j * R + k);
+#pragma unroll
+        for (int j = 0; j < UB_VEC_COLS; j++)
+#pragma unroll
+            for (int k = 0; k < R; k++)
+                if (j < cols) p.du[(c0 + j) * R + k] += s[j][k];
+        if (x == 0) p.count[p.tiles + ch] = 0;
     }
 }
 
@@ -184,8 +248,3 @@ UB_ENTRY(1)
 UB_ENTRY(2)
 UB_ENTRY(3)
 UB_ENTRY(4)
-
-extern "C" __global__ void __launch_bounds__(256) lora_up_backward_finish(const LoraUpBackwardParams p)
-{
-    lora_up_backward_finish_body(p);
-}

@@ -1,25 +1,25 @@
 using System.Runtime.InteropServices;
 using MetaLoraNative.Engine;
+using MetaLoraNative.Kernels.Native;
 
 namespace MetaLoraNative.Kernels;
 
-/// <summary>LoraUpBackwardParams of kernels/dev/lora/02_up_backward.cu (96 bytes).</summary>
+/// <summary>LoraUpBackwardParams of kernels/dev/lora/02_up_backward.cu (104 bytes).</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal struct LoraUpBackwardParams
 {
-    public ulong Dy, A, U, DU, Dmid, PartU, PartM;
+    public ulong Dy, A, U, DU, Dmid, PartU, PartM, Count;
     public int N, Rows, R, Ldy, Lda, Ldm, Tiles, Chunks, Flags, Pad;
 }
 
 /// <summary>
 /// The host half of kernels/dev/lora/02_up_backward.cu: what it takes, the grid, the flags and the scratch (the
 /// kernel's contract comment). Pure, so the emulation test (tests/.../Kernels/LoraUpBackwardEmulationTests) runs the
-/// same plan through a C# port of both passes.
+/// same plan through a C# port of the kernel, its blocks and their "last block finishes" counters.
 /// </summary>
 internal static class LoraUpBackwardPlan
 {
     public const int Threads = 128, Warps = Threads / 32, VecCols = 8, Chunk = Threads * VecCols, Tile = 64, MaxR = 4, Unroll = 4;
-    public const int FinishThreads = 256;
     public const int Vec = 1, WithDu = 2;
 
     /// <summary>(tiles, chunks): blocks of pass 1 along dy's rows (64 each) and columns (1,024 each).</summary>
@@ -48,8 +48,18 @@ internal static class LoraUpBackwardPlan
         return (withDu ? (long)tiles * rows * r : 0, (long)chunks * n * r);
     }
 
-    /// <summary>Items of the finish pass: rows·R of dU (when formed) and n·R of dmid.</summary>
-    public static long FinishItems(long n, int rows, int r, bool withDu) => (withDu ? (long)rows * r : 0) + n * r;
+    /// <summary>
+    /// Counters of one call: one per row tile (the blocks that wrote their share of its dmid rows), then one per column
+    /// chunk (those that wrote their share of its dU columns); zero before the launch, and the kernel leaves them zero.
+    /// </summary>
+    public static int Counters(long n, int rows)
+    {
+        var (tiles, chunks) = Grid(n, rows);
+        return tiles + chunks;
+    }
+
+    /// <summary>Ints of the backend's counter buffer for a call needing <paramref name="counters"/>: at least 1,024, powers of two.</summary>
+    public static int CounterCapacity(int counters) => (int)Math.Max(1024, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)counters));
 }
 
 // The LoRA up factor's backward, version 2 from the kernel playground (kernels/dev/lora/02_up_backward.cu): dU += dyᵀ·a
@@ -71,8 +81,25 @@ public sealed partial class CudaBackend
         var v => throw new InputException("METALORA_LORA_UPBACK", $"METALORA_LORA_UPBACK={v}: expected 0 or 1"),
     };
 
-    /// <summary>Version 2's launches issued (pass 1 and its finish count as one call): the parity check reads them.</summary>
+    /// <summary>Version 2's launches issued (one a call): the parity check reads them.</summary>
     internal long LoraUpBackwardLaunches { get; private set; }
+
+    /// <summary>
+    /// The kernel's "last block finishes" counters (LoraUpBackwardPlan.Counters), kept for the backend's life: zeroed
+    /// once when allocated, and every launch leaves them zero for the next, which stream order runs after it. A call
+    /// needing more replaces it (the old block freed in stream order); the pool frees it with the backend.
+    /// </summary>
+    CudaTensor? loraUpBackwardCount;
+
+    ulong LoraUpBackwardCounters(int counters)
+    {
+        if (loraUpBackwardCount is { } c && c.Length >= counters) return c.Ptr;
+        loraUpBackwardCount?.Dispose();
+        var t = Alloc([LoraUpBackwardPlan.CounterCapacity(counters)], Precision.Master);   // 4-byte cells, used as unsigned ints
+        CudaCheck.Cu(CuDriver.cuMemsetD8Async(t.Ptr, 0, (nuint)t.Bytes, Stream));
+        loraUpBackwardCount = t;
+        return t.Ptr;
+    }
 
     /// <summary>
     /// Version 2 when it takes the call (bf16 dy, a and dmid, fp32 u and dU, r2 ≤ 4, 32-bit indices): false, with
@@ -93,22 +120,20 @@ public sealed partial class CudaBackend
         if (!LoraUpBackwardPlan.Takes(n, rows, r, dy.Tensor.Cols, withDu ? a!.Value.Tensor.Cols : 1, dmid.Tensor.Cols)) return false;
         var (tiles, chunks) = LoraUpBackwardPlan.Grid(n, rows);
         var (partU, partM) = LoraUpBackwardPlan.Scratch(n, rows, r, withDu);
-        // freed in stream order: the finish pass reading it runs before anything reuses the block
+        // freed in stream order: the launch's finishing blocks read it before anything reuses the block
         using var scratch = Alloc([checked((int)(partU + partM))], Precision.Master);
         var dyOp = OperandOf(dy, "dy");
         var p = new LoraUpBackwardParams
         {
             Dy = dyOp.Ptr, A = withDu ? OperandOf(a!.Value, "a").Ptr : 0, U = cu.Ptr, DU = withDu ? cdu!.Ptr : 0,
             Dmid = OperandOf(dmid, "dmid").Ptr, PartU = scratch.Ptr, PartM = scratch.Ptr + (ulong)(partU * sizeof(float)),
+            Count = LoraUpBackwardCounters(LoraUpBackwardPlan.Counters(n, rows)),
             N = (int)n, Rows = rows, R = r, Ldy = dy.Tensor.Cols, Lda = withDu ? a!.Value.Tensor.Cols : 0, Ldm = dmid.Tensor.Cols,
             Tiles = tiles, Chunks = chunks, Flags = LoraUpBackwardPlan.FlagsOf(dyOp.Ptr, dy.Tensor.Cols, withDu),
         };
         Counted.Gemm("lora_up_backward");
         LoraUpBackwardLaunches++;
         LaunchParams(LoraUpBackwardFile, $"lora_up_backward_r{r}", ((uint)tiles, (uint)chunks, 1), ((uint)LoraUpBackwardPlan.Threads, 1, 1), p);
-        long items = LoraUpBackwardPlan.FinishItems(n, rows, r, withDu);
-        LaunchParams(LoraUpBackwardFile, "lora_up_backward_finish", ((uint)Math.Min(CeilDiv(items, LoraUpBackwardPlan.FinishThreads), 1L << 16), 1, 1),
-                     ((uint)LoraUpBackwardPlan.FinishThreads, 1, 1), p);
         return true;
     }
 }

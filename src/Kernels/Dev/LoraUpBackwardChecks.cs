@@ -6,7 +6,8 @@ namespace MetaLoraNative.Kernels.Verification;
 // The parity checks of the LoRA up factor's backward, version 2 (kernels/dev/lora/02_up_backward.cu, tag upback), in
 // CudaParity.Dev: `metalora check cuda --dev`. Each runs LoraUpBackward with CudaBackend.LoraUpBackwardKernel on
 // against the fp64 oracle's LoraUpBackward and compares whole tensors (dU, and all of dmid's tensor: the cells outside
-// its window must be untouched).
+// its window must be untouched), then runs the same call a second time back to back (dU += once more, dmid = again):
+// the second launch works on the "last block finishes" counters the first left, which must be zero again.
 public static partial class CudaParity
 {
     /// <summary>
@@ -14,7 +15,8 @@ public static partial class CudaParity
     /// checks. The FLUX.1-dev rows are 1024² (4,096 image + 512 text tokens): a 3,072-column target in the middle of
     /// qkv's 9,216 and linear1's 12,288-column MLP target at 9,216 of 21,504, r2 1 (the paper's) and 4 (the kernel's
     /// limit); the small ones put the edges of the 64-row tiles and 1,024-column chunks, a dy window off the 16-byte
-    /// rule (scalar loads), a batch group's rows, a call without dU, and r2 5 (version 1 under the same switch).
+    /// rule (scalar loads), a batch group's rows, a call without dU, a grid of a single block (the block finishes its
+    /// own tile and chunk), and r2 5 (version 1 under the same switch).
     /// </summary>
     public static readonly (int N, int Rows, int R, int DyCols, int S, int MCols, int O, int Row0, bool WithDu)[] LoraUpBackwardCases =
     [
@@ -26,6 +28,7 @@ public static partial class CudaParity
         (65, 1030, 2, 1048, 8, 5, 1, 3, true),
         (130, 2053, 3, 2064, 3, 7, 2, 1, true),
         (33, 300, 4, 320, 16, 6, 1, 2, false),
+        (50, 1000, 2, 1000, 0, 3, 1, 0, true),
         (40, 96, 5, 96, 0, 5, 0, 0, true),
     ];
 
@@ -53,13 +56,16 @@ public static partial class CudaParity
             MatrixSlice Dy(Tensor t) => new(t, c.Row0, c.N, c.S, c.Rows);
             MatrixSlice? A(Tensor t) => c.WithDu ? (MatrixSlice?)new MatrixSlice(t, c.Row0, c.N, c.O, c.R) : null;
             MatrixSlice M(Tensor t) => new(t, c.Row0, c.N, c.O, c.R);
-            gpu.LoraUpBackward(Dy(gdy), gu, A(ga), c.WithDu ? gdu : null, M(gm));
-            p.Cpu.LoraUpBackward(Dy(cdy), cu, A(ca), c.WithDu ? cdu : null, M(cm));
-            long expected = c.R <= LoraUpBackwardPlan.MaxR ? 1 : 0;
-            ParityContext.Require(gpu.LoraUpBackwardLaunches - launches == expected,
-                                  $"{gpu.LoraUpBackwardLaunches - launches} version-2 calls, expected {expected}");
-            p.F32("dU (fp32, +=)", gdu, cdu);
-            p.Bf16("dmid's tensor (bf16, the window =)", gm, cm);
+            for (int call = 1; call <= 2; call++)
+            {
+                gpu.LoraUpBackward(Dy(gdy), gu, A(ga), c.WithDu ? gdu : null, M(gm));
+                p.Cpu.LoraUpBackward(Dy(cdy), cu, A(ca), c.WithDu ? cdu : null, M(cm));
+                long expected = c.R <= LoraUpBackwardPlan.MaxR ? call : 0;
+                ParityContext.Require(gpu.LoraUpBackwardLaunches - launches == expected,
+                                      $"{gpu.LoraUpBackwardLaunches - launches} version-2 calls after call {call}, expected {expected}");
+                p.F32($"dU (fp32, +=) after call {call}", gdu, cdu);
+                p.Bf16($"dmid's tensor (bf16, the window =) after call {call}", gm, cm);
+            }
         }
         finally
         {

@@ -9,12 +9,16 @@ namespace MetaLoraNative.Tests.Kernels;
 
 /// <summary>
 /// kernels/dev/lora/02_up_backward.cu on the CPU, block by block, warp by warp and thread by thread: the host's plan
-/// (<see cref="LoraUpBackwardPlan"/>, the same code the launcher runs: grid, flags, scratch, finish items) and a port
-/// of both passes, fp32 arithmetic in the kernel's order (warp_sum's xor butterfly, the 4 warps summed in warp order,
-/// the partials in tile and chunk order). Checked: pass 1 reads every element of dy's block exactly once and nothing
-/// outside it; every 16-byte load is 16-byte aligned; every part_u and part_m cell has exactly one writer and the finish
-/// pass reads each once; the results equal the fp64 oracle (CpuBackend.LoraUpBackward) within fp32 rounding, dmid
-/// stored as the bf16 rounding of its fp32 sum; running the blocks in another order gives the same bits.
+/// (<see cref="LoraUpBackwardPlan"/>, the same code the launcher runs: grid, flags, scratch, counters) and a port of
+/// the kernel, fp32 arithmetic in its order (warp_sum's xor butterfly, the 4 warps summed in warp order, the partials
+/// in tile and chunk order), with its "last block finishes" counters. A schedule interleaves the blocks' two halves:
+/// W(b), block b's partial stores, and A(b), its fence (its stores become visible), its counts (atomicAdd, one at a
+/// time) and, when it read the last count of its tile or chunk, that finish. Checked: pass 1 reads every element of
+/// dy's block exactly once and nothing outside it; every 16-byte load is 16-byte aligned; every part_u and part_m cell
+/// has exactly one writer; exactly one block finishes each tile (dmid) and each chunk (dU), and every partial it reads
+/// was written and fenced before (the contract comment's ordering argument), each read once; the counters return to
+/// 0, so a second call on the same counters works; the results equal the fp64 oracle (CpuBackend.LoraUpBackward)
+/// within fp32 rounding, dmid stored as the bf16 rounding of its fp32 sum; every schedule gives the same bits.
 /// </summary>
 public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
 {
@@ -27,22 +31,58 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
     {
         public float[] DU = [], Dmid = [], DmidSum = [];
         public int[] DyReads = [];
+        public int[] TileFinisher = [], ChunkFinisher = [];   // the block that finished each tile (chunk), -1 none
     }
 
-    /// <summary>Both passes over all blocks (in <paramref name="order"/> when given), as the kernel runs them.</summary>
-    static Result Emulate(Problem q, float[] dy, float[] u, float[] a, float[] du0, int[]? order = null)
+    /// <summary>
+    /// Schedules of the blocks' halves (block index, false: W, true: A), each W(b) before its A(b): in block order, in
+    /// reverse, all stores first then the counts in reverse, and random interleavings.
+    /// </summary>
+    static IEnumerable<(bool Count, int Block)[]> Schedules(int blocks, int randoms)
+    {
+        yield return Enumerable.Range(0, blocks).SelectMany(b => new[] { (false, b), (true, b) }).ToArray();
+        yield return Enumerable.Range(0, blocks).Reverse().SelectMany(b => new[] { (false, b), (true, b) }).ToArray();
+        yield return Enumerable.Range(0, blocks).Select(b => (false, b)).Concat(Enumerable.Range(0, blocks).Reverse().Select(b => (true, b))).ToArray();
+        for (int seed = 0; seed < randoms; seed++)
+        {
+            var rng = new Random(17 + seed);
+            var pending = Enumerable.Range(0, blocks).Select(b => (false, b)).ToList();
+            var s = new List<(bool, int)>();
+            while (pending.Count > 0)
+            {
+                int pick = rng.Next(pending.Count);
+                var e = pending[pick];
+                pending.RemoveAt(pick);
+                s.Add(e);
+                if (!e.Item1) pending.Add((true, e.Item2));
+            }
+            yield return s.ToArray();
+        }
+    }
+
+    /// <summary>One call: the kernel's blocks in <paramref name="schedule"/>, on the counters <paramref name="count"/>.</summary>
+    static Result Emulate(Problem q, float[] dy, float[] u, float[] a, float[] du0, (bool Count, int Block)[] schedule, uint[] count)
     {
         const int T = LoraUpBackwardPlan.Threads, W = LoraUpBackwardPlan.Warps, V = LoraUpBackwardPlan.VecCols, Tile = LoraUpBackwardPlan.Tile;
         int R = q.R, n = q.N, rows = q.Rows;
         var (tiles, chunks) = LoraUpBackwardPlan.Grid(n, rows);
+        Assert.True(count.Length >= LoraUpBackwardPlan.Counters(n, rows));
+        Assert.All(count, c => Assert.Equal(0u, c));   // zero on entry
         ulong dyPtr = Base + 2UL * (ulong)(q.Row0 * q.Ldy + q.S);
         int flags = LoraUpBackwardPlan.FlagsOf(dyPtr, q.Ldy, q.WithDu);
         var (nPartU, nPartM) = LoraUpBackwardPlan.Scratch(n, rows, R, q.WithDu);
         var partU = new float[nPartU];
         var partM = new float[nPartM];
-        var uWrites = new int[nPartU];
-        var mWrites = new int[nPartM];
-        var res = new Result { DyReads = new int[dy.Length] };
+        var uWriter = Enumerable.Repeat(-1, (int)nPartU).ToArray();   // the block that stored each cell
+        var mWriter = Enumerable.Repeat(-1, (int)nPartM).ToArray();
+        var fenced = new bool[tiles * chunks];                        // the block's stores are visible device-wide
+        var uReads = new int[nPartU];
+        var mReads = new int[nPartM];
+        var res = new Result
+        {
+            DyReads = new int[dy.Length], DU = (float[])du0.Clone(), Dmid = new float[n * R], DmidSum = new float[n * R],
+            TileFinisher = Enumerable.Repeat(-1, tiles).ToArray(), ChunkFinisher = Enumerable.Repeat(-1, chunks).ToArray(),
+        };
         bool duOn = (flags & LoraUpBackwardPlan.WithDu) != 0;
 
         float LoadDy(int i, int c)   // row i, column c of the block
@@ -53,8 +93,14 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
             return dy[e];
         }
 
-        var blocks = order ?? Enumerable.Range(0, tiles * chunks).ToArray();
-        foreach (int b in blocks)
+        float ReadPartial(float[] part, int[] writer, int[] reads, int idx, int finisher)   // __ldcg after the finisher's fence
+        {
+            Assert.True(writer[idx] >= 0 && fenced[writer[idx]], $"block {finisher} reads a partial no fenced block wrote ({idx})");
+            reads[idx]++;
+            return part[idx];
+        }
+
+        void Store(int b)   // W(b): the block's pass over dy and its partial stores
         {
             int t = b % tiles, ch = b / tiles;
             int i0 = t * Tile, nrows = Math.Min(Tile, n - i0);
@@ -123,8 +169,9 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
                     float sum = 0f;
                     for (int w = 0; w < W; w++) sum += red[w, i, k];
                     int idx = (ch * n + i0 + i) * R + k;
+                    Assert.Equal(-1, mWriter[idx]);
                     partM[idx] = sum;
-                    mWrites[idx]++;
+                    mWriter[idx] = b;
                 }
             if (duOn)
                 for (int x = 0; x < T; x++)
@@ -134,40 +181,78 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
                         for (int k = 0; k < R; k++)
                         {
                             int idx = (t * rows + c0) * R + j * R + k;
+                            Assert.Equal(-1, uWriter[idx]);
                             partU[idx] = du[x, j, k];
-                            uWrites[idx]++;
+                            uWriter[idx] = b;
                         }
                 }
         }
-        Assert.All(uWrites, w => Assert.Equal(1, w));
-        Assert.All(mWrites, w => Assert.Equal(1, w));
 
-        // the finish pass: a grid-stride loop over the items; each item's sum in tile (chunk) order
-        long items = LoraUpBackwardPlan.FinishItems(n, rows, R, q.WithDu);
-        int nu = duOn ? rows * R : 0;
-        res.DU = (float[])du0.Clone();
-        res.Dmid = new float[n * R];
-        res.DmidSum = new float[n * R];
-        var uReads = new int[nPartU];
-        var mReads = new int[nPartM];
-        for (int s = 0; s < items; s++)
+        void CountAndFinish(int b)   // A(b): fence, thread 0's counts, and the finish when it was the last
         {
-            float sum = 0f;
-            if (s < nu)
+            int t = b % tiles, ch = b / tiles;
+            int i0 = t * Tile, nrows = Math.Min(Tile, n - i0);
+            fenced[b] = true;
+            int f = 0;
+            if (count[t]++ == chunks - 1) f |= 1;                          // atomicAdd returns the old value
+            if (duOn && count[tiles + ch]++ == tiles - 1) f |= 2;
+            if ((f & 1) != 0)
             {
-                for (int t = 0; t < tiles; t++) { sum += partU[t * nu + s]; uReads[t * nu + s]++; }
-                res.DU[s] += sum;
+                Assert.Equal(-1, res.TileFinisher[t]);
+                res.TileFinisher[t] = b;
+                for (int x = 0; x < T; x++)
+                    for (int s = x; s < nrows * R; s += T)
+                    {
+                        int i = s / R, k = s - i * R;
+                        float sum = 0f;
+                        for (int c = 0; c < chunks; c++) sum += ReadPartial(partM, mWriter, mReads, (i0 + i) * R + k + c * n * R, b);
+                        res.DmidSum[(i0 + i) * R + k] = sum;
+                        res.Dmid[(i0 + i) * R + k] = HalfPrecision.RoundToBFloat16(sum);
+                    }
+                count[t] = 0;
+            }
+            if ((f & 2) != 0)
+            {
+                Assert.Equal(-1, res.ChunkFinisher[ch]);
+                res.ChunkFinisher[ch] = b;
+                for (int x = 0; x < T; x++)
+                {
+                    int c0 = ch * LoraUpBackwardPlan.Chunk + x * V, cols = Math.Max(0, Math.Min(V, rows - c0));
+                    for (int j = 0; j < cols; j++)
+                        for (int k = 0; k < R; k++)
+                        {
+                            float sum = 0f;
+                            for (int tt = 0; tt < tiles; tt++) sum += ReadPartial(partU, uWriter, uReads, c0 * R + tt * rows * R + j * R + k, b);
+                            res.DU[(c0 + j) * R + k] += sum;
+                        }
+                }
+                count[tiles + ch] = 0;
+            }
+        }
+
+        Assert.Equal(2 * tiles * chunks, schedule.Length);
+        var stored = new bool[tiles * chunks];
+        foreach (var (isCount, b) in schedule)
+        {
+            if (isCount)
+            {
+                Assert.True(stored[b]);
+                CountAndFinish(b);
             }
             else
             {
-                int e = s - nu;
-                for (int ch = 0; ch < chunks; ch++) { sum += partM[ch * n * R + e]; mReads[ch * n * R + e]++; }
-                res.DmidSum[e] = sum;
-                res.Dmid[e] = HalfPrecision.RoundToBFloat16(sum);
+                Assert.False(stored[b]);
+                stored[b] = true;
+                Store(b);
             }
         }
+        Assert.All(uWriter, w => Assert.True(w >= 0));
+        Assert.All(mWriter, w => Assert.True(w >= 0));
+        Assert.All(res.TileFinisher, f => Assert.True(f >= 0));                   // exactly one: the Assert.Equal(-1, ..) above
+        Assert.All(res.ChunkFinisher, f => Assert.True(f >= 0 || !duOn));
         Assert.All(uReads, r => Assert.Equal(1, r));
         Assert.All(mReads, r => Assert.Equal(1, r));
+        Assert.All(count, c => Assert.Equal(0u, c));                              // left zero for the next call
         return res;
     }
 
@@ -194,7 +279,10 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
         var a = Bf(allRows * q.Ld);
         var u = Array.ConvertAll(rand.Normal(rows * r2), v => (float)v);
         var du0 = Array.ConvertAll(rand.Normal(rows * r2), v => (float)v);
-        var r = Emulate(q, dy, u, a, du0);
+        var (tiles, chunks) = LoraUpBackwardPlan.Grid(n, rows);
+        var count = new uint[LoraUpBackwardPlan.CounterCapacity(LoraUpBackwardPlan.Counters(n, rows))];   // the backend's, zeroed once
+        var schedules = Schedules(tiles * chunks, 3).ToList();
+        var r = Emulate(q, dy, u, a, du0, schedules[0], count);
 
         // dy: every element of the block read once, nothing else
         for (int i = 0; i < allRows; i++)
@@ -233,12 +321,18 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
         if (!withDu) Assert.Equal(du0, r.DU);
         Assert.All(Enumerable.Range(0, n * r2), i => Assert.Equal(HalfPrecision.RoundToBFloat16(r.DmidSum[i]), r.Dmid[i]));
 
-        // another block order (reversed, interleaved): the same bits
-        var (tiles, chunks) = LoraUpBackwardPlan.Grid(n, rows);
-        var order = Enumerable.Range(0, tiles * chunks).Reverse().OrderBy(b => b % 3).ToArray();
-        var again = Emulate(q, dy, u, a, du0, order);
-        Assert.Equal(r.DU, again.DU);
-        Assert.Equal(r.Dmid, again.Dmid);
+        // the other schedules, each on the counters the previous call left (reused, as the backend does): the same bits,
+        // whichever block finished
+        var finishers = new HashSet<string>();
+        foreach (var schedule in schedules)
+        {
+            var again = Emulate(q, dy, u, a, du0, schedule, count);
+            Assert.Equal(r.DU, again.DU);
+            Assert.Equal(r.Dmid, again.Dmid);
+            finishers.Add(string.Join(",", again.TileFinisher.Concat(again.ChunkFinisher)));
+        }
+        output.WriteLine($"{schedules.Count} schedules, {finishers.Count} distinct sets of finishing blocks");
+        if (tiles * chunks > 1) Assert.True(finishers.Count > 1, "the schedules should change which blocks finish");
     }
 
     [Fact]
@@ -254,6 +348,11 @@ public class LoraUpBackwardEmulationTests(ITestOutputHelper output)
         Assert.Equal(0, LoraUpBackwardPlan.FlagsOf(Base, 21500, false));                              // rows off 16 bytes
         Assert.Equal((72L * 12288 * 1, 12L * 4608), LoraUpBackwardPlan.Scratch(4608, 12288, 1, true));
         Assert.Equal((0L, 3L * 4608 * 4), LoraUpBackwardPlan.Scratch(4608, 3072, 4, false));
+        Assert.Equal(72 + 12, LoraUpBackwardPlan.Counters(4608, 12288));
+        Assert.Equal(2, LoraUpBackwardPlan.Counters(1, 1));
+        Assert.Equal(1024, LoraUpBackwardPlan.CounterCapacity(84));
+        Assert.Equal(1024, LoraUpBackwardPlan.CounterCapacity(1024));
+        Assert.Equal(2048, LoraUpBackwardPlan.CounterCapacity(1025));
         Assert.True(LoraUpBackwardPlan.Takes(4608, 12288, 4, 21504, 4, 4));
         Assert.False(LoraUpBackwardPlan.Takes(4608, 12288, 5, 21504, 5, 5));                         // r2 past 4: version 1
         Assert.False(LoraUpBackwardPlan.Takes(4608, 3072, 0, 3072, 1, 1));
