@@ -4,9 +4,7 @@
 //   bf16: forward out = f(x); backward dx = f'(x) * dy; both written with =. Math in fp32.
 // Launch: 1-D, block 256, grid ceil(n/256) capped; grid-stride loops.
 #include "common.cuh"
-
-#define GELU_K0 0.7978845608028654f   // sqrt(2/pi)
-#define GELU_K1 0.044715f
+#include "gelu.cuh"
 
 extern "C" __global__ void axpy_kernel(void* acc, int dt_acc, const void* x, int dt_x, i64 n, float alpha)
 {
@@ -20,25 +18,12 @@ extern "C" __global__ void scale_kernel(void* t, int dt, i64 n, float alpha)
 
 extern "C" __global__ void gelu_tanh_forward(bf16* out, const bf16* x, i64 n)
 {
-    GRID_STRIDE(i, n)
-    {
-        float v = bf2f(x[i]);
-        float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-        out[i] = f2bf(0.5f * v * (1.0f + t));
-    }
+    GRID_STRIDE(i, n) out[i] = f2bf(gelu_tanh_f(bf2f(x[i])));
 }
 
-// d/dx 0.5 x (1 + tanh(u)) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, u = k0 (x + k1 x^3).
 extern "C" __global__ void gelu_tanh_backward(bf16* dx, const bf16* x, const bf16* dy, i64 n)
 {
-    GRID_STRIDE(i, n)
-    {
-        float v = bf2f(x[i]);
-        float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-        float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
-        float g = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-        dx[i] = f2bf(g * bf2f(dy[i]));
-    }
+    GRID_STRIDE(i, n) dx[i] = f2bf(gelu_tanh_grad_f(bf2f(x[i])) * bf2f(dy[i]));
 }
 
 // SiLU has no backward: the model applies it only on the conditioning path (vec and the MLP embedders), whose

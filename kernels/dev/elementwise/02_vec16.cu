@@ -21,10 +21,7 @@
 // Launch: 1-D, block 256, grid ceil(nvec/256) capped at 65536, 32-bit grid-stride loops over the nvec = n/8 vectors
 // (v + stride stays below 2^31 + 2^24, so the loop counter cannot wrap).
 #include "common.cuh"
-
-#define GELU_K0 0.7978845608028654f   // sqrt(2/pi)
-#define GELU_K1 0.044715f
-
+#include "gelu.cuh"
 #include "vec16.cuh"
 
 // acc and x may be the same tensor (AddInPlace(t, t)): each thread reads its vector before writing it.
@@ -53,20 +50,7 @@ extern "C" __global__ void scale_v16(void* t, int dt, unsigned int nvec, float a
     }
 }
 
-// Version 01's formulas, term for term (so the fp32 contractions, and the roundings, are the same).
-__device__ __forceinline__ float gelu_v(float v)
-{
-    float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-    return 0.5f * v * (1.0f + t);
-}
-
-// d/dx 0.5 x (1 + tanh(u)) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, u = k0 (x + k1 x^3).
-__device__ __forceinline__ float gelu_grad_v(float v)
-{
-    float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-    float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
-    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-}
+// gelu.cuh: version 01's formulas, term for term (so the fp32 contractions, and the roundings, are the same).
 
 extern "C" __global__ void gelu_tanh_forward_v16(bf16* out, const bf16* x, unsigned int nvec)
 {
@@ -75,7 +59,7 @@ extern "C" __global__ void gelu_tanh_forward_v16(bf16* out, const bf16* x, unsig
         float a[8];
         load8(x, DT_BF16, v << 3, a);
 #pragma unroll
-        for (int k = 0; k < 8; k++) a[k] = gelu_v(a[k]);
+        for (int k = 0; k < 8; k++) a[k] = gelu_tanh_f(a[k]);
         store8(out, DT_BF16, v << 3, a);
     }
 }
@@ -88,7 +72,7 @@ extern "C" __global__ void gelu_tanh_backward_v16(bf16* dx, const bf16* x, const
         load8(x, DT_BF16, v << 3, a);
         load8(dy, DT_BF16, v << 3, g);
 #pragma unroll
-        for (int k = 0; k < 8; k++) a[k] = gelu_grad_v(a[k]) * g[k];
+        for (int k = 0; k < 8; k++) a[k] = gelu_tanh_grad_f(a[k]) * g[k];
         store8(dx, DT_BF16, v << 3, a);
     }
 }

@@ -17,23 +17,7 @@
 //   scalar: one element per thread, any alignment (the fallback the launcher picks otherwise).
 // Launch: 1-D, block 256, grid ceil(work/256) capped at 65536, grid-stride loops (work = rows*cols/8 or rows*cols).
 #include "common.cuh"
-
-#define GELU_K0 0.7978845608028654f   // sqrt(2/pi)
-#define GELU_K1 0.044715f
-
-__device__ __forceinline__ float gelu_f(float v)
-{
-    float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-    return 0.5f * v * (1.0f + t);
-}
-
-// d/dx 0.5 x (1 + tanh(u)) = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx, u = k0 (x + k1 x^3)
-__device__ __forceinline__ float gelu_grad_f(float v)
-{
-    float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-    float du = GELU_K0 * (1.0f + 3.0f * GELU_K1 * v * v);
-    return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du;
-}
+#include "gelu.cuh"
 
 // A packed pair of bf16 (element 2j in the low half, 2j+1 in the high half: little-endian) to and from fp32.
 __device__ __forceinline__ float lo_f(unsigned int u) { return __uint_as_float(u << 16); }
@@ -52,10 +36,10 @@ extern "C" __global__ void gelu_tanh_forward_strided_v8(bf16* out, int ld_out, c
         unsigned int r = v / per_row, c = (v - r * per_row) << 3;
         uint4 a = *reinterpret_cast<const uint4*>(x + (r * (unsigned int)ld_x + c));
         uint4 o;
-        o.x = pack2(gelu_f(lo_f(a.x)), gelu_f(hi_f(a.x)));
-        o.y = pack2(gelu_f(lo_f(a.y)), gelu_f(hi_f(a.y)));
-        o.z = pack2(gelu_f(lo_f(a.z)), gelu_f(hi_f(a.z)));
-        o.w = pack2(gelu_f(lo_f(a.w)), gelu_f(hi_f(a.w)));
+        o.x = pack2(gelu_tanh_f(lo_f(a.x)), gelu_tanh_f(hi_f(a.x)));
+        o.y = pack2(gelu_tanh_f(lo_f(a.y)), gelu_tanh_f(hi_f(a.y)));
+        o.z = pack2(gelu_tanh_f(lo_f(a.z)), gelu_tanh_f(hi_f(a.z)));
+        o.w = pack2(gelu_tanh_f(lo_f(a.w)), gelu_tanh_f(hi_f(a.w)));
         *reinterpret_cast<uint4*>(out + (r * (unsigned int)ld_out + c)) = o;
     }
 }
@@ -71,10 +55,10 @@ extern "C" __global__ void gelu_tanh_backward_strided_v8(bf16* out, int ld_out, 
         uint4 a = *reinterpret_cast<const uint4*>(x + (r * (unsigned int)ld_x + c));
         uint4 g = *reinterpret_cast<const uint4*>(dy + (r * (unsigned int)ld_dy + c));
         uint4 o;
-        o.x = pack2(gelu_grad_f(lo_f(a.x)) * lo_f(g.x), gelu_grad_f(hi_f(a.x)) * hi_f(g.x));
-        o.y = pack2(gelu_grad_f(lo_f(a.y)) * lo_f(g.y), gelu_grad_f(hi_f(a.y)) * hi_f(g.y));
-        o.z = pack2(gelu_grad_f(lo_f(a.z)) * lo_f(g.z), gelu_grad_f(hi_f(a.z)) * hi_f(g.z));
-        o.w = pack2(gelu_grad_f(lo_f(a.w)) * lo_f(g.w), gelu_grad_f(hi_f(a.w)) * hi_f(g.w));
+        o.x = pack2(gelu_tanh_grad_f(lo_f(a.x)) * lo_f(g.x), gelu_tanh_grad_f(hi_f(a.x)) * hi_f(g.x));
+        o.y = pack2(gelu_tanh_grad_f(lo_f(a.y)) * lo_f(g.y), gelu_tanh_grad_f(hi_f(a.y)) * hi_f(g.y));
+        o.z = pack2(gelu_tanh_grad_f(lo_f(a.z)) * lo_f(g.z), gelu_tanh_grad_f(hi_f(a.z)) * hi_f(g.z));
+        o.w = pack2(gelu_tanh_grad_f(lo_f(a.w)) * lo_f(g.w), gelu_tanh_grad_f(hi_f(a.w)) * hi_f(g.w));
         *reinterpret_cast<uint4*>(out + (r * (unsigned int)ld_out + c)) = o;
     }
 }
@@ -85,7 +69,7 @@ extern "C" __global__ void gelu_tanh_forward_strided(bf16* out, int ld_out, cons
     for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
     {
         unsigned int r = i / (unsigned int)cols, c = i - r * (unsigned int)cols;
-        out[r * (unsigned int)ld_out + c] = f2bf(gelu_f(bf2f(x[r * (unsigned int)ld_x + c])));
+        out[r * (unsigned int)ld_out + c] = f2bf(gelu_tanh_f(bf2f(x[r * (unsigned int)ld_x + c])));
     }
 }
 
@@ -97,6 +81,6 @@ extern "C" __global__ void gelu_tanh_backward_strided(bf16* out, int ld_out, con
     {
         unsigned int r = i / (unsigned int)cols, c = i - r * (unsigned int)cols;
         float g = bf2f(dy[r * (unsigned int)ld_dy + c]);
-        out[r * (unsigned int)ld_out + c] = f2bf(gelu_grad_f(bf2f(x[r * (unsigned int)ld_x + c])) * g);
+        out[r * (unsigned int)ld_out + c] = f2bf(gelu_tanh_grad_f(bf2f(x[r * (unsigned int)ld_x + c])) * g);
     }
 }
